@@ -1,0 +1,43 @@
+"""The ``headstart`` command line: one module per command, each with ``add_parser`` and ``run``.
+
+Wrong input (a missing path, an unknown model, weights that do not fit) ends with one sentence and exit code 2;
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = ["train", "evaluate", "predict", "models", "compare", "demo"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="headstart", description="Transfer learning for image classification: "
+                                     "a pretrained network, a new head, an honest evaluation.")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        module = importlib.import_module(f"headstart.cli.{name.replace('-', '_')}")
+        p = module.add_parser(sub)
+        p.set_defaults(handler=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args) or 0
+    except KeyboardInterrupt:
+        print("interrupted; the last checkpoint is kept.", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, PermissionError, NotADirectoryError, RuntimeError) as exc:
+        if args.debug:
+            raise
+        print(f"headstart {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""headstart evaluate RUN DATA [--json]"""
+
+from __future__ import annotations
+
+import json
+
+
+def add_parser(sub):
+    p = sub.add_parser("evaluate", help="accuracy, per-class metrics and confusion matrix of a run on labelled data")
+    p.add_argument("run", help="run directory made by `headstart train`")
+    p.add_argument("data", help="folder of class subfolders named like the run's classes")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    return p
+
+
+def run(args) -> int:
+    from headstart.evaluation.metrics import evaluate_run
+    from headstart.inference import load_run
+
+    loaded = load_run(args.run, device=args.device)
+    m = evaluate_run(loaded, args.data, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(m))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{args.run} on {args.data}: accuracy {m['accuracy']:.4f}, balanced {m['balanced_accuracy']:.4f}"
+                        f" ({m['num_images']} images)")
+    for col in ("class", "precision", "recall", "f1", "support"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for name, r in m["per_class"].items():
+        table.add_row(name, f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", str(r["support"]))
+    Console().print(table)
+    print(f"confusion matrix: {loaded.path / 'confusion_matrix.png'} (and evaluation.json)")
+    return 0

@@ -1,0 +1,41 @@
+"""headstart models [--json]"""
+
+from __future__ import annotations
+
+import json
+
+
+def add_parser(sub):
+    p = sub.add_parser("models", help="list the backbones and whether their pretrained weights are available now")
+    p.add_argument("--json", action="store_true")
+    return p
+
+
+def run(args) -> int:
+    from headstart.zoo import list_specs
+    from headstart.zoo.weights import weights_available
+
+    rows = []
+    for spec in list_specs():
+        where = weights_available(spec)
+        if not spec.sources:
+            status = "none (random init: scratch only)"
+        else:
+            status = where or "needs network or --weights FILE"
+        rows.append({"name": spec.name, "family": spec.family, "num_features": spec.num_features,
+                     "input_size": spec.input_size, "weights": status, "available": bool(where)})
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="headstart backbones (any timm model also works as timm:<name>)")
+    for col in ("name", "family", "features", "input", "pretrained weights"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], r["family"], str(r["num_features"]), str(r["input_size"]),
+                      ("[green]" if r["available"] else "[yellow]")
+                      + (r["weights"].split(":")[0] + ": offline" if r["available"] else r["weights"]))
+    Console().print(table)
+    return 0

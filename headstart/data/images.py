@@ -1,0 +1,90 @@
+"""Decoding one image file into an RGB picture, whatever its mode, orientation or bit depth."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+# Decompression bombs: a small file that decodes to billions of pixels. 89 million is PIL's own warning
+# threshold; we make it an error instead of a warning.
+MAX_PIXELS = 89_478_485
+
+
+class BadImageError(ValueError):
+    """A file that cannot be used as an image; ``reason`` says why in a few words."""
+
+    def __init__(self, path: str | Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+def is_image_file(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS and not Path(path).name.startswith(".")
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """16-bit and float greyscale (microscopy, medical, scientific cameras) stretched to 8 bits by its own range."""
+    arr = np.asarray(im, dtype=np.float64)
+    lo, hi = float(arr.min()), float(arr.max())
+    # 16-bit files that use the full range keep their absolute scale; others are stretched so they are not black.
+    if im.mode.startswith("I;16") or (im.mode == "I" and hi > 255):
+        lo, hi = (0.0, 65535.0) if hi > 4095 else (lo, hi)
+    scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+    return Image.fromarray(scaled.clip(0, 255).astype(np.uint8), mode="L")
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Converts any PIL mode to RGB: transparency composited on white, CMYK and greyscale converted, 16-bit scaled."""
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, im).convert("RGB")
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        im = _to_8bit(im)
+    if im.mode == "1":
+        im = im.convert("L")
+    return im.convert("RGB") if im.mode != "RGB" else im
+
+
+def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Opens an image as RGB with its EXIF orientation applied.
+
+    Raises:
+        BadImageError: the file is empty, not an image, truncated, or too large to decode safely.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise BadImageError(path, f"cannot be read ({exc.strerror})") from None
+    if size == 0:
+        raise BadImageError(path, "empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                if im.width * im.height > max_pixels:
+                    raise BadImageError(path, f"{im.width}x{im.height} pixels is over the {max_pixels:,} pixel limit "
+                                              "(a decompression bomb, or an image to downscale first)")
+                im.load()
+                im = ImageOps.exif_transpose(im)
+                return to_rgb(im)
+    except BadImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise BadImageError(path, "too many pixels to decode safely (decompression bomb)") from None
+    except Image.UnidentifiedImageError:
+        raise BadImageError(path, "not an image (the content is not a known image format)") from None
+    except OSError as exc:
+        reason = "truncated or corrupt" if "truncated" in str(exc).lower() or "broken" in str(exc).lower() else str(exc)
+        raise BadImageError(path, f"cannot be decoded: {reason}") from None
+    except (ValueError, SyntaxError) as exc:  # PIL raises these for some malformed headers
+        raise BadImageError(path, f"cannot be decoded: {exc}") from None

@@ -1,0 +1,173 @@
+"""Finding the labelled images: ImageFolder layouts or a CSV manifest, and a seeded stratified split."""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from headstart.data.images import is_image_file
+
+Sample = tuple[str, int]  # (path, class index)
+SPLIT_DIRS = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
+
+
+@dataclass
+class DataSplits:
+    """Where every image went. ``layout`` says how the split was found, for the run's records."""
+
+    classes: list[str]
+    train: list[Sample]
+    val: list[Sample]
+    test: list[Sample] = field(default_factory=list)
+    layout: str = ""
+
+    def counts(self, split: str = "train") -> dict[str, int]:
+        c = Counter(label for _, label in getattr(self, split))
+        return {name: c.get(i, 0) for i, name in enumerate(self.classes)}
+
+    def to_json(self) -> dict:
+        return {"classes": self.classes, "layout": self.layout,
+                **{s: [[p, self.classes[y]] for p, y in getattr(self, s)] for s in ("train", "val", "test")}}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "DataSplits":
+        idx = {c: i for i, c in enumerate(d["classes"])}
+        return cls(d["classes"], *([(p, idx[y]) for p, y in d[s]] for s in ("train", "val", "test")), layout=d["layout"])
+
+
+def list_images(folder: Path) -> list[str]:
+    """Image files below ``folder`` (recursively), in a stable order."""
+    out = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        out.extend(str(Path(root) / f) for f in sorted(files) if is_image_file(f))
+    return out
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def read_class_folders(folder: Path, classes: list[str] | None = None) -> tuple[list[str], list[Sample]]:
+    """Reads ``folder/<class>/**/image``. With ``classes`` given, folder names must be among them."""
+    dirs = _class_dirs(folder)
+    if not dirs:
+        n_loose = len([f for f in folder.iterdir() if f.is_file() and is_image_file(f)])
+        extra = f" (it holds {n_loose} images directly; move them into one subfolder per class)" if n_loose else ""
+        raise ValueError(f"{folder} has no class subfolders{extra}. Expected {folder}/<class name>/<images>, "
+                         "optionally inside train/ and val/ folders, or a CSV manifest with path,label columns.")
+    names = [d.name for d in dirs]
+    if classes is None:
+        classes = names
+    else:
+        unknown = [n for n in names if n not in classes]
+        if unknown:
+            raise ValueError(f"{folder} has classes the model was not trained on: {', '.join(unknown)}. "
+                             f"The model knows: {', '.join(classes)}.")
+    idx = {c: i for i, c in enumerate(classes)}
+    samples = [(p, idx[d.name]) for d in dirs for p in list_images(d)]
+    return classes, samples
+
+
+def stratified_split(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Moves ``fraction`` of each class (at least one image when the class has two or more) to the second list."""
+    rng = random.Random(seed)
+    by_class: dict[int, list[Sample]] = {}
+    for s in samples:
+        by_class.setdefault(s[1], []).append(s)
+    keep, held = [], []
+    for label in sorted(by_class):
+        items = by_class[label][:]
+        rng.shuffle(items)
+        n = 0 if len(items) < 2 or fraction <= 0 else max(1, round(fraction * len(items)))
+        held += items[:n]
+        keep += items[n:]
+    return sorted(keep), sorted(held)
+
+
+def _split_dir(folder: Path, split: str) -> Path | None:
+    for name in SPLIT_DIRS[split]:
+        if (folder / name).is_dir():
+            return folder / name
+    return None
+
+
+def read_csv_manifest(path: Path) -> tuple[list[str], dict[str, list[tuple[str, str]]]]:
+    """A CSV with ``path,label`` (and optionally ``split``) columns; relative paths are relative to the CSV."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        cols = [c.strip().lower() for c in reader.fieldnames or []]
+        if "path" not in cols or "label" not in cols:
+            raise ValueError(f"{path} needs a header with 'path' and 'label' columns (and optionally 'split'); "
+                             f"it has: {', '.join(cols) or 'no header'}.")
+        rows: dict[str, list[tuple[str, str]]] = {"train": [], "val": [], "test": []}
+        for i, row in enumerate(reader, start=2):
+            row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
+            split = row.get("split") or "train"
+            split = next((s for s, names in SPLIT_DIRS.items() if split.lower() in names), None)
+            if split is None:
+                raise ValueError(f"{path} line {i}: split '{row.get('split')}' is not one of train, val, test.")
+            p = Path(row["path"])
+            rows[split].append((str(p if p.is_absolute() else path.parent / p), row["label"]))
+    classes = sorted({label for split in rows.values() for _, label in split})
+    return classes, rows
+
+
+def discover(data: str | Path, val_fraction: float = 0.2, seed: int = 0) -> DataSplits:
+    """Finds classes and splits in ``data``.
+
+    Args:
+        data: a folder with ``train/``, ``val/`` (optional) and ``test/`` (optional) subfolders of class folders;
+            or one folder of class folders; or a CSV manifest (``path,label[,split]``).
+        val_fraction: share of each class held out for validation when no validation split is given.
+        seed: makes that split repeatable.
+    """
+    data = Path(data)
+    if not data.exists():
+        raise FileNotFoundError(f"{data} does not exist; pass a folder of class subfolders or a CSV manifest.")
+    if data.is_file():
+        if data.suffix.lower() != ".csv":
+            raise ValueError(f"{data} is a file but not a .csv manifest; pass a folder of class subfolders or a CSV.")
+        classes, rows = read_csv_manifest(data)
+        idx = {c: i for i, c in enumerate(classes)}
+        train, val, test = ([(p, idx[y]) for p, y in rows[s]] for s in ("train", "val", "test"))
+        layout = f"csv manifest {data}"
+        if not val:
+            train, val = stratified_split(train, val_fraction, seed)
+            layout += f" (validation: {val_fraction:.0%} of each class, seed {seed})"
+    elif (train_dir := _split_dir(data, "train")) is not None:
+        classes, train = read_class_folders(train_dir)
+        val_dir, test_dir = _split_dir(data, "val"), _split_dir(data, "test")
+        val = read_class_folders(val_dir, classes)[1] if val_dir else []
+        test = read_class_folders(test_dir, classes)[1] if test_dir else []
+        layout = "split folders"
+        if not val:
+            train, val = stratified_split(train, val_fraction, seed)
+            layout += f" (validation: {val_fraction:.0%} of each train class, seed {seed})"
+    else:
+        classes, all_samples = read_class_folders(data)
+        train, val = stratified_split(all_samples, val_fraction, seed)
+        test = []
+        layout = f"class folders (validation: {val_fraction:.0%} of each class, seed {seed})"
+    splits = DataSplits(classes, train, val, test, layout)
+    validate(splits, data)
+    return splits
+
+
+def validate(splits: DataSplits, data: Path | str) -> None:
+    """Refuses data that cannot train a classifier, saying why."""
+    counts = splits.counts("train")
+    empty = [c for c, n in counts.items() if n == 0]
+    if not splits.train:
+        raise ValueError(f"no images found in {data} (looked for {', '.join(e.lstrip('.') for e in ('.jpg', '.png'))} "
+                         "and other image files inside the class folders).")
+    if empty:
+        raise ValueError(f"class{'es' if len(empty) > 1 else ''} {', '.join(empty)} in {data} "
+                         "ha{} no usable training images; add images or remove the folder.".format(
+                             've' if len(empty) > 1 else 's'))
+    if len(splits.classes) < 2:
+        raise ValueError(f"{data} has only one class ({splits.classes[0]}); a classifier needs at least two.")

@@ -1,0 +1,47 @@
+"""Preprocessing from the backbone's metadata, and training augmentation presets (torchvision transforms v2)."""
+
+from __future__ import annotations
+
+import torch
+from torchvision.transforms import v2 as T
+
+AUGMENTATIONS = ("none", "light", "strong")
+
+
+def _interp(name: str) -> T.InterpolationMode:
+    return T.InterpolationMode(name)
+
+
+def eval_transform(pre: dict) -> T.Compose:
+    """Resize to ``size / crop_pct`` and centre-crop ``size``, as the weights were evaluated; then normalise."""
+    size = pre["image_size"]
+    return T.Compose([
+        T.ToImage(),
+        T.Resize(int(round(size / pre["crop_pct"])), interpolation=_interp(pre["interpolation"]), antialias=True),
+        T.CenterCrop(size),
+        T.ToDtype(torch.float32, scale=True),
+        T.Normalize(pre["mean"], pre["std"]),
+    ])
+
+
+def train_transform(pre: dict, augment: str = "light") -> T.Compose:
+    """Training augmentation.
+
+    Args:
+        pre: preprocessing dict from the backbone spec.
+        augment: ``none`` (eval transform), ``light`` (random resized crop and flip: safe for nearly any images),
+            or ``strong`` (adds TrivialAugment and random erasing: for larger datasets or longer training).
+    """
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"--augment must be one of {', '.join(AUGMENTATIONS)}, got '{augment}'.")
+    if augment == "none":
+        return eval_transform(pre)
+    size, interp = pre["image_size"], _interp(pre["interpolation"])
+    steps = [T.ToImage(), T.RandomResizedCrop(size, scale=(0.35, 1.0), interpolation=interp, antialias=True),
+             T.RandomHorizontalFlip()]
+    if augment == "strong":
+        steps.append(T.TrivialAugmentWide(interpolation=interp))
+    steps += [T.ToDtype(torch.float32, scale=True), T.Normalize(pre["mean"], pre["std"])]
+    if augment == "strong":
+        steps.append(T.RandomErasing(p=0.25))
+    return T.Compose(steps)

@@ -1,0 +1,55 @@
+"""Checkpoints that survive crashes: written to a temporary file, flushed, then renamed over the old one."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Calls ``write(tmp_path)`` then renames onto ``path``: a crash mid-write leaves the previous file intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: str | Path, obj) -> None:
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2)
+
+    atomic_write(path, write)
+
+
+def save_weights(path: str | Path, model: torch.nn.Module, metadata: dict | None = None) -> None:
+    """Model weights as safetensors (no pickle), with JSON metadata in the header."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def save_state(path: str | Path, state: dict) -> None:
+    """Training state (model, optimizer, scheduler, counters, RNG) for resuming; only tensors and plain types."""
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_state(path: str | Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -1,0 +1,72 @@
+"""An honest evaluation: accuracy, per-class precision/recall/F1, and the confusion matrix (JSON and PNG)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import balanced_accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+from headstart.data.dataset import ImageDataset, make_loader, scan
+from headstart.data.sources import read_class_folders
+from headstart.data.transforms import eval_transform
+from headstart.engine.checkpoint import write_json
+from headstart.engine.loop import predict_logits
+from headstart.inference import LoadedRun
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
+    labels = list(range(len(classes)))
+    p, r, f, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    return {
+        "accuracy": float((y_true == y_pred).mean()),
+        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+        "num_images": int(len(y_true)),
+        "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
+                          "support": int(support[i])} for i, c in enumerate(classes)},
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "classes": classes,
+    }
+
+
+def plot_confusion(metrics: dict, path: str | Path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    cm = np.array(metrics["confusion_matrix"])
+    n = len(metrics["classes"])
+    fig, ax = plt.subplots(figsize=(max(5, 0.6 * n + 2), max(4, 0.6 * n + 1.5)))
+    ConfusionMatrixDisplay(cm, display_labels=metrics["classes"]).plot(ax=ax, colorbar=False, cmap="Blues",
+                                                                        xticks_rotation=45, values_format="d")
+    ax.set_title(title or f"accuracy {metrics['accuracy']:.3f} on {metrics['num_images']} images")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def evaluate_run(run: LoadedRun, data: str | Path, batch_size: int = 64, workers: int | None = None) -> dict:
+    """Evaluates a trained run on a folder of class subfolders named like the run's classes.
+
+    Writes ``evaluation.json`` and ``confusion_matrix.png`` into the run directory and returns the metrics.
+    """
+    data = Path(data)
+    if not data.is_dir():
+        raise FileNotFoundError(f"{data} is not a folder; pass a folder of class subfolders named like the run's "
+                                f"classes ({', '.join(run.classes[:5])}{', ...' if len(run.classes) > 5 else ''}).")
+    _, samples = read_class_folders(data, run.classes)
+    samples, bad = scan(samples)
+    for path, reason in bad:
+        print(f"skipping {path}: {reason}")
+    if not samples:
+        raise ValueError(f"no readable images in {data}.")
+    loader = make_loader(ImageDataset(samples, eval_transform(run.preprocessing)), batch_size, shuffle=False,
+                         workers=workers)
+    logits, labels = predict_logits(run.model, loader, run.runtime, desc="evaluate")
+    metrics = classification_metrics(labels.numpy(), logits.argmax(1).numpy(), run.classes)
+    metrics.update({"data": str(data), "skipped": [{"path": p, "reason": r} for p, r in bad]})
+    write_json(run.path / "evaluation.json", metrics)
+    plot_confusion(metrics, run.path / "confusion_matrix.png")
+    return metrics

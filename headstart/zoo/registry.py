@@ -1,0 +1,119 @@
+"""One registry of backbones by name, each with the metadata that travels with its weights.
+
+A backbone here is a module whose ``forward`` maps images to pooled features of shape ``(B, num_features)``:
+the pretrained classifier has been removed, and :class:`headstart.model.TransferModel` adds a new head.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import torch
+from torch import nn
+
+StateDict = Mapping[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    """One place pretrained weights may come from.
+
+    Args:
+        kind: ``package`` (ships with a pip package, offline), ``cache`` (torchvision/timm download cache)
+            or ``download`` (needs the network).
+        describe: a short human sentence about where it is, used in listings and errors.
+        locate: returns the local file if it is present now (never touches the network), else None.
+        fetch: downloads the file and returns its path (``download`` sources only).
+    """
+
+    kind: str
+    describe: str
+    locate: Callable[[], str | None]
+    fetch: Callable[[], str] | None = None
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Everything headstart needs to know about a backbone, independent of the task.
+
+    Args:
+        name: registry name, e.g. ``efficientnet_lite0`` or ``timm:convnext_tiny``.
+        build: builds the headless backbone with random weights.
+        num_features: size of the pooled feature vector.
+        mean, std: normalisation the pretrained weights expect.
+        input_size: square input size in pixels the weights were trained at.
+        interpolation: ``bilinear`` or ``bicubic``, as the weights were trained.
+        crop_pct: eval-time centre crop fraction (resize to ``input_size / crop_pct``, then crop).
+        groups: maps a built backbone to its ordered layer groups, input to output: ``[(name, [module prefixes])]``.
+        sources: where pretrained weights may come from, in the order they are tried.
+        convert: turns a source state dict (with its classifier) into the backbone's own naming; leaves one that
+            is already in that naming unchanged.
+        classifier_prefixes: keys of the pretrained classifier, dropped before loading into the headless backbone.
+        family: a word for listings (``timm``, ``torchvision``, ``headstart``).
+        small_images: the architecture is meant for small inputs (32 px) rather than ImageNet's 224 px.
+    """
+
+    name: str
+    build: Callable[[], nn.Module]
+    num_features: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    input_size: int
+    interpolation: str
+    crop_pct: float
+    groups: Callable[[nn.Module], list[tuple[str, list[str]]]]
+    sources: tuple[WeightSource, ...] = ()
+    convert: Callable[[StateDict], dict[str, torch.Tensor]] | None = None
+    classifier_prefixes: tuple[str, ...] = ()
+    family: str = ""
+    small_images: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def preprocessing(self, image_size: int | None = None) -> dict:
+        """The preprocessing a run records, so predict needs nothing but the run directory."""
+        return {
+            "image_size": int(image_size or self.input_size),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": self.interpolation,
+            "crop_pct": self.crop_pct,
+        }
+
+
+_REGISTRY: dict[str, BackboneSpec] = {}
+_FACTORIES: dict[str, Callable[[str], BackboneSpec]] = {}
+
+
+def register(spec: BackboneSpec) -> BackboneSpec:
+    assert spec.name not in _REGISTRY, f"backbone {spec.name} registered twice"
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def register_prefix(prefix: str, factory: Callable[[str], BackboneSpec]) -> None:
+    """Names like ``timm:<model>`` are built on demand by ``factory(model)``."""
+    _FACTORIES[prefix] = factory
+
+
+def get_spec(name: str) -> BackboneSpec:
+    """Looks a backbone up by name; an unknown name fails with the closest names suggested."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    prefix, sep, rest = name.partition(":")
+    if sep and prefix in _FACTORIES:
+        return _FACTORIES[prefix](rest)
+    close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ValueError(
+        f"unknown model '{name}'.{hint} `headstart models` lists them all; any timm model works as 'timm:<name>'."
+    )
+
+
+def list_specs() -> list[BackboneSpec]:
+    return list(_REGISTRY.values())
+
+
+def layer_groups(spec: BackboneSpec, backbone: nn.Module) -> list[tuple[str, list[str]]]:
+    return spec.groups(backbone)
