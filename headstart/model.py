@@ -85,18 +85,23 @@ class TransferModel(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     def train(self, mode: bool = True) -> "TransferModel":
-        """Like ``nn.Module.train``, but BatchNorm layers in frozen groups keep eval-mode statistics.
+        """Like ``nn.Module.train``, but BatchNorm layers keep their pretrained statistics where the policy says.
 
-        A frozen layer whose BatchNorm statistics still move is not frozen: its output drifts towards the new data's
-        batch statistics, which with small batches is mostly noise. Policy ``train`` lets them move anyway.
+        BatchNorm in a frozen group always stays in eval mode: a layer whose statistics still move is not frozen,
+        its output drifts towards the new data's batch statistics, which with small batches is mostly noise.
+        Policy ``frozen`` (the default for pretrained models, as Keras' transfer-learning guide recommends) keeps
+        every BatchNorm layer in eval mode while its affine weights still train; ``train`` lets the statistics of
+        trainable groups adapt (what training from scratch needs).
         """
         super().train(mode)
-        if mode and self.bn_policy == "frozen":
-            for i in self.frozen_groups():
-                for module in self.group_modules(i):
-                    for m in module.modules():
-                        if isinstance(m, _BatchNorm):
-                            m.eval()
+        if not mode:
+            return self
+        frozen = set(self.frozen_groups()) if self.bn_policy == "train" else set(range(len(self._groups)))
+        for i in frozen:
+            for module in self.group_modules(i):
+                for m in module.modules():
+                    if isinstance(m, _BatchNorm):
+                        m.eval()
         return self
 
 

@@ -21,7 +21,8 @@ class Phase:
         train_from: index of the first trainable layer group; ``-1`` is head only, ``0`` everything. Fractions
             in (0, 1) mean "freeze that fraction of the backbone groups", resolved per backbone.
         backbone_lr_scale: backbone learning rate = ``lr * backbone_lr_scale`` (the head is new and needs more).
-        bn: BatchNorm policy: ``frozen`` (eval-mode statistics in frozen groups), ``train``.
+        bn: BatchNorm policy: ``frozen`` (every BatchNorm keeps its pretrained statistics; affine weights of
+            trainable groups still learn) or ``train`` (statistics of trainable groups adapt to the new data).
         fit: ``sgd`` (the training loop) or ``features`` (fit the head in closed form on frozen features).
         warmup_epochs: linear warm-up before the cosine decay.
     """
@@ -59,7 +60,8 @@ def resolve_train_from(train_from: float, num_groups: int) -> int:
 
 STRATEGIES = {
     "linear-probe": "frozen backbone; the head is fitted on features computed once (logistic regression)",
-    "fine-tune": "head first, then the later half of the backbone with it at a 10x lower learning rate",
+    "fine-tune": "head fitted on frozen features first, then the later half of the backbone trains with it at a "
+                 "10x lower learning rate",
     "full": "every layer trains; the backbone at a 10x lower learning rate than the head",
     "scratch": "same architecture, random initialisation: the baseline transfer learning is measured against",
 }
@@ -79,10 +81,10 @@ def make_strategy(name: str, epochs: int = 10, lr: float | None = None) -> Strat
     if name == "linear-probe":
         phases = [Phase("probe", epochs=1, lr=head_lr, train_from=-1, fit="features")]
     elif name == "fine-tune":
-        # fastai's fine_tune: a short head-only phase first, so the random head does not send large gradients
-        # into the pretrained layers, then the later half of the backbone at a 10x lower rate.
-        warm = max(1, epochs // 5)
-        phases = [Phase("head", epochs=warm, lr=head_lr, train_from=-1, warmup_epochs=0),
+        # Head first (fastai's fine_tune does one frozen epoch): a random head would send large, meaningless
+        # gradients into the pretrained layers. Fitting it on frozen features is the fastest way to a good head.
+        # Then the later half of the backbone adapts at a 10x lower rate than the head.
+        phases = [Phase("head", epochs=1, lr=head_lr, train_from=-1, fit="features"),
                   Phase("fine-tune", epochs=epochs, lr=head_lr / 2, train_from=0.5, backbone_lr_scale=0.1)]
     elif name == "full":
         phases = [Phase("full", epochs=epochs, lr=head_lr, train_from=0, backbone_lr_scale=0.1)]

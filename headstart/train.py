@@ -16,11 +16,13 @@ from pathlib import Path
 
 import yaml
 
-from headstart.data.dataset import ImageDataset, make_loader, scan
+from headstart.data.check import check_splits
+from headstart.data.dataset import ImageDataset, make_loader
 from headstart.data.sources import DataSplits, discover, validate
 from headstart.data.transforms import eval_transform, train_transform
-from headstart.engine.checkpoint import save_state, save_weights, write_json
-from headstart.engine.loop import evaluate, fit, predict_logits
+from headstart.engine.checkpoint import atomic_write, load_state, load_weights, save_state, save_weights, write_json
+from headstart.engine.distributed import EpochSampler, barrier
+from headstart.engine.loop import FitState, evaluate, fit, predict_logits
 from headstart.evaluation.metrics import classification_metrics
 from headstart.engine.runtime import make_runtime, seed_everything
 from headstart.model import build_model
@@ -69,89 +71,153 @@ def prepare_run_dir(out: Path, overwrite: bool) -> None:
     except OSError as exc:
         raise PermissionError(f"cannot write to {out} ({exc.strerror}); pass an --out folder you can write to.") \
             from None
-    for stale in ("metrics.jsonl", "best.safetensors", "last.pt", "summary.json"):
+    for stale in ("metrics.jsonl", "best.safetensors", "phase_best.safetensors", "last.pt", "summary.json"):
         (out / stale).unlink(missing_ok=True)
 
 
 def drop_bad_files(splits: DataSplits, data: str) -> list[tuple[str, str]]:
-    """Decodes every image once; broken ones are named and removed from the splits, the rest go on."""
-    bad_all = []
-    for name in ("train", "val", "test"):
-        good, bad = scan(getattr(splits, name))
-        setattr(splits, name, good)
-        bad_all += bad
-    for path, reason in bad_all:
+    """Checks every image once (``headstart check``'s pass): unusable ones are named and removed from the splits,
+    duplicates, leakage across splits and imbalance get one line, and training goes on."""
+    report = check_splits(splits, data)
+    bad = report.bad_files()
+    for path, reason in bad:
         log(f"skipping {path}: {reason}")
+    dropped = {p for p, _ in bad}
+    for name in ("train", "val", "test"):
+        setattr(splits, name, [s for s in getattr(splits, name) if s[0] not in dropped])
+    if warnings := report.summary():
+        log(f"data warnings: {warnings}; `headstart check {data}` lists them")
     validate(splits, data)
-    return bad_all
+    return bad
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Trains one model as ``cfg`` says and returns its summary (also written to ``summary.json``)."""
+def _loaders(splits: DataSplits, pre: dict, cfg: TrainConfig, runtime) -> dict:
+    """Train (augmented, shuffled per epoch), and eval-transform loaders; sharded across ranks under DDP."""
+    r, w = runtime.rank, runtime.world_size
+
+    def loader(samples, transform, shuffle, batch, shard=True):
+        sampler = EpochSampler(len(samples), shuffle=shuffle, seed=cfg.seed, rank=r if shard else 0,
+                               world_size=w if shard else 1)
+        return make_loader(ImageDataset(samples, transform), batch, shuffle=False, seed=cfg.seed,
+                           workers=cfg.workers, sampler=sampler)
+
+    return {
+        "train": loader(splits.train, train_transform(pre, cfg.augment), True, cfg.batch_size),
+        "val": loader(splits.val, eval_transform(pre), False, cfg.batch_size * 2),
+        "train_eval": loader(splits.train, eval_transform(pre), False, cfg.batch_size * 2, shard=False),
+        "val_all": loader(splits.val, eval_transform(pre), False, cfg.batch_size * 2, shard=False),
+    }
+
+
+def load_resume_state(out: Path) -> dict:
+    """``last.pt`` plus the current phase's best weights, to continue a run where it stopped."""
+    if not (out / "last.pt").is_file():
+        raise FileNotFoundError(f"{out} has no last.pt to resume from; start it again without --resume.")
+    state = load_state(out / "last.pt")
+    if (out / "phase_best.safetensors").is_file():
+        state["phase_best_state"] = load_weights(out / "phase_best.safetensors")
+    return state
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict:
+    """Trains one model as ``cfg`` says and returns its summary (also written to ``summary.json``).
+
+    Args:
+        cfg: the run's settings.
+        resume: continue the run in ``cfg.out`` from its ``last.pt`` (model, optimizer, scheduler, epoch, phase).
+    """
     t_start = time.time()
     seed_everything(cfg.seed)
     out = Path(cfg.out)
+    runtime = make_runtime(cfg.device, cfg.precision)
+    main = runtime.is_main
     strategy = make_strategy(cfg.strategy, epochs=cfg.epochs, lr=cfg.lr)
-    splits = discover(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed)
-    prepare_run_dir(out, cfg.overwrite)
-    bad = drop_bad_files(splits, cfg.data)
-    write_json(out / "skipped.json", [{"path": p, "reason": r} for p, r in bad])
-    if bad:
-        log(f"left out {len(bad)} unreadable file(s); the list is in {out / 'skipped.json'}")
+    if resume:
+        splits = DataSplits.from_json(json.loads((out / "split.json").read_text()))
+        resume_state = load_resume_state(out)
+        bad = [(s["path"], s["reason"]) for s in json.loads((out / "skipped.json").read_text())]
+    else:
+        splits = discover(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed)
+        if main:
+            prepare_run_dir(out, cfg.overwrite)
+        barrier()
+        bad = drop_bad_files(splits, cfg.data)
+        resume_state = None
+        if main:
+            write_json(out / "skipped.json", [{"path": p, "reason": r} for p, r in bad])
+            if bad:
+                log(f"left out {len(bad)} unreadable file(s); the list is in {out / 'skipped.json'}")
     if not splits.val:
         raise ValueError(f"no validation images in {cfg.data}: add a val/ folder or more images per class "
                          "(each class needs at least two images to hold one out).")
 
-    runtime = make_runtime(cfg.device, cfg.precision)
-    model = build_model(cfg.model, len(splits.classes), pretrained=strategy.pretrained, weights_file=cfg.weights)
+    model = build_model(cfg.model, len(splits.classes), pretrained=strategy.pretrained and not resume,
+                        weights_file=None if resume else cfg.weights)
+    if resume:
+        model.load_state_dict(resume_state["model"])
     pre = model.spec.preprocessing(cfg.image_size)
     runtime.prepare(model)
-    log(f"{cfg.model} ({model.weights_source}) on {runtime.describe()}; {len(splits.classes)} classes, "
-        f"{len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test images; strategy "
-        f"{strategy.name}")
-
-    loaders = {
-        "train": make_loader(ImageDataset(splits.train, train_transform(pre, cfg.augment)), cfg.batch_size,
-                             shuffle=True, seed=cfg.seed, workers=cfg.workers),
-        "train_eval": make_loader(ImageDataset(splits.train, eval_transform(pre)), cfg.batch_size * 2,
-                                  shuffle=False, workers=cfg.workers),
-        "val": make_loader(ImageDataset(splits.val, eval_transform(pre)), cfg.batch_size * 2, shuffle=False,
-                           workers=cfg.workers),
-    }
+    loaders = _loaders(splits, pre, cfg, runtime)
+    if main:
+        log(f"{cfg.model} ({model.weights_source}) on {runtime.describe()}"
+            f"{f' x {runtime.world_size} processes' if runtime.world_size > 1 else ''}; {len(splits.classes)} classes, "
+            f"{len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test images; strategy "
+            f"{strategy.name}" + (f"; resuming after epoch {resume_state['fit_state']['global_epoch']}" if resume
+                                  else ""))
 
     meta = {"model": cfg.model, "classes": splits.classes, "preprocessing": pre}
-    config = {**asdict(cfg), "strategy_phases": strategy.to_dict()["phases"], "preprocessing": pre,
-              "classes": splits.classes, "weights_source": model.weights_source,
-              "weights_checksum": model.weights_checksum, "runtime": runtime.describe(), "layout": splits.layout}
-    (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    write_json(out / "classes.json", splits.classes)
-    write_json(out / "split.json", splits.to_json())
+    if main and not resume:
+        config = {**asdict(cfg), "strategy_phases": strategy.to_dict()["phases"], "preprocessing": pre,
+                  "classes": splits.classes, "weights_source": model.weights_source,
+                  "weights_checksum": model.weights_checksum, "runtime": runtime.describe(),
+                  "world_size": runtime.world_size, "layout": splits.layout}
+        (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        write_json(out / "classes.json", splits.classes)
+        write_json(out / "split.json", splits.to_json())
+    if main and resume:
+        # Epochs after the checkpoint were lost with the crash; their metrics lines go too.
+        done = resume_state["fit_state"]["global_epoch"]
+        lines = (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []
+        kept = [line for line in lines if json.loads(line)["global_epoch"] <= done]
+        atomic_write(out / "metrics.jsonl", lambda tmp: Path(tmp).write_text("".join(f"{x}\n" for x in kept)))
 
-    def on_epoch(record: dict, improved: bool, train_state: dict) -> None:
+    def on_epoch(record: dict, state: FitState, ckpt: dict) -> None:
+        if not main:
+            return
         with open(out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
         log(f"[{record['phase']} {record['epoch']}] " + ", ".join(
             f"{k} {record[k]:.4f}" for k in ("train_loss", "train_acc", "val_loss", "val_acc") if k in record)
-            + (" *" if improved else ""))
-        if improved:
+            + (" *" if ckpt["improved"] else ""))
+        if ckpt["improved"]:
             save_weights(out / "best.safetensors", model, {**meta, "epoch": record["global_epoch"]})
-        save_state(out / "last.pt", {"model": model.state_dict(), **train_state, "record": record})
+        if ckpt["phase_improved"]:
+            save_weights(out / "phase_best.safetensors", model)
+        # last.pt is written last: whatever it records is already on disk.
+        save_state(out / "last.pt", {**{k: v for k, v in ckpt.items() if k not in ("improved", "phase_improved")},
+                                     "fit_state": asdict(state), "record": record})
 
-    state = fit(model, strategy, loaders, runtime, patience=cfg.patience, on_epoch=on_epoch)
-
-    from headstart.engine.checkpoint import load_weights
+    try:
+        state = fit(model, strategy, loaders, runtime, patience=cfg.patience, on_epoch=on_epoch, seed=cfg.seed,
+                    resume=resume_state)
+    except KeyboardInterrupt:
+        if main:
+            log(f"interrupted: the last finished epoch is saved; continue with `headstart train --resume {out}`.")
+        raise
+    barrier()
 
     model.load_state_dict(load_weights(out / "best.safetensors"))
     summary = {"strategy": strategy.name, "model": cfg.model, "best_epoch": state.best_global_epoch,
                "best_val_loss": state.best_val_loss, "val_acc": evaluate(model, loaders["val"], runtime)["acc"],
                "trainable_params": model.trainable_parameters(), "train_images": len(splits.train),
-               "skipped_files": len(bad), "seconds": time.time() - t_start}
-    if splits.test:
+               "skipped_files": len(bad), "seconds": time.time() - t_start, "world_size": runtime.world_size}
+    if splits.test and main:
         test_loader = make_loader(ImageDataset(splits.test, eval_transform(pre)), cfg.batch_size * 2, shuffle=False,
                                   workers=cfg.workers)
         logits, labels = predict_logits(model, test_loader, runtime, desc="test")
         test = classification_metrics(labels.numpy(), logits.argmax(1).numpy(), splits.classes)
         summary.update(test_acc=test["accuracy"], test_balanced_acc=test["balanced_accuracy"])
         write_json(out / "test_metrics.json", test)
-    write_json(out / "summary.json", summary)
+    if main:
+        write_json(out / "summary.json", summary)
     return summary

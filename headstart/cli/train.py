@@ -13,8 +13,9 @@ def add_parser(sub):
     p = sub.add_parser("train", help="train a classifier on a folder of labelled images",
                        description="Train a classifier from a pretrained backbone. DATA is a folder of class "
                                    "subfolders (optionally inside train/, val/, test/), or a CSV with path,label.")
-    p.add_argument("data", help="folder of class subfolders, or a CSV manifest (path,label[,split])")
-    p.add_argument("--out", required=True, help="run directory to create")
+    p.add_argument("data", nargs="?", help="folder of class subfolders, or a CSV manifest (path,label[,split])")
+    p.add_argument("--out", help="run directory to create")
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"backbone name (default {DEFAULT_MODEL}; see `headstart "
                                                           "models`; any timm model as timm:<name>)")
     p.add_argument("--strategy", default="fine-tune", choices=list(STRATEGIES),
@@ -38,7 +39,22 @@ def add_parser(sub):
 def run(args) -> int:
     from headstart.train import TrainConfig, train
 
-    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__})
-    summary = train(cfg)
+    if args.resume:
+        import yaml
+        from pathlib import Path
+
+        config_path = Path(args.resume) / "config.yaml"
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{args.resume} is not a headstart run directory (no config.yaml).")
+        saved = yaml.safe_load(config_path.read_text())
+        cfg = TrainConfig(**{k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__})
+        cfg.out = args.resume
+        summary = train(cfg, resume=True)
+    else:
+        if not args.data or not args.out:
+            raise ValueError("train needs DATA and --out (e.g. `headstart train images/ --out runs/a`), or "
+                             "--resume RUN.")
+        cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__})
+        summary = train(cfg)
     print(json.dumps(summary, indent=2))
     return 0

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from headstart.engine.distributed import all_reduce_sum
 from headstart.engine.runtime import Runtime
 from headstart.model import TransferModel
 from headstart.strategy import Phase, Strategy, resolve_train_from
@@ -51,6 +52,7 @@ def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]
 
 def train_one_epoch(model, loader: DataLoader, optimizer, scheduler, runtime: Runtime, desc: str = "train",
                     label_smoothing: float = 0.0) -> dict:
+    """One pass over ``loader``; ``model`` may be DDP-wrapped. Returns loss and accuracy summed over all ranks."""
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
     bar = tqdm(loader, desc=desc, leave=False, disable=None if runtime.is_main else True)
@@ -70,35 +72,50 @@ def train_one_epoch(model, loader: DataLoader, optimizer, scheduler, runtime: Ru
         correct += (logits.argmax(1) == labels).sum().item()
         seen += len(labels)
         bar.set_postfix(loss=f"{total_loss / seen:.3f}")
+    total_loss, correct, seen = all_reduce_sum([total_loss, correct, seen], runtime.device)
     return {"train_loss": total_loss / max(1, seen), "train_acc": correct / max(1, seen)}
 
 
 @torch.no_grad()
 def predict_logits(model, loader: DataLoader, runtime: Runtime, desc: str = "eval") -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (float32, CPU) and labels for every image in ``loader``, in order."""
+    """Logits (float32, CPU) and labels for every image in ``loader``, in order (this rank's shard under DDP)."""
     model.eval()
     all_logits, all_labels = [], []
     for images, labels in tqdm(loader, desc=desc, leave=False, disable=None if runtime.is_main else True):
         with runtime.autocast():
             all_logits.append(model(runtime.to_input(images)).float().cpu())
         all_labels.append(torch.as_tensor(labels))
+    if not all_logits:
+        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
     return torch.cat(all_logits), torch.cat(all_labels)
 
 
 def evaluate(model, loader: DataLoader, runtime: Runtime, desc: str = "val") -> dict:
+    """Loss and accuracy over the whole loader, summed across ranks when distributed."""
     logits, labels = predict_logits(model, loader, runtime, desc)
-    return {"loss": F.cross_entropy(logits, labels).item(), "acc": (logits.argmax(1) == labels).float().mean().item()}
+    loss_sum = F.cross_entropy(logits, labels, reduction="sum").item() if len(labels) else 0.0
+    correct = (logits.argmax(1) == labels).sum().item() if len(labels) else 0
+    loss_sum, correct, n = all_reduce_sum([loss_sum, correct, len(labels)], runtime.device)
+    return {"loss": loss_sum / max(1, n), "acc": correct / max(1, n)}
 
 
 @dataclass
 class FitState:
-    """Where training is; saved in ``last.pt`` so a run can resume."""
+    """Where training is; saved in ``last.pt`` so a run can resume exactly where it stopped."""
 
     phase: int = 0
     epoch: int = 0  # epochs completed within the phase
     global_epoch: int = 0
     best_val_loss: float = math.inf
     best_global_epoch: int = -1
+    phase_best_val_loss: float = math.inf
+    bad_epochs: int = 0
+    phase_done: bool = False
+
+
+def _seed_epoch(seed: int, global_epoch: int, rank: int) -> None:
+    """Augmentation and dropout depend only on (seed, epoch, rank), so a resumed run replays the same epochs."""
+    torch.manual_seed(seed * 1_000_003 + global_epoch * 101 + rank)
 
 
 def fit(
@@ -108,69 +125,112 @@ def fit(
     runtime: Runtime,
     patience: int = 3,
     weight_decay: float = 0.05,
-    on_epoch: Callable[[dict, bool, dict], None] | None = None,
+    on_epoch: Callable[[dict, FitState, dict], None] | None = None,
     label_smoothing: float = 0.0,
+    seed: int = 0,
+    resume: dict | None = None,
 ) -> FitState:
     """Runs every phase of ``strategy``.
 
     Args:
         model: the transfer model (already on ``runtime.device``).
         strategy: the phases to run.
-        loaders: ``train`` (augmented), ``val``; ``train_eval`` (train images, eval transform) for feature fits.
-        runtime: device and precision.
+        loaders: ``train`` (augmented; its sampler has ``set_epoch``), ``val``; ``train_eval`` (train images, eval
+            transform) for phases that fit the head on features.
+        runtime: device, precision and rank.
         patience: epochs without a better validation loss before a phase stops.
         weight_decay: AdamW weight decay on weights (not on norms and biases).
-        on_epoch: called after each epoch with (metrics record, improved?, training state) to write
-            metrics and checkpoints.
+        on_epoch: called after each epoch with (metrics record, state, checkpoint dict) to write metrics and
+            checkpoints; ``checkpoint`` holds what ``resume`` needs, plus ``improved`` / ``phase_improved`` flags.
+        seed: seeds each epoch's shuffling and augmentation.
+        resume: the contents of a ``last.pt`` (and ``phase_best_state``) to continue from.
     """
-    state = FitState()
+    state = FitState(**resume["fit_state"]) if resume else FitState()
+    phase_best_state = resume.get("phase_best_state") if resume else None
     for phase_index, phase in enumerate(strategy.phases):
-        state.phase, state.epoch = phase_index, 0
+        if phase_index < state.phase:
+            continue
+        resuming_here = resume is not None and phase_index == state.phase
+        if not resuming_here:
+            state.phase, state.epoch, state.phase_best_val_loss, state.bad_epochs = phase_index, 0, math.inf, 0
+            state.phase_done, phase_best_state = False, None
         model.bn_policy = phase.bn
         model.set_trainable(resolve_train_from(phase.train_from, len(model.group_names)))
-        if phase.fit == "features":
+        if state.phase_done:
+            pass
+        elif phase.fit == "features":
             from headstart.engine.probe import fit_linear_probe
 
             t0 = time.time()
-            info = fit_linear_probe(model, loaders["train_eval"], loaders["val"], runtime)
+            # Every rank fits the same head on all the features (the loaders for this are not sharded).
+            info = fit_linear_probe(model, loaders["train_eval"], loaders.get("val_all", loaders["val"]), runtime)
             val = evaluate(model, loaders["val"], runtime)
-            state.epoch, state.global_epoch = 1, state.global_epoch + 1
-            improved = val["loss"] < state.best_val_loss
-            if improved:
-                state.best_val_loss, state.best_global_epoch = val["loss"], state.global_epoch
+            improved, phase_improved = _end_epoch(state, val["loss"], patience=0)
+            phase_best_state = copy.deepcopy(model.state_dict())
             record = {"phase": phase.name, "epoch": 1, "global_epoch": state.global_epoch, "val_loss": val["loss"],
                       "val_acc": val["acc"], "trainable_params": model.head.weight.numel() + model.head.bias.numel(),
                       "seconds": time.time() - t0, **info}
             if on_epoch:
-                on_epoch(record, improved, {})
-            continue
-
-        optimizer = torch.optim.AdamW(param_groups(model, phase, weight_decay), betas=(0.9, 0.999))
-        steps_per_epoch = max(1, len(loaders["train"]))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, warmup_cosine(phase.epochs * steps_per_epoch, int(phase.warmup_epochs * steps_per_epoch)))
-        phase_best, phase_best_state, bad_epochs = math.inf, None, 0
-        for epoch in range(phase.epochs):
-            t0 = time.time()
-            train = train_one_epoch(model, loaders["train"], optimizer, scheduler, runtime,
-                                    desc=f"{phase.name} {epoch + 1}/{phase.epochs}", label_smoothing=label_smoothing)
-            val = evaluate(model, loaders["val"], runtime)
-            state.epoch, state.global_epoch = epoch + 1, state.global_epoch + 1
-            improved = val["loss"] < state.best_val_loss
-            if improved:
-                state.best_val_loss, state.best_global_epoch = val["loss"], state.global_epoch
-            if val["loss"] < phase_best:
-                phase_best, bad_epochs = val["loss"], 0
-                phase_best_state = copy.deepcopy(model.state_dict())
-            else:
-                bad_epochs += 1
-            record = {"phase": phase.name, "epoch": epoch + 1, "global_epoch": state.global_epoch, **train,
-                      "val_loss": val["loss"], "val_acc": val["acc"], "lr": optimizer.param_groups[-1]["lr"],
-                      "trainable_params": model.trainable_parameters(), "seconds": time.time() - t0}
-            if on_epoch:
-                on_epoch(record, improved, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
-            if bad_epochs >= patience:
-                break
+                on_epoch(record, state, {"model": model.state_dict(), "improved": improved,
+                                         "phase_improved": phase_improved})
+        else:
+            phase_best_state = _run_sgd_phase(model, phase, loaders, runtime, state, patience, weight_decay,
+                                              on_epoch, label_smoothing, seed, phase_best_state,
+                                              resume if resuming_here else None)
         if phase_best_state is not None:
             model.load_state_dict(phase_best_state)  # the next phase starts from this phase's best weights
     return state
+
+
+def _end_epoch(state: FitState, val_loss: float, patience: int, max_epochs: int = 1) -> tuple[bool, bool]:
+    state.epoch += 1
+    state.global_epoch += 1
+    improved = val_loss < state.best_val_loss
+    if improved:
+        state.best_val_loss, state.best_global_epoch = val_loss, state.global_epoch
+    phase_improved = val_loss < state.phase_best_val_loss
+    if phase_improved:
+        state.phase_best_val_loss, state.bad_epochs = val_loss, 0
+    else:
+        state.bad_epochs += 1
+    state.phase_done = state.epoch >= max_epochs or (patience > 0 and state.bad_epochs >= patience)
+    return improved, phase_improved
+
+
+def _run_sgd_phase(model, phase: Phase, loaders, runtime: Runtime, state: FitState, patience: int,
+                   weight_decay: float, on_epoch, label_smoothing: float, seed: int, phase_best_state,
+                   resume: dict | None):
+    train_model = model
+    if runtime.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Wrapped per phase: DDP records which parameters need gradients when it is built.
+        train_model = DistributedDataParallel(model, device_ids=[runtime.device] if runtime.device.type == "cuda"
+                                              else None)
+    optimizer = torch.optim.AdamW(param_groups(model, phase, weight_decay), betas=(0.9, 0.999))
+    steps_per_epoch = max(1, len(loaders["train"]))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(phase.epochs * steps_per_epoch, int(phase.warmup_epochs * steps_per_epoch)))
+    if resume is not None and "optimizer" in resume:
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+    while not state.phase_done and state.epoch < phase.epochs:
+        t0 = time.time()
+        _seed_epoch(seed, state.global_epoch, runtime.rank)
+        sampler = getattr(loaders["train"], "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(state.global_epoch)
+        train = train_one_epoch(train_model, loaders["train"], optimizer, scheduler, runtime,
+                                desc=f"{phase.name} {state.epoch + 1}/{phase.epochs}", label_smoothing=label_smoothing)
+        val = evaluate(model, loaders["val"], runtime)
+        improved, phase_improved = _end_epoch(state, val["loss"], patience, phase.epochs)
+        if phase_improved:
+            phase_best_state = copy.deepcopy(model.state_dict())
+        record = {"phase": phase.name, "epoch": state.epoch, "global_epoch": state.global_epoch, **train,
+                  "val_loss": val["loss"], "val_acc": val["acc"], "lr": optimizer.param_groups[-1]["lr"],
+                  "trainable_params": model.trainable_parameters(), "seconds": time.time() - t0}
+        if on_epoch:
+            on_epoch(record, state, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                     "scheduler": scheduler.state_dict(), "improved": improved,
+                                     "phase_improved": phase_improved})
+    return phase_best_state

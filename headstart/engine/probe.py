@@ -1,28 +1,32 @@
-"""Linear probe: frozen features computed once, a logistic-regression head fitted on them in seconds.
+"""Linear probe: frozen features computed once (and cached on disk), a head fitted on them in seconds.
 
-Passing every image through a frozen backbone at every epoch (the tutorial way) repeats the same computation;
-computing the features once and fitting multinomial logistic regression by L-BFGS reaches the optimum directly.
-The regularisation strength is chosen on the validation split, and the fitted weights become the model's head, so
-nothing downstream needs to know how the head was trained.
+Passing every image through a frozen backbone at every epoch (the tutorial way) repeats the same computation.
+Here the features come from :mod:`headstart.features` (computed only for images the cache does not hold yet), a
+head is fitted on them (:mod:`headstart.features.heads`: logistic regression, nearest class mean or SGD, its
+settings chosen on the validation split), and its weights become the model's ``nn.Linear`` head, so nothing
+downstream needs to know how the head was trained.
 """
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from headstart.engine.runtime import Runtime
+from headstart.features.extract import extract_features
+from headstart.features.heads import fit_head
 from headstart.model import TransferModel
 
-C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 
-
-@torch.no_grad()
-def extract_features(model: TransferModel, loader: DataLoader, runtime: Runtime, desc: str = "features"):
-    """Pooled backbone features (float32 numpy) and labels for every image in ``loader``."""
+@torch.inference_mode()
+def features_from_loader(model: TransferModel, loader: DataLoader, runtime: Runtime, desc: str = "features"):
+    """Pooled features (float32 numpy) and labels of every batch of ``loader``, not cached: for datasets that are
+    not image files (tensors in memory, generated images)."""
     model.eval()
     feats, labels = [], []
     for images, y in tqdm(loader, desc=desc, leave=False, disable=None if runtime.is_main else True):
@@ -32,39 +36,36 @@ def extract_features(model: TransferModel, loader: DataLoader, runtime: Runtime,
     return torch.cat(feats).numpy(), torch.cat(labels).numpy()
 
 
-def fit_logistic_head(x_train, y_train, x_val, y_val, num_classes: int, grid=C_GRID):
-    """Standardised multinomial logistic regression; C picked by validation log-loss. Returns (W, b, info)."""
-    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
-    xt, xv = (x_train - mean) / std, (x_val - mean) / std
-    best = None
-    for c in grid:
-        clf = LogisticRegression(C=c, max_iter=2000, tol=1e-4)
-        clf.fit(xt, y_train)
-        proba = np.full((len(xv), num_classes), 1e-12)
-        proba[:, clf.classes_] = np.clip(clf.predict_proba(xv), 1e-12, 1.0)
-        loss = float(-np.log(proba[np.arange(len(y_val)), y_val]).mean()) if len(y_val) else 0.0
-        acc = float((proba.argmax(1) == y_val).mean()) if len(y_val) else 0.0
-        if best is None or loss < best[0]:
-            best = (loss, acc, c, clf)
-    loss, acc, c, clf = best
-    coef = np.zeros((num_classes, xt.shape[1]))
-    intercept = np.full(num_classes, -1e4)  # a class absent from training can never win
-    w, b = clf.coef_, clf.intercept_
-    if len(clf.classes_) == 2:  # sklearn keeps one row for two classes: softmax(0, z) equals sigmoid(z)
-        w, b = np.vstack([np.zeros_like(w), w]), np.concatenate([[0.0], b])
-    coef[clf.classes_], intercept[clf.classes_] = w, b
-    # Fold the standardisation into the linear layer: W (x - m) / s + b = (W / s) x + (b - W m / s).
-    weight = coef / std
-    bias = intercept - (coef * (mean / std)).sum(1)
-    return weight, bias, {"C": c, "probe_val_loss": loss, "probe_val_acc": acc}
+def _features(model, loader: DataLoader, runtime: Runtime, preprocessing: dict | None, cache_dir, desc: str):
+    """(features, labels, images computed) from the cache when the loader reads image files, else from the loader."""
+    samples = getattr(loader.dataset, "samples", None)
+    if preprocessing is None or samples is None:
+        x, y = features_from_loader(model, loader, runtime, desc)
+        return x, y, len(y)
+    feats = extract_features(model, [p for p, _ in samples], preprocessing, runtime, batch_size=loader.batch_size or 64,
+                             workers=loader.num_workers, cache_dir=cache_dir, desc=desc)
+    return feats.array(), np.array([samples[i][1] for i in feats.positions], dtype=np.int64), feats.computed
 
 
-def fit_linear_probe(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, runtime: Runtime) -> dict:
-    """Fits ``model.head`` on frozen features of the train images; returns what was chosen."""
-    x_train, y_train = extract_features(model, train_loader, runtime, "features (train)")
-    x_val, y_val = extract_features(model, val_loader, runtime, "features (val)")
-    weight, bias, info = fit_logistic_head(x_train, y_train, x_val, y_val, model.num_classes)
-    with torch.no_grad():
-        model.head.weight.copy_(torch.as_tensor(weight, dtype=model.head.weight.dtype))
-        model.head.bias.copy_(torch.as_tensor(bias, dtype=model.head.bias.dtype))
-    return info
+def fit_linear_probe(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, runtime: Runtime,
+                     head: str = "logreg", preprocessing: dict | None = None,
+                     cache_dir: str | Path | None = None) -> dict:
+    """Fits ``model.head`` on frozen features of the train images; returns what was chosen.
+
+    Args:
+        model: the transfer model; its backbone is only run, never changed.
+        train_loader, val_loader: the train and validation images with the evaluation transform.
+        runtime: device and precision.
+        head: ``logreg``, ``ncm`` or ``sgd`` (:data:`headstart.features.heads.HEADS`).
+        preprocessing: the run's preprocessing dict. With it, and loaders over image files, features come from
+            the on-disk cache; without it they are computed from the loaders every time.
+        cache_dir: the feature cache folder (default ``$HEADSTART_CACHE`` or ``~/.cache/headstart/features``).
+    """
+    t0 = time.time()
+    x_train, y_train, n_train = _features(model, train_loader, runtime, preprocessing, cache_dir, "features (train)")
+    x_val, y_val, n_val = _features(model, val_loader, runtime, preprocessing, cache_dir, "features (val)")
+    t1 = time.time()
+    fitted = fit_head(head, x_train, y_train, x_val, y_val, model.num_classes)
+    fitted.copy_to(model.head)
+    return {**fitted.info, "features_computed": n_train + n_val, "features_cached": len(y_train) + len(y_val)
+            - n_train - n_val, "feature_seconds": round(t1 - t0, 3), "head_seconds": round(time.time() - t1, 3)}

@@ -61,12 +61,14 @@ def make_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
         precision: ``auto`` (bf16 on CPUs that support it, fp16/bf16 AMP on CUDA), ``bf16``, ``fp16`` or ``fp32``.
     """
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if device == "auto":
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but no CUDA GPU is available; use --device cpu.")
+    from headstart.engine.distributed import init_distributed
+
+    rank, world = init_distributed(dev)
     if precision == "auto":
         if dev.type == "cuda":
             amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

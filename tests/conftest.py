@@ -1,0 +1,43 @@
+"""Shared fixtures: small image folders that tests write themselves (no network, no downloads)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (40, 60, 220), "purple": (150, 40, 160)}
+
+
+def make_class_folder(root: Path, per_class: int = 8, size: int = 32, classes=("red", "green", "blue"),
+                      seed: int = 0) -> Path:
+    """Images whose class is their dominant colour, with noise: learnable in one epoch by any backbone."""
+    rng = np.random.default_rng(seed)
+    for name in classes:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            base = np.array(COLOURS[name], dtype=np.float64)
+            img = base + rng.normal(0, 25, size=(size, size, 3))
+            Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(root / name / f"{name}_{i:02d}.png")
+    return root
+
+
+def add_broken_files(folder: Path) -> list[Path]:
+    """A truncated JPEG, a zero-byte file and a text file named .jpg."""
+    good = folder / "good.jpg"
+    Image.fromarray(np.full((40, 40, 3), 128, np.uint8)).save(good, quality=90)
+    truncated = folder / "truncated.jpg"
+    truncated.write_bytes(good.read_bytes()[:300])
+    good.unlink()
+    empty = folder / "empty.jpg"
+    empty.write_bytes(b"")
+    text = folder / "notes.jpg"
+    text.write_text("this is not an image\n")
+    return [truncated, empty, text]
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    return make_class_folder(tmp_path / "data")
