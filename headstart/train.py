@@ -27,7 +27,7 @@ from headstart.evaluation.metrics import classification_metrics
 from headstart.engine.runtime import make_runtime, seed_everything
 from headstart.model import build_model
 from headstart.strategy import make_strategy
-from headstart.zoo import DEFAULT_MODEL
+from headstart.zoo import DEFAULT_MODEL, get_spec
 
 
 @dataclass
@@ -51,6 +51,7 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     overwrite: bool = False
+    head: str = "logreg"  # how phases with fit="features" fit the head: logreg, ncm or sgd (features.heads.HEADS)
     extra: dict = field(default_factory=dict)
 
 
@@ -132,6 +133,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     runtime = make_runtime(cfg.device, cfg.precision)
     main = runtime.is_main
     strategy = make_strategy(cfg.strategy, epochs=cfg.epochs, lr=cfg.lr)
+    get_spec(cfg.model)  # a mistyped --model fails before the data is read
     if resume:
         splits = DataSplits.from_json(json.loads((out / "split.json").read_text()))
         resume_state = load_resume_state(out)
@@ -199,7 +201,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 
     try:
         state = fit(model, strategy, loaders, runtime, patience=cfg.patience, on_epoch=on_epoch, seed=cfg.seed,
-                    resume=resume_state)
+                    resume=resume_state, probe={"head": cfg.head, "preprocessing": pre})
     except KeyboardInterrupt:
         if main:
             log(f"interrupted: the last finished epoch is saved; continue with `headstart train --resume {out}`.")

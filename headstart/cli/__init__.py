@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ["train", "evaluate", "predict", "models", "compare", "demo"]
+COMMANDS = ["check", "train", "evaluate", "predict", "models", "compare", "demo", "embed"]
 
 
 def build_parser() -> argparse.ArgumentParser:

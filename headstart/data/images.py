@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +18,28 @@ MAX_PIXELS = 89_478_485
 
 
 class BadImageError(ValueError):
-    """A file that cannot be used as an image; ``reason`` says why in a few words."""
+    """A file that cannot be used as an image; ``reason`` says why in a few words, ``kind`` in one word.
 
-    def __init__(self, path: str | Path, reason: str):
+    Kinds: ``unreadable`` (missing, no permission), ``empty``, ``not-image``, ``corrupt`` (truncated or broken),
+    ``too-large`` (over the pixel limit).
+    """
+
+    def __init__(self, path: str | Path, reason: str, kind: str = "corrupt"):
         super().__init__(f"{path}: {reason}")
         self.path = str(path)
         self.reason = reason
+        self.kind = kind
+
+
+@dataclass
+class DecodedImage:
+    """An image as training sees it (RGB, upright) and what the file itself said, for ``headstart check``."""
+
+    image: Image.Image
+    format: str | None  # what the content is, whatever the extension claims
+    mode: str  # the file's own mode, before conversion to RGB
+    transparency: bool
+    orientation: int  # EXIF orientation tag; 1 is upright
 
 
 def is_image_file(path: str | Path) -> bool:
@@ -60,30 +78,49 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     Raises:
         BadImageError: the file is empty, not an image, truncated, or too large to decode safely.
     """
+    return decode_image(path, max_pixels).image
+
+
+def decode_image(path: str | Path, max_pixels: int = MAX_PIXELS, data: bytes | None = None) -> DecodedImage:
+    """``load_image`` plus the file's format, mode and orientation.
+
+    Args:
+        path: the file; named in errors, and read unless ``data`` is given.
+        max_pixels: larger images are refused before decoding.
+        data: the file's bytes, when the caller has read them already (to hash them, say).
+
+    Raises:
+        BadImageError: the file is empty, not an image, truncated, or too large to decode safely.
+    """
     path = Path(path)
     try:
-        size = path.stat().st_size
+        size = len(data) if data is not None else path.stat().st_size
     except OSError as exc:
-        raise BadImageError(path, f"cannot be read ({exc.strerror})") from None
+        raise BadImageError(path, f"cannot be read ({exc.strerror})", "unreadable") from None
     if size == 0:
-        raise BadImageError(path, "empty file (0 bytes)")
+        raise BadImageError(path, "empty file (0 bytes)", "empty")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(path if data is None else io.BytesIO(data)) as im:
                 if im.width * im.height > max_pixels:
                     raise BadImageError(path, f"{im.width}x{im.height} pixels is over the {max_pixels:,} pixel limit "
-                                              "(a decompression bomb, or an image to downscale first)")
+                                              "(a decompression bomb, or an image to downscale first)", "too-large")
                 im.load()
+                mode, fmt = im.mode, im.format
+                transparency = "A" in mode or "transparency" in im.info
+                orientation = im.getexif().get(0x0112, 1)
                 im = ImageOps.exif_transpose(im)
-                return to_rgb(im)
+                return DecodedImage(to_rgb(im), fmt, mode, transparency, orientation)
     except BadImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise BadImageError(path, "too many pixels to decode safely (decompression bomb)") from None
+        raise BadImageError(path, "too many pixels to decode safely (decompression bomb)", "too-large") from None
     except Image.UnidentifiedImageError:
-        raise BadImageError(path, "not an image (the content is not a known image format)") from None
+        raise BadImageError(path, "not an image (the content is not a known image format)", "not-image") from None
     except OSError as exc:
+        if exc.errno is not None:  # the file system failed, not the decoder
+            raise BadImageError(path, f"cannot be read ({exc.strerror})", "unreadable") from None
         reason = "truncated or corrupt" if "truncated" in str(exc).lower() or "broken" in str(exc).lower() else str(exc)
         raise BadImageError(path, f"cannot be decoded: {reason}") from None
     except (ValueError, SyntaxError) as exc:  # PIL raises these for some malformed headers

@@ -14,14 +14,23 @@ def _interp(name: str) -> T.InterpolationMode:
 
 def eval_transform(pre: dict) -> T.Compose:
     """Resize to ``size / crop_pct`` and centre-crop ``size``, as the weights were evaluated; then normalise."""
+    return T.Compose([eval_resize_crop(pre), to_float_normalized(pre)])
+
+
+def eval_resize_crop(pre: dict) -> T.Compose:
+    """The geometric half of ``eval_transform``: PIL image in, uint8 tensor out (a quarter of the bytes of float32
+    to send from a loader worker; ``to_float_normalized`` then runs once per batch)."""
     size = pre["image_size"]
     return T.Compose([
         T.ToImage(),
         T.Resize(int(round(size / pre["crop_pct"])), interpolation=_interp(pre["interpolation"]), antialias=True),
         T.CenterCrop(size),
-        T.ToDtype(torch.float32, scale=True),
-        T.Normalize(pre["mean"], pre["std"]),
     ])
+
+
+def to_float_normalized(pre: dict) -> T.Compose:
+    """uint8 image or batch -> float32 normalised by the weights' mean and std (elementwise: any layout, any batch)."""
+    return T.Compose([T.ToDtype(torch.float32, scale=True), T.Normalize(pre["mean"], pre["std"])])
 
 
 def train_transform(pre: dict, augment: str = "light") -> T.Compose:
@@ -37,11 +46,12 @@ def train_transform(pre: dict, augment: str = "light") -> T.Compose:
     if augment == "none":
         return eval_transform(pre)
     size, interp = pre["image_size"], _interp(pre["interpolation"])
-    steps = [T.ToImage(), T.RandomResizedCrop(size, scale=(0.35, 1.0), interpolation=interp, antialias=True),
+    # Geometry and TrivialAugment run on the PIL image: torchvision's tensor kernels have no bicubic rotate/shear.
+    steps = [T.RandomResizedCrop(size, scale=(0.35, 1.0), interpolation=interp, antialias=True),
              T.RandomHorizontalFlip()]
     if augment == "strong":
         steps.append(T.TrivialAugmentWide(interpolation=interp))
-    steps += [T.ToDtype(torch.float32, scale=True), T.Normalize(pre["mean"], pre["std"])]
+    steps += [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(pre["mean"], pre["std"])]
     if augment == "strong":
         steps.append(T.RandomErasing(p=0.25))
     return T.Compose(steps)

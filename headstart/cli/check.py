@@ -1,0 +1,121 @@
+"""headstart check DATA [--json] [--quarantine DIR]
+
+Exit code 0: the data is usable (warnings allowed); 1: problems were found that training would have to skip or
+would refuse (also with --quarantine, which moves them; a second check then passes); 2: wrong usage.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from headstart.data.images import MAX_PIXELS
+
+ROWS_PER_KIND = 10  # the table stays readable on large datasets; --json lists everything
+STYLES = {"error": "red", "warning": "yellow", "info": "cyan"}
+
+
+def add_parser(sub):
+    p = sub.add_parser("check", help="find broken files, duplicates, leakage between splits and class imbalance",
+                       description="Check a dataset before training: unreadable, truncated, empty or oversized files "
+                                   "(which train skips), exact and near duplicates within and across splits, "
+                                   "extensions that do not match the content, unusual modes, EXIF rotation, small "
+                                   "classes and class imbalance. The splits are found as `headstart train` finds "
+                                   "them.")
+    p.add_argument("data", help="folder of class subfolders (optionally inside train/, val/, test/), or a CSV")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--quarantine", metavar="DIR", default=None,
+                   help="move the unusable files to DIR (outside DATA), keeping their paths relative to DATA")
+    p.add_argument("--min-images", type=int, default=5, help="warn about training classes with fewer (default 5)")
+    p.add_argument("--max-imbalance", type=float, default=10.0,
+                   help="warn when the largest training class is this many times the smallest (default 10)")
+    p.add_argument("--near", type=int, default=6, metavar="BITS",
+                   help="near duplicates: perceptual hashes at most this many of 64 bits apart (default 6; 0: only "
+                        "identical pictures)")
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help=f"pixel limit (default {MAX_PIXELS:,})")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="share held out when there is no val/ folder, "
+                                                                   "as in train")
+    p.add_argument("--seed", type=int, default=0, help="seed of that split, as in train")
+    return p
+
+
+def run(args) -> int:
+    from headstart.data.check import check, quarantine
+
+    if not 0 <= args.near <= 32:
+        raise ValueError(f"--near {args.near} is out of range; pass a number of bits from 0 to 32, e.g. --near 4.")
+    if args.min_images < 1 or args.max_imbalance < 1 or args.max_pixels < 1:
+        raise ValueError("--min-images, --max-imbalance and --max-pixels must be at least 1, e.g. --min-images 5.")
+    report = check(args.data, val_fraction=args.val_fraction, seed=args.seed, max_pixels=args.max_pixels,
+                   min_images=args.min_images, max_imbalance=args.max_imbalance, near=args.near)
+    moved = quarantine(report, args.quarantine) if args.quarantine else None
+    if args.json:
+        out = report.to_json()
+        if moved is not None:
+            out["quarantined"] = moved
+        print(json.dumps(out, indent=1))
+    else:
+        print_report(report, moved, args.quarantine)
+    return 1 if report.verdict == "problems" else 0
+
+
+def _where(root: Path, f: dict) -> str:
+    """A file relative to the data, with its split and class where the path does not already say them."""
+    from headstart.data.sources import SPLIT_DIRS
+
+    if "path" not in f:
+        return f"[{f['split']}] class {f['class']}"
+    try:
+        shown = Path(f["path"]).resolve().relative_to(root.resolve())
+    except ValueError:
+        shown = Path(f["path"])
+    evident = shown.parent.name == f["class"] and set(shown.parts) & set(SPLIT_DIRS[f["split"]])
+    return str(shown) if evident else f"{shown}  [{f['split']}/{f['class']}]"
+
+
+def print_report(report, moved: list[dict] | None, dest: str | None) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from headstart.data.check import KINDS
+
+    console = Console()
+    counts = Table(title=f"{report.data}: {report.files} files, {report.layout}")
+    counts.add_column("class")
+    splits = [s for s in ("train", "val", "test") if sum(report.counts[s].values())]
+    for s in splits:
+        counts.add_column(f"{s} (usable)", justify="right")
+    for c in report.classes:
+        counts.add_row(escape(c), *(str(report.counts[s][c]) for s in splits))
+    console.print(counts)
+
+    if report.issues:
+        table = Table(title="findings")
+        for col in ("severity", "kind", "file(s)", "detail"):
+            table.add_column(col)
+        for kind in KINDS:
+            found = [i for i in report.issues if i.kind == kind]
+            for issue in found[:ROWS_PER_KIND]:
+                style = STYLES[issue.severity]
+                where = "\n".join(escape(_where(report.root, f)) for f in issue.files) or "(dataset)"
+                table.add_row(f"[{style}]{issue.severity}", kind, where, escape(issue.message))
+            if len(found) > ROWS_PER_KIND:
+                table.add_row("", kind, f"... and {len(found) - ROWS_PER_KIND} more (--json lists all)", "")
+        console.print(table)
+
+    if moved is not None:
+        console.print(f"moved {len(moved)} unusable file(s) to {escape(str(dest))} (listed in quarantine.json)")
+    n_bad = len(report.bad_files())
+    verdict = {
+        "ok": "[green]ok[/]: nothing to fix",
+        "warnings": "[yellow]warnings[/]: usable as it is; look at the findings above"
+                    + (" (images in more than one split inflate the validation and test scores)"
+                       if any(i.kind == "leak" for i in report.issues) else ""),
+        "problems": f"[red]problems[/]: {n_bad} file(s) cannot be used"
+                    + (f" ({len(moved)} moved out)" if moved is not None
+                       else "; train will skip them (or move them: --quarantine DIR)")
+                    + ("; training would refuse this data"
+                       if any(i.kind == "unusable" for i in report.issues) else ""),
+    }[report.verdict]
+    console.print(f"verdict: {verdict}")

@@ -1,0 +1,369 @@
+"""Checking a dataset before training: broken files, duplicates and leakage across splits, odd modes, class balance.
+
+Every file is read and decoded once, in a thread pool (PIL releases the GIL). The same pass gives the content hash
+(exact duplicates) and a 64-bit perceptual hash of a downscaled copy (near duplicates: re-encoded, resized or
+brightened copies), so ``train`` runs it on every start at little more than the cost of a plain decode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import imagehash
+import numpy as np
+from PIL import Image
+
+from headstart.data.images import MAX_PIXELS, BadImageError, decode_image
+from headstart.data.sources import DataSplits, discover, validate
+
+SPLITS = ("train", "val", "test")
+
+# kind: (severity, title). Errors are files train cannot use (it skips them) or data it refuses; warnings are data
+# train uses but that deserves a look; info is for the record. The order is the order of the report.
+KINDS = {
+    "unusable": ("error", "training would refuse"),
+    "unreadable": ("error", "cannot be read"),
+    "empty": ("error", "empty file"),
+    "not-image": ("error", "not an image"),
+    "corrupt": ("error", "truncated or corrupt"),
+    "too-large": ("error", "over the pixel limit"),
+    "leak": ("warning", "same image in two splits"),
+    "duplicate": ("warning", "duplicate within a split"),
+    "few-images": ("warning", "class with few images"),
+    "imbalance": ("warning", "class imbalance"),
+    "wrong-extension": ("warning", "extension does not match content"),
+    "unusual-mode": ("warning", "unusual mode (converted)"),
+    "exif-rotated": ("info", "EXIF rotation (applied)"),
+}
+DATA_WARNINGS = ("leak", "duplicate", "few-images", "imbalance")  # the ones train mentions; file quirks it handles
+
+# Modes headstart converts correctly but that often surprise: what happens to them, in a few words.
+UNUSUAL_MODES = {
+    "CMYK": "CMYK, converted to RGB",
+    **dict.fromkeys(("I;16", "I;16B", "I;16L", "I;16N"), "16-bit, scaled to 8 bits"),
+    "I": "32-bit integer, scaled to 8 bits", "F": "floating point, scaled to 8 bits",
+    "RGBA": "RGBA, transparency composited on white", "LA": "greyscale with alpha, composited on white",
+    "PA": "palette with alpha, composited on white", "YCbCr": "YCbCr, converted to RGB", "LAB": "Lab, converted to RGB",
+    "HSV": "HSV, converted to RGB",
+}
+SAME_FORMAT = {"MPO": "JPEG"}  # multi-picture JPEGs from cameras are JPEGs; .jpg is right for them
+
+
+@dataclass
+class FileFacts:
+    """What one decode of one file found; ``error`` is set for files that cannot be used."""
+
+    path: str
+    error: BadImageError | None = None
+    format: str | None = None
+    mode: str = ""
+    transparency: bool = False
+    orientation: int = 1
+    sha: str = ""  # of the file's bytes
+    phash: int = 0  # 64-bit perceptual hash of the decoded, upright image
+
+
+def inspect_file(path: str, max_pixels: int = MAX_PIXELS) -> FileFacts:
+    """Reads ``path`` once: hashes its bytes, decodes them, hashes a small copy of the picture."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        data = None  # decode_image reads it again and names the failure
+    try:
+        decoded = decode_image(path, max_pixels, data=data)
+    except BadImageError as exc:
+        return FileFacts(path, error=exc)
+    # The perceptual hash only needs 32x32; shrinking by whole factors first keeps big photos cheap.
+    small = decoded.image.resize((64, 64), Image.Resampling.BOX, reducing_gap=2.0)
+    bits = imagehash.phash(small).hash.ravel()
+    return FileFacts(path, None, decoded.format, decoded.mode, decoded.transparency, decoded.orientation,
+                     hashlib.blake2b(data, digest_size=16).hexdigest(),
+                     int.from_bytes(np.packbits(bits).tobytes(), "big"))
+
+
+def inspect_files(paths: list[str], max_pixels: int = MAX_PIXELS, workers: int | None = None) -> dict[str, FileFacts]:
+    """``inspect_file`` for each distinct path, in a thread pool."""
+    unique = list(dict.fromkeys(paths))
+    workers = workers or min(8, (os.cpu_count() or 1) * 2)
+    with ThreadPoolExecutor(workers) as pool:
+        return dict(zip(unique, pool.map(lambda p: inspect_file(p, max_pixels), unique)))
+
+
+@dataclass
+class Issue:
+    """One finding: a file, a group of duplicates, a class or the whole dataset."""
+
+    kind: str
+    message: str
+    files: list[dict] = field(default_factory=list)  # {"path", "split", "class"}; no "path" for a class
+
+    @property
+    def severity(self) -> str:
+        return KINDS[self.kind][0]
+
+    def to_json(self) -> dict:
+        return {"severity": self.severity, "kind": self.kind, "message": self.message, "files": self.files}
+
+
+@dataclass
+class CheckReport:
+    """Everything ``headstart check`` found, and which files training would have to leave out."""
+
+    data: str
+    root: Path  # paths are shown and quarantined relative to it
+    layout: str
+    classes: list[str]
+    counts: dict[str, dict[str, int]]  # usable images per split and class
+    files: int
+    issues: list[Issue]
+    seconds: float = 0.0
+
+    @property
+    def verdict(self) -> str:
+        severities = {i.severity for i in self.issues}
+        return "problems" if "error" in severities else "warnings" if "warning" in severities else "ok"
+
+    def bad_files(self) -> list[tuple[str, str]]:
+        """``(path, reason)`` for each file training cannot use, once each, in report order."""
+        out = {}
+        for issue in self.issues:
+            if issue.severity == "error" and issue.files:
+                out.setdefault(issue.files[0]["path"], issue.message)
+        return list(out.items())
+
+    def summary(self, kinds: tuple[str, ...] = DATA_WARNINGS) -> str:
+        """One line on the warnings of these kinds, e.g. ``2 images in two splits, imbalance 12:1``; '' if none."""
+        parts = []
+        for kind in kinds:
+            found = [i for i in self.issues if i.kind == kind]
+            if not found:
+                continue
+            if kind == "leak":
+                parts.append(f"{sum(len(i.files) for i in found)} images in more than one split (leakage)")
+            elif kind == "duplicate":
+                parts.append(f"{len(found)} group(s) of duplicate images")
+            elif kind == "imbalance":
+                parts.append(found[0].message)
+            elif kind == "few-images":
+                parts.append(f"{len(found)} class(es) with few images")
+            else:
+                parts.append(f"{len(found)} {KINDS[kind][1]}")
+        return "; ".join(parts)
+
+    def to_json(self) -> dict:
+        by_severity = Counter(i.severity for i in self.issues)
+        return {"data": self.data, "layout": self.layout, "verdict": self.verdict, "files": self.files,
+                "classes": self.classes, "counts": self.counts,
+                "summary": {s: by_severity.get(s, 0) for s in ("error", "warning", "info")},
+                "by_kind": dict(Counter(i.kind for i in self.issues)),
+                "issues": [i.to_json() for i in self.issues], "seconds": round(self.seconds, 3)}
+
+
+def near_pairs(hashes: np.ndarray, max_distance: int) -> list[tuple[int, int, int]]:
+    """``(i, j, distance)`` for the pairs of distinct 64-bit hashes at most ``max_distance`` bits apart.
+
+    Two hashes that close agree exactly on at least one of ``max_distance + 1`` bands of bits (pigeonhole), so only
+    hashes that share a band are compared: near-linear in practice, where all pairs would be quadratic.
+    """
+    hashes = np.asarray(hashes, dtype=np.uint64)
+    bounds = np.linspace(0, 64, max_distance + 2).astype(int)
+    found: dict[tuple[int, int], int] = {}
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        band = (hashes >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
+        order = np.argsort(band, kind="stable")
+        ordered = band[order]
+        for members in np.split(order, np.flatnonzero(ordered[1:] != ordered[:-1]) + 1):
+            if len(members) < 2:
+                continue
+            x = hashes[members]
+            dist = np.bitwise_count(x[:, None] ^ x[None, :])
+            for a, b in zip(*np.nonzero(np.triu(dist <= max_distance, 1))):
+                i, j = sorted((int(members[a]), int(members[b])))
+                found[i, j] = int(dist[a, b])
+    return [(i, j, d) for (i, j), d in sorted(found.items())]
+
+
+def _groups(n: int, pairs) -> list[list[int]]:
+    """Connected groups (of two or more) of ``range(n)`` joined by ``pairs``."""
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in pairs:
+        parent[find(i)] = find(j)
+    groups = defaultdict(list)
+    for i in range(n):
+        groups[find(i)].append(i)
+    return sorted((g for g in groups.values() if len(g) > 1), key=lambda g: g[0])
+
+
+def _duplicate_issues(entries: list[dict], facts: list[FileFacts], near: int) -> list[Issue]:
+    """Exact (same bytes) and near (perceptual hash within ``near`` bits) duplicates, grouped."""
+    pairs = []
+    for key in ("sha", "phash"):
+        first: dict = {}
+        for i, f in enumerate(facts):
+            pairs.append((i, first.setdefault(getattr(f, key), i)))
+    if near > 0:
+        distinct = sorted({f.phash for f in facts})
+        index = {h: k for k, h in enumerate(distinct)}
+        by_hash = defaultdict(list)
+        for i, f in enumerate(facts):
+            by_hash[index[f.phash]].append(i)
+        pairs += [(by_hash[a][0], by_hash[b][0]) for a, b, _ in near_pairs(np.array(distinct, np.uint64), near)]
+    issues = []
+    for group in _groups(len(facts), pairs):
+        files = [entries[i] for i in group]
+        splits = sorted({f["split"] for f in files}, key=SPLITS.index)
+        labels = sorted({f["class"] for f in files})
+        if len({facts[i].sha for i in group}) == 1:
+            what = "the same file" if len({f["path"] for f in files}) == 1 else "identical files"
+        else:
+            x = np.unique(np.array([facts[i].phash for i in group], np.uint64))
+            worst = int(np.bitwise_count(x[:, None] ^ x[None, :]).max())
+            what = f"near-identical images (perceptual hash {worst} of 64 bits apart)"
+        where = f"in {' and '.join(splits)}" if len(splits) > 1 else f"within {splits[0]}"
+        conflict = f"; labelled differently: {', '.join(labels)}" if len(labels) > 1 else ""
+        issues.append(Issue("leak" if len(splits) > 1 else "duplicate",
+                            f"{len(files)} images: {what} {where}{conflict}", files))
+    return issues
+
+
+def _file_issues(entry: dict, f: FileFacts) -> list[Issue]:
+    if f.error is not None:
+        return [Issue(f.error.kind, f.error.reason, [entry])]
+    issues = []
+    ext = Path(f.path).suffix.lower()
+    expected = Image.registered_extensions().get(ext)
+    if expected and f.format and SAME_FORMAT.get(f.format, f.format) != expected:
+        issues.append(Issue("wrong-extension", f"{f.format} content named {ext} (headstart reads it by content; "
+                                               "other tools may not)", [entry]))
+    if f.mode in UNUSUAL_MODES or (f.mode == "P" and f.transparency):
+        issues.append(Issue("unusual-mode", UNUSUAL_MODES.get(f.mode, "palette with transparency, composited on "
+                                                                     "white"), [entry]))
+    if f.orientation not in (0, 1):
+        issues.append(Issue("exif-rotated", f"EXIF orientation {f.orientation}: rotated upright, as a viewer would",
+                            [entry]))
+    return issues
+
+
+def _class_issues(counts: dict[str, dict[str, int]], min_images: int, max_imbalance: float) -> list[Issue]:
+    issues = []
+    train = counts["train"]
+    for name, n in train.items():
+        if 0 < n < min_images:
+            issues.append(Issue("few-images", f"class {name} has {n} training image{'s' if n != 1 else ''} "
+                                              f"(fewer than {min_images}); add more, or expect it to be guessed "
+                                              "poorly", [{"split": "train", "class": name}]))
+    if sum(counts["val"].values()):
+        for name, n in counts["val"].items():
+            if n == 0 and train.get(name):
+                issues.append(Issue("few-images", f"class {name} has no validation images, so its accuracy is not "
+                                                  "measured", [{"split": "val", "class": name}]))
+    present = {c: n for c, n in train.items() if n}
+    if len(present) >= 2:
+        big, small = max(present, key=present.get), min(present, key=present.get)
+        ratio = present[big] / present[small]
+        if ratio > max_imbalance:
+            issues.append(Issue("imbalance", f"class imbalance {ratio:.0f}:1 ({big} {present[big]}, {small} "
+                                             f"{present[small]} training images; above {max_imbalance:g}:1)"))
+    return issues
+
+
+def check_splits(splits: DataSplits, data: str | Path = "", *, max_pixels: int = MAX_PIXELS, min_images: int = 5,
+                 max_imbalance: float = 10.0, near: int = 6, workers: int | None = None) -> CheckReport:
+    """Checks the files of ``splits`` (which it leaves as they are).
+
+    Args:
+        splits: what ``discover`` found.
+        data: the dataset as the user named it (a folder or a CSV), for messages and relative paths.
+        max_pixels: larger images are errors (decompression bombs).
+        min_images: training classes with fewer usable images are warned about.
+        max_imbalance: largest over smallest training class above this is warned about.
+        near: images whose perceptual hashes differ in at most this many of 64 bits are near duplicates; 0 finds only
+            exact copies and identical pictures. Re-encoded or brightened copies of a photo are usually 0-4 apart,
+            unrelated photos 20 or more; crops and flips are not found.
+        workers: decoding threads (default: twice the cores, at most 8).
+    """
+    t0 = time.time()
+    entries = [{"path": p, "split": s, "class": splits.classes[y]} for s in SPLITS for p, y in getattr(splits, s)]
+    facts_by_path = inspect_files([e["path"] for e in entries], max_pixels, workers)
+    issues = []
+    for e in entries:
+        issues += _file_issues(e, facts_by_path[e["path"]])
+    good = [(e, facts_by_path[e["path"]]) for e in entries if facts_by_path[e["path"]].error is None]
+    issues += _duplicate_issues([e for e, _ in good], [f for _, f in good], near)
+
+    usable = {e["path"] for e, _ in good}
+    kept = DataSplits(splits.classes, *([s for s in getattr(splits, n) if s[0] in usable] for n in SPLITS),
+                      layout=splits.layout)
+    counts = {s: kept.counts(s) for s in SPLITS}
+    issues += _class_issues(counts, min_images, max_imbalance)
+    try:
+        validate(kept, data)
+    except ValueError as exc:
+        issues.append(Issue("unusable", f"without the unusable files, {exc}"))
+
+    order = list(KINDS)
+    issues.sort(key=lambda i: (order.index(i.kind), [f.get("path", "") for f in i.files]))
+    data = Path(data)
+    root = data.parent if data.is_file() else data
+    return CheckReport(str(data), root, splits.layout, splits.classes, counts, len(facts_by_path), issues,
+                       time.time() - t0)
+
+
+def check(data: str | Path, val_fraction: float = 0.2, seed: int = 0, **options) -> CheckReport:
+    """Finds the splits as ``train`` would (see ``discover``) and checks them; ``options`` go to ``check_splits``."""
+    return check_splits(discover(data, val_fraction=val_fraction, seed=seed), data, **options)
+
+
+def _free_name(target: Path) -> Path:
+    """``target``, or ``name.1.ext``, ``name.2.ext``... whichever does not exist yet."""
+    k = 0
+    candidate = target
+    while candidate.exists():
+        k += 1
+        candidate = target.with_name(f"{target.stem}.{k}{target.suffix}")
+    return candidate
+
+
+def quarantine(report: CheckReport, dest: str | Path) -> list[dict]:
+    """Moves the files training cannot use to ``dest``, keeping their paths relative to the data, never overwriting.
+
+    The moves are listed, with their reasons, in ``dest/quarantine.json`` (appended to, so it stays a full record).
+    Returns those entries: ``{"path", "moved_to", "reason"}``.
+    """
+    dest, root = Path(dest).resolve(), report.root.resolve()
+    if dest == root or root in dest.parents:
+        raise ValueError(f"--quarantine {dest} is inside {report.data}, where its files would be read as data again; "
+                         "pass a folder outside it.")
+    moved = []
+    for path, reason in report.bad_files():
+        src = Path(path)
+        if not src.exists():
+            continue  # a manifest row for a file that is not there: nothing to move
+        try:
+            rel = src.resolve().relative_to(root)
+        except ValueError:  # a manifest may point outside its folder
+            rel = Path(*src.resolve().parts[1:])
+        target = _free_name(dest / rel)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(src, target)
+        moved.append({"path": path, "moved_to": str(target), "reason": reason})
+    if moved:
+        log = dest / "quarantine.json"
+        previous = json.loads(log.read_text()) if log.exists() else []
+        log.write_text(json.dumps(previous + moved, indent=1))
+    return moved

@@ -1,0 +1,58 @@
+"""2 CPU processes with Gloo (torchrun) train like 1 process with the same global batch."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from headstart.engine.distributed import EpochSampler
+from tests.conftest import make_class_folder
+
+
+def test_epoch_sampler_shards_cover_every_index_once():
+    for shuffle in (False, True):
+        shards = [list(EpochSampler(10, shuffle=shuffle, seed=1, rank=r, world_size=3, drop_uneven=False))
+                  for r in range(3)]
+        assert sorted(sum(shards, [])) == list(range(10))
+    a = EpochSampler(10, shuffle=True, seed=1)
+    a.set_epoch(4)
+    b = EpochSampler(10, shuffle=True, seed=1)
+    b.set_epoch(4)
+    assert list(a) == list(b)
+    b.set_epoch(5)
+    assert list(a) != list(b)
+    even = [len(EpochSampler(11, shuffle=True, rank=r, world_size=2)) for r in range(2)]
+    assert even == [5, 5]  # equal steps on every rank, or DDP's all-reduce would wait forever
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_match_one(tmp_path):
+    data = make_class_folder(tmp_path / "d", per_class=8, size=32)
+    from headstart.zoo import create_backbone
+
+    torch.manual_seed(0)
+    backbone, _, _ = create_backbone("resnet20", pretrained=False)
+    torch.save(backbone.state_dict(), tmp_path / "w.pth")
+    common = ["train", str(data), "--model", "resnet20", "--strategy", "fine-tune", "--weights", str(tmp_path / "w.pth"),
+              "--epochs", "2", "--workers", "0", "--augment", "none", "--precision", "fp32", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    one = subprocess.run([sys.executable, "-m", "headstart", *common, "--out", str(tmp_path / "one"),
+                          "--batch-size", "8"], env=env, capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+                          "-m", "headstart", *common, "--out", str(tmp_path / "two"), "--batch-size", "4"],
+                         env=env, capture_output=True, text=True)
+    assert two.returncode == 0, two.stderr
+    assert "x 2 processes" in two.stderr
+    m1 = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    m2 = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert len(m1) == len(m2) == 3  # the head fit, then two fine-tune epochs, each written once (rank 0)
+    for a, b in zip(m1, m2):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-3, abs=1e-4)
+        assert a["val_acc"] == pytest.approx(b["val_acc"])
+        if "train_loss" in a:
+            assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3, abs=1e-4)
