@@ -32,16 +32,17 @@ LEAKS = [{"train/red/red_00.png", "val/red/copy_of_red_00.png"},  # exact copy
 DUPLICATE = {"train/green/green_00.png", "train/green/brightened.png"}  # near, within train
 
 
-def noise(seed: int, size: int = 32, channels: int = 3) -> np.ndarray:
+def noise(seed: int, size: int = 64, channels: int = 3) -> np.ndarray:
     """A picture no other test image resembles (flat images would all share one perceptual hash)."""
     return np.random.default_rng(100 + seed).integers(0, 256, (size, size, channels), dtype=np.uint8)
 
 
 def build_dataset(root: Path) -> Path:
     train, val = root / "train", root / "val"
-    make_class_folder(train, per_class=8)
-    make_class_folder(val, per_class=3, seed=1)
-    make_class_folder(train, per_class=1, classes=("purple",), seed=2)  # a class with one image
+    # 64 px: below MIN_PHASH_SIDE only exact duplicates are looked for.
+    make_class_folder(train, per_class=8, size=64)
+    make_class_folder(val, per_class=3, seed=1, size=64)
+    make_class_folder(train, per_class=1, classes=("purple",), seed=2, size=64)  # a class with one image
     for path in add_broken_files(train / "red"):  # truncated.jpg, empty.jpg, notes.jpg
         assert path.exists()
     Image.fromarray(noise(1, 200)).save(train / "red" / "bomb.png")
@@ -228,7 +229,7 @@ def test_decoding_happens_once_per_file(dataset, monkeypatch):
 
 def test_same_picture_in_other_bytes_is_near_not_identical(tmp_path):
     # Guards the exact/near distinction: same picture, different bytes is "near", never "identical files".
-    make_class_folder(tmp_path / "d", per_class=6, classes=("red", "green"))
+    make_class_folder(tmp_path / "d", per_class=6, classes=("red", "green"), size=64)
     buf = io.BytesIO()
     Image.open(tmp_path / "d" / "red" / "red_00.png").save(buf, format="PNG", compress_level=1)
     (tmp_path / "d" / "red" / "resaved.png").write_bytes(buf.getvalue())

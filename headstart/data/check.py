@@ -69,6 +69,10 @@ class FileFacts:
     orientation: int = 1
     sha: str = ""  # of the file's bytes
     phash: int = 0  # 64-bit perceptual hash of the decoded, upright image
+    phash_ok: bool = False  # big enough for the perceptual hash to mean something
+
+
+MIN_PHASH_SIDE = 64  # pixels on the longest side below which only exact duplicates are looked for
 
 
 def inspect_file(path: str, max_pixels: int = MAX_PIXELS) -> FileFacts:
@@ -86,7 +90,9 @@ def inspect_file(path: str, max_pixels: int = MAX_PIXELS) -> FileFacts:
     bits = imagehash.phash(small).hash.ravel()
     return FileFacts(path, None, decoded.format, decoded.mode, decoded.transparency, decoded.orientation,
                      hashlib.blake2b(data, digest_size=16).hexdigest(),
-                     int.from_bytes(np.packbits(bits).tobytes(), "big"))
+                     int.from_bytes(np.packbits(bits).tobytes(), "big"),
+                     # Thumbnails (Fashion-MNIST's 28 px) carry too little detail: different garments share hashes.
+                     phash_ok=max(decoded.image.size) >= MIN_PHASH_SIDE)
 
 
 def inspect_files(paths: list[str], max_pixels: int = MAX_PIXELS, workers: int | None = None) -> dict[str, FileFacts]:
@@ -215,13 +221,15 @@ def _duplicate_issues(entries: list[dict], facts: list[FileFacts], near: int) ->
     for key in ("sha", "phash"):
         first: dict = {}
         for i, f in enumerate(facts):
-            pairs.append((i, first.setdefault(getattr(f, key), i)))
+            if key == "sha" or f.phash_ok:
+                pairs.append((i, first.setdefault(getattr(f, key), i)))
     if near > 0:
-        distinct = sorted({f.phash for f in facts})
+        distinct = sorted({f.phash for f in facts if f.phash_ok})
         index = {h: k for k, h in enumerate(distinct)}
         by_hash = defaultdict(list)
         for i, f in enumerate(facts):
-            by_hash[index[f.phash]].append(i)
+            if f.phash_ok:
+                by_hash[index[f.phash]].append(i)
         pairs += [(by_hash[a][0], by_hash[b][0]) for a, b, _ in near_pairs(np.array(distinct, np.uint64), near)]
     issues = []
     for group in _groups(len(facts), pairs):

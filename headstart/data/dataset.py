@@ -47,9 +47,14 @@ class ImageDataset(Dataset):
 
 
 def default_workers() -> int:
-    """Decoding workers: leave the cores to the model on small machines, where decoding is the cheap part."""
+    """Decoding workers: none on machines with two cores or fewer.
+
+    Measured on 2 cores (resnet20 training, 32 px PNGs): one loader worker made training 6x slower (17 against
+    110 img/s), with the main process waiting on data for under 1% of the time: the worker and PyTorch's spinning
+    OpenMP threads fight over the two cores. With more cores, half of them decode.
+    """
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return 0 if cpus <= 1 else min(8, max(1, cpus // 2))
+    return 0 if cpus <= 2 else min(8, cpus // 2)
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, workers: int | None = None,
