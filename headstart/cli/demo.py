@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 
 def add_parser(sub):
     p = sub.add_parser("demo", help="transfer learning vs. scratch on a small labelled Fashion-MNIST (~10 min on CPU)",
-                       description="Makes a small labelled Fashion-MNIST (50 images per class to train, 10 per class "
+                       description="Makes a small labelled Fashion-MNIST (50 images per class to train, 20 per class "
                                    "to validate, 2,000 test images), then compares linear-probe and fine-tune from "
                                    "EfficientNet-Lite0 against training a small ResNet from scratch.")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--labels-per-class", default="50", help="comma-separated, e.g. 5,10,25,50,100")
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--test-images", type=int, default=2000)
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=5, help="fine-tune epochs (early stopping may end sooner)")
+    p.add_argument("--scratch-epochs", type=int, default=20)
+    p.add_argument("--val-per-class", type=int, default=20, help="validation images per class (early stopping and "
+                                                                  "the probe's regularisation; not training labels)")
     p.add_argument("--image-size", type=int, default=160, help="input size for the pretrained model "
                                                                 "(224 is its native size: slower, ~2 points better)")
     return p
@@ -28,11 +32,15 @@ def run(args) -> int:
     out = Path(args.out)
     labels = _ints(args.labels_per_class)
     data = out / "fashion-mnist"
-    if not (data / "train").is_dir():
+    need = max(labels) + args.val_per_class
+    have = len(list((data / "train" / "bag").glob("*.png"))) if (data / "train" / "bag").is_dir() else 0
+    if have != need or len(list((data / "test").rglob("*.png"))) != args.test_images:
+        shutil.rmtree(data, ignore_errors=True)
         # Enough training images for the largest budget plus validation, and a balanced test set.
-        make_image_folder(data, train_per_class=max(labels) + 10, val_per_class=0, test_images=args.test_images)
+        make_image_folder(data, train_per_class=need, val_per_class=0, test_images=args.test_images)
     result = compare(CompareConfig(data=str(data), out=str(out), strategies=["linear-probe", "fine-tune", "scratch"],
                                    labels_per_class=labels, seeds=args.seeds, epochs=args.epochs,
+                                   scratch_epochs=args.scratch_epochs, val_per_class=args.val_per_class,
                                    image_size=args.image_size))
     print_table(result)
     print(f"written: {out}/compare.md, accuracy_vs_labels.png; each run's model is in {out}/runs/ "
