@@ -84,16 +84,46 @@ class _PathDataset(torch.utils.data.Dataset):
 
 
 @torch.no_grad()
+def predict_probs(model: torch.nn.Module, images: torch.Tensor, runtime: Runtime, tta: bool = False) -> torch.Tensor:
+    """Class probabilities (float32, CPU) for a batch of eval-transformed images.
+
+    With ``tta`` (test-time augmentation) they are the mean of the softmax over the image and its mirror image:
+    usually a fraction of a point more accurate and better calibrated, for twice the compute. Leave it off where
+    mirroring changes the meaning (text, digits, left/right anatomy).
+    """
+    x = runtime.to_input(images)
+    views = [x, x.flip(-1)] if tta else [x]
+    with runtime.autocast():
+        return torch.stack([model(v).float().softmax(1) for v in views]).mean(0).cpu()
+
+
+def predict_loader(run: LoadedRun, loader, tta: bool = False,
+                   desc: str = "predict") -> tuple[torch.Tensor, torch.Tensor]:
+    """Probabilities and labels for every batch of ``loader`` (``(images, labels)`` batches), in order."""
+    from tqdm.auto import tqdm
+
+    run.model.eval()
+    probs, labels = [], []
+    for images, y in tqdm(loader, desc=desc, leave=False, disable=None):
+        probs.append(predict_probs(run.model, images, run.runtime, tta))
+        labels.append(torch.as_tensor(y))
+    return torch.cat(probs), torch.cat(labels)
+
+
+@torch.no_grad()
 def predict_paths(run: LoadedRun, paths: list[str], topk: int = 1, batch_size: int = 64,
-                  workers: int | None = None) -> list[dict]:
-    """Top-k predictions for each image; a file that cannot be read gets an ``error`` instead."""
+                  workers: int | None = None, tta: bool = False) -> list[dict]:
+    """Top-k predictions for each image; a file that cannot be read gets an ``error`` instead.
+
+    Args:
+        tta: average the softmax over each image and its mirror image (:func:`predict_probs`).
+    """
     topk = max(1, min(topk, len(run.classes)))
     ds = _PathDataset(paths, eval_transform(run.preprocessing))
     loader = make_loader(ds, batch_size, shuffle=False, workers=workers)
     results, i = [], 0
     for images, errors in loader:
-        with run.runtime.autocast():
-            probs = run.model(run.runtime.to_input(images)).float().softmax(1).cpu()
+        probs = predict_probs(run.model, images, run.runtime, tta)
         scores, idx = probs.topk(topk, dim=1)
         for row in range(len(images)):
             path = paths[i]
@@ -107,4 +137,5 @@ def predict_paths(run: LoadedRun, paths: list[str], topk: int = 1, batch_size: i
     return results
 
 
-__all__ = ["LoadedRun", "expand_paths", "is_image_file", "load_run", "predict_paths"]
+__all__ = ["LoadedRun", "expand_paths", "is_image_file", "load_run", "predict_loader", "predict_paths",
+           "predict_probs"]

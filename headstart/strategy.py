@@ -1,13 +1,44 @@
 """Strategies are data: a strategy is a short list of phases, and one loop runs any list.
 
-A phase says which layer groups train, at what learning rate, for how long, and what BatchNorm does. New recipes
-are new lists, not new loops.
+A phase says which layer groups train, at what learning rates, for how long, with which regulariser, and what
+BatchNorm does. New recipes are new lists, not new loops. The recipes, and when to use each:
+
+- ``linear-probe`` (feature extraction): only the head, fitted by logistic regression on features of the frozen
+  backbone computed once. The strongest choice with a handful of labels per class, and by far the fastest
+  (Kornblith et al. 2019, "Do Better ImageNet Models Transfer Better?").
+- ``fine-tune``: the head is fitted on frozen features first (a random head would send large, meaningless
+  gradients into the pretrained layers; fastai's ``fine_tune`` does one frozen epoch for the same reason), then
+  the later half of the backbone trains with it at a 10x lower rate. The usual best with tens to thousands of
+  images per class.
+- ``full``: every group trains. With ``lr_decay`` D, group i learns at ``lr * D**(G - i)`` (G is the head's
+  index): discriminative, layer-wise rates, lowest for the generic early layers (Howard & Ruder 2018, ULMFiT;
+  timm's ``layer_decay``). For larger datasets, or domains far from ImageNet.
+- ``gradual``: the head first, then one more group unfreezes every ``unfreeze_every`` epochs, from the output
+  backwards (ULMFiT's gradual unfreezing, fastai). Each new group starts to learn only once the groups above it
+  have adapted, so early layers are not disturbed by large gradients; useful with little data and a big domain gap.
+- ``lp-ft``: a linear probe trained to convergence becomes the head, then everything is fine-tuned at a low rate
+  (head lr/10, backbone lr/100). Fine-tuning from a good head distorts the pretrained features less than from a
+  random one, which Kumar et al. 2022 ("Fine-Tuning can Distort Pretrained Features and Underperform
+  Out-of-Distribution") show matters most out of distribution.
+- ``scratch``: the same architecture from random weights, every BatchNorm learning: the baseline.
+
+Options that apply to any pretrained strategy's training phases: ``lr_decay`` (above), ``l2sp`` (L2-SP, Li et al.
+2018, "Explicit Inductive Bias for Transfer Learning with Convolutional Networks": the backbone is pulled towards
+its pretrained weights by ``alpha/2 * ||w - w0||^2`` instead of decaying towards zero, keeping what it learned on
+ImageNet; the head keeps plain weight decay), and ``bn``: ``frozen`` (the default: every BatchNorm keeps its
+pretrained statistics), ``train`` (statistics of trainable groups follow the new data) or ``adabn`` (Li et al. 2016,
+"Revisiting Batch Normalization for Practical Domain Adaptation": before the first phase the statistics are
+recomputed on the run's train and validation images, then kept frozen, so head and backbone train on features
+normalised for this data rather than for ImageNet). ``headstart adapt`` applies AdaBN after training instead, to a
+new target domain.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+
+from headstart.model import BN_POLICIES
 
 
 @dataclass
@@ -18,11 +49,17 @@ class Phase:
         name: shown in progress bars and metrics.
         epochs: maximum epochs (early stopping may end the phase sooner).
         lr: learning rate of the head.
-        train_from: index of the first trainable layer group; ``-1`` is head only, ``0`` everything. Fractions
-            in (0, 1) mean "freeze that fraction of the backbone groups", resolved per backbone.
+        train_from: index of the first trainable layer group; ``-1`` is head only, ``-k`` the last k groups
+            (head included; everything when the model has fewer), ``0`` everything. Fractions in (0, 1) mean
+            "freeze that fraction of the backbone groups", resolved per backbone.
         backbone_lr_scale: backbone learning rate = ``lr * backbone_lr_scale`` (the head is new and needs more).
-        bn: BatchNorm policy: ``frozen`` (every BatchNorm keeps its pretrained statistics; affine weights of
-            trainable groups still learn) or ``train`` (statistics of trainable groups adapt to the new data).
+        lr_decay: layer-wise decay D: group i learns at ``lr * D**(G - i)``, G the head's index; replaces
+            ``backbone_lr_scale`` when set.
+        l2sp: L2-SP strength alpha: the penalty ``alpha/2 * ||w - w0||^2`` pulls trainable backbone weights
+            towards their pretrained values w0 (and replaces their weight decay). 0 is off.
+        bn: BatchNorm policy: ``frozen`` (every BatchNorm keeps its statistics; affine weights of trainable groups
+            still learn), ``train`` (statistics of trainable groups adapt to the new data) or ``adabn`` (statistics
+            recomputed on the train and validation images when the phase starts, then frozen).
         fit: ``sgd`` (the training loop) or ``features`` (fit the head in closed form on frozen features).
         warmup_epochs: linear warm-up before the cosine decay.
     """
@@ -32,6 +69,8 @@ class Phase:
     lr: float
     train_from: float = -1
     backbone_lr_scale: float = 0.1
+    lr_decay: float | None = None
+    l2sp: float = 0.0
     bn: str = "frozen"
     fit: str = "sgd"
     warmup_epochs: float = 1.0
@@ -55,6 +94,8 @@ def resolve_train_from(train_from: float, num_groups: int) -> int:
     backbone_groups = num_groups - 1
     if 0 < train_from < 1:
         return max(1, min(backbone_groups, math.ceil(train_from * backbone_groups)))
+    if train_from < 0:
+        return max(0, num_groups + int(train_from))
     return int(train_from)
 
 
@@ -62,37 +103,89 @@ STRATEGIES = {
     "linear-probe": "frozen backbone; the head is fitted on features computed once (logistic regression)",
     "fine-tune": "head fitted on frozen features first, then the later half of the backbone trains with it at a "
                  "10x lower learning rate",
-    "full": "every layer trains; the backbone at a 10x lower learning rate than the head",
+    "full": "every layer trains; the backbone at a 10x lower learning rate than the head, or layer-wise rates "
+            "with --lr-decay",
+    "gradual": "head first, then one more layer group unfreezes every --unfreeze-every epochs (ULMFiT)",
+    "lp-ft": "linear probe to convergence, then everything fine-tuned at a low rate (Kumar et al. 2022: better "
+             "out of distribution)",
     "scratch": "same architecture, random initialisation: the baseline transfer learning is measured against",
 }
 
 
-def make_strategy(name: str, epochs: int = 10, lr: float | None = None) -> Strategy:
+def uses_pretrained_weights(name: str) -> bool:
+    """Whether strategy ``name`` starts from pretrained weights (everything but ``scratch``)."""
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy '{name}'; choose one of: auto, {', '.join(STRATEGIES)} "
+                         f"(e.g. --strategy fine-tune).")
+    return name != "scratch"
+
+
+def make_strategy(name: str, epochs: int = 10, lr: float | None = None, *, groups: int | None = None,
+                  lr_decay: float | None = None, l2sp: float = 0.0, bn: str | None = None,
+                  unfreeze_every: int = 1) -> Strategy:
     """Builds a named strategy.
 
     Args:
         name: one of :data:`STRATEGIES`.
-        epochs: epochs of the main phase.
+        epochs: epochs of the main phase (for ``gradual``: of all its unfreezing phases together).
         lr: head learning rate; defaults per strategy (1e-3 for the new head, 10x lower for pretrained layers).
+        groups: the model's number of layer groups (``len(model.group_names)``); ``gradual`` stops adding
+            phases once everything is unfrozen. Without it, its later phases may all train everything.
+        lr_decay: layer-wise learning-rate decay for every phase that trains the backbone (e.g. 0.75).
+        l2sp: L2-SP strength for every phase that trains the backbone (e.g. 0.01); 0 is off.
+        bn: BatchNorm policy (:data:`BN_POLICIES`); default ``frozen`` (``train`` for ``scratch``). ``adabn``
+            adapts the statistics once, at the start of the first phase.
+        unfreeze_every: ``gradual``: epochs between unfreezing one more group.
     """
     if epochs < 1:
         raise ValueError(f"--epochs must be at least 1, got {epochs}.")
+    if bn is not None and bn not in BN_POLICIES:
+        raise ValueError(f"--bn must be one of {', '.join(BN_POLICIES)}, got '{bn}'.")
+    if lr_decay is not None and not 0 < lr_decay <= 1:
+        raise ValueError(f"--lr-decay must be in (0, 1], e.g. 0.75, got {lr_decay}.")
+    if l2sp < 0:
+        raise ValueError(f"--l2sp must be 0 (off) or positive, e.g. 0.01, got {l2sp}.")
+    if unfreeze_every < 1:
+        raise ValueError(f"--unfreeze-every must be at least 1 epoch, got {unfreeze_every}.")
+    pretrained = uses_pretrained_weights(name)
     head_lr = lr if lr is not None else 1e-3
     if name == "linear-probe":
         phases = [Phase("probe", epochs=1, lr=head_lr, train_from=-1, fit="features")]
     elif name == "fine-tune":
-        # Head first (fastai's fine_tune does one frozen epoch): a random head would send large, meaningless
-        # gradients into the pretrained layers. Fitting it on frozen features is the fastest way to a good head.
-        # Then the later half of the backbone adapts at a 10x lower rate than the head.
+        # Then the later half of the backbone adapts at a 10x lower rate than the head (fastai halves the rate
+        # after the frozen phase).
         phases = [Phase("head", epochs=1, lr=head_lr, train_from=-1, fit="features"),
                   Phase("fine-tune", epochs=epochs, lr=head_lr / 2, train_from=0.5, backbone_lr_scale=0.1)]
     elif name == "full":
         phases = [Phase("full", epochs=epochs, lr=head_lr, train_from=0, backbone_lr_scale=0.1)]
-    elif name == "scratch":
+    elif name == "gradual":
+        phases = [Phase("head", epochs=1, lr=head_lr, train_from=-1, fit="features")]
+        steps = math.ceil(epochs / unfreeze_every)
+        if groups is not None:
+            steps = min(steps, groups - 1)
+        for k in range(1, steps + 1):
+            # Each phase restarts warm-up and cosine: a short warm-up, then the newly thawed group settles.
+            n = unfreeze_every if k < steps else epochs - unfreeze_every * (steps - 1)
+            phases.append(Phase(f"unfreeze-{k}", epochs=n, lr=head_lr / 2, train_from=-(k + 1),
+                                backbone_lr_scale=0.1, warmup_epochs=min(1.0, 0.25 * n)))
+    elif name == "lp-ft":
+        phases = [Phase("probe", epochs=1, lr=head_lr, train_from=-1, fit="features"),
+                  Phase("ft", epochs=epochs, lr=head_lr / 10, train_from=0, backbone_lr_scale=0.1)]
+    else:  # scratch
+        if bn not in (None, "train"):
+            raise ValueError(f"--bn {bn} keeps or recomputes pretrained statistics; scratch has none and always "
+                             "trains BatchNorm (drop --bn, or pick a pretrained strategy).")
         phases = [Phase("scratch", epochs=epochs, lr=lr if lr is not None else 2e-3, train_from=0,
                         backbone_lr_scale=1.0, bn="train")]
+        if lr_decay is not None or l2sp:
+            raise ValueError("--lr-decay and --l2sp refer to pretrained layers; scratch has none (drop them, or "
+                             "pick a pretrained strategy).")
         return Strategy(name, phases, pretrained=False, description=STRATEGIES[name])
-    else:
-        raise ValueError(f"unknown strategy '{name}'; choose one of: {', '.join(STRATEGIES)} "
-                         f"(e.g. --strategy fine-tune).")
-    return Strategy(name, phases, pretrained=True, description=STRATEGIES[name])
+    for i, phase in enumerate(phases):
+        if bn == "adabn":
+            phase.bn = "adabn" if i == 0 else "frozen"
+        elif bn is not None:
+            phase.bn = bn
+        if phase.fit == "sgd" and phase.train_from != -1:
+            phase.lr_decay, phase.l2sp = lr_decay, l2sp
+    return Strategy(name, phases, pretrained=pretrained, description=STRATEGIES[name])

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import yaml
 
+from headstart.auto import choose_strategy
+from headstart.data.balance import BALANCE, SKEW_HINT, BalancedSampler, class_weights, skew
 from headstart.data.check import check_splits
 from headstart.data.dataset import ImageDataset, make_loader
 from headstart.data.sources import DataSplits, discover, validate
@@ -26,7 +28,7 @@ from headstart.engine.loop import FitState, evaluate, fit, predict_logits
 from headstart.evaluation.metrics import classification_metrics
 from headstart.engine.runtime import make_runtime, seed_everything
 from headstart.model import build_model
-from headstart.strategy import make_strategy
+from headstart.strategy import make_strategy, uses_pretrained_weights
 from headstart.zoo import DEFAULT_MODEL, get_spec
 
 
@@ -37,8 +39,8 @@ class TrainConfig:
     data: str
     out: str
     model: str = DEFAULT_MODEL
-    strategy: str = "fine-tune"
-    epochs: int = 10
+    strategy: str = "auto"  # a name in strategy.STRATEGIES, or auto (headstart.auto)
+    epochs: int | None = None  # None: auto's choice, or 10
     lr: float | None = None
     image_size: int | None = None
     batch_size: int = 32
@@ -51,6 +53,14 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     overwrite: bool = False
+    lr_decay: float | None = None  # layer-wise learning-rate decay (strategy.Phase.lr_decay)
+    l2sp: float = 0.0  # L2-SP strength towards the pretrained backbone (engine.losses.L2SP)
+    bn: str | None = None  # BatchNorm policy: frozen, train or adabn (None: the strategy's default)
+    unfreeze_every: int = 1  # gradual: epochs between unfreezing one more group
+    label_smoothing: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    balance: str = "none"  # none, weights (class-weighted loss) or sampler (data.balance)
     head: str = "logreg"  # how phases with fit="features" fit the head: logreg, ncm or sgd (features.heads.HEADS)
     extra: dict = field(default_factory=dict)
 
@@ -96,14 +106,16 @@ def _loaders(splits: DataSplits, pre: dict, cfg: TrainConfig, runtime) -> dict:
     """Train (augmented, shuffled per epoch), and eval-transform loaders; sharded across ranks under DDP."""
     r, w = runtime.rank, runtime.world_size
 
-    def loader(samples, transform, shuffle, batch, shard=True):
-        sampler = EpochSampler(len(samples), shuffle=shuffle, seed=cfg.seed, rank=r if shard else 0,
-                               world_size=w if shard else 1)
+    def loader(samples, transform, shuffle, batch, shard=True, sampler=None):
+        sampler = sampler or EpochSampler(len(samples), shuffle=shuffle, seed=cfg.seed, rank=r if shard else 0,
+                                          world_size=w if shard else 1)
         return make_loader(ImageDataset(samples, transform), batch, shuffle=False, seed=cfg.seed,
                            workers=cfg.workers, sampler=sampler)
 
+    balanced = BalancedSampler([y for _, y in splits.train], seed=cfg.seed, rank=r, world_size=w) \
+        if cfg.balance == "sampler" else None
     return {
-        "train": loader(splits.train, train_transform(pre, cfg.augment), True, cfg.batch_size),
+        "train": loader(splits.train, train_transform(pre, cfg.augment), True, cfg.batch_size, sampler=balanced),
         "val": loader(splits.val, eval_transform(pre), False, cfg.batch_size * 2),
         "train_eval": loader(splits.train, eval_transform(pre), False, cfg.batch_size * 2, shard=False),
         "val_all": loader(splits.val, eval_transform(pre), False, cfg.batch_size * 2, shard=False),
@@ -120,6 +132,12 @@ def load_resume_state(out: Path) -> dict:
     return state
 
 
+def _pretrained_backbone(cfg: TrainConfig, num_classes: int) -> dict:
+    """The pretrained backbone parameters L2-SP pulls towards (a resumed model holds trained ones)."""
+    fresh = build_model(cfg.model, num_classes, pretrained=True, weights_file=cfg.weights)
+    return {n: p.detach() for n, p in fresh.backbone.named_parameters()}
+
+
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
     """Trains one model as ``cfg`` says and returns its summary (also written to ``summary.json``).
 
@@ -132,7 +150,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     out = Path(cfg.out)
     runtime = make_runtime(cfg.device, cfg.precision)
     main = runtime.is_main
-    strategy = make_strategy(cfg.strategy, epochs=cfg.epochs, lr=cfg.lr)
+    if cfg.strategy != "auto":
+        uses_pretrained_weights(cfg.strategy)  # a wrong name fails before any image is read
+    if cfg.balance not in BALANCE:
+        raise ValueError(f"--balance must be one of {', '.join(BALANCE)}, got '{cfg.balance}'.")
     get_spec(cfg.model)  # a mistyped --model fails before the data is read
     if resume:
         splits = DataSplits.from_json(json.loads((out / "split.json").read_text()))
@@ -153,8 +174,17 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         raise ValueError(f"no validation images in {cfg.data}: add a val/ folder or more images per class "
                          "(each class needs at least two images to hold one out).")
 
-    model = build_model(cfg.model, len(splits.classes), pretrained=strategy.pretrained and not resume,
+    labels = [y for _, y in splits.train]
+    choice = choose_strategy(len(splits.train), len(splits.classes), cfg.batch_size) if cfg.strategy == "auto" \
+        else None
+    name = choice.strategy if choice else cfg.strategy
+    model = build_model(cfg.model, len(splits.classes), pretrained=uses_pretrained_weights(name) and not resume,
                         weights_file=None if resume else cfg.weights)
+    # Settings given explicitly win over auto's choice.
+    epochs = cfg.epochs or (choice.epochs if choice else 10)
+    lr_decay = cfg.lr_decay if cfg.lr_decay is not None else (choice.lr_decay if choice else None)
+    strategy = make_strategy(name, epochs=epochs, lr=cfg.lr, groups=len(model.group_names), lr_decay=lr_decay,
+                             l2sp=cfg.l2sp, bn=cfg.bn, unfreeze_every=cfg.unfreeze_every)
     if resume:
         model.load_state_dict(resume_state["model"])
     pre = model.spec.preprocessing(cfg.image_size)
@@ -166,10 +196,17 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             f"{len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test images; strategy "
             f"{strategy.name}" + (f"; resuming after epoch {resume_state['fit_state']['global_epoch']}" if resume
                                   else ""))
+        if choice:
+            log(f"auto: {choice.reason}")
+        if cfg.balance == "none" and skew(labels, len(splits.classes)) > SKEW_HINT:
+            log(f"classes are imbalanced (largest / smallest = {skew(labels, len(splits.classes)):.1f}); consider "
+                "--balance weights (class-weighted loss) or --balance sampler (draw classes equally often)")
 
     meta = {"model": cfg.model, "classes": splits.classes, "preprocessing": pre}
     if main and not resume:
-        config = {**asdict(cfg), "strategy_phases": strategy.to_dict()["phases"], "preprocessing": pre,
+        config = {**asdict(cfg), "strategy_resolved": strategy.name,
+                  "strategy_choice": choice.to_dict() if choice else None,
+                  "strategy_phases": strategy.to_dict()["phases"], "preprocessing": pre,
                   "classes": splits.classes, "weights_source": model.weights_source,
                   "weights_checksum": model.weights_checksum, "runtime": runtime.describe(),
                   "world_size": runtime.world_size, "layout": splits.layout}
@@ -201,7 +238,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 
     try:
         state = fit(model, strategy, loaders, runtime, patience=cfg.patience, on_epoch=on_epoch, seed=cfg.seed,
-                    resume=resume_state, probe={"head": cfg.head, "preprocessing": pre})
+                    resume=resume_state, probe={"head": cfg.head, "preprocessing": pre},
+                    label_smoothing=cfg.label_smoothing, mixup=cfg.mixup, cutmix=cfg.cutmix,
+                    class_weights=class_weights(labels, len(splits.classes)) if cfg.balance == "weights" else None,
+                    l2sp_reference=_pretrained_backbone(cfg, len(splits.classes)) if resume and cfg.l2sp else None)
     except KeyboardInterrupt:
         if main:
             log(f"interrupted: the last finished epoch is saved; continue with `headstart train --resume {out}`.")

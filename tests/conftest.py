@@ -41,3 +41,11 @@ def add_broken_files(folder: Path) -> list[Path]:
 @pytest.fixture
 def image_folder(tmp_path) -> Path:
     return make_class_folder(tmp_path / "data")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _feature_cache_in_tmp(tmp_path_factory):
+    """No test writes to the user's feature cache (~/.cache/headstart/features)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HEADSTART_CACHE", str(tmp_path_factory.mktemp("feature-cache")))
+        yield

@@ -125,10 +125,11 @@ def test_weights_that_do_not_fit_are_one_sentence(tmp_path):
         build_model("resnet18", 3, weights_file=path)
 
 
-def test_pickled_objects_are_refused(tmp_path):
-    class Evil:
-        pass
+class Evil:
+    """Any class: unpickling it would run code chosen by whoever wrote the file."""
 
+
+def test_pickled_objects_are_refused(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"x": Evil()}, path)
     with pytest.raises(ValueError, match="plain state"):

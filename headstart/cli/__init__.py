@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ["check", "train", "evaluate", "predict", "models", "compare", "demo", "embed"]
+COMMANDS = ["check", "train", "evaluate", "predict", "models", "compare", "demo", "embed", "lr-find", "adapt"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,7 @@ def add_parser(sub):
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: average over each image and its mirror")
     return p
 
 
@@ -20,7 +21,7 @@ def run(args) -> int:
     from headstart.inference import load_run
 
     loaded = load_run(args.run, device=args.device)
-    m = evaluate_run(loaded, args.data, batch_size=args.batch_size)
+    m = evaluate_run(loaded, args.data, batch_size=args.batch_size, tta=args.tta)
     if args.json:
         print(json.dumps(m))
         return 0

@@ -15,6 +15,7 @@ def add_parser(sub):
     p.add_argument("--format", default="table", choices=["table", "csv", "json"])
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: average over each image and its mirror")
     return p
 
 
@@ -22,7 +23,8 @@ def run(args) -> int:
     from headstart.inference import expand_paths, load_run, predict_paths
 
     loaded = load_run(args.run, device=args.device)
-    results = predict_paths(loaded, expand_paths(args.paths), topk=args.topk, batch_size=args.batch_size)
+    results = predict_paths(loaded, expand_paths(args.paths), topk=args.topk, batch_size=args.batch_size,
+                             tta=args.tta)
     if args.format == "json":
         print(json.dumps(results, indent=1))
     elif args.format == "csv":

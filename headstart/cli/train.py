@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+from headstart.data.balance import BALANCE
 from headstart.data.transforms import AUGMENTATIONS
+from headstart.model import BN_POLICIES
+from headstart.features.heads import HEADS
 from headstart.strategy import STRATEGIES
 from headstart.zoo import DEFAULT_MODEL
 
@@ -18,9 +21,10 @@ def add_parser(sub):
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"backbone name (default {DEFAULT_MODEL}; see `headstart "
                                                           "models`; any timm model as timm:<name>)")
-    p.add_argument("--strategy", default="fine-tune", choices=list(STRATEGIES),
-                   help="; ".join(f"{k}: {v}" for k, v in STRATEGIES.items()))
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--strategy", default="auto", choices=["auto", *STRATEGIES],
+                   help="auto (default): chosen from the number of labelled images and classes, the choice and "
+                        "why recorded in config.yaml; " + "; ".join(f"{k}: {v}" for k, v in STRATEGIES.items()))
+    p.add_argument("--epochs", type=int, default=None, help="epochs of the main phase (default: auto's choice, or 10)")
     p.add_argument("--lr", type=float, default=None, help="head learning rate (pretrained layers get 10x less)")
     p.add_argument("--image-size", type=int, default=None, help="input size (default: the backbone's)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -33,6 +37,25 @@ def add_parser(sub):
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    r = p.add_argument_group("recipes", "regularisers and options of the pretrained strategies (README: Recipes)")
+    r.add_argument("--lr-decay", type=float, default=None, metavar="D",
+                   help="layer-wise learning rates: group i gets lr * D^(G-i), G the head (ULMFiT; e.g. 0.75)")
+    r.add_argument("--l2sp", type=float, default=0.0, metavar="ALPHA",
+                   help="L2-SP: pull the backbone towards its pretrained weights by ALPHA/2 ||w - w0||^2 instead of "
+                        "weight decay (Li et al. 2018; e.g. 0.01)")
+    r.add_argument("--bn", default=None, choices=BN_POLICIES,
+                   help="BatchNorm statistics: frozen (default), train, or adabn (recomputed on the train and val "
+                        "images before training, then frozen)")
+    r.add_argument("--unfreeze-every", type=int, default=1, metavar="N",
+                   help="gradual: epochs between unfreezing one more layer group")
+    r.add_argument("--label-smoothing", type=float, default=0.0, metavar="EPS", help="e.g. 0.1")
+    r.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA", help="MixUp on each batch (e.g. 0.2)")
+    r.add_argument("--cutmix", type=float, default=0.0, metavar="ALPHA", help="CutMix on each batch (e.g. 1.0)")
+    r.add_argument("--balance", default="none", choices=BALANCE,
+                   help="imbalanced classes: weights (class-weighted loss) or sampler (draw classes equally often)")
+    p.add_argument("--head", default="logreg", choices=list(HEADS),
+                   help="how the head is fitted on cached features (linear-probe, and fine-tune's first phase): "
+                        + "; ".join(f"{k}: {v}" for k, v in HEADS.items()))
     return p
 
 

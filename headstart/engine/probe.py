@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from headstart.engine.runtime import Runtime
 from headstart.features.extract import extract_features
-from headstart.features.heads import fit_head
+from headstart.features.heads import HEADS, fit_head
 from headstart.model import TransferModel
 
 
@@ -61,6 +61,8 @@ def fit_linear_probe(model: TransferModel, train_loader: DataLoader, val_loader:
             the on-disk cache; without it they are computed from the loaders every time.
         cache_dir: the feature cache folder (default ``$HEADSTART_CACHE`` or ``~/.cache/headstart/features``).
     """
+    if head not in HEADS:
+        raise ValueError(f"unknown head '{head}'; choose one of {', '.join(HEADS)} (e.g. --head logreg).")
     t0 = time.time()
     x_train, y_train, n_train = _features(model, train_loader, runtime, preprocessing, cache_dir, "features (train)")
     x_val, y_val, n_val = _features(model, val_loader, runtime, preprocessing, cache_dir, "features (val)")

@@ -11,8 +11,7 @@ from headstart.data.dataset import ImageDataset, make_loader, scan
 from headstart.data.sources import read_class_folders
 from headstart.data.transforms import eval_transform
 from headstart.engine.checkpoint import write_json
-from headstart.engine.loop import predict_logits
-from headstart.inference import LoadedRun
+from headstart.inference import LoadedRun, predict_loader
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
@@ -47,10 +46,12 @@ def plot_confusion(metrics: dict, path: str | Path, title: str = "") -> None:
     plt.close(fig)
 
 
-def evaluate_run(run: LoadedRun, data: str | Path, batch_size: int = 64, workers: int | None = None) -> dict:
+def evaluate_run(run: LoadedRun, data: str | Path, batch_size: int = 64, workers: int | None = None,
+                 tta: bool = False) -> dict:
     """Evaluates a trained run on a folder of class subfolders named like the run's classes.
 
     Writes ``evaluation.json`` and ``confusion_matrix.png`` into the run directory and returns the metrics.
+    With ``tta`` the predictions average the softmax over each image and its mirror image.
     """
     data = Path(data)
     if not data.is_dir():
@@ -64,9 +65,9 @@ def evaluate_run(run: LoadedRun, data: str | Path, batch_size: int = 64, workers
         raise ValueError(f"no readable images in {data}.")
     loader = make_loader(ImageDataset(samples, eval_transform(run.preprocessing)), batch_size, shuffle=False,
                          workers=workers)
-    logits, labels = predict_logits(run.model, loader, run.runtime, desc="evaluate")
-    metrics = classification_metrics(labels.numpy(), logits.argmax(1).numpy(), run.classes)
-    metrics.update({"data": str(data), "skipped": [{"path": p, "reason": r} for p, r in bad]})
+    probs, labels = predict_loader(run, loader, tta=tta, desc="evaluate")
+    metrics = classification_metrics(labels.numpy(), probs.argmax(1).numpy(), run.classes)
+    metrics.update({"data": str(data), "tta": tta, "skipped": [{"path": p, "reason": r} for p, r in bad]})
     write_json(run.path / "evaluation.json", metrics)
     plot_confusion(metrics, run.path / "confusion_matrix.png")
     return metrics

@@ -1,0 +1,87 @@
+"""fastai's way on the images of ``linear_probe_speed.py``: vision_learner, same backbone and weights, frozen.
+
+EfficientNet-Lite0 with headstart's offline ImageNet weights as the body; fastai's default head (concat pooling,
+BatchNorm, dropout, two linear layers); ``learn.freeze()`` (vision_learner's default for a pretrained body: body
+frozen except its BatchNorm layers, fastai's ``train_bn``); ``fit_one_cycle(epochs)``. Prints one JSON line last.
+
+fastai is never a dependency of headstart: run this with the python of a separate venv that reuses headstart's
+torch 2.14.1 instead of downloading another (fastai 2.8.12 installs against it):
+
+    python -m venv /tmp/fastai-venv
+    echo /work/main/.venv/lib/python3.11/site-packages \\
+        > /tmp/fastai-venv/lib/python3.11/site-packages/headstart-venv.pth
+    printf 'torch==2.14.1\\ntorchvision==0.29.1\\n' > /tmp/fastai-constraints.txt
+    /tmp/fastai-venv/bin/pip install fastai -c /tmp/fastai-constraints.txt
+    /tmp/fastai-venv/bin/python benchmarks/fastai_baseline.py --data /tmp/lp-bench/fashion-mnist --image-size 64
+
+(``linear_probe_speed.py --fastai-python /tmp/fastai-venv/bin/python`` runs it and prints it side by side.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # headstart from this checkout, for the weights
+
+import fastai  # noqa: E402
+import torch  # noqa: E402
+from fastai.vision.all import (  # noqa: E402
+    ImageDataLoaders, Normalize, Resize, accuracy, get_image_files, vision_learner)
+from torch import nn  # noqa: E402
+
+from headstart.engine.runtime import make_runtime  # noqa: E402
+from headstart.zoo import create_backbone  # noqa: E402
+
+
+class _FeatureMaps(nn.Module):
+    """The timm backbone up to its last feature maps; fastai adds its own pooling and head."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, x):
+        return self.backbone.forward_features(x)
+
+
+def efficientnet_lite0(pretrained: bool = True, **_):
+    backbone, _, _ = create_backbone("efficientnet_lite0", pretrained=pretrained)
+    return nn.Sequential(_FeatureMaps(backbone), nn.AdaptiveAvgPool2d(1))  # fastai cuts at the pooling layer
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True, help="folder with train/, val/, test/ (made by linear_probe_speed.py)")
+    ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--workers", type=int, default=1)
+    args = ap.parse_args()
+
+    make_runtime("cpu", "fp32")  # the same thread setting as headstart
+    data = Path(args.data)
+    dls = ImageDataLoaders.from_folder(data, train="train", valid="val", item_tfms=Resize(args.image_size),
+                                      batch_tfms=Normalize.from_stats([0.5] * 3, [0.5] * 3), bs=args.batch_size,
+                                      num_workers=args.workers, device=torch.device("cpu"))
+    learn = vision_learner(dls, efficientnet_lite0, metrics=accuracy, pretrained=True)
+    # fastai's mixed precision autocasts for CUDA only, so on CPU it trains in fp32; channels-last does apply.
+    learn.to_channelslast(use_amp=False)
+    t0 = time.perf_counter()
+    with learn.no_bar(), learn.no_logging():
+        learn.fit_one_cycle(args.epochs)
+    seconds = time.perf_counter() - t0
+    with learn.no_bar():
+        val_loss, val_acc = learn.validate()
+        preds, targets = learn.get_preds(dl=dls.test_dl(get_image_files(data / "test"), with_labels=True))
+    test_acc = (preds.argmax(1) == targets).float().mean().item()
+    print(json.dumps({"fastai": fastai.__version__, "seconds": seconds, "val_acc": float(val_acc),
+                      "test_acc": test_acc, "epochs": args.epochs, "image_size": args.image_size,
+                      "frozen_groups": len(learn.opt.param_groups) - 1 if learn.opt else None}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""``--strategy auto``: strategy, epochs and layer-wise decay chosen from how many labelled images there are.
+
+The rule, in the spirit of BiT-HyperRule (Kolesnikov et al. 2020, "Big Transfer": the schedule length depends only
+on the dataset size, and small datasets get fewer steps), with the strategies' strengths from Kornblith et al. 2019
+and the LP-FT / fine-tuning literature:
+
+- fewer than 20 labelled images per class: ``linear-probe``. Too few labels to move pretrained weights without
+  overfitting; a regularised linear head on frozen features is the strongest and the fastest choice.
+- at least 20 per class and fewer than 20,000 in all: ``fine-tune`` (head fitted on frozen features, then the
+  later half of the backbone at a 10x lower rate) for about 300 optimizer steps: ``ceil(300 / steps per epoch)``
+  epochs, between 5 and 15.
+- 20,000 or more: ``full`` with layer-wise learning-rate decay 0.75: enough data to adapt every layer, the early
+  (generic) ones least; about 3,000 steps, between 3 and 10 epochs.
+
+Early stopping on the validation loss still ends any phase sooner. Settings given explicitly (``--epochs``,
+``--lr-decay``) win over the rule. The run's ``config.yaml`` records the choice and the sentence explaining it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+FEW_PER_CLASS = 20
+LARGE = 20_000
+
+
+@dataclass
+class AutoChoice:
+    strategy: str
+    epochs: int
+    lr_decay: float | None
+    reason: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _epochs_for(steps: int, steps_per_epoch: int, low: int, high: int) -> int:
+    return max(low, min(high, math.ceil(steps / steps_per_epoch)))
+
+
+def choose_strategy(num_images: int, num_classes: int, batch_size: int = 32) -> AutoChoice:
+    """Applies the rule in this module's docstring.
+
+    Args:
+        num_images: labelled training images (the validation images are not counted).
+        num_classes: classes of the task.
+        batch_size: the training batch size (sets how many steps an epoch is).
+    """
+    if num_images < 1 or num_classes < 1:
+        raise ValueError(f"auto needs labelled images to choose a strategy; got {num_images} images in "
+                         f"{num_classes} classes.")
+    per_class = num_images / num_classes
+    steps_per_epoch = max(1, math.ceil(num_images / batch_size))
+    counted = f"{num_images:,} labelled images in {num_classes} classes ({per_class:.0f} per class)"
+    if per_class < FEW_PER_CLASS:
+        return AutoChoice("linear-probe", 1, None,
+                          f"{counted}: fewer than {FEW_PER_CLASS} per class, so a linear probe on frozen features "
+                          "(fine-tuning would overfit so few labels)")
+    if num_images < LARGE:
+        epochs = _epochs_for(300, steps_per_epoch, 5, 15)
+        return AutoChoice("fine-tune", epochs, None,
+                          f"{counted}: at least {FEW_PER_CLASS} per class and fewer than {LARGE:,} in all, so "
+                          f"fine-tune (head on frozen features, then the later half of the backbone) for {epochs} "
+                          f"epochs (about 300 steps of {batch_size})")
+    epochs = _epochs_for(3000, steps_per_epoch, 3, 10)
+    return AutoChoice("full", epochs, 0.75,
+                      f"{counted}: {LARGE:,} or more, so every layer trains, with layer-wise learning-rate decay "
+                      f"0.75, for {epochs} epochs (about 3,000 steps of {batch_size})")

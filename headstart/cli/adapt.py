@@ -1,0 +1,35 @@
+"""headstart adapt RUN TARGET_DIR --out RUN2: AdaBN, BatchNorm statistics recomputed on target-domain images."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def add_parser(sub):
+    p = sub.add_parser("adapt", help="adapt a run's BatchNorm statistics to unlabelled images of a new domain (AdaBN)",
+                       description="Recomputes every BatchNorm layer's mean and variance on the images in TARGET_DIR "
+                                   "(unlabelled; searched recursively) and writes a new run directory that predict "
+                                   "and evaluate use like any other. No weight changes, no labels, no gradients "
+                                   "(AdaBN, Li et al. 2016).")
+    p.add_argument("run", help="run directory made by `headstart train`")
+    p.add_argument("target", metavar="TARGET_DIR", help="images from the domain the model will meet")
+    p.add_argument("--out", required=True, help="the new run directory")
+    p.add_argument("--batch-size", type=int, default=64, help="larger batches give steadier statistics")
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    return p
+
+
+def run(args) -> int:
+    from headstart.adapt import adapt_run
+
+    info = adapt_run(args.run, args.target, args.out, batch_size=args.batch_size, workers=args.workers,
+                     device=args.device, overwrite=args.overwrite)
+    if info.get("warning"):
+        print(f"warning: {info['warning']}", file=sys.stderr)
+    if not info["batchnorm_layers"]:
+        print(f"{args.run}'s model has no BatchNorm layers: nothing to adapt; {args.out} is an unchanged copy.")
+    print(json.dumps(info, indent=2))
+    return 0

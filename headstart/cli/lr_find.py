@@ -1,0 +1,105 @@
+"""headstart lr-find RUN_OR_DATA [--strategy S] [--out DIR]: the learning-rate range test."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from headstart.data.transforms import AUGMENTATIONS
+from headstart.strategy import STRATEGIES
+from headstart.zoo import DEFAULT_MODEL
+
+
+def add_parser(sub):
+    p = sub.add_parser("lr-find", help="learning-rate range test: sweep the rate, plot the loss, suggest --lr",
+                       description="Trains for a few hundred steps with an exponentially growing learning rate "
+                                   "(Smith 2017; fastai's lr_find), stops when the loss diverges, and suggests a "
+                                   "rate (a tenth of the rate at the loss minimum). The weights are not changed. "
+                                   "RUN_OR_DATA is a run directory (its weights and training images) or a folder "
+                                   "of labelled images (a fresh pretrained model).")
+    p.add_argument("source", metavar="RUN_OR_DATA")
+    p.add_argument("--strategy", default=None, choices=[s for s in STRATEGIES if s != "linear-probe"],
+                   help="the strategy whose training phase is swept (default: the run's, or fine-tune); a head "
+                        "fitted on frozen features first is fitted first here too")
+    p.add_argument("--out", default=None, help="folder for lr_find.json and lr_find.png (default: the run, or "
+                                               "./lr-find)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="backbone, for DATA")
+    p.add_argument("--weights", default=None, help="pretrained weights file, for DATA")
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=100, help="optimizer steps of the sweep")
+    p.add_argument("--start-lr", type=float, default=1e-7)
+    p.add_argument("--end-lr", type=float, default=10.0)
+    p.add_argument("--augment", default="light", choices=AUGMENTATIONS)
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    return p
+
+
+def run(args) -> int:
+    import yaml
+
+    from headstart.data.dataset import ImageDataset, make_loader, scan
+    from headstart.data.sources import DataSplits, discover
+    from headstart.data.transforms import eval_transform, train_transform
+    from headstart.engine.checkpoint import write_json
+    from headstart.engine.lr_finder import lr_find, plot_lr_find
+    from headstart.engine.runtime import make_runtime, seed_everything
+    from headstart.inference import load_run
+    from headstart.model import build_model
+    from headstart.strategy import make_strategy
+
+    seed_everything(args.seed)
+    source = Path(args.source)
+    is_run = (source / "config.yaml").is_file()
+    if is_run:
+        loaded = load_run(source, device=args.device)
+        model, runtime, pre = loaded.model, loaded.runtime, loaded.preprocessing
+        config = yaml.safe_load((source / "config.yaml").read_text())
+        splits = DataSplits.from_json(json.loads((source / "split.json").read_text()))
+        name = args.strategy or config.get("strategy_resolved") or config.get("strategy")
+        if name not in STRATEGIES or name == "linear-probe":
+            name = "fine-tune"
+    else:
+        if not source.exists():
+            raise FileNotFoundError(f"{source} does not exist; pass a run directory or a folder of labelled images.")
+        runtime = make_runtime(args.device)
+        splits = discover(str(source), val_fraction=0.2, seed=args.seed)
+        name = args.strategy or "fine-tune"
+        model = build_model(args.model, len(splits.classes), pretrained=name != "scratch", weights_file=args.weights)
+        pre = model.spec.preprocessing(args.image_size)
+        runtime.prepare(model)
+    train, bad = scan(splits.train)
+    for path, reason in bad:
+        print(f"skipping {path}: {reason}", file=sys.stderr)
+    strategy = make_strategy(name, groups=len(model.group_names))
+    sgd_index = next(i for i, p in enumerate(strategy.phases) if p.fit == "sgd")
+    if not is_run and sgd_index > 0:
+        # The swept phase starts from a head fitted on frozen features, as in training.
+        from headstart.engine.probe import fit_linear_probe
+
+        def eval_loader(samples):
+            return make_loader(ImageDataset(samples, eval_transform(pre)), args.batch_size * 2, shuffle=False,
+                               workers=args.workers)
+
+        fit_linear_probe(model, eval_loader(train), eval_loader(scan(splits.val)[0]), runtime, preprocessing=pre)
+    phase = strategy.phases[sgd_index]
+    train_loader = make_loader(ImageDataset(train, train_transform(pre, args.augment)), args.batch_size, shuffle=True,
+                               seed=args.seed, workers=args.workers, drop_last=len(train) > args.batch_size)
+    result = lr_find(model, train_loader, runtime, phase, start_lr=args.start_lr, end_lr=args.end_lr,
+                     steps=args.steps)
+    # The swept rate is the phase's head rate; --lr sets it through the strategy's ratio (fine-tune: lr / 2).
+    per_cli_lr = make_strategy(name, lr=1.0).phases[sgd_index].lr
+    out = Path(args.out) if args.out else (source if is_run else Path("lr-find"))
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"source": str(source), "strategy": name, "phase": phase.name, "suggested_cli_lr":
+              result.suggested_lr / per_cli_lr, **result.to_dict()}
+    write_json(out / "lr_find.json", record)
+    plot_lr_find(result, out / "lr_find.png", title=f"lr-find: {name}, phase '{phase.name}'")
+    print(f"suggested: --strategy {name} --lr {record['suggested_cli_lr']:.2g} (phase '{phase.name}' head rate "
+          f"{result.suggested_lr:.2g}: a tenth of the loss minimum at {result.min_loss_lr:.2g}; steepest descent at "
+          f"{result.steepest_lr:.2g}){'; the loss diverged, the sweep stopped early' if result.stopped_early else ''}")
+    print(f"curve: {out / 'lr_find.png'}, numbers: {out / 'lr_find.json'}")
+    return 0
