@@ -149,20 +149,20 @@ def main() -> None:
         cpu: dict[str, list[float]] = {k: [] for k in results}  # CPU ms per image, all processes
         n = (len(paths) // args.batch_size) * args.batch_size
 
-        def timed(name, fn):
+        def timed(name, fn, *args, **kwargs):
             t0, c0 = time.perf_counter(), cpu_seconds()
-            fn()
+            fn(*args, **kwargs)
             results[name].append(n / (time.perf_counter() - t0))
             cpu[name].append((cpu_seconds() - c0) / n * 1e3)
 
         for r in range(args.repeats):
-            timed("backbone", lambda: backbone_only(model, runtime, batch, n))
-            timed("headstart", lambda: extract_features(model, paths[:n], pre, runtime, batch_size=args.batch_size,
-                                                        workers=workers, cache_dir=tmp / f"cache{r}", verbose=False))
+            timed("backbone", backbone_only, model, runtime, batch, n)
+            timed("headstart", extract_features, model, paths[:n], pre, runtime, batch_size=args.batch_size,
+                  workers=workers, cache_dir=tmp / f"cache{r}", verbose=False)  # an empty cache: all computed
             if not args.no_float_loader:
                 loader = make_loader(ImageDataset([(p, 0) for p in paths[:n]], eval_transform(pre)), args.batch_size,
                                      shuffle=False, workers=workers)
-                timed("float loader", lambda: features_from_loader(model, loader, runtime))
+                timed("float loader", features_from_loader, model, loader, runtime)
             print(f"  repeat {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f} img/s" for k, v in results.items() if v)
                   + f"  (load average {os.getloadavg()[0]:.1f})", flush=True)
 

@@ -27,14 +27,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # headstart from this checkout, for the weights
 
-import fastai  # noqa: E402
-import torch  # noqa: E402
-from fastai.vision.all import (  # noqa: E402
-    ImageDataLoaders, Normalize, Resize, accuracy, get_image_files, vision_learner)
-from torch import nn  # noqa: E402
+import fastai
+import torch
+from fastai.vision.all import ImageDataLoaders, Normalize, Resize, accuracy, get_image_files, vision_learner
+from torch import nn
 
-from headstart.engine.runtime import make_runtime  # noqa: E402
-from headstart.zoo import create_backbone  # noqa: E402
+from headstart.engine.runtime import make_runtime
+from headstart.zoo import create_backbone
 
 
 class _FeatureMaps(nn.Module):
@@ -75,7 +74,7 @@ def main() -> None:
         learn.fit_one_cycle(args.epochs)
     seconds = time.perf_counter() - t0
     with learn.no_bar():
-        val_loss, val_acc = learn.validate()
+        _, val_acc = learn.validate()
         preds, targets = learn.get_preds(dl=dls.test_dl(get_image_files(data / "test"), with_labels=True))
     test_acc = (preds.argmax(1) == targets).float().mean().item()
     print(json.dumps({"fastai": fastai.__version__, "seconds": seconds, "val_acc": float(val_acc),

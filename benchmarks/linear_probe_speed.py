@@ -32,7 +32,6 @@ import argparse
 import copy
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -151,7 +150,7 @@ def main() -> None:
              hs["test_acc"]["logreg"]),
             ("headstart (logreg, warm cache)", hs["warm"]["seconds"], hs["warm"]["probe_val_acc"],
              hs["test_acc"]["logreg"]),
-            (f"  + ncm head on the same features", hs["ncm_head_seconds"], None, hs["test_acc"]["ncm"]),
+            ("  + ncm head on the same features", hs["ncm_head_seconds"], None, hs["test_acc"]["ncm"]),
             (f"  + sgd head, {args.epochs} epochs on features", hs["sgd_head_seconds"], None, hs["test_acc"]["sgd"])]
     if not args.skip_tutorial:
         secs, val_acc, test_acc = tutorial(splits, pre, runtime, args.epochs, args.batch_size, args.lr)
@@ -160,7 +159,7 @@ def main() -> None:
         script = Path(__file__).with_name("fastai_baseline.py")
         res = subprocess.run([args.fastai_python, str(script), "--data", str(data), "--image-size",
                               str(args.image_size), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size)],
-                             capture_output=True, text=True)
+                             check=False, capture_output=True, text=True)
         last = res.stdout.strip().splitlines()[-1] if res.stdout.strip() else ""
         if res.returncode == 0 and last.startswith("{"):
             r = json.loads(last)

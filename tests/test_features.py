@@ -37,7 +37,7 @@ def _paths(folder):
 def test_features_match_the_eval_transform_path(small_model, tmp_path):
     model, pre, runtime = small_model
     data = make_class_folder(tmp_path / "d", per_class=4, size=40)
-    classes, samples = read_class_folders(data)
+    _, samples = read_class_folders(data)
     feats = extract_features(model, [p for p, _ in samples], pre, runtime, batch_size=5, workers=0,
                              cache_dir=tmp_path / "cache")
     ref, _ = features_from_loader(model, make_loader(ImageDataset(samples, eval_transform(pre)), 5, False, workers=0),
@@ -181,7 +181,7 @@ def test_ncm_head_is_exactly_simpleshot_nearest_mean():
     head = fit_head("ncm", x, y, queries[:50], rng.integers(0, 4, 50), num_classes=4)
 
     mu = x.astype(np.float64).mean(0)
-    norm = lambda v: v / np.linalg.norm(v, axis=-1, keepdims=True)  # noqa: E731
+    norm = lambda v: v / np.linalg.norm(v, axis=-1, keepdims=True)
     z = norm(x - mu)
     means = norm(np.stack([z[y == c].mean(0) for c in range(4)]))
     distances = np.linalg.norm(norm(queries - mu)[:, None, :] - means[None], axis=-1)

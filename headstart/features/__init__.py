@@ -11,5 +11,5 @@ from headstart.features.cache import FeatureCache, cache_root, content_hashes, f
 from headstart.features.extract import Features, cache_key, extract_features, iter_features
 from headstart.features.heads import HEADS, LinearHead, fit_head
 
-__all__ = ["FeatureCache", "Features", "HEADS", "LinearHead", "cache_key", "cache_root", "content_hashes",
+__all__ = ["HEADS", "FeatureCache", "Features", "LinearHead", "cache_key", "cache_root", "content_hashes",
            "extract_features", "file_hash", "fit_head", "iter_features", "weights_fingerprint"]

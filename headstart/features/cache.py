@@ -26,9 +26,9 @@ import hashlib
 import json
 import os
 import uuid
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -90,7 +90,7 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
 class ShardWriter:
     """Appends feature rows to a new shard through plain file writes (no mapping, so memory stays flat)."""
 
-    def __init__(self, cache: "FeatureCache", rows: int, dim: int):
+    def __init__(self, cache: FeatureCache, rows: int, dim: int):
         self.cache, self.rows, self.dim = cache, rows, dim
         self.name = uuid.uuid4().hex[:16]
         self._tmp = cache.dir / f".{self.name}.npy.tmp"
