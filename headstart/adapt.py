@@ -80,7 +80,7 @@ def adapt_run(run_dir: str | Path, target: str | Path, out: str | Path, batch_si
         out: the new run directory.
         batch_size: larger batches give steadier statistics.
     """
-    from headstart.data.dataset import ImageDataset, make_loader
+    from headstart.data.dataset import ImageDataset, make_loader, scan
     from headstart.data.transforms import eval_transform
     from headstart.engine.checkpoint import save_weights, write_json
     from headstart.inference import expand_paths, load_run
@@ -93,8 +93,6 @@ def adapt_run(run_dir: str | Path, target: str | Path, out: str | Path, batch_si
     run = load_run(run_dir, device=device)
     if not Path(target).is_dir():
         raise FileNotFoundError(f"{target} is not a folder; pass a folder of (unlabelled) target-domain images.")
-    from headstart.data.dataset import scan
-
     samples, bad = scan([(p, 0) for p in expand_paths([target])])
     if len(samples) < 2:
         raise ValueError(f"{target} holds {len(samples)} readable image(s); AdaBN needs at least 2 (a few hundred "
