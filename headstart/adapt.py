@@ -1,24 +1,37 @@
 """AdaBN: BatchNorm statistics recomputed on images of the target domain, without labels or gradients.
 
-A network's BatchNorm layers normalise with the mean and variance of the images it was trained on. When the
-images it meets later differ in a systematic way (another scanner, camera, lighting, stain, season), those
-statistics are wrong for them, and accuracy drops even though the features are still useful. Li et al. 2016
-("Revisiting Batch Normalization for Practical Domain Adaptation") replace them by the target domain's own
-statistics: forward passes over unlabelled target images, nothing else changes. Use ``headstart adapt RUN
-TARGET_DIR --out RUN2`` when a trained model is deployed on images that look different from its training images
-and a few hundred of them (unlabelled) are at hand; evaluate both runs on labelled target images if there are any.
-Models without BatchNorm (ViTs, ConvNeXt's LayerNorm) have nothing to adapt.
+A network's BatchNorm layers normalise with a mean and variance per channel. When the images it meets later differ
+in a systematic way (another scanner, camera, lighting, stain, season), the activations they produce are shifted
+and scaled differently, and accuracy drops even though the features are still useful. Li et al. 2016 ("Revisiting
+Batch Normalization for Practical Domain Adaptation") replace the statistics by the target domain's own: forward
+passes over unlabelled target images, nothing else changes. Use ``headstart adapt RUN TARGET_DIR --out RUN2`` when
+a trained model is deployed on images that look different from its training images and a few hundred of them
+(unlabelled) are at hand; evaluate both runs on labelled target images if there are any. Models without BatchNorm
+(ViTs, ConvNeXt's LayerNorm) have nothing to adapt.
 
-AdaBN assumes the model's statistics are those of its training images: then the target's features, normalised
-by the target's own statistics, look like the training features did. A run trained with ``--bn frozen`` (the
-default) kept ImageNet's statistics instead, and the head learned features normalised by those; swapping in the
-target's statistics then changes the features for source images too, and can ruin the model (measured in
-``benchmarks/recipes.py``). Train with ``--bn adabn`` (statistics recomputed on the training images before
-training) or ``--bn train`` when the model is to be adapted later; ``adapt`` warns otherwise.
+Two methods:
+
+- ``classic`` (Li et al.): each layer's statistics become the target's. This assumes the model's statistics are
+  those of its training images, so that target features normalised by target statistics look like training
+  features did. A fine-tuned model with frozen BatchNorm (headstart's default) kept ImageNet's statistics instead,
+  and its head learned features normalised by those: swapping in the target's changes the features even for
+  images like the training ones, and ruins such a model (measured in ``benchmarks/recipes.py``).
+- ``aligned`` (the default when the run's training images are at hand): per channel, the new statistics map the
+  target's activations onto the distribution the *training* images' activations had under the model as trained:
+  with ``(mu0, var0)`` the layer's statistics, ``(mu_s, var_s)`` its input's on the training images and
+  ``(mu_t, var_t)`` on the target, the new ``sd = sqrt(var_t) * sqrt(var0 + eps) / sqrt(var_s)`` and
+  ``mean = mu_t - sd * (mu_s - mu0) / sqrt(var0 + eps)``. When the model's statistics are its training images'
+  (``--bn train`` or ``--bn adabn``) this is exactly classic AdaBN; for a model with frozen ImageNet statistics it
+  is what AdaBN means to do. Fed its own training images it changes nothing.
+
+Both measure each layer's input after the layers before it have been adapted, in one pass: every batch is
+normalised with the statistics adapted to that batch (as train-mode BatchNorm does), and the statistics pooled over
+all batches are kept.
 """
 
 from __future__ import annotations
 
+import random
 import shutil
 from pathlib import Path
 from typing import Iterable
@@ -31,89 +44,223 @@ from tqdm.auto import tqdm
 
 from headstart.engine.runtime import Runtime
 
+METHODS = ("auto", "aligned", "classic")
+SOURCE_IMAGES = 2000  # training images sampled for the source statistics: plenty for a mean and variance
 
-@torch.no_grad()
-def adapt_batchnorm(model: torch.nn.Module, loaders: Iterable[DataLoader], runtime: Runtime,
-                    desc: str = "adabn") -> int:
-    """Replaces every BatchNorm layer's running mean and variance by their average over the batches of
-    ``loaders``; parameters, dropout and everything else stay as they are. Returns the number of images seen.
 
-    Statistics are reset, then accumulated as a cumulative average (``momentum=None``) in train mode for
-    BatchNorm only; the model is left in eval mode.
-    """
-    bns = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
-    if not bns:
-        return 0
-    momenta = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    model.eval()
-    for m in bns:
-        m.train()
+class _Moments:
+    """Per-channel mean and mean square of a BatchNorm layer's input, pooled over every image seen."""
+
+    def __init__(self):
+        self.sum = self.sq = None
+        self.n = 0
+
+    def add(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.float()
+        dims = [d for d in range(x.ndim) if d != 1]
+        mean, sq = x.mean(dims), (x * x).mean(dims)
+        k = x.shape[0]
+        self.sum = mean * k if self.sum is None else self.sum + mean * k
+        self.sq = sq * k if self.sq is None else self.sq + sq * k
+        self.n += k
+        return mean, (sq - mean * mean).clamp_min(0)
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = self.sum / self.n
+        return mean, (self.sq / self.n - mean * mean).clamp_min(0)
+
+
+def _batchnorms(model: torch.nn.Module) -> list[_BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+
+
+def _run(model, loaders: Iterable[DataLoader], runtime: Runtime, desc: str) -> int:
     seen = 0
-    try:
-        for loader in loaders:
-            for images, _ in tqdm(loader, desc=desc, leave=False, disable=None if runtime.is_main else True):
-                if len(images) < 2:
-                    continue  # a batch of one has no variance
-                with runtime.autocast():
-                    model(runtime.to_input(images))
-                seen += len(images)
-    finally:
-        for m, momentum in zip(bns, momenta):
-            m.momentum = momentum
-        model.eval()
-    if not seen:
-        raise ValueError("AdaBN needs at least 2 images in a batch to measure statistics; give it more images.")
+    for loader in loaders:
+        for images, _ in tqdm(loader, desc=desc, leave=False, disable=None if runtime.is_main else True):
+            if len(images) < 2:
+                continue  # a batch of one has no variance
+            with runtime.autocast():
+                model(runtime.to_input(images))
+            seen += len(images)
     return seen
 
 
+@torch.no_grad()
+def batchnorm_input_statistics(model: torch.nn.Module, loaders: Iterable[DataLoader], runtime: Runtime,
+                               desc: str = "statistics") -> dict[_BatchNorm, tuple[torch.Tensor, torch.Tensor]]:
+    """Mean and variance of every BatchNorm layer's input over the images of ``loaders``, the model in eval mode
+    and unchanged (what the layers see at inference)."""
+    bns = _batchnorms(model)
+    moments = {m: _Moments() for m in bns}
+    def record(bn, args):
+        moments[bn].add(args[0])
+
+    hooks = [m.register_forward_pre_hook(record) for m in bns]
+    model.eval()
+    try:
+        if not _run(model, loaders, runtime, desc):
+            raise ValueError("measuring BatchNorm statistics needs at least 2 images in a batch; give it more images.")
+    finally:
+        for h in hooks:
+            h.remove()
+    return {m: moments[m].result() for m in bns}
+
+
+def _aligned(bn: _BatchNorm, original: tuple, source: tuple | None, mean_t: torch.Tensor, var_t: torch.Tensor):
+    """The statistics that give target inputs (mean_t, var_t) the normalised distribution the source inputs had
+    (the module docstring's formula); classic AdaBN without ``source``."""
+    if source is None:
+        return mean_t, var_t
+    mu0, var0 = original
+    mu_s, var_s = source
+    sd0 = (var0 + bn.eps).sqrt()
+    usable = var_s > 1e-12  # a channel silent on the training images has nothing to align to: left as it was
+    a = (mu_s - mu0) / sd0
+    b = var_s.clamp_min(1e-12).sqrt() / sd0
+    sd = var_t.sqrt() / b
+    mean = torch.where(usable, mean_t - a * sd, mu0)
+    var = torch.where(usable, (sd * sd - bn.eps).clamp_min(0), var0)
+    return mean, var
+
+
+@torch.no_grad()
+def adapt_batchnorm(model: torch.nn.Module, loaders: Iterable[DataLoader], runtime: Runtime,
+                    source: Iterable[DataLoader] | None = None, desc: str = "adabn") -> int:
+    """Sets every BatchNorm layer's running mean and variance for the images of ``loaders`` (the target domain);
+    parameters, dropout and everything else stay as they are. Returns the number of target images seen.
+
+    Without ``source``, classic AdaBN: the statistics become the target's. With ``source`` (loaders of the
+    training images), aligned AdaBN: the target's activations are mapped onto the training images' (module
+    docstring). The model is left in eval mode.
+    """
+    bns = _batchnorms(model)
+    if not bns:
+        return 0
+    reference = batchnorm_input_statistics(model, source, runtime, desc=f"{desc} (training images)") \
+        if source is not None else {}
+    original = {m: (m.running_mean.clone(), m.running_var.clone()) for m in bns}
+    moments = {m: _Moments() for m in bns}
+
+    def use_batch_statistics(bn, args):
+        mean, var = moments[bn].add(args[0])
+        new_mean, new_var = _aligned(bn, original[bn], reference.get(bn), mean, var)
+        bn.running_mean.copy_(new_mean)
+        bn.running_var.copy_(new_var)
+
+    hooks = [m.register_forward_pre_hook(use_batch_statistics) for m in bns]
+    model.eval()
+    try:
+        seen = _run(model, loaders, runtime, desc)
+        if not seen:
+            raise ValueError("AdaBN needs at least 2 images in a batch to measure statistics; give it more images.")
+    except BaseException:
+        for bn in bns:  # interrupted: the model is left as it was, not with one batch's statistics
+            bn.running_mean.copy_(original[bn][0])
+            bn.running_var.copy_(original[bn][1])
+        raise
+    finally:
+        for h in hooks:
+            h.remove()
+    for bn in bns:
+        new_mean, new_var = _aligned(bn, original[bn], reference.get(bn), *moments[bn].result())
+        bn.running_mean.copy_(new_mean)
+        bn.running_var.copy_(new_var)
+    return seen
+
+
+def training_images(run_dir: Path, limit: int = SOURCE_IMAGES, seed: int = 0) -> list[Path]:
+    """The run's training images that still exist (from ``split.json``), at most ``limit`` of them, sampled."""
+    import json
+
+    split = run_dir / "split.json"
+    if not split.is_file():
+        return []
+    paths = [Path(p) for p, _ in json.loads(split.read_text()).get("train", [])]
+    paths = [p for p in paths if p.is_file()]
+    if len(paths) > limit:
+        paths = random.Random(seed).sample(paths, limit)
+    return paths
+
+
 def adapt_run(run_dir: str | Path, target: str | Path, out: str | Path, batch_size: int = 64,
-              workers: int | None = None, device: str = "auto", overwrite: bool = False) -> dict:
-    """Writes a copy of the run in ``run_dir`` to ``out``, its BatchNorm statistics recomputed on the images found
-    (recursively) in ``target``; ``predict``, ``evaluate`` and ``export`` use it like any run. Returns what was done.
+              workers: int | None = None, device: str = "auto", overwrite: bool = False, method: str = "auto",
+              source: str | Path | None = None) -> dict:
+    """Writes a copy of the run in ``run_dir`` to ``out``, its BatchNorm statistics adapted to the images found
+    (recursively) in ``target``; ``predict`` and ``evaluate`` use it like any run. Returns what was done.
 
     Args:
         run_dir: a ``headstart train`` run.
         target: a folder of unlabelled images from the target domain (class subfolders are fine; labels unused).
         out: the new run directory.
         batch_size: larger batches give steadier statistics.
+        method: ``aligned``, ``classic`` or ``auto`` (aligned when training images are at hand; module docstring).
+        source: a folder of the training domain's images for ``aligned``; default the run's own training images
+            (``split.json``), when they are still where they were.
     """
     from headstart.data.dataset import ImageDataset, make_loader, scan
     from headstart.data.transforms import eval_transform
     from headstart.engine.checkpoint import save_weights, write_json
     from headstart.inference import expand_paths, load_run
 
+    if method not in METHODS:
+        raise ValueError(f"--method must be one of {', '.join(METHODS)}, got '{method}'.")
     run_dir, out = Path(run_dir), Path(out)
     if out.resolve() == run_dir.resolve():
         raise ValueError(f"--out must be a new folder, not the run itself ({run_dir}); the original run is kept.")
     if (out / "config.yaml").exists() and not overwrite:
         raise ValueError(f"{out} already holds a run; pass another --out, or --overwrite to replace it.")
     run = load_run(run_dir, device=device)
-    if not Path(target).is_dir():
-        raise FileNotFoundError(f"{target} is not a folder; pass a folder of (unlabelled) target-domain images.")
-    samples, bad = scan([(p, 0) for p in expand_paths([target])])
-    if len(samples) < 2:
-        raise ValueError(f"{target} holds {len(samples)} readable image(s); AdaBN needs at least 2 (a few hundred "
-                         "give steady statistics).")
-    batch_size = min(batch_size, len(samples))
-    loader = make_loader(ImageDataset(samples, eval_transform(run.preprocessing)), batch_size, shuffle=False,
-                         workers=workers, drop_last=len(samples) > batch_size)
-    n_bn = sum(isinstance(m, _BatchNorm) for m in run.model.modules())
-    seen = adapt_batchnorm(run.model, [loader], run.runtime) if n_bn else 0
+
+    def loader_for(folder_or_paths, what: str):
+        if isinstance(folder_or_paths, list):
+            paths = folder_or_paths
+        else:
+            if not Path(folder_or_paths).is_dir():
+                raise FileNotFoundError(f"{folder_or_paths} is not a folder; pass a folder of {what} images.")
+            paths = expand_paths([folder_or_paths])
+        samples, bad = scan([(p, 0) for p in paths])
+        if len(samples) < 2:
+            raise ValueError(f"{folder_or_paths if not isinstance(folder_or_paths, list) else what} holds "
+                             f"{len(samples)} readable image(s); AdaBN needs at least 2 (a few hundred give steady "
+                             "statistics).")
+        size = min(batch_size, len(samples))
+        return make_loader(ImageDataset(samples, eval_transform(run.preprocessing)), size, shuffle=False,
+                           workers=workers, drop_last=len(samples) > size), bad
+
+    loader, bad = loader_for(target, "(unlabelled) target-domain")
+    source_loader, source_from = None, None
+    if method != "classic":
+        if source is not None:
+            source_loader, _ = loader_for(source, "training-domain")
+            source_from = str(Path(source).resolve())
+        elif (found := training_images(run_dir)):
+            source_loader, _ = loader_for(found, "the run's training")
+            source_from = f"{len(found)} of the run's training images (split.json)"
+        elif method == "aligned":
+            raise ValueError(f"--method aligned needs the training domain's images, and {run_dir}'s training images "
+                             "are no longer where split.json says; pass them with --source DIR, or use --method "
+                             "classic.")
+    n_bn = len(_batchnorms(run.model))
+    seen = adapt_batchnorm(run.model, [loader], run.runtime,
+                           source=[source_loader] if source_loader is not None else None) if n_bn else 0
 
     out.mkdir(parents=True, exist_ok=True)
     for name in ("classes.json", "split.json", "skipped.json"):
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, out / name)
+    used = "aligned" if source_loader is not None else "classic"
     info = {"from_run": str(run_dir.resolve()), "target": str(Path(target).resolve()), "images": seen,
-            "batchnorm_layers": n_bn, "unreadable": len(bad), "method": "AdaBN (Li et al. 2016)"}
+            "batchnorm_layers": n_bn, "unreadable": len(bad), "method": used,
+            "reference": "AdaBN (Li et al. 2016)" + (", aligned to the training images' statistics" if
+                                                      used == "aligned" else "")}
+    if source_from:
+        info["source"] = source_from
     phases = run.config.get("strategy_phases") or []
-    if n_bn and phases and all(p.get("bn") == "frozen" for p in phases):
+    if n_bn and used == "classic" and phases and all(p.get("bn") == "frozen" for p in phases):
         info["warning"] = (f"{run_dir} was trained with --bn frozen: its BatchNorm statistics are the pretrained "
-                           "ones, not its training images', so AdaBN may make it worse; check on labelled target "
-                           "images, or train with --bn adabn before adapting.")
+                           "ones, not its training images', so classic AdaBN may make it worse; pass its training "
+                           "images with --source DIR (aligned AdaBN), and check on labelled target images.")
     config = {**run.config, "adapted": info}
     (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     save_weights(out / "best.safetensors", run.model, {"model": run.config["model"], "classes": run.classes,

@@ -165,12 +165,47 @@ def test_adabn_sets_running_stats_to_the_target_statistics_and_nothing_else(mode
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     bn_buffers = {f"{n}.{b}" for n, m in model.named_modules() if isinstance(m, _BatchNorm)
-                  for b in ("running_mean", "running_var", "num_batches_tracked")}
+                  for b in ("running_mean", "running_var")}
     assert changed and changed <= bn_buffers  # only BatchNorm statistics moved
-    batches = torch.stack(conv_out)  # (4 batches, 16, C, H, W)
-    torch.testing.assert_close(stem_bn.running_mean, batches.mean((1, 3, 4)).mean(0), rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(stem_bn.running_var, batches.var((1, 3, 4)).mean(0), rtol=1e-4, atol=1e-5)
-    assert stem_bn.momentum == 0.1 and stem_bn.num_batches_tracked.item() == 4
+    assert len(changed) == len(bn_buffers)  # every layer's
+    stem_in = torch.cat(conv_out)  # all 64 images: statistics pooled over the batches
+    torch.testing.assert_close(stem_bn.running_mean, stem_in.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(stem_bn.running_var, stem_in.var((0, 2, 3), unbiased=False), rtol=1e-4, atol=1e-5)
+    assert stem_bn.momentum == 0.1
+
+
+def _one_batch(x):
+    return DataLoader(TensorDataset(x, torch.zeros(len(x), dtype=torch.long)), batch_size=len(x))
+
+
+def test_aligned_adabn_maps_the_target_onto_the_training_images_even_with_foreign_statistics(model):
+    """A model whose statistics are not its training images' (frozen ImageNet statistics, here another random
+    domain's). The target is the training images with 2.5 times the contrast, which the stem convolution (linear:
+    no bias, zero padding) passes on as 2.5 times every stem channel: aligned AdaBN undoes that exactly,
+    so the adapted model gives on the target the logits the original gave on the training images. Classic AdaBN
+    does not: it normalises for the target alone."""
+    g = torch.Generator().manual_seed(1)
+    adapt_batchnorm(model, [_one_batch(torch.randn(32, 3, 32, 32, generator=g) * 0.5 - 1)], RUNTIME)  # "ImageNet"
+    source = torch.randn(48, 3, 32, 32, generator=g)
+    target = source * 2.5
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        expected = model(source)
+
+    adapt_batchnorm(model, [_one_batch(source)], RUNTIME, source=[_one_batch(source)])  # its own domain
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, original[k], rtol=1e-4, atol=1e-4)  # nothing to adapt
+
+    adapt_batchnorm(model, [_one_batch(target)], RUNTIME, source=[_one_batch(source)])
+    with torch.no_grad():
+        aligned = model(target)
+    torch.testing.assert_close(aligned, expected, rtol=1e-3, atol=1e-3)
+
+    model.load_state_dict(original)
+    adapt_batchnorm(model, [_one_batch(target)], RUNTIME)
+    with torch.no_grad():
+        classic = model(target)
+    assert (classic - expected).abs().max() > 100 * (aligned - expected).abs().max()
 
 
 # lr-find, losses, balance, TTA, auto ------------------------------------------------------------------------------
@@ -303,9 +338,12 @@ def test_adapt_writes_a_run_that_predict_and_evaluate_use(run_dir, tmp_path, cap
         Image.eval(Image.open(f), lambda v: v // 2).save(f)
     adapted = tmp_path / "adapted"
     assert main(["adapt", str(run), str(target), "--out", str(adapted), "--batch-size", "8", "--workers", "0"]) == 0
-    assert "--bn adabn" in capsys.readouterr().err  # trained with frozen (pretrained) statistics: a warning
     info = json.loads((adapted / "adapt.json").read_text())
     assert info["images"] == 24 and info["batchnorm_layers"] > 0
+    assert info["method"] == "aligned" and "split.json" in info["source"]  # the run's own training images
+    classic = tmp_path / "classic"
+    assert main(["adapt", str(run), str(target), "--out", str(classic), "--method", "classic"]) == 0
+    assert "--source" in capsys.readouterr().err  # frozen (pretrained) statistics, classic AdaBN: a warning
     a, b = load_file(str(run / "best.safetensors")), load_file(str(adapted / "best.safetensors"))
     differ = {k for k in a if not torch.equal(a[k], b[k])}
     assert differ and all(k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in differ)

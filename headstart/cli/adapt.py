@@ -8,13 +8,20 @@ import sys
 
 def add_parser(sub):
     p = sub.add_parser("adapt", help="adapt a run's BatchNorm statistics to unlabelled images of a new domain (AdaBN)",
-                       description="Recomputes every BatchNorm layer's mean and variance on the images in TARGET_DIR "
-                                   "(unlabelled; searched recursively) and writes a new run directory that predict "
+                       description="Recomputes every BatchNorm layer's mean and variance for the images in "
+                                   "TARGET_DIR (unlabelled; searched recursively) and writes a new run directory that predict "
                                    "and evaluate use like any other. No weight changes, no labels, no gradients "
                                    "(AdaBN, Li et al. 2016).")
     p.add_argument("run", help="run directory made by `headstart train`")
     p.add_argument("target", metavar="TARGET_DIR", help="images from the domain the model will meet")
     p.add_argument("--out", required=True, help="the new run directory")
+    p.add_argument("--method", default="auto", choices=["auto", "aligned", "classic"],
+                   help="aligned: map the target's activations onto the training images' (works for runs trained "
+                        "with frozen BatchNorm; needs the training images, found through the run's split.json or "
+                        "--source); classic: the target's own statistics (Li et al.); auto: aligned when the "
+                        "training images are at hand")
+    p.add_argument("--source", metavar="DIR", help="images of the training domain, when the run's own training "
+                                                   "images have moved")
     p.add_argument("--batch-size", type=int, default=64, help="larger batches give steadier statistics")
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--device", default="auto")
@@ -26,7 +33,8 @@ def run(args) -> int:
     from headstart.adapt import adapt_run
 
     info = adapt_run(args.run, args.target, args.out, batch_size=args.batch_size, workers=args.workers,
-                     device=args.device, overwrite=args.overwrite)
+                     device=args.device, overwrite=args.overwrite, method=args.method,
+                     source=args.source)
     if info.get("warning"):
         print(f"warning: {info['warning']}", file=sys.stderr)
     if not info["batchnorm_layers"]:
