@@ -236,11 +236,14 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         save_state(out / "last.pt", {**{k: v for k, v in ckpt.items() if k not in ("improved", "phase_improved")},
                                      "fit_state": asdict(state), "record": record})
 
+    weights = class_weights(labels, len(splits.classes))
     try:
+        # A head fitted on features sees every image once, not sampled: both --balance options weight its loss.
         state = fit(model, strategy, loaders, runtime, patience=cfg.patience, on_epoch=on_epoch, seed=cfg.seed,
-                    resume=resume_state, probe={"head": cfg.head, "preprocessing": pre},
+                    resume=resume_state, probe={"head": cfg.head, "preprocessing": pre,
+                                                "class_weights": weights if cfg.balance != "none" else None},
                     label_smoothing=cfg.label_smoothing, mixup=cfg.mixup, cutmix=cfg.cutmix,
-                    class_weights=class_weights(labels, len(splits.classes)) if cfg.balance == "weights" else None,
+                    class_weights=weights if cfg.balance == "weights" else None,
                     l2sp_reference=_pretrained_backbone(cfg, len(splits.classes)) if resume and cfg.l2sp else None)
     except KeyboardInterrupt:
         if main:

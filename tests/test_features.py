@@ -188,6 +188,25 @@ def test_ncm_head_is_exactly_simpleshot_nearest_mean():
     np.testing.assert_array_equal(head.logits(queries).argmax(1), distances.argmin(1))
 
 
+@pytest.mark.parametrize("kind", ["logreg", "sgd"])
+def test_class_weights_raise_the_recall_of_a_rare_class(kind):
+    """Two overlapping classes, 300 images against 15: unweighted, the boundary favours the common class; weighted
+    n / (C n_c), the rare class is found more often (balanced validation images)."""
+    rng = np.random.default_rng(0)
+
+    def draw(n_common, n_rare):
+        x = np.concatenate([rng.normal(0, 1, (n_common, 8)), rng.normal(0, 1, (n_rare, 8)) + np.eye(8)[0] * 1.5])
+        return x.astype(np.float32), np.array([0] * n_common + [1] * n_rare)
+
+    x_train, y_train = draw(300, 15)
+    x_val, y_val = draw(200, 200)
+    recall = {}
+    for name, weight in (("plain", None), ("weighted", np.array([315 / 600, 315 / 30]))):
+        head = fit_head(kind, x_train, y_train, x_val, y_val, 2, class_weight=weight)
+        recall[name] = float((head.logits(x_val[y_val == 1]).argmax(1) == 1).mean())
+    assert recall["weighted"] > recall["plain"] + 0.2
+
+
 def test_unknown_head_is_a_clear_error():
     x, y = _blobs()
     with pytest.raises(ValueError, match="choose one of logreg, ncm, sgd"):

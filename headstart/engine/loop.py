@@ -212,7 +212,8 @@ def fit(
             # Every rank fits the same head on all the features (the loaders for this are not sharded).
             info = fit_linear_probe(model, loaders["train_eval"], loaders.get("val_all", loaders["val"]), runtime,
                                     **(probe or {}))
-            val = evaluate(model, loaders["val"], runtime)
+            # The head was scored on the validation features already: no second pass through the backbone.
+            val = {"loss": info["probe_val_loss"], "acc": info["probe_val_acc"]}
             improved, phase_improved = _end_epoch(state, val["loss"], patience=0)
             phase_best_state = copy.deepcopy(model.state_dict())
             record = {"phase": phase.name, "epoch": 1, "global_epoch": state.global_epoch, "val_loss": val["loss"],

@@ -49,7 +49,7 @@ def _features(model, loader: DataLoader, runtime: Runtime, preprocessing: dict |
 
 def fit_linear_probe(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, runtime: Runtime,
                      head: str = "logreg", preprocessing: dict | None = None,
-                     cache_dir: str | Path | None = None) -> dict:
+                     cache_dir: str | Path | None = None, class_weights: torch.Tensor | None = None) -> dict:
     """Fits ``model.head`` on frozen features of the train images; returns what was chosen.
 
     Args:
@@ -60,6 +60,7 @@ def fit_linear_probe(model: TransferModel, train_loader: DataLoader, val_loader:
         preprocessing: the run's preprocessing dict. With it, and loaders over image files, features come from
             the on-disk cache; without it they are computed from the loaders every time.
         cache_dir: the feature cache folder (default ``$HEADSTART_CACHE`` or ``~/.cache/headstart/features``).
+        class_weights: one loss weight per class for imbalanced data (``--balance``), or None.
     """
     if head not in HEADS:
         raise ValueError(f"unknown head '{head}'; choose one of {', '.join(HEADS)} (e.g. --head logreg).")
@@ -67,7 +68,8 @@ def fit_linear_probe(model: TransferModel, train_loader: DataLoader, val_loader:
     x_train, y_train, n_train = _features(model, train_loader, runtime, preprocessing, cache_dir, "features (train)")
     x_val, y_val, n_val = _features(model, val_loader, runtime, preprocessing, cache_dir, "features (val)")
     t1 = time.time()
-    fitted = fit_head(head, x_train, y_train, x_val, y_val, model.num_classes)
+    fitted = fit_head(head, x_train, y_train, x_val, y_val, model.num_classes,
+                      class_weight=None if class_weights is None else np.asarray(class_weights, dtype=np.float64))
     fitted.copy_to(model.head)
     return {**fitted.info, "features_computed": n_train + n_val, "features_cached": len(y_train) + len(y_val)
             - n_train - n_val, "feature_seconds": round(t1 - t0, 3), "head_seconds": round(time.time() - t1, 3)}

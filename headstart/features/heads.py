@@ -72,10 +72,12 @@ def _unstandardise(coef: np.ndarray, intercept: np.ndarray, mean: np.ndarray, st
     return coef / std, intercept - (coef * (mean / std)).sum(1)
 
 
-def fit_logreg(x_train, y_train, x_val, y_val, num_classes: int, grid=C_GRID) -> LinearHead:
+def fit_logreg(x_train, y_train, x_val, y_val, num_classes: int, grid=C_GRID,
+               class_weight: np.ndarray | None = None) -> LinearHead:
     """Standardised multinomial logistic regression; C picked by validation log-loss.
 
     The grid runs from strong to weak regularisation, each fit warm-started from the previous solution.
+    ``class_weight`` (one weight per class) weights each training image's loss by its class's weight.
     """
     from sklearn.linear_model import LogisticRegression  # imported here: `headstart --help` stays fast
 
@@ -85,7 +87,8 @@ def fit_logreg(x_train, y_train, x_val, y_val, num_classes: int, grid=C_GRID) ->
     clf = LogisticRegression(max_iter=1000, tol=1e-3, warm_start=True)  # 1e-4: 3x slower, same accuracy
     best = None
     for c in sorted(grid) if len(y_val) else [1.0]:
-        clf.set_params(C=c).fit(xt, y_train)
+        clf.set_params(C=c).fit(xt, y_train, sample_weight=None if class_weight is None
+                                else np.asarray(class_weight, dtype=np.float64)[y_train])
         coef, intercept = np.zeros((num_classes, xt.shape[1])), np.full(num_classes, ABSENT)
         w, b = clf.coef_, clf.intercept_
         if len(classes) == 2:  # sklearn keeps one row for two classes: softmax(0, z) equals sigmoid(z)
@@ -132,7 +135,7 @@ def fit_ncm(x_train, y_train, x_val, y_val, num_classes: int) -> LinearHead:
 
 def fit_sgd(x_train, y_train, x_val, y_val, num_classes: int, epochs: int = 100, lr: float = 1e-3,
             batch_size: int = 128, weight_decay: float = 0.05, label_smoothing: float = 0.1, mixup: float = 0.2,
-            seed: int = 0) -> LinearHead:
+            seed: int = 0, class_weight: np.ndarray | None = None) -> LinearHead:
     """A linear layer trained on standardised features; the epoch with the best validation loss is kept.
 
     Args:
@@ -141,7 +144,9 @@ def fit_sgd(x_train, y_train, x_val, y_val, num_classes: int, epochs: int = 100,
         label_smoothing: cross-entropy label smoothing.
         mixup: Beta(mixup, mixup) mixing of pairs of feature vectors and their labels; 0 turns it off.
         seed: makes the shuffling and mixing repeatable.
+        class_weight: one loss weight per class (imbalanced classes), or None.
     """
+    cw = None if class_weight is None else torch.as_tensor(np.asarray(class_weight), dtype=torch.float32)
     gen, rng = torch.Generator().manual_seed(seed), np.random.default_rng(seed)
     mean, std = _standardiser(x_train)
     xt = torch.as_tensor((x_train - mean) / std, dtype=torch.float32)
@@ -160,10 +165,10 @@ def fit_sgd(x_train, y_train, x_val, y_val, num_classes: int, epochs: int = 100,
                 lam = float(rng.beta(mixup, mixup))
                 other = torch.randperm(len(idx), generator=gen)
                 logits = layer(lam * x + (1 - lam) * x[other])
-                loss = (lam * F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-                        + (1 - lam) * F.cross_entropy(logits, y[other], label_smoothing=label_smoothing))
+                loss = (lam * F.cross_entropy(logits, y, weight=cw, label_smoothing=label_smoothing)
+                        + (1 - lam) * F.cross_entropy(logits, y[other], weight=cw, label_smoothing=label_smoothing))
             else:
-                loss = F.cross_entropy(layer(x), y, label_smoothing=label_smoothing)
+                loss = F.cross_entropy(layer(x), y, weight=cw, label_smoothing=label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -182,7 +187,8 @@ def fit_sgd(x_train, y_train, x_val, y_val, num_classes: int, epochs: int = 100,
                                      "probe_val_loss": log_loss(logits, y_val), "probe_val_acc": accuracy(logits, y_val)})
 
 
-def fit_head(kind: str, x_train, y_train, x_val, y_val, num_classes: int, **options) -> LinearHead:
+def fit_head(kind: str, x_train, y_train, x_val, y_val, num_classes: int, class_weight: np.ndarray | None = None,
+             **options) -> LinearHead:
     """Fits the head ``kind`` (one of :data:`HEADS`) on features; validation features choose its settings.
 
     Args:
@@ -190,6 +196,8 @@ def fit_head(kind: str, x_train, y_train, x_val, y_val, num_classes: int, **opti
         x_train, y_train: training features (n, d) and class indices (n,).
         x_val, y_val: validation features and class indices (may be empty: defaults are used).
         num_classes: size of the head; classes with no training image get a bias that never wins.
+        class_weight: one loss weight per class, for imbalanced classes (``logreg`` and ``sgd``; ``ncm`` is
+            balanced by construction: one mean per class, whatever its count).
         options: passed to the fitting function (e.g. ``epochs`` for ``sgd``).
     """
     fitters = {"logreg": fit_logreg, "ncm": fit_ncm, "sgd": fit_sgd}
@@ -198,6 +206,8 @@ def fit_head(kind: str, x_train, y_train, x_val, y_val, num_classes: int, **opti
     x_train, x_val = np.asarray(x_train, dtype=np.float32), np.asarray(x_val, dtype=np.float32)
     x_val = x_val.reshape(-1, x_train.shape[1])
     y_train, y_val = np.asarray(y_train, dtype=np.int64), np.asarray(y_val, dtype=np.int64)
+    if class_weight is not None and kind != "ncm":
+        options["class_weight"] = class_weight
     with _threads_for(x_train.size):
         return fitters[kind](x_train, y_train, x_val, y_val, num_classes, **options)
 

@@ -1,0 +1,187 @@
+"""The smaller recipes side by side: label smoothing, MixUp, CutMix and test-time augmentation on balanced data,
+``--balance`` on imbalanced data, and what ``lr-find`` suggests against the default rate.
+
+Uses the labelled subsets ``benchmarks/recipes.py`` writes (Fashion-MNIST, ``--per-class`` train and
+``--val-per-class`` validation images per class, one subset per seed; the same balanced test images), and
+fine-tunes EfficientNet-Lite0 with ``headstart.train``:
+
+- ``fine-tune`` alone, with ``--label-smoothing 0.1``, with ``--mixup 0.2`` and with ``--cutmix 1.0``, each tested
+  with and without ``--tta`` (softmax averaged over the image and its mirror);
+- an imbalanced copy of each subset (the first half of the classes keep ``--per-class`` images, the others
+  ``--rare`` each), trained with ``--balance none``, ``weights`` and ``sampler``, scored by accuracy on the
+  balanced test images and by the recall of the rare classes;
+- ``lr-find`` on seed 0's subset, and fine-tune at the rate it suggests, against the default rate.
+
+    python benchmarks/recipe_options.py --out /tmp/headstart-recipes   # after recipes.py, same --out
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+try:
+    import headstart  # noqa: F401
+except ImportError:  # running from a checkout without headstart installed
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from recipes import write_data  # noqa: E402  (the same subsets and test images)
+
+from headstart.data.dataset import ImageDataset, make_loader  # noqa: E402
+from headstart.data.sources import read_class_folders  # noqa: E402
+from headstart.data.transforms import eval_transform  # noqa: E402
+from headstart.inference import load_run, predict_loader  # noqa: E402
+from headstart.train import TrainConfig, train  # noqa: E402
+
+REGULARISERS = {
+    "fine-tune": {},
+    "+ label smoothing 0.1": {"label_smoothing": 0.1},
+    "+ mixup 0.2": {"mixup": 0.2},
+    "+ cutmix 1.0": {"cutmix": 1.0},
+}
+BALANCE = ("none", "weights", "sampler")
+
+
+def scores(run_dir: Path, test: Path, rare: list[int], workers: int | None) -> dict:
+    run = load_run(run_dir)
+    _, samples = read_class_folders(test, run.classes)
+    out = {}
+    for tta in (False, True):
+        loader = make_loader(ImageDataset(samples, eval_transform(run.preprocessing)), 128, shuffle=False,
+                             workers=workers)
+        probs, labels = predict_loader(run, loader, tta=tta)
+        pred = probs.argmax(1).numpy()
+        labels = labels.numpy()
+        suffix = "_tta" if tta else ""
+        out[f"acc{suffix}"] = float((pred == labels).mean())
+        if rare:
+            out[f"rare_recall{suffix}"] = float(np.mean([(pred[labels == c] == c).mean() for c in rare]))
+    return out
+
+
+def imbalanced_copy(balanced: Path, out: Path, rare_classes: list[str], rare: int) -> Path:
+    """``balanced/train`` with only the first ``rare`` images (sorted by name) of each rare class; ``val`` kept
+    balanced, so that early stopping and the probe's settings are judged on all classes alike."""
+    if out.is_dir():
+        return out
+    for split in ("train", "val"):
+        for folder in sorted((balanced / split).iterdir()):
+            files = sorted(folder.iterdir())
+            if split == "train" and folder.name in rare_classes:
+                files = files[:rare]
+            (out / split / folder.name).mkdir(parents=True, exist_ok=True)
+            for f in files:
+                shutil.copy2(f, out / split / folder.name / f.name)
+    return out
+
+
+def mean_std(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.mean(values):.1f} ± {100 * sd:.1f}"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="/tmp/headstart-recipes")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--per-class", type=int, default=100)
+    p.add_argument("--val-per-class", type=int, default=20)
+    p.add_argument("--rare", type=int, default=10, help="train images of each rare class in the imbalanced copy")
+    p.add_argument("--test-images", type=int, default=2000)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--shift", default="blur-contrast", choices=["blur-contrast", "invert"])
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: regularisers, balance, lr-find")
+    args = p.parse_args(argv)
+    skip = set(filter(None, args.skip.split(",")))
+    out = Path(args.out)
+    import os
+
+    os.environ.setdefault("HEADSTART_CACHE", str(out / "feature-cache"))
+    write_data(out, args)
+    test = out / "test"
+    classes = sorted(d.name for d in test.iterdir())
+    rare_classes = classes[len(classes) // 2:]
+    rare_idx = [classes.index(c) for c in rare_classes]
+    results, t_start = [], time.time()
+
+    def run(name: str, seed: int, data: Path, rare: list[int], **options) -> None:
+        run_dir = out / "runs-options" / f"{name.replace(' ', '').replace('+', '_')}-seed{seed}"
+        print(f"== {name}, seed {seed} ({time.time() - t_start:.0f} s so far)", file=sys.stderr, flush=True)
+        t0 = time.time()
+        train(TrainConfig(data=str(data), out=str(run_dir), seed=seed, image_size=args.image_size,
+                          workers=args.workers, overwrite=True, strategy="fine-tune", epochs=args.epochs, **options))
+        results.append({"name": name, "seed": seed, "seconds": time.time() - t0,
+                        **scores(run_dir, test, rare, args.workers)})
+        print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+        (out / "recipe_options.json").write_text(json.dumps({"args": vars(args), "runs": results}, indent=1))
+
+    lr_find_result, lr_line = None, None
+    if "lr-find" not in skip:
+        from headstart.cli import main as cli
+
+        folder = out / "lr-find"
+        cli(["lr-find", str(out / "data" / "seed0"), "--out", str(folder), "--image-size", str(args.image_size),
+             "--strategy", "fine-tune"])
+        lr_find_result = json.loads((folder / "lr_find.json").read_text())
+        found_lr = float(f"{lr_find_result['suggested_cli_lr']:.2g}")
+        lr_line = (f"lr-find on seed 0's subset (fine-tune's second phase): suggested `--lr {found_lr:g}` (the "
+                   f"phase's head rate {lr_find_result['suggested_lr']:.2g}, a tenth of the loss minimum at "
+                   f"{lr_find_result['min_loss_lr']:.2g}); headstart's default is `--lr 1e-3`.")
+        REGULARISERS[f"fine-tune, --lr {found_lr:g} (lr-find)"] = {"lr": found_lr}
+
+    for seed in range(args.seeds):
+        data = out / "data" / f"seed{seed}"
+        if "regularisers" not in skip:
+            for name, options in REGULARISERS.items():
+                run(name, seed, data, [], **options)
+        if "balance" not in skip:
+            skewed = imbalanced_copy(data, out / "data-imbalanced" / f"seed{seed}", rare_classes, args.rare)
+            for balance in BALANCE:
+                run(f"imbalanced, --balance {balance}", seed, skewed, rare_idx, balance=balance)
+
+    lines = [f"Fashion-MNIST, {args.per_class} labelled images per class (+{args.val_per_class} validation), "
+             f"fine-tune, EfficientNet-Lite0 at {args.image_size} px, up to {args.epochs} epochs, {args.seeds} seeds; "
+             f"{args.test_images} balanced test images. Accuracy %, mean ± std over seeds.", ""]
+    by = {}
+    for r in results:
+        by.setdefault(r["name"], []).append(r)
+    if "regularisers" not in skip:
+        lines += ["| recipe | test | test with --tta | train time (s) |", "|---|---:|---:|---:|"]
+        for name in REGULARISERS:
+            rs = by[name]
+            lines.append(f"| {name} | {mean_std([r['acc'] for r in rs])} | {mean_std([r['acc_tta'] for r in rs])} | "
+                         f"{statistics.mean(r['seconds'] for r in rs):.0f} |")
+        lines.append("")
+    if "balance" not in skip:
+        lines += [f"Imbalanced: classes {', '.join(rare_classes)} keep {args.rare} train images each, the others "
+                  f"{args.per_class}.", "",
+                  "| --balance | test (balanced) | recall of the rare classes |", "|---|---:|---:|"]
+        for balance in BALANCE:
+            rs = by[f"imbalanced, --balance {balance}"]
+            lines.append(f"| {balance} | {mean_std([r['acc'] for r in rs])} | "
+                         f"{mean_std([r['rare_recall'] for r in rs])} |")
+        lines.append("")
+    if lr_line:
+        lines.append(lr_line)
+    table = "\n".join(lines)
+    (out / "recipe_options.json").write_text(json.dumps({"args": vars(args), "runs": results,
+                                                         "lr_find": lr_find_result, "table": table,
+                                                         "seconds": time.time() - t_start}, indent=1))
+    (out / "recipe_options.md").write_text(table + "\n")
+    print(table)
+    print(f"\ntotal {time.time() - t_start:.0f} s; {out / 'recipe_options.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
