@@ -9,6 +9,7 @@ resolved), ``classes.json``, ``split.json`` (which file went where), ``skipped.j
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -252,7 +253,18 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     barrier()
 
     model.load_state_dict(load_weights(out / "best.safetensors"))
+    best_phase = None
+    if main and (out / "metrics.jsonl").is_file():
+        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        best_phase = next((r["phase"] for r in records if r["global_epoch"] == state.best_global_epoch), None)
+        last = strategy.phases[-1].name
+        if best_phase is not None and best_phase != last and len(strategy.phases) > 1:
+            last_best = min((r["val_loss"] for r in records if r["phase"] == last), default=math.inf)
+            log(f"kept the weights from phase '{best_phase}' (validation loss {state.best_val_loss:.4f}): phase "
+                f"'{last}' did not do better (its best {last_best:.4f}); its own best weights are in "
+                f"{out / 'phase_best.safetensors'}.")
     summary = {"strategy": strategy.name, "model": cfg.model, "best_epoch": state.best_global_epoch,
+               "best_phase": best_phase,
                "best_val_loss": state.best_val_loss, "val_acc": evaluate(model, loaders["val"], runtime)["acc"],
                "trainable_params": model.trainable_parameters(), "train_images": len(splits.train),
                "skipped_files": len(bad), "seconds": time.time() - t_start, "world_size": runtime.world_size}

@@ -29,7 +29,7 @@ def test_train_skips_broken_files_by_name(trained_run, capsys):
     for name in ("config.yaml", "classes.json", "split.json", "metrics.jsonl", "best.safetensors", "last.pt"):
         assert (run / name).is_file(), name
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["val_acc"] >= 0.8 and summary["skipped_files"] == 3
+    assert summary["val_acc"] >= 0.8 and summary["skipped_files"] == 3 and summary["best_phase"] == "probe"
     assert json.loads((run / "classes.json").read_text()) == ["blue", "green", "red"]
 
 

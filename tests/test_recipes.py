@@ -301,6 +301,15 @@ def run_dir(tmp_path_factory, weights):
     return root, data, run
 
 
+def test_summary_names_the_phase_whose_weights_were_kept(run_dir):
+    root, data, run = run_dir
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    summary = json.loads((run / "summary.json").read_text())
+    best = min(records, key=lambda r: r["val_loss"])
+    assert summary["best_phase"] == best["phase"] and summary["best_epoch"] == best["global_epoch"]
+    assert {r["phase"] for r in records} == {"head", "fine-tune"}
+
+
 def test_auto_is_the_default_and_records_why(tmp_path, weights, capsys):
     data = make_class_folder(tmp_path / "d", per_class=6)
     assert main(["train", str(data), "--out", str(tmp_path / "r"), *FAST, "--weights", weights]) == 0
