@@ -12,8 +12,14 @@ and the LP-FT / fine-tuning literature:
 - 20,000 or more: ``full`` with layer-wise learning-rate decay 0.75: enough data to adapt every layer, the early
   (generic) ones least; about 3,000 steps, between 3 and 10 epochs.
 
+The learning rate: AdamW at 1e-3 for the new head with batches of 32, scaled by the square root of the batch size
+(the square-root rule for Adam; Malladi et al. 2022, "On the SDEs and Scaling Rules for Adaptive Gradient
+Algorithms"); pretrained layers learn 10x slower than the head (fine-tune's second phase runs at half of it), so
+the backbone moves at 5e-5 to 1e-4 with the default batch, inside the usual 1e-4 to 1e-5 for fine-tuning. With
+layer-wise decay the groups below the head are scaled by 0.75 per group instead.
+
 Early stopping on the validation loss still ends any phase sooner. Settings given explicitly (``--epochs``,
-``--lr-decay``) win over the rule. The run's ``config.yaml`` records the choice and the sentence explaining it.
+``--lr``, ``--lr-decay``) win over the rule. The run's ``config.yaml`` records the choice and the sentence explaining it.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from dataclasses import asdict, dataclass
 
 FEW_PER_CLASS = 20
 LARGE = 20_000
+BASE_LR, BASE_BATCH = 1e-3, 32
 
 
 @dataclass
@@ -31,6 +38,7 @@ class AutoChoice:
     epochs: int
     lr_decay: float | None
     reason: str
+    lr: float = BASE_LR  # the head's learning rate (the strategy derives the backbone's)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -58,13 +66,15 @@ def choose_strategy(num_images: int, num_classes: int, batch_size: int = 32) -> 
         return AutoChoice("linear-probe", 1, None,
                           f"{counted}: fewer than {FEW_PER_CLASS} per class, so a linear probe on frozen features "
                           "(fine-tuning would overfit so few labels)")
+    lr = float(f"{BASE_LR * math.sqrt(batch_size / BASE_BATCH):.2g}")
+    rate = f"; head learning rate {lr:g} (1e-3 at batch {BASE_BATCH}, square-root scaled to batch {batch_size})"
     if num_images < LARGE:
         epochs = _epochs_for(300, steps_per_epoch, 5, 15)
         return AutoChoice("fine-tune", epochs, None,
                           f"{counted}: at least {FEW_PER_CLASS} per class and fewer than {LARGE:,} in all, so "
-                          f"fine-tune (head on frozen features, then the later half of the backbone) for {epochs} "
-                          f"epochs (about 300 steps of {batch_size})")
+                          f"fine-tune (head on frozen features, then the later half of the backbone at a 10x lower "
+                          f"rate) for {epochs} epochs (about 300 steps of {batch_size}){rate}", lr)
     epochs = _epochs_for(3000, steps_per_epoch, 3, 10)
     return AutoChoice("full", epochs, 0.75,
                       f"{counted}: {LARGE:,} or more, so every layer trains, with layer-wise learning-rate decay "
-                      f"0.75, for {epochs} epochs (about 3,000 steps of {batch_size})")
+                      f"0.75, for {epochs} epochs (about 3,000 steps of {batch_size}){rate}", lr)

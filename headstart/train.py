@@ -184,7 +184,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     # Settings given explicitly win over auto's choice.
     epochs = cfg.epochs or (choice.epochs if choice else 10)
     lr_decay = cfg.lr_decay if cfg.lr_decay is not None else (choice.lr_decay if choice else None)
-    strategy = make_strategy(name, epochs=epochs, lr=cfg.lr, groups=len(model.group_names), lr_decay=lr_decay,
+    lr = cfg.lr if cfg.lr is not None else (choice.lr if choice and choice.strategy != "linear-probe" else None)
+    strategy = make_strategy(name, epochs=epochs, lr=lr, groups=len(model.group_names), lr_decay=lr_decay,
                              l2sp=cfg.l2sp, bn=cfg.bn, unfreeze_every=cfg.unfreeze_every)
     if resume:
         model.load_state_dict(resume_state["model"])

@@ -275,6 +275,19 @@ def test_auto_choice(images, classes, strategy):
     assert (choice.lr_decay is not None) == (strategy == "full")
     if strategy == "fine-tune" and images == 1000:
         assert choice.epochs == 10  # ceil(300 steps / 32 steps per epoch)
+    if strategy != "linear-probe":
+        assert choice.lr == 1e-3 and "learning rate 0.001" in choice.reason
+        assert choose_strategy(images, classes, batch_size=128).lr == 2e-3  # square-root scaling
+
+
+def test_auto_learning_rate_reaches_the_strategy(tmp_path, weights):
+    data = make_class_folder(tmp_path / "d", per_class=24)  # 20+ per class after the validation split
+    assert main(["train", str(data), "--out", str(tmp_path / "r"), *FAST, "--weights", weights, "--epochs", "1",
+                 "--val-fraction", "0.1"]) == 0
+    config = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert config["strategy_resolved"] == "fine-tune"
+    assert config["strategy_choice"]["lr"] == pytest.approx(1e-3 * (4 / 32) ** 0.5, rel=0.02)  # batch 4
+    assert config["strategy_phases"][1]["lr"] == pytest.approx(config["strategy_choice"]["lr"] / 2)
 
 
 # Through the command line -----------------------------------------------------------------------------------------
