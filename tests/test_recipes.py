@@ -267,13 +267,13 @@ def test_tta_returns_probabilities_of_the_right_shape(model):
 
 
 @pytest.mark.parametrize("images, classes, strategy", [(50, 10, "linear-probe"), (190, 10, "linear-probe"),
-                                                       (1000, 10, "fine-tune"), (19_999, 100, "fine-tune"),
+                                                       (1000, 10, "full"), (19_999, 100, "full"),
                                                        (50_000, 10, "full")])
 def test_auto_choice(images, classes, strategy):
     choice = choose_strategy(images, classes, batch_size=32)
     assert choice.strategy == strategy and f"{images:,} labelled images" in choice.reason
-    assert (choice.lr_decay is not None) == (strategy == "full")
-    if strategy == "fine-tune" and images == 1000:
+    assert (choice.lr_decay is not None) == (images >= 20_000)
+    if images == 1000:
         assert choice.epochs == 10  # ceil(300 steps / 32 steps per epoch)
     if strategy != "linear-probe":
         assert choice.lr == 1e-3 and "learning rate 0.001" in choice.reason
@@ -285,9 +285,9 @@ def test_auto_learning_rate_reaches_the_strategy(tmp_path, weights):
     assert main(["train", str(data), "--out", str(tmp_path / "r"), *FAST, "--weights", weights, "--epochs", "1",
                  "--val-fraction", "0.1"]) == 0
     config = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
-    assert config["strategy_resolved"] == "fine-tune"
+    assert config["strategy_resolved"] == "full" and config["strategy_phases"][0]["train_from"] == 0
     assert config["strategy_choice"]["lr"] == pytest.approx(1e-3 * (4 / 32) ** 0.5, rel=0.02)  # batch 4
-    assert config["strategy_phases"][1]["lr"] == pytest.approx(config["strategy_choice"]["lr"] / 2)
+    assert config["strategy_phases"][0]["lr"] == config["strategy_choice"]["lr"]
 
 
 # Through the command line -----------------------------------------------------------------------------------------
