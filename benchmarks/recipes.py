@@ -56,6 +56,8 @@ RECIPES = {
     "full + layer decay 0.75": {"strategy": "full", "lr_decay": 0.75},
     "gradual": {"strategy": "gradual"},
     "lp-ft": {"strategy": "lp-ft"},
+    # Kumar et al.'s comparison: the same fine-tuning as `full` (head 1e-3, backbone 1e-4), started from the probe.
+    "lp-ft at full rates": {"strategy": "lp-ft", "lr": 1e-2},
     "fine-tune + L2-SP 0.01": {"strategy": "fine-tune", "l2sp": 0.01},
     "auto": {"strategy": "auto", "epochs": None},
     "linear-probe + --bn adabn": {"strategy": "linear-probe", "bn": "adabn"},
@@ -131,7 +133,9 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def summarise(results: list[dict]) -> list[dict]:
     rows = []
-    for recipe in dict.fromkeys(r["recipe"] for r in results):
+    order = list(RECIPES)
+    for recipe in sorted(dict.fromkeys(r["recipe"] for r in results), key=lambda r: order.index(r) if r in order
+                         else len(order)):
         rs = [r for r in results if r["recipe"] == recipe]
         row = {"recipe": recipe, "seeds": len(rs)}
         for key in ("test_acc", "shifted_acc", "shifted_adabn_acc", "shifted_aligned_acc", "seconds"):
@@ -173,6 +177,16 @@ def verdicts(rows: list[dict]) -> list[str]:
                    f"std {100 * by['lp-ft']['shifted_acc_std']:.1f} and {100 * by['fine-tune']['shifted_acc_std']:.1f}.")
         d = 100 * (by["lp-ft"]["test_acc_mean"] - by["fine-tune"]["test_acc_mean"])
         out.append(f"LP-FT vs fine-tune in distribution: {d:+.1f} points.")
+    if "lp-ft" in by and "full" in by:  # Kumar et al.'s FT is full fine-tuning from a random head: our `full`
+        for key, where in (("shifted_acc", "on the shifted images"), ("test_acc", "in distribution")):
+            d = 100 * (by["lp-ft"][f"{key}_mean"] - by["full"][f"{key}_mean"])
+            out.append(f"LP-FT vs full fine-tuning {where}: {d:+.1f} points "
+                       f"({'LP-FT better' if d > 0 else 'full better or equal'}).")
+    if "lp-ft at full rates" in by and "full" in by:
+        for key, where in (("shifted_acc", "on the shifted images"), ("test_acc", "in distribution")):
+            d = 100 * (by["lp-ft at full rates"][f"{key}_mean"] - by["full"][f"{key}_mean"])
+            out.append(f"LP-FT with full's rates vs full fine-tuning {where}: {d:+.1f} points "
+                       f"({'LP-FT better' if d > 0 else 'full better or equal'}).")
     if "auto" in by:
         others = [r for r in rows if r["recipe"] != "auto"]
         best = max(others, key=lambda r: r["shipped_test_acc_mean"])
@@ -194,16 +208,29 @@ def main(argv=None) -> int:
     p.add_argument("--shift", default="blur-contrast", choices=["blur-contrast", "invert"])
     p.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated names from RECIPES")
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--report", action="store_true", help="only rewrite recipes.md from --out's recipes.json")
+    p.add_argument("--keep", action="store_true", help="keep the runs of other recipes already in --out's "
+                                                      "recipes.json (rerun only --recipes)")
     args = p.parse_args(argv)
     recipes = [r for r in args.recipes.split(",") if r]
     unknown = [r for r in recipes if r not in RECIPES]
     if unknown:
         p.error(f"unknown recipe(s) {unknown}; choose from {list(RECIPES)}")
     out = Path(args.out)
+    if args.report:
+        saved = json.loads((out / "recipes.json").read_text())
+        rows = summarise(saved["runs"])
+        lines = verdicts(rows)
+        (out / "recipes.md").write_text(markdown(rows, argparse.Namespace(**saved["args"]), saved["args"]["test_images"])
+                                        + "\n\n" + "\n".join(lines) + "\n")
+        print((out / "recipes.md").read_text())
+        return 0
     os.environ.setdefault("HEADSTART_CACHE", str(out / "feature-cache"))
     write_data(out, args)
     test, shifted = out / "test", out / f"shifted-{args.shift}"
     t_start, results = time.time(), []
+    if args.keep and (out / "recipes.json").is_file():
+        results = [r for r in json.loads((out / "recipes.json").read_text())["runs"] if r["recipe"] not in recipes]
     for seed in range(args.seeds):
         for recipe in recipes:
             options = {"epochs": args.epochs, **RECIPES[recipe]}
