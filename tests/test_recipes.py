@@ -17,7 +17,7 @@ from headstart.cli import main
 from headstart.data.balance import BalancedSampler, class_weights, skew
 from headstart.engine import loop
 from headstart.engine.losses import L2SP, make_criterion, make_mixer
-from headstart.engine.lr_finder import lr_find
+from headstart.engine.lr_finder import _suggestions, lr_find
 from headstart.engine.runtime import make_runtime
 from headstart.inference import predict_probs
 from headstart.model import build_model
@@ -209,6 +209,26 @@ def test_aligned_adabn_maps_the_target_onto_the_training_images_even_with_foreig
 
 
 # lr-find, losses, balance, TTA, auto ------------------------------------------------------------------------------
+
+def test_lr_find_minimum_is_not_fooled_by_one_lucky_early_batch():
+    """A fitted head: the loss is flat and noisy at small rates, dips near 1e-3, then diverges. One lucky batch at
+    step 6 must not become the minimum (the exponential average's early points average only a few batches)."""
+    rng = np.random.default_rng(2)
+    lrs = list(np.geomspace(1e-7, 10, 100))
+    losses = [0.7 + 0.15 * rng.standard_normal() for _ in lrs]
+    losses[6] = 0.05
+    for i, lr in enumerate(lrs):
+        losses[i] -= 0.25 * np.exp(-np.log10(lr / 1e-3) ** 2 / 0.5)
+        if lr > 1e-1:
+            losses[i] += 5 * np.log10(lr / 1e-1)
+    avg, smoothed = 0.0, []
+    for step, v in enumerate(losses):
+        avg = 0.98 * avg + 0.02 * v
+        smoothed.append(avg / (1 - 0.98 ** (step + 1)))
+    assert int(np.argmin(smoothed[5:])) + 5 < 20  # the plotted curve's minimum is the lucky batch...
+    min_lr, _ = _suggestions(lrs, losses, smoothed)
+    assert 2e-4 < min_lr < 5e-3  # ...the suggestion comes from the real dip
+
 
 def test_lr_find_suggests_a_finite_rate_and_restores_the_model(model):
     before = {k: v.clone() for k, v in model.state_dict().items()}

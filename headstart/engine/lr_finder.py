@@ -42,12 +42,23 @@ class LRFinderResult:
         return asdict(self)
 
 
-def _suggestions(lrs: list[float], smoothed: list[float]) -> tuple[float, float]:
-    """(rate at the smoothed minimum, rate of steepest descent of the smoothed loss against log lr)."""
-    # The first and last few points are the noisiest (the average is warming up; divergence has begun): skip them
-    # when there are enough, as fastai does.
-    lo, hi = (5, len(lrs) - 3) if len(lrs) > 20 else (0, len(lrs))
-    lr, loss = np.array(lrs[lo:hi]), np.array(smoothed[lo:hi])
+def _suggestions(lrs: list[float], losses: list[float], smoothed: list[float]) -> tuple[float, float]:
+    """(rate at the loss minimum, rate of steepest descent before it), read from a centred moving average of the raw
+    losses over ``max(5, steps / 10)`` steps.
+
+    The plotted curve (a bias-corrected exponential average, as fastai draws it) is unreliable for this at its
+    start: its first points average only a handful of batches, so one lucky batch can make the global minimum
+    appear at a rate far too small to train with (measured: a minimum at 3e-7 for a fine-tune whose loss really
+    bottoms out near 5e-4). A centred window averages the same number of batches at every point.
+    """
+    window = max(5, (len(losses) // 10) | 1)
+    if len(losses) < 2 * window:  # too short to average: the plotted curve, minus its noisiest ends
+        lo, hi = (5, len(lrs) - 3) if len(lrs) > 20 else (0, len(lrs))
+        lr, loss = np.array(lrs[lo:hi]), np.array(smoothed[lo:hi])
+    else:
+        half = window // 2
+        loss = np.convolve(np.asarray(losses, dtype=np.float64), np.ones(window) / window, mode="valid")
+        lr = np.array(lrs[half:len(lrs) - half])
     i_min = int(np.argmin(loss))
     slope = np.gradient(loss, np.log(lr)) if len(lr) > 1 else np.zeros(1)
     return float(lr[i_min]), float(lr[int(np.argmin(slope[: i_min + 1]))])
@@ -120,7 +131,7 @@ def lr_find(model: TransferModel, loader: DataLoader, runtime: Runtime, phase: P
     if len(lrs) < 2:
         raise ValueError(f"the loss diverged at the very first steps of lr-find (from lr {start_lr:g}); pass a "
                          "smaller --start-lr.")
-    min_lr, steepest = _suggestions(lrs, smoothed)
+    min_lr, steepest = _suggestions(lrs, losses, smoothed)
     return LRFinderResult(lrs, losses, smoothed, min_lr / 10, min_lr, steepest, stopped)
 
 
