@@ -3,9 +3,9 @@
 
 Uses the labelled subsets ``benchmarks/recipes.py`` writes (Fashion-MNIST, ``--per-class`` train and
 ``--val-per-class`` validation images per class, one subset per seed; the same balanced test images), and
-fine-tunes EfficientNet-Lite0 with ``headstart.train``:
+fine-tunes EfficientNet-Lite0 with ``headstart.train`` (``--strategy``, default ``full``: what ``auto`` picks here):
 
-- ``fine-tune`` alone, with ``--label-smoothing 0.1``, with ``--mixup 0.2`` and with ``--cutmix 1.0``, each tested
+- the strategy alone, with ``--label-smoothing 0.1``, with ``--mixup 0.2`` and with ``--cutmix 1.0``, each tested
   with and without ``--tta`` (softmax averaged over the image and its mirror);
 - an imbalanced copy of each subset (the first half of the classes keep ``--per-class`` images, the others
   ``--rare`` each), trained with ``--balance none``, ``weights`` and ``sampler``, scored by accuracy on the
@@ -42,7 +42,7 @@ from headstart.inference import load_run, predict_loader  # noqa: E402
 from headstart.train import TrainConfig, train  # noqa: E402
 
 REGULARISERS = {
-    "fine-tune": {},
+    "plain": {},
     "+ label smoothing 0.1": {"label_smoothing": 0.1},
     "+ mixup 0.2": {"mixup": 0.2},
     "+ cutmix 1.0": {"cutmix": 1.0},
@@ -98,9 +98,12 @@ def main(argv=None) -> int:
     p.add_argument("--test-images", type=int, default=2000)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--strategy", default="full", help="the strategy every run uses")
     p.add_argument("--shift", default="blur-contrast", choices=["blur-contrast", "invert"])
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--skip", default="", help="comma-separated parts to skip: regularisers, balance, lr-find")
+    p.add_argument("--keep", action="store_true", help="keep the runs of skipped parts from --out's "
+                                                      "recipe_options_STRATEGY.json")
     args = p.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
     out = Path(args.out)
@@ -113,17 +116,25 @@ def main(argv=None) -> int:
     rare_classes = classes[len(classes) // 2:]
     rare_idx = [classes.index(c) for c in rare_classes]
     results, t_start = [], time.time()
+    if args.keep and (out / f"recipe_options_{args.strategy}.json").is_file():
+        # Parts not rerun keep their runs; the lr-find row is rerun with lr-find.
+        rerun = {"regularisers": lambda n: n in REGULARISERS, "balance": lambda n: n.startswith("imbalanced"),
+                 "lr-find": lambda n: "(lr-find)" in n}
+        results = [r for r in json.loads((out / f"recipe_options_{args.strategy}.json").read_text())["runs"]
+                   if not any(part not in skip and test(r["name"]) for part, test in rerun.items())]
 
     def run(name: str, seed: int, data: Path, rare: list[int], **options) -> None:
-        run_dir = out / "runs-options" / f"{name.replace(' ', '').replace('+', '_')}-seed{seed}"
+        slug = "".join(c if c.isalnum() or c in "-." else "_" for c in name)
+        run_dir = out / "runs-options" / f"{args.strategy}-{slug}-seed{seed}"
         print(f"== {name}, seed {seed} ({time.time() - t_start:.0f} s so far)", file=sys.stderr, flush=True)
         t0 = time.time()
         train(TrainConfig(data=str(data), out=str(run_dir), seed=seed, image_size=args.image_size,
-                          workers=args.workers, overwrite=True, strategy="fine-tune", epochs=args.epochs, **options))
+                          workers=args.workers, overwrite=True, strategy=args.strategy, epochs=args.epochs,
+                          **options))
         results.append({"name": name, "seed": seed, "seconds": time.time() - t0,
                         **scores(run_dir, test, rare, args.workers)})
         print(json.dumps(results[-1]), file=sys.stderr, flush=True)
-        (out / "recipe_options.json").write_text(json.dumps({"args": vars(args), "runs": results}, indent=1))
+        (out / f"recipe_options_{args.strategy}.json").write_text(json.dumps({"args": vars(args), "runs": results}, indent=1))
 
     lr_find_result, lr_line = None, None
     if "lr-find" not in skip:
@@ -131,18 +142,18 @@ def main(argv=None) -> int:
 
         folder = out / "lr-find"
         cli(["lr-find", str(out / "data" / "seed0"), "--out", str(folder), "--image-size", str(args.image_size),
-             "--strategy", "fine-tune"])
+             "--strategy", args.strategy])
         lr_find_result = json.loads((folder / "lr_find.json").read_text())
         found_lr = float(f"{lr_find_result['suggested_cli_lr']:.2g}")
-        lr_line = (f"lr-find on seed 0's subset (fine-tune's second phase): suggested `--lr {found_lr:g}` (the "
+        lr_line = (f"lr-find on seed 0's subset ({args.strategy}): suggested `--lr {found_lr:g}` (the "
                    f"phase's head rate {lr_find_result['suggested_lr']:.2g}, a tenth of the loss minimum at "
                    f"{lr_find_result['min_loss_lr']:.2g}); headstart's default is `--lr 1e-3`.")
-        REGULARISERS[f"fine-tune, --lr {found_lr:g} (lr-find)"] = {"lr": found_lr}
+        REGULARISERS[f"--lr {found_lr:g} (lr-find)"] = {"lr": found_lr}
 
     for seed in range(args.seeds):
         data = out / "data" / f"seed{seed}"
-        if "regularisers" not in skip:
-            for name, options in REGULARISERS.items():
+        for name, options in REGULARISERS.items():
+            if "regularisers" not in skip or ("(lr-find)" in name and "lr-find" not in skip):
                 run(name, seed, data, [], **options)
         if "balance" not in skip:
             skewed = imbalanced_copy(data, out / "data-imbalanced" / f"seed{seed}", rare_classes, args.rare)
@@ -150,19 +161,20 @@ def main(argv=None) -> int:
                 run(f"imbalanced, --balance {balance}", seed, skewed, rare_idx, balance=balance)
 
     lines = [f"Fashion-MNIST, {args.per_class} labelled images per class (+{args.val_per_class} validation), "
-             f"fine-tune, EfficientNet-Lite0 at {args.image_size} px, up to {args.epochs} epochs, {args.seeds} seeds; "
+             f"{args.strategy}, EfficientNet-Lite0 at {args.image_size} px, up to {args.epochs} epochs, {args.seeds} seeds; "
              f"{args.test_images} balanced test images. Accuracy %, mean ± std over seeds.", ""]
     by = {}
     for r in results:
         by.setdefault(r["name"], []).append(r)
-    if "regularisers" not in skip:
+    names = [n for n in by if not n.startswith("imbalanced")]
+    if names:
         lines += ["| recipe | test | test with --tta | train time (s) |", "|---|---:|---:|---:|"]
-        for name in REGULARISERS:
+        for name in names:
             rs = by[name]
             lines.append(f"| {name} | {mean_std([r['acc'] for r in rs])} | {mean_std([r['acc_tta'] for r in rs])} | "
                          f"{statistics.mean(r['seconds'] for r in rs):.0f} |")
         lines.append("")
-    if "balance" not in skip:
+    if any(n.startswith("imbalanced") for n in by):
         lines += [f"Imbalanced: classes {', '.join(rare_classes)} keep {args.rare} train images each, the others "
                   f"{args.per_class}.", "",
                   "| --balance | test (balanced) | recall of the rare classes |", "|---|---:|---:|"]
@@ -174,12 +186,12 @@ def main(argv=None) -> int:
     if lr_line:
         lines.append(lr_line)
     table = "\n".join(lines)
-    (out / "recipe_options.json").write_text(json.dumps({"args": vars(args), "runs": results,
+    (out / f"recipe_options_{args.strategy}.json").write_text(json.dumps({"args": vars(args), "runs": results,
                                                          "lr_find": lr_find_result, "table": table,
                                                          "seconds": time.time() - t_start}, indent=1))
-    (out / "recipe_options.md").write_text(table + "\n")
+    (out / f"recipe_options_{args.strategy}.md").write_text(table + "\n")
     print(table)
-    print(f"\ntotal {time.time() - t_start:.0f} s; {out / 'recipe_options.json'}")
+    print(f"\ntotal {time.time() - t_start:.0f} s; {out / f'recipe_options_{args.strategy}.json'}")
     return 0
 
 
