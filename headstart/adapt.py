@@ -49,25 +49,31 @@ SOURCE_IMAGES = 2000  # training images sampled for the source statistics: plent
 
 
 class _Moments:
-    """Per-channel mean and mean square of a BatchNorm layer's input, pooled over every image seen."""
+    """Per-channel mean and variance of a BatchNorm layer's input, pooled over every image seen (batches combined
+    by Chan et al.'s parallel update, so large means do not swamp small variances in float32)."""
 
     def __init__(self):
-        self.sum = self.sq = None
+        self.mean = self.m2 = None
         self.n = 0
 
     def add(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Adds a batch; returns the batch's own mean and (population) variance per channel."""
         x = x.float()
         dims = [d for d in range(x.ndim) if d != 1]
-        mean, sq = x.mean(dims), (x * x).mean(dims)
+        var, mean = torch.var_mean(x, dims, correction=0)
         k = x.shape[0]
-        self.sum = mean * k if self.sum is None else self.sum + mean * k
-        self.sq = sq * k if self.sq is None else self.sq + sq * k
+        if self.mean is None:
+            self.mean, self.m2 = mean.clone(), var * k
+        else:
+            delta = mean - self.mean
+            total = self.n + k
+            self.mean = self.mean + delta * (k / total)
+            self.m2 = self.m2 + var * k + delta * delta * (self.n * k / total)
         self.n += k
-        return mean, (sq - mean * mean).clamp_min(0)
+        return mean, var
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = self.sum / self.n
-        return mean, (self.sq / self.n - mean * mean).clamp_min(0)
+        return self.mean, self.m2 / self.n
 
 
 def _batchnorms(model: torch.nn.Module) -> list[_BatchNorm]:
@@ -93,6 +99,7 @@ def batchnorm_input_statistics(model: torch.nn.Module, loaders: Iterable[DataLoa
     and unchanged (what the layers see at inference)."""
     bns = _batchnorms(model)
     moments = {m: _Moments() for m in bns}
+
     def record(bn, args):
         moments[bn].add(args[0])
 
