@@ -74,13 +74,13 @@ def _where(root: Path, f: dict) -> str:
 
 
 def print_report(report, moved: list[dict] | None, dest: str | None) -> None:
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
+    from headstart.cli.console import console as make_console
     from headstart.data.check import KINDS
 
-    console = Console()
+    console = make_console()
     counts = Table(title=f"{report.data}: {report.files} files, {report.layout}")
     counts.add_column("class")
     splits = [s for s in ("train", "val", "test") if sum(report.counts[s].values())]

@@ -54,8 +54,9 @@ def config_from_args(args):
 
 
 def print_table(result: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from headstart.cli.console import console
 
     table = Table(title=f"test accuracy on {result['test_images']} held-out images (mean ± std over seeds)")
     for col in ("labels/class", "strategy", "model", "test acc", "balanced acc", "wall time", "trainable params"):
@@ -65,7 +66,7 @@ def print_table(result: dict) -> None:
                       f"{100 * r['test_acc_mean']:.1f}% ± {100 * r['test_acc_std']:.1f}",
                       f"{100 * r['test_balanced_acc_mean']:.1f}%", f"{r['seconds_mean']:.0f} s",
                       f"{r['trainable_params']:,}")
-    Console().print(table)
+    console().print(table)
 
 
 def run(args) -> int:

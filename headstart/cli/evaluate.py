@@ -25,8 +25,9 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(m))
         return 0
-    from rich.console import Console
     from rich.table import Table
+
+    from headstart.cli.console import console
 
     table = Table(title=f"{args.run} on {args.data}: accuracy {m['accuracy']:.4f}, balanced {m['balanced_accuracy']:.4f}"
                         f" ({m['num_images']} images)")
@@ -34,6 +35,6 @@ def run(args) -> int:
         table.add_column(col, justify="left" if col == "class" else "right")
     for name, r in m["per_class"].items():
         table.add_row(name, f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", str(r["support"]))
-    Console().print(table)
+    console().print(table)
     print(f"confusion matrix: {loaded.path / 'confusion_matrix.png'} (and evaluation.json)")
     return 0

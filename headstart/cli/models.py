@@ -27,8 +27,9 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    from rich.console import Console
     from rich.table import Table
+
+    from headstart.cli.console import console
 
     table = Table(title="headstart backbones (any timm model also works as timm:<name>)")
     for col in ("name", "family", "features", "input", "pretrained weights"):
@@ -37,5 +38,5 @@ def run(args) -> int:
         table.add_row(r["name"], r["family"], str(r["num_features"]), str(r["input_size"]),
                       ("[green]" if r["available"] else "[yellow]")
                       + (r["weights"].split(":")[0] + ": offline" if r["available"] else r["weights"]))
-    Console().print(table)
+    console().print(table)
     return 0

@@ -34,8 +34,9 @@ def run(args) -> int:
             tops = [v for t in r.get("topk", []) for v in (t["label"], t["score"])]
             w.writerow([r["path"]] + tops + [""] * (2 * args.topk - len(tops)) + [r.get("error", "")])
     else:
-        from rich.console import Console
         from rich.table import Table
+
+        from headstart.cli.console import console
 
         table = Table()
         table.add_column("path")
@@ -43,5 +44,5 @@ def run(args) -> int:
         for r in results:
             pred = r.get("error") or "  ".join(f"{t['label']} {t['score']:.3f}" for t in r["topk"])
             table.add_row(r["path"], pred)
-        Console().print(table)
+        console().print(table)
     return 1 if any(r.get("error") for r in results) and all(r.get("error") for r in results) else 0
