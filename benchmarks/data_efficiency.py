@@ -4,7 +4,7 @@ scratch, a linear probe, fine-tuning the later half and fine-tuning everything, 
 Runs ``headstart compare`` (every strategy on the same per-seed subsets, one fixed balanced test set) and copies
 its plot and numbers to ``--docs`` (the README's figure):
 
-    python benchmarks/data_efficiency.py --out /tmp/data-efficiency   # about 20 minutes on 2 idle CPU cores
+    python benchmarks/data_efficiency.py --out /tmp/data-efficiency   # about 25 minutes on 2 CPU cores
 """
 
 from __future__ import annotations
