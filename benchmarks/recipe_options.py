@@ -33,7 +33,7 @@ except ImportError:  # running from a checkout without headstart installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recipes import write_data  # noqa: E402  (the same subsets and test images)
+from recipes import add_common_arguments, mean_std, write_data  # noqa: E402  (the same subsets and test images)
 
 from headstart.data.dataset import ImageDataset, make_loader  # noqa: E402
 from headstart.data.sources import read_class_folders  # noqa: E402
@@ -83,24 +83,16 @@ def imbalanced_copy(balanced: Path, out: Path, rare_classes: list[str], rare: in
     return out
 
 
-def mean_std(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):.1f} ± {100 * sd:.1f}"
+def pct(values: list[float]) -> str:
+    mean, sd = mean_std(values)
+    return f"{100 * mean:.1f} ± {100 * sd:.1f}"
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="/tmp/headstart-recipes")
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--per-class", type=int, default=100)
-    p.add_argument("--val-per-class", type=int, default=20)
+    add_common_arguments(p)
     p.add_argument("--rare", type=int, default=10, help="train images of each rare class in the imbalanced copy")
-    p.add_argument("--test-images", type=int, default=2000)
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--strategy", default="full", help="the strategy every run uses")
-    p.add_argument("--shift", default="blur-contrast", choices=["blur-contrast", "invert"])
-    p.add_argument("--workers", type=int, default=None)
     p.add_argument("--skip", default="", help="comma-separated parts to skip: regularisers, balance, lr-find")
     p.add_argument("--keep", action="store_true", help="keep the runs of skipped parts from --out's "
                                                       "recipe_options_STRATEGY.json")
@@ -116,11 +108,12 @@ def main(argv=None) -> int:
     rare_classes = classes[len(classes) // 2:]
     rare_idx = [classes.index(c) for c in rare_classes]
     results, t_start = [], time.time()
-    if args.keep and (out / f"recipe_options_{args.strategy}.json").is_file():
+    saved = out / f"recipe_options_{args.strategy}.json"
+    if args.keep and saved.is_file():
         # Parts not rerun keep their runs; the lr-find row is rerun with lr-find.
         rerun = {"regularisers": lambda n: n in REGULARISERS, "balance": lambda n: n.startswith("imbalanced"),
                  "lr-find": lambda n: "(lr-find)" in n}
-        results = [r for r in json.loads((out / f"recipe_options_{args.strategy}.json").read_text())["runs"]
+        results = [r for r in json.loads(saved.read_text())["runs"]
                    if not any(part not in skip and test(r["name"]) for part, test in rerun.items())]
 
     def run(name: str, seed: int, data: Path, rare: list[int], **options) -> None:
@@ -134,7 +127,7 @@ def main(argv=None) -> int:
         results.append({"name": name, "seed": seed, "seconds": time.time() - t0,
                         **scores(run_dir, test, rare, args.workers)})
         print(json.dumps(results[-1]), file=sys.stderr, flush=True)
-        (out / f"recipe_options_{args.strategy}.json").write_text(json.dumps({"args": vars(args), "runs": results}, indent=1))
+        saved.write_text(json.dumps({"args": vars(args), "runs": results}, indent=1))
 
     lr_find_result, lr_line = None, None
     if "lr-find" not in skip:
@@ -161,7 +154,8 @@ def main(argv=None) -> int:
                 run(f"imbalanced, --balance {balance}", seed, skewed, rare_idx, balance=balance)
 
     lines = [f"Fashion-MNIST, {args.per_class} labelled images per class (+{args.val_per_class} validation), "
-             f"{args.strategy}, EfficientNet-Lite0 at {args.image_size} px, up to {args.epochs} epochs, {args.seeds} seeds; "
+             f"{args.strategy}, EfficientNet-Lite0 at {args.image_size} px, up to {args.epochs} epochs, "
+             f"{args.seeds} seeds; "
              f"{args.test_images} balanced test images. Accuracy %, mean ± std over seeds.", ""]
     by = {}
     for r in results:
@@ -171,7 +165,7 @@ def main(argv=None) -> int:
         lines += ["| recipe | test | test with --tta | train time (s) |", "|---|---:|---:|---:|"]
         for name in names:
             rs = by[name]
-            lines.append(f"| {name} | {mean_std([r['acc'] for r in rs])} | {mean_std([r['acc_tta'] for r in rs])} | "
+            lines.append(f"| {name} | {pct([r['acc'] for r in rs])} | {pct([r['acc_tta'] for r in rs])} | "
                          f"{statistics.mean(r['seconds'] for r in rs):.0f} |")
         lines.append("")
     if any(n.startswith("imbalanced") for n in by):
@@ -180,18 +174,17 @@ def main(argv=None) -> int:
                   "| --balance | test (balanced) | recall of the rare classes |", "|---|---:|---:|"]
         for balance in BALANCE:
             rs = by[f"imbalanced, --balance {balance}"]
-            lines.append(f"| {balance} | {mean_std([r['acc'] for r in rs])} | "
-                         f"{mean_std([r['rare_recall'] for r in rs])} |")
+            lines.append(f"| {balance} | {pct([r['acc'] for r in rs])} | "
+                         f"{pct([r['rare_recall'] for r in rs])} |")
         lines.append("")
     if lr_line:
         lines.append(lr_line)
     table = "\n".join(lines)
-    (out / f"recipe_options_{args.strategy}.json").write_text(json.dumps({"args": vars(args), "runs": results,
-                                                         "lr_find": lr_find_result, "table": table,
-                                                         "seconds": time.time() - t_start}, indent=1))
-    (out / f"recipe_options_{args.strategy}.md").write_text(table + "\n")
+    saved.write_text(json.dumps({"args": vars(args), "runs": results, "lr_find": lr_find_result, "table": table,
+                                 "seconds": time.time() - t_start}, indent=1))
+    saved.with_suffix(".md").write_text(table + "\n")
     print(table)
-    print(f"\ntotal {time.time() - t_start:.0f} s; {out / f'recipe_options_{args.strategy}.json'}")
+    print(f"\ntotal {time.time() - t_start:.0f} s; {saved}")
     return 0
 
 

@@ -41,11 +41,11 @@ except ImportError:  # running from a checkout without headstart installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from headstart.adapt import adapt_batchnorm
-from headstart.engine.checkpoint import load_weights
 from headstart.data import fashion_mnist as fm
 from headstart.data.dataset import ImageDataset, make_loader
 from headstart.data.sources import read_class_folders
 from headstart.data.transforms import eval_transform
+from headstart.engine.checkpoint import load_weights
 from headstart.inference import load_run, predict_loader
 from headstart.train import TrainConfig, train
 
@@ -174,7 +174,8 @@ def verdicts(rows: list[dict]) -> list[str]:
         d = 100 * (by["lp-ft"]["shifted_acc_mean"] - by["fine-tune"]["shifted_acc_mean"])
         out.append(f"LP-FT vs fine-tune on the shifted images: {d:+.1f} points "
                    f"({'LP-FT better' if d > 0 else 'fine-tune better or equal'}); "
-                   f"std {100 * by['lp-ft']['shifted_acc_std']:.1f} and {100 * by['fine-tune']['shifted_acc_std']:.1f}.")
+                   f"std {100 * by['lp-ft']['shifted_acc_std']:.1f} and "
+                   f"{100 * by['fine-tune']['shifted_acc_std']:.1f}.")
         d = 100 * (by["lp-ft"]["test_acc_mean"] - by["fine-tune"]["test_acc_mean"])
         out.append(f"LP-FT vs fine-tune in distribution: {d:+.1f} points.")
     if "lp-ft" in by and "full" in by:  # Kumar et al.'s FT is full fine-tuning from a random head: our `full`
@@ -196,8 +197,9 @@ def verdicts(rows: list[dict]) -> list[str]:
     return out
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_common_arguments(p: argparse.ArgumentParser) -> None:
+    """The data and training settings this benchmark and ``recipe_options.py`` share: the latter reuses the subsets
+    and test images ``write_data`` makes from them."""
     p.add_argument("--out", default="/tmp/headstart-recipes")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--per-class", type=int, default=100)
@@ -206,8 +208,13 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--shift", default="blur-contrast", choices=["blur-contrast", "invert"])
-    p.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated names from RECIPES")
     p.add_argument("--workers", type=int, default=None)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_arguments(p)
+    p.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated names from RECIPES")
     p.add_argument("--report", action="store_true", help="only rewrite recipes.md from --out's recipes.json")
     p.add_argument("--keep", action="store_true", help="keep the runs of other recipes already in --out's "
                                                       "recipes.json (rerun only --recipes)")
@@ -221,8 +228,8 @@ def main(argv=None) -> int:
         saved = json.loads((out / "recipes.json").read_text())
         rows = summarise(saved["runs"])
         lines = verdicts(rows)
-        (out / "recipes.md").write_text(markdown(rows, argparse.Namespace(**saved["args"]), saved["args"]["test_images"])
-                                        + "\n\n" + "\n".join(lines) + "\n")
+        table = markdown(rows, argparse.Namespace(**saved["args"]), saved["args"]["test_images"])
+        (out / "recipes.md").write_text(table + "\n\n" + "\n".join(lines) + "\n")
         print((out / "recipes.md").read_text())
         return 0
     os.environ.setdefault("HEADSTART_CACHE", str(out / "feature-cache"))
@@ -247,8 +254,8 @@ def main(argv=None) -> int:
             earlier_won = len(phases) > 1 and summary["best_epoch"] < last[0]["global_epoch"]
             train_dir = out / "data" / f"seed{seed}" / "train"
             own = evaluate(run_dir, test, shifted, train_dir, "phase_best.safetensors", args.workers)
-            shipped = evaluate(run_dir, test, shifted, train_dir, "best.safetensors", args.workers) \
-                if earlier_won else {}
+            shipped = (evaluate(run_dir, test, shifted, train_dir, "best.safetensors", args.workers)
+                       if earlier_won else {})
             results.append({"recipe": recipe, "seed": seed, "seconds": seconds, "best_epoch": summary["best_epoch"],
                             "val_acc": summary["val_acc"], "earlier_won": earlier_won,
                             "last_phase_best_val_loss": min(r["val_loss"] for r in last),

@@ -176,15 +176,16 @@ def adapt_batchnorm(model: torch.nn.Module, loaders: Iterable[DataLoader], runti
     return seen
 
 
-def training_images(run_dir: Path, limit: int = SOURCE_IMAGES, seed: int = 0) -> list[Path]:
+def training_images(run_dir: Path, limit: int = SOURCE_IMAGES, seed: int = 0) -> list[str]:
     """The run's training images that still exist (from ``split.json``), at most ``limit`` of them, sampled."""
     import json
+
+    from headstart.data.sources import DataSplits
 
     split = run_dir / "split.json"
     if not split.is_file():
         return []
-    paths = [Path(p) for p, _ in json.loads(split.read_text()).get("train", [])]
-    paths = [p for p in paths if p.is_file()]
+    paths = [p for p, _ in DataSplits.from_json(json.loads(split.read_text())).train if Path(p).is_file()]
     if len(paths) > limit:
         paths = random.Random(seed).sample(paths, limit)
     return paths
@@ -219,30 +220,28 @@ def adapt_run(run_dir: str | Path, target: str | Path, out: str | Path, batch_si
         raise ValueError(f"{out} already holds a run; pass another --out, or --overwrite to replace it.")
     run = load_run(run_dir, device=device)
 
-    def loader_for(folder_or_paths, what: str):
-        if isinstance(folder_or_paths, list):
-            paths = folder_or_paths
-        else:
-            if not Path(folder_or_paths).is_dir():
-                raise FileNotFoundError(f"{folder_or_paths} is not a folder; pass a folder of {what} images.")
-            paths = expand_paths([folder_or_paths])
+    def folder_images(folder, what: str) -> list[str]:
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"{folder} is not a folder; pass a folder of {what} images.")
+        return expand_paths([folder])
+
+    def loader_for(paths: list[str], name) -> tuple[DataLoader, list]:
         samples, bad = scan([(p, 0) for p in paths])
         if len(samples) < 2:
-            raise ValueError(f"{folder_or_paths if not isinstance(folder_or_paths, list) else what} holds "
-                             f"{len(samples)} readable image(s); AdaBN needs at least 2 (a few hundred give steady "
-                             "statistics).")
+            raise ValueError(f"{name} holds {len(samples)} readable image(s); AdaBN needs at least 2 (a few hundred "
+                             "give steady statistics).")
         size = min(batch_size, len(samples))
         return make_loader(ImageDataset(samples, eval_transform(run.preprocessing)), size, shuffle=False,
                            workers=workers, drop_last=len(samples) > size), bad
 
-    loader, bad = loader_for(target, "(unlabelled) target-domain")
+    loader, bad = loader_for(folder_images(target, "(unlabelled) target-domain"), target)
     source_loader, source_from = None, None
     if method != "classic":
         if source is not None:
-            source_loader, _ = loader_for(source, "training-domain")
+            source_loader, _ = loader_for(folder_images(source, "training-domain"), source)
             source_from = str(Path(source).resolve())
         elif (found := training_images(run_dir)):
-            source_loader, _ = loader_for(found, "the run's training")
+            source_loader, _ = loader_for(found, "the run's training images")
             source_from = f"{len(found)} of the run's training images (split.json)"
         elif method == "aligned":
             raise ValueError(f"--method aligned needs the training domain's images, and {run_dir}'s training images "

@@ -17,11 +17,12 @@ and the LP-FT / fine-tuning literature:
 
 The learning rate: AdamW at 1e-3 for the new head with batches of 32, scaled by the square root of the batch size
 (the square-root rule for Adam; Malladi et al. 2022, "On the SDEs and Scaling Rules for Adaptive Gradient
-Algorithms"); pretrained layers learn 10x slower than the head, 1e-4 with the default batch (the usual range for fine-tuning is
-1e-4 to 1e-5). With layer-wise decay the groups below the head are scaled by 0.75 per group instead.
+Algorithms"); pretrained layers learn 10x slower than the head, 1e-4 with the default batch (the usual range for
+fine-tuning is 1e-4 to 1e-5). With layer-wise decay the groups below the head are scaled by 0.75 per group instead.
 
 Early stopping on the validation loss still ends any phase sooner. Settings given explicitly (``--epochs``,
-``--lr``, ``--lr-decay``) win over the rule. The run's ``config.yaml`` records the choice and the sentence explaining it.
+``--lr``, ``--lr-decay``) win over the rule. The run's ``config.yaml`` records the choice and the sentence
+explaining it.
 """
 
 from __future__ import annotations

@@ -259,7 +259,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         best_phase = next((r["phase"] for r in records if r["global_epoch"] == state.best_global_epoch), None)
         last = strategy.phases[-1].name
-        if best_phase is not None and best_phase != last and len(strategy.phases) > 1:
+        if best_phase is not None and best_phase != last:
             last_best = min((r["val_loss"] for r in records if r["phase"] == last), default=math.inf)
             log(f"kept the weights from phase '{best_phase}' (validation loss {state.best_val_loss:.4f}): phase "
                 f"'{last}' did not do better (its best {last_best:.4f}); its own best weights are in "

@@ -5,17 +5,19 @@ from __future__ import annotations
 import json
 import sys
 
+METHODS = ("auto", "aligned", "classic")  # headstart.adapt.METHODS, without importing torch for --help
+
 
 def add_parser(sub):
     p = sub.add_parser("adapt", help="adapt a run's BatchNorm statistics to unlabelled images of a new domain (AdaBN)",
                        description="Recomputes every BatchNorm layer's mean and variance for the images in "
-                                   "TARGET_DIR (unlabelled; searched recursively) and writes a new run directory that predict "
-                                   "and evaluate use like any other. No weight changes, no labels, no gradients "
-                                   "(AdaBN, Li et al. 2016).")
+                                   "TARGET_DIR (unlabelled; searched recursively) and writes a new run directory "
+                                   "that predict and evaluate use like any other. No weight changes, no labels, no "
+                                   "gradients (AdaBN, Li et al. 2016).")
     p.add_argument("run", help="run directory made by `headstart train`")
     p.add_argument("target", metavar="TARGET_DIR", help="images from the domain the model will meet")
     p.add_argument("--out", required=True, help="the new run directory")
-    p.add_argument("--method", default="auto", choices=["auto", "aligned", "classic"],
+    p.add_argument("--method", default="auto", choices=METHODS,
                    help="aligned: map the target's activations onto the training images' (works for runs trained "
                         "with frozen BatchNorm; needs the training images, found through the run's split.json or "
                         "--source); classic: the target's own statistics (Li et al.); auto: aligned when the "

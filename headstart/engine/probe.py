@@ -68,8 +68,7 @@ def fit_linear_probe(model: TransferModel, train_loader: DataLoader, val_loader:
     x_train, y_train, n_train = _features(model, train_loader, runtime, preprocessing, cache_dir, "features (train)")
     x_val, y_val, n_val = _features(model, val_loader, runtime, preprocessing, cache_dir, "features (val)")
     t1 = time.time()
-    fitted = fit_head(head, x_train, y_train, x_val, y_val, model.num_classes,
-                      class_weight=None if class_weights is None else np.asarray(class_weights, dtype=np.float64))
+    fitted = fit_head(head, x_train, y_train, x_val, y_val, model.num_classes, class_weight=class_weights)
     fitted.copy_to(model.head)
     return {**fitted.info, "features_computed": n_train + n_val, "features_cached": len(y_train) + len(y_val)
             - n_train - n_val, "feature_seconds": round(t1 - t0, 3), "head_seconds": round(time.time() - t1, 3)}
