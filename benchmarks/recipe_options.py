@@ -38,7 +38,7 @@ from recipes import add_common_arguments, mean_std, write_data  # noqa: E402  (t
 from headstart.data.dataset import ImageDataset, make_loader  # noqa: E402
 from headstart.data.sources import read_class_folders  # noqa: E402
 from headstart.data.transforms import eval_transform  # noqa: E402
-from headstart.inference import load_run, predict_loader  # noqa: E402
+from headstart.inference import load_run, predict_loader, probs_from_logits  # noqa: E402
 from headstart.train import TrainConfig, train  # noqa: E402
 
 REGULARISERS = {
@@ -57,7 +57,8 @@ def scores(run_dir: Path, test: Path, rare: list[int], workers: int | None) -> d
     for tta in (False, True):
         loader = make_loader(ImageDataset(samples, eval_transform(run.preprocessing)), 128, shuffle=False,
                              workers=workers)
-        probs, labels = predict_loader(run, loader, tta=tta)
+        logits, labels = predict_loader(run, loader, tta=tta)
+        probs = probs_from_logits(logits, run.temperature)
         pred = probs.argmax(1).numpy()
         labels = labels.numpy()
         suffix = "_tta" if tta else ""

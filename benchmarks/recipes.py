@@ -46,7 +46,7 @@ from headstart.data.dataset import ImageDataset, make_loader
 from headstart.data.sources import read_class_folders
 from headstart.data.transforms import eval_transform
 from headstart.engine.checkpoint import load_weights
-from headstart.inference import load_run, predict_loader
+from headstart.inference import load_run, predict_loader, probs_from_logits
 from headstart.train import TrainConfig, train
 
 RECIPES = {
@@ -113,7 +113,8 @@ def evaluate(run_dir: Path, test: Path, shifted: Path, train: Path, weights: str
                            shuffle=False, workers=workers, drop_last=drop_last)
 
     def acc(folder: Path) -> float:
-        probs, labels = predict_loader(run, loader(folder))
+        logits, labels = predict_loader(run, loader(folder))
+        probs = probs_from_logits(logits, run.temperature)
         return float((probs.argmax(1) == labels).float().mean())
 
     result = {"test_acc": acc(test), "shifted_acc": acc(shifted)}

@@ -14,9 +14,11 @@ from headstart.data.dataset import make_loader
 from headstart.data.images import BadImageError, is_image_file, load_image
 from headstart.data.sources import list_images
 from headstart.data.transforms import eval_transform
-from headstart.engine.checkpoint import load_weights
+from headstart.engine.checkpoint import load_weights, weights_metadata
 from headstart.engine.runtime import Runtime, make_runtime
 from headstart.model import TransferModel, build_model
+
+TRAIN_FINGERPRINTS = "train_fingerprints.json"  # a run's training images' hashes: evaluate leaves out their copies
 
 
 @dataclass
@@ -27,6 +29,7 @@ class LoadedRun:
     config: dict
     runtime: Runtime
     path: Path
+    temperature: float = 1.0  # fitted on the run's validation images; probabilities are softmax(logits / T)
 
 
 def load_run(run_dir: str | Path, device: str = "auto", precision: str = "auto") -> LoadedRun:
@@ -43,7 +46,9 @@ def load_run(run_dir: str | Path, device: str = "auto", precision: str = "auto")
     model.load_state_dict(load_weights(run_dir / "best.safetensors"))
     runtime = make_runtime(device, precision)
     runtime.prepare(model).eval()
-    return LoadedRun(model, classes, config["preprocessing"], config, runtime, run_dir)
+    # Runs from before calibration have no temperature: their scores stay as they were (T = 1).
+    temperature = float(weights_metadata(run_dir / "best.safetensors").get("temperature", 1.0))
+    return LoadedRun(model, classes, config["preprocessing"], config, runtime, run_dir, temperature)
 
 
 def expand_paths(paths: list[str | Path]) -> list[str]:
@@ -84,30 +89,45 @@ class _PathDataset(torch.utils.data.Dataset):
 
 
 @torch.no_grad()
-def predict_probs(model: torch.nn.Module, images: torch.Tensor, runtime: Runtime, tta: bool = False) -> torch.Tensor:
-    """Class probabilities (float32, CPU) for a batch of eval-transformed images.
-
-    With ``tta`` (test-time augmentation) they are the mean of the softmax over the image and its mirror image:
-    usually a fraction of a point more accurate and better calibrated, for twice the compute. Leave it off where
-    mirroring changes the meaning (text, digits, left/right anatomy).
-    """
+def view_logits(model: torch.nn.Module, images: torch.Tensor, runtime: Runtime, tta: bool = False) -> torch.Tensor:
+    """Logits (float32, CPU) of a batch of eval-transformed images, one row of views per image: (views, n, classes).
+    With ``tta`` the views are the image and its mirror image."""
     x = runtime.to_input(images)
     views = [x, x.flip(-1)] if tta else [x]
     with runtime.autocast():
-        return torch.stack([model(v).float().softmax(1) for v in views]).mean(0).cpu()
+        return torch.stack([model(v).float() for v in views]).cpu()
+
+
+def probs_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """The softmax of ``logits / temperature`` averaged over the views (the first dimension of ``logits``)."""
+    return (logits / temperature).softmax(-1).mean(0)
+
+
+def predict_probs(model: torch.nn.Module, images: torch.Tensor, runtime: Runtime, tta: bool = False,
+                  temperature: float = 1.0) -> torch.Tensor:
+    """Class probabilities (float32, CPU) for a batch of eval-transformed images.
+
+    Args:
+        tta: test-time augmentation: the mean of the softmax over the image and its mirror image; usually a fraction
+            of a point more accurate and better calibrated, for twice the compute. Leave it off where mirroring
+            changes the meaning (text, digits, left/right anatomy).
+        temperature: the run's calibration temperature (:attr:`LoadedRun.temperature`); 1 leaves the scores raw.
+    """
+    return probs_from_logits(view_logits(model, images, runtime, tta), temperature)
 
 
 def predict_loader(run: LoadedRun, loader, tta: bool = False,
                    desc: str = "predict") -> tuple[torch.Tensor, torch.Tensor]:
-    """Probabilities and labels for every batch of ``loader`` (``(images, labels)`` batches), in order."""
+    """Logits of every view (``(views, n, classes)``, see :func:`view_logits`) and labels for every batch of
+    ``loader`` (``(images, labels)`` batches), in order. :func:`probs_from_logits` turns them into scores."""
     from tqdm.auto import tqdm
 
     run.model.eval()
-    probs, labels = [], []
+    logits, labels = [], []
     for images, y in tqdm(loader, desc=desc, leave=False, disable=None):
-        probs.append(predict_probs(run.model, images, run.runtime, tta))
+        logits.append(view_logits(run.model, images, run.runtime, tta))
         labels.append(torch.as_tensor(y))
-    return torch.cat(probs), torch.cat(labels)
+    return torch.cat(logits, dim=1), torch.cat(labels)
 
 
 @torch.no_grad()
@@ -123,7 +143,7 @@ def predict_paths(run: LoadedRun, paths: list[str], topk: int = 1, batch_size: i
     loader = make_loader(ds, batch_size, shuffle=False, workers=workers)
     results, i = [], 0
     for images, errors in loader:
-        probs = predict_probs(run.model, images, run.runtime, tta)
+        probs = predict_probs(run.model, images, run.runtime, tta, run.temperature)
         scores, idx = probs.topk(topk, dim=1)
         for row in range(len(images)):
             path = paths[i]
@@ -138,4 +158,4 @@ def predict_paths(run: LoadedRun, paths: list[str], topk: int = 1, batch_size: i
 
 
 __all__ = ["LoadedRun", "expand_paths", "is_image_file", "load_run", "predict_loader", "predict_paths",
-           "predict_probs"]
+           "predict_probs", "probs_from_logits", "view_logits"]

@@ -12,7 +12,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -20,13 +20,17 @@ import yaml
 from headstart.auto import choose_strategy
 from headstart.data.balance import BALANCE, SKEW_HINT, BalancedSampler, class_weights, skew
 from headstart.data.check import check_splits
+from headstart.data.leakage import drop_leaked, duplicate_groups, fingerprints, leak_proof_split
 from headstart.data.dataset import ImageDataset, make_loader
 from headstart.data.sources import DataSplits, discover, validate
 from headstart.data.transforms import eval_transform, train_transform
 from headstart.engine.checkpoint import atomic_write, load_state, load_weights, save_state, save_weights, write_json
 from headstart.engine.distributed import EpochSampler, barrier
-from headstart.engine.loop import FitState, evaluate, fit, predict_logits
+from headstart.engine.calibration import calibration_summary, run_temperature
+from headstart.engine.loop import FitState, fit, predict_logits
+from headstart.engine.probe import refit_linear_probe
 from headstart.evaluation.metrics import classification_metrics
+from headstart.inference import TRAIN_FINGERPRINTS
 from headstart.engine.runtime import make_runtime, seed_everything
 from headstart.model import build_model
 from headstart.strategy import make_strategy, uses_pretrained_weights
@@ -63,6 +67,8 @@ class TrainConfig:
     cutmix: float = 0.0
     balance: str = "none"  # none, weights (class-weighted loss) or sampler (data.balance)
     head: str = "logreg"  # how phases with fit="features" fit the head: logreg, ncm or sgd (features.heads.HEADS)
+    refit: bool = True  # refit a head fitted on features on train + val with the settings validation chose
+    keep_leaked: bool = False  # keep val/test images that duplicate a training image (given splits)
     extra: dict = field(default_factory=dict)
 
 
@@ -87,31 +93,68 @@ def prepare_run_dir(out: Path, overwrite: bool) -> None:
         (out / stale).unlink(missing_ok=True)
 
 
-def drop_bad_files(splits: DataSplits, data: str) -> list[tuple[str, str]]:
-    """Checks every image once (``headstart check``'s pass): unusable ones are named and removed from the splits,
-    duplicates, leakage across splits and imbalance get one line, and training goes on."""
-    report = check_splits(splits, data)
+def check_and_split(splits: DataSplits, cfg: TrainConfig) -> tuple[DataSplits, list, dict, dict]:
+    """Checks every image once (``headstart check``'s pass) and makes the splits leak-proof.
+
+    Unusable files are named and left out. When headstart made the validation split, every group of exact or near
+    duplicates goes to one side whole; with given splits, validation and test images that duplicate a training
+    image are left out of selection and scoring (unless ``cfg.keep_leaked``), and the check's warning stays.
+
+    Returns the splits, ``(path, reason)`` of each unusable file, the leakage record (``leakage.json``) and the
+    training images' fingerprints (for ``evaluate`` to find copies of them later).
+    """
+    report = check_splits(splits, cfg.data)
     bad = report.bad_files()
     for path, reason in bad:
         log(f"skipping {path}: {reason}")
     dropped = {p for p, _ in bad}
-    for name in ("train", "val", "test"):
-        setattr(splits, name, [s for s in getattr(splits, name) if s[0] not in dropped])
+    splits = replace(splits, **{n: [s for s in getattr(splits, n) if s[0] not in dropped]
+                                for n in ("train", "val", "test")})
     if warnings := report.summary():
-        log(f"data warnings: {warnings}; `headstart check {data}` lists them")
-    validate(splits, data)
-    return bad
+        log(f"data warnings: {warnings}; `headstart check {cfg.data}` lists them")
+    groups = duplicate_groups(report.facts)
+    leakage = {"duplicate_groups": len(groups), "regrouped": False, "kept": cfg.keep_leaked,
+               "excluded": {"val": [], "test": []}}
+    if splits.val_made and groups:
+        splits = leak_proof_split(splits, report.facts, cfg.val_fraction, cfg.seed)
+        leakage["regrouped"] = True
+    if not cfg.keep_leaked:
+        splits, leakage["excluded"] = drop_leaked(splits, report.facts)
+        if n := sum(len(v) for v in leakage["excluded"].values()):
+            log(f"left out {n} validation/test image(s) that duplicate a training image, so they neither choose nor "
+                "score the model (listed in leakage.json; --keep-leaked keeps them)")
+    validate(splits, cfg.data)
+    return splits, bad, leakage, fingerprints(report.facts, [p for p, _ in splits.train])
 
 
-def _loaders(splits: DataSplits, pre: dict, cfg: TrainConfig, runtime) -> dict:
-    """Train (augmented, shuffled per epoch), and eval-transform loaders; sharded across ranks under DDP."""
+def leakage_counts(leakage: dict) -> dict:
+    """The leakage record in numbers, for ``summary.json``."""
+    excluded = leakage.get("excluded", {})
+    return {"duplicate_groups": leakage.get("duplicate_groups", 0), "regrouped": leakage.get("regrouped", False),
+            "kept_leaked": leakage.get("kept", False),
+            **{f"excluded_{k}": len(excluded.get(k, [])) for k in ("val", "test")}}
+
+
+def tiny_last_batch(images: int, batch_size: int) -> bool:
+    """Whether an epoch's last batch is under a quarter of a full one (and not the only batch): while BatchNorm
+    learns, its statistics from 4 images are noise, and its running statistics follow them."""
+    last = images % batch_size
+    return images > batch_size and 0 < last < batch_size / 4
+
+
+def _loaders(splits: DataSplits, pre: dict, cfg: TrainConfig, runtime, bn_trains: bool = False) -> dict:
+    """Train (augmented, shuffled per epoch), and eval-transform loaders; sharded across ranks under DDP.
+
+    With ``bn_trains`` (a phase where BatchNorm statistics follow the batches: scratch, ``--bn train``) a tiny last
+    training batch is dropped; the shuffle changes each epoch, so no image is left out for good."""
     r, w = runtime.rank, runtime.world_size
 
     def loader(samples, transform, shuffle, batch, shard=True, sampler=None):
         sampler = sampler or EpochSampler(len(samples), shuffle=shuffle, seed=cfg.seed, rank=r if shard else 0,
                                           world_size=w if shard else 1)
+        drop = shuffle and bn_trains and tiny_last_batch(len(sampler), batch)
         return make_loader(ImageDataset(samples, transform), batch, shuffle=False, seed=cfg.seed,
-                           workers=cfg.workers, sampler=sampler)
+                           workers=cfg.workers, sampler=sampler, drop_last=drop)
 
     balanced = BalancedSampler([y for _, y in splits.train], seed=cfg.seed, rank=r, world_size=w) \
         if cfg.balance == "sampler" else None
@@ -139,6 +182,54 @@ def _pretrained_backbone(cfg: TrainConfig, num_classes: int) -> dict:
     return {n: p.detach() for n, p in fresh.backbone.named_parameters()}
 
 
+def _shipped_record(records: list[dict], state: FitState, strategy, out: Path) -> dict:
+    """The metrics record of the epoch whose weights ship (with the phase's ``fit``), saying so when an earlier
+    phase beat the last one."""
+    record = next(r for r in records if r["global_epoch"] == state.best_global_epoch)
+    phase = next(p for p in strategy.phases if p.name == record["phase"])
+    last = strategy.phases[-1].name
+    if record["phase"] != last:
+        last_best = min((r["val_loss_calibrated"] for r in records if r["phase"] == last), default=math.inf)
+        log(f"kept the weights from phase '{record['phase']}' (calibrated validation loss {state.best_val_loss:.4f},"
+            f" accuracy {record['val_acc']:.4f}): phase '{last}' did not do better (its best {last_best:.4f}); its "
+            f"own best weights are in {out / 'phase_best.safetensors'}.")
+    return {**record, "fit": phase.fit}
+
+
+def _phase_figures(records: list[dict]) -> dict:
+    """Each phase's best epoch by the selection figure, with its raw and calibrated validation loss and accuracy:
+    the figures the choice of the shipped phase was made on."""
+    out = {}
+    for r in records:
+        best = out.get(r["phase"])
+        if best is None or r["val_loss_calibrated"] < best["val_loss_calibrated"]:
+            out[r["phase"]] = {k: r[k] for k in ("global_epoch", "val_loss", "val_loss_calibrated", "val_acc",
+                                                 "val_temperature", "trainable_params")}
+    return out
+
+
+def _calibrate(model, val_loader, runtime, summary: dict) -> tuple[float, dict]:
+    """The temperature of the shipped weights, fitted on the validation images (before any refit sees them), and
+    their calibration there before and after it."""
+    logits, labels = predict_logits(model, val_loader, runtime, desc="calibrate")
+    temperature = run_temperature(logits, labels)
+    summary["val_acc"] = float((logits.argmax(1) == labels).float().mean()) if len(labels) else math.nan
+    return temperature, {"val": calibration_summary(logits.numpy(), labels.numpy(), temperature)}
+
+
+def _test(model, splits: DataSplits, pre: dict, cfg: TrainConfig, runtime, temperature: float, out: Path,
+          summary: dict) -> dict:
+    """Test accuracy and calibration of the shipped model; ``test_metrics.json``."""
+    loader = make_loader(ImageDataset(splits.test, eval_transform(pre)), cfg.batch_size * 2, shuffle=False,
+                         workers=cfg.workers)
+    logits, labels = predict_logits(model, loader, runtime, desc="test")
+    metrics = classification_metrics(labels.numpy(), logits.argmax(1).numpy(), splits.classes)
+    metrics["calibration"] = summary["calibration"]["test"] = calibration_summary(logits.numpy(), labels.numpy(),
+                                                                                  temperature)
+    write_json(out / "test_metrics.json", metrics)
+    return {"test_acc": metrics["accuracy"], "test_balanced_acc": metrics["balanced_accuracy"]}
+
+
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
     """Trains one model as ``cfg`` says and returns its summary (also written to ``summary.json``).
 
@@ -160,15 +251,18 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         splits = DataSplits.from_json(json.loads((out / "split.json").read_text()))
         resume_state = load_resume_state(out)
         bad = [(s["path"], s["reason"]) for s in json.loads((out / "skipped.json").read_text())]
+        leakage = json.loads((out / "leakage.json").read_text()) if (out / "leakage.json").is_file() else {}
     else:
         splits = discover(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed)
         if main:
             prepare_run_dir(out, cfg.overwrite)
         barrier()
-        bad = drop_bad_files(splits, cfg.data)
+        splits, bad, leakage, train_fingerprints = check_and_split(splits, cfg)
         resume_state = None
         if main:
             write_json(out / "skipped.json", [{"path": p, "reason": r} for p, r in bad])
+            write_json(out / "leakage.json", leakage)
+            write_json(out / TRAIN_FINGERPRINTS, train_fingerprints)
             if bad:
                 log(f"left out {len(bad)} unreadable file(s); the list is in {out / 'skipped.json'}")
     if not splits.val:
@@ -176,22 +270,23 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                          "(each class needs at least two images to hold one out).")
 
     labels = [y for _, y in splits.train]
-    choice = choose_strategy(len(splits.train), len(splits.classes), cfg.batch_size) if cfg.strategy == "auto" \
-        else None
+    choice = choose_strategy(list(splits.counts("train").values()), cfg.batch_size, runtime.world_size,
+                             epochs=cfg.epochs, lr=cfg.lr, lr_decay=cfg.lr_decay) if cfg.strategy == "auto" else None
     name = choice.strategy if choice else cfg.strategy
     model = build_model(cfg.model, len(splits.classes), pretrained=uses_pretrained_weights(name) and not resume,
                         weights_file=None if resume else cfg.weights)
-    # Settings given explicitly win over auto's choice.
-    epochs = cfg.epochs or (choice.epochs if choice else 10)
-    lr_decay = cfg.lr_decay if cfg.lr_decay is not None else (choice.lr_decay if choice else None)
-    lr = cfg.lr if cfg.lr is not None else (choice.lr if choice and choice.strategy != "linear-probe" else None)
+    # auto's choice already holds the settings given explicitly.
+    epochs = choice.epochs if choice else cfg.epochs or 10
+    lr_decay = choice.lr_decay if choice else cfg.lr_decay
+    lr = choice.lr if choice else cfg.lr
     strategy = make_strategy(name, epochs=epochs, lr=lr, groups=len(model.group_names), lr_decay=lr_decay,
                              l2sp=cfg.l2sp, bn=cfg.bn, unfreeze_every=cfg.unfreeze_every)
     if resume:
         model.load_state_dict(resume_state["model"])
     pre = model.spec.preprocessing(cfg.image_size)
     runtime.prepare(model)
-    loaders = _loaders(splits, pre, cfg, runtime)
+    loaders = _loaders(splits, pre, cfg, runtime,
+                       bn_trains=any(p.bn == "train" and p.fit == "sgd" for p in strategy.phases))
     if main:
         log(f"{cfg.model} ({model.weights_source}) on {runtime.describe()}"
             f"{f' x {runtime.world_size} processes' if runtime.world_size > 1 else ''}; {len(splits.classes)} classes, "
@@ -239,11 +334,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                                      "fit_state": asdict(state), "record": record})
 
     weights = class_weights(labels, len(splits.classes))
+    # A head fitted on features sees every image once, not sampled: both --balance options weight its loss.
+    probe_options = {"head": cfg.head, "preprocessing": pre,
+                     "class_weights": weights if cfg.balance != "none" else None}
     try:
-        # A head fitted on features sees every image once, not sampled: both --balance options weight its loss.
         state = fit(model, strategy, loaders, runtime, patience=cfg.patience, on_epoch=on_epoch, seed=cfg.seed,
-                    resume=resume_state, probe={"head": cfg.head, "preprocessing": pre,
-                                                "class_weights": weights if cfg.balance != "none" else None},
+                    resume=resume_state, probe=probe_options,
                     label_smoothing=cfg.label_smoothing, mixup=cfg.mixup, cutmix=cfg.cutmix,
                     class_weights=weights if cfg.balance == "weights" else None,
                     l2sp_reference=_pretrained_backbone(cfg, len(splits.classes)) if resume and cfg.l2sp else None)
@@ -252,30 +348,29 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             log(f"interrupted: the last finished epoch is saved; continue with `headstart train --resume {out}`.")
         raise
     barrier()
-
+    if not main:
+        return {}
     model.load_state_dict(load_weights(out / "best.safetensors"))
-    best_phase = None
-    if main and (out / "metrics.jsonl").is_file():
-        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        best_phase = next((r["phase"] for r in records if r["global_epoch"] == state.best_global_epoch), None)
-        last = strategy.phases[-1].name
-        if best_phase is not None and best_phase != last:
-            last_best = min((r["val_loss"] for r in records if r["phase"] == last), default=math.inf)
-            log(f"kept the weights from phase '{best_phase}' (validation loss {state.best_val_loss:.4f}): phase "
-                f"'{last}' did not do better (its best {last_best:.4f}); its own best weights are in "
-                f"{out / 'phase_best.safetensors'}.")
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    shipped = _shipped_record(records, state, strategy, out)
     summary = {"strategy": strategy.name, "model": cfg.model, "best_epoch": state.best_global_epoch,
-               "best_phase": best_phase,
-               "best_val_loss": state.best_val_loss, "val_acc": evaluate(model, loaders["val"], runtime)["acc"],
-               "trainable_params": model.trainable_parameters(), "train_images": len(splits.train),
-               "skipped_files": len(bad), "seconds": time.time() - t_start, "world_size": runtime.world_size}
-    if splits.test and main:
-        test_loader = make_loader(ImageDataset(splits.test, eval_transform(pre)), cfg.batch_size * 2, shuffle=False,
-                                  workers=cfg.workers)
-        logits, labels = predict_logits(model, test_loader, runtime, desc="test")
-        test = classification_metrics(labels.numpy(), logits.argmax(1).numpy(), splits.classes)
-        summary.update(test_acc=test["accuracy"], test_balanced_acc=test["balanced_accuracy"])
-        write_json(out / "test_metrics.json", test)
-    if main:
-        write_json(out / "summary.json", summary)
+               "best_phase": shipped["phase"], "selection": "validation loss after temperature scaling",
+               "best_val_loss": state.best_val_loss, "phases": _phase_figures(records),
+               "trainable_params": shipped["trainable_params"], "train_images": len(splits.train),
+               "val_images": len(splits.val), "skipped_files": len(bad), "world_size": runtime.world_size,
+               "leakage": leakage_counts(leakage)}
+    temperature, summary["calibration"] = _calibrate(model, loaders["val_all"], runtime, summary)
+    refit = None
+    if cfg.refit and shipped.get("fit") == "features":
+        refit = refit_linear_probe(model, [loaders["train_eval"], loaders["val_all"]], runtime, shipped,
+                                   **probe_options)
+        log(f"refitted the {refit['head']} head on all {refit['refit_images']} train + validation images with the "
+            "settings validation chose" + (f" (C={refit['C']:g})" if "C" in refit else ""))
+    summary["refit"] = refit
+    save_weights(out / "best.safetensors", model, {**meta, "epoch": state.best_global_epoch,
+                                                   "temperature": temperature, "refit": refit is not None})
+    if splits.test:
+        summary.update(_test(model, splits, pre, cfg, runtime, temperature, out, summary))
+    summary["seconds"] = time.time() - t_start
+    write_json(out / "summary.json", summary)
     return summary

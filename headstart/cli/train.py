@@ -37,6 +37,12 @@ def add_parser(sub):
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.add_argument("--keep-leaked", action="store_true",
+                   help="keep validation/test images that duplicate a training image (left out by default: they "
+                        "inflate the selection and the reported accuracy)")
+    p.add_argument("--no-refit", dest="refit", action="store_false",
+                   help="do not refit a head fitted on features on train + validation images after validation has "
+                        "chosen its settings (refitting is the default: the shipped head sees every label)")
     r = p.add_argument_group("recipes", "regularisers and options of the pretrained strategies (README: Recipes)")
     r.add_argument("--lr-decay", type=float, default=None, metavar="D",
                    help="layer-wise learning rates: group i gets lr * D^(G-i), G the head (ULMFiT; e.g. 0.75)")
@@ -79,5 +85,12 @@ def run(args) -> int:
                              "--resume RUN.")
         cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__})
         summary = train(cfg)
-    print(json.dumps(summary, indent=2))
+    print(json.dumps(_without_diagrams(summary), indent=2))
     return 0
+
+
+def _without_diagrams(summary: dict) -> dict:
+    """The summary as printed: reliability diagrams' bins stay in summary.json."""
+    calibration = {split: {k: v for k, v in c.items() if not k.startswith("reliability")}
+                   for split, c in summary.get("calibration", {}).items()}
+    return {**summary, "calibration": calibration} if calibration else summary

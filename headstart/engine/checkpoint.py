@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 
@@ -44,6 +45,12 @@ def save_weights(path: str | Path, model: torch.nn.Module, metadata: dict | None
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
+
+
+def weights_metadata(path: str | Path) -> dict:
+    """The JSON metadata ``save_weights`` put in a safetensors header (without reading the tensors)."""
+    with safe_open(str(path), framework="pt") as f:
+        return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
 
 
 def save_state(path: str | Path, state: dict) -> None:

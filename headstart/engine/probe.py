@@ -17,9 +17,10 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from headstart.engine.calibration import fit_temperature
 from headstart.engine.runtime import Runtime
 from headstart.features.extract import extract_features
-from headstart.features.heads import HEADS, fit_head
+from headstart.features.heads import HEADS, fit_head, refit_head
 from headstart.model import TransferModel
 
 
@@ -70,5 +71,24 @@ def fit_linear_probe(model: TransferModel, train_loader: DataLoader, val_loader:
     t1 = time.time()
     fitted = fit_head(head, x_train, y_train, x_val, y_val, model.num_classes, class_weight=class_weights)
     fitted.copy_to(model.head)
-    return {**fitted.info, "features_computed": n_train + n_val, "features_cached": len(y_train) + len(y_val)
-            - n_train - n_val, "feature_seconds": round(t1 - t0, 3), "head_seconds": round(time.time() - t1, 3)}
+    # Scored as the trained phases are (after temperature scaling), so the run compares like with like.
+    temperature, calibrated = fit_temperature(fitted.logits(x_val), y_val)
+    return {**fitted.info, "probe_val_loss_calibrated": calibrated, "probe_temperature": temperature,
+            "features_computed": n_train + n_val, "features_cached": len(y_train) + len(y_val) - n_train - n_val,
+            "feature_seconds": round(t1 - t0, 3), "head_seconds": round(time.time() - t1, 3)}
+
+
+def refit_linear_probe(model: TransferModel, loaders: list[DataLoader], runtime: Runtime, chosen: dict,
+                       head: str = "logreg", preprocessing: dict | None = None, cache_dir: str | Path | None = None,
+                       class_weights: torch.Tensor | None = None) -> dict:
+    """Fits ``model.head`` again on the features of every image in ``loaders`` (train and validation) with the
+    settings the first fit chose on validation (``chosen``: its info), so the shipped head has seen every label.
+
+    The features come from the cache the first fit filled: this costs the head's fit, not a pass through the
+    backbone. Returns what was refitted (for the run's summary).
+    """
+    parts = [_features(model, loader, runtime, preprocessing, cache_dir, "features (refit)") for loader in loaders]
+    x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    fitted = refit_head(head, x, y, model.num_classes, chosen, class_weight=class_weights)
+    fitted.copy_to(model.head)
+    return fitted.info

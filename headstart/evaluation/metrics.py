@@ -1,17 +1,22 @@
-"""An honest evaluation: accuracy, per-class precision/recall/F1, and the confusion matrix (JSON and PNG)."""
+"""An honest evaluation: accuracy, per-class precision/recall/F1, the confusion matrix (JSON and PNG), calibration."""
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, precision_recall_fscore_support
 
-from headstart.data.dataset import ImageDataset, make_loader, scan
+from headstart.data.check import inspect_files
+from headstart.data.dataset import ImageDataset, make_loader
+from headstart.data.leakage import duplicates_of
 from headstart.data.sources import read_class_folders
 from headstart.data.transforms import eval_transform
+from headstart.engine.calibration import compare_calibration
 from headstart.engine.checkpoint import write_json
-from headstart.inference import LoadedRun, predict_loader
+from headstart.inference import TRAIN_FINGERPRINTS, LoadedRun, predict_loader, probs_from_logits
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
@@ -47,27 +52,52 @@ def plot_confusion(metrics: dict, path: str | Path, title: str = "") -> None:
 
 
 def evaluate_run(run: LoadedRun, data: str | Path, batch_size: int = 64, workers: int | None = None,
-                 tta: bool = False) -> dict:
+                 tta: bool = False, keep_leaked: bool = False) -> dict:
     """Evaluates a trained run on a folder of class subfolders named like the run's classes.
 
-    Writes ``evaluation.json`` and ``confusion_matrix.png`` into the run directory and returns the metrics.
-    With ``tta`` the predictions average the softmax over each image and its mirror image.
+    Writes ``evaluation.json`` and ``confusion_matrix.png`` into the run directory and returns the metrics. Scores
+    use the run's calibration temperature; ``calibration`` holds the expected calibration error before and after it.
+    Images that duplicate one of the run's training images (exact or near copies) are left out of the scores and
+    counted (``leaked_excluded``), unless ``keep_leaked``. With ``tta`` the predictions average the softmax over each
+    image and its mirror image.
     """
     data = Path(data)
     if not data.is_dir():
         raise FileNotFoundError(f"{data} is not a folder; pass a folder of class subfolders named like the run's "
                                 f"classes ({', '.join(run.classes[:5])}{', ...' if len(run.classes) > 5 else ''}).")
     _, samples = read_class_folders(data, run.classes)
-    samples, bad = scan(samples)
+    facts = inspect_files([p for p, _ in samples])  # one decode per image: readability and fingerprints
+    bad = [(p, f.error.reason) for p, f in facts.items() if f.error is not None]
     for path, reason in bad:
-        print(f"skipping {path}: {reason}")
+        print(f"skipping {path}: {reason}", file=sys.stderr)
+    samples = [s for s in samples if facts[s[0]].error is None]
+    leaked = _copies_of_training_images(run, {p: facts[p] for p, _ in samples})
+    if leaked and not keep_leaked:
+        print(f"left out {len(leaked)} image(s) that duplicate a training image of {run.path} (listed in "
+              "evaluation.json; --keep-leaked scores them)", file=sys.stderr)
+        samples = [s for s in samples if s[0] not in leaked]
     if not samples:
-        raise ValueError(f"no readable images in {data}.")
+        raise ValueError(f"no readable images in {data}" + (" that are not copies of training images." if leaked
+                                                            else "."))
     loader = make_loader(ImageDataset(samples, eval_transform(run.preprocessing)), batch_size, shuffle=False,
                          workers=workers)
-    probs, labels = predict_loader(run, loader, tta=tta, desc="evaluate")
+    logits, labels = predict_loader(run, loader, tta=tta, desc="evaluate")
+    probs = probs_from_logits(logits, run.temperature)
     metrics = classification_metrics(labels.numpy(), probs.argmax(1).numpy(), run.classes)
-    metrics.update({"data": str(data), "tta": tta, "skipped": [{"path": p, "reason": r} for p, r in bad]})
+    metrics.update({"data": str(data), "tta": tta, "skipped": [{"path": p, "reason": r} for p, r in bad],
+                    "calibration": compare_calibration(probs_from_logits(logits).numpy(), probs.numpy(),
+                                                       labels.numpy(), run.temperature),
+                    "leaked_excluded": 0 if keep_leaked else len(leaked), "leaked_kept": len(leaked) if keep_leaked
+                    else 0, "leaked": sorted(leaked)})
     write_json(run.path / "evaluation.json", metrics)
     plot_confusion(metrics, run.path / "confusion_matrix.png")
     return metrics
+
+
+def _copies_of_training_images(run: LoadedRun, facts: dict) -> set[str]:
+    """Paths among ``facts`` that duplicate one of the run's training images (runs from before fingerprints were
+    recorded: none can be found)."""
+    path = run.path / TRAIN_FINGERPRINTS
+    if not path.is_file():
+        return set()
+    return duplicates_of(json.loads(path.read_text()), facts)

@@ -87,7 +87,8 @@ def fit_logreg(x_train, y_train, x_val, y_val, num_classes: int, grid=C_GRID,
     clf = LogisticRegression(max_iter=1000, tol=1e-3, warm_start=True)  # 1e-4: 3x slower, same accuracy
     sample_weight = None if class_weight is None else class_weight[y_train]
     best = None
-    for c in sorted(grid) if len(y_val) else [1.0]:
+    # Without validation images there is nothing to choose by: a single given C (a refit) or the default 1.0.
+    for c in sorted(grid) if len(y_val) or len(grid) == 1 else [1.0]:
         clf.set_params(C=c).fit(xt, y_train, sample_weight=sample_weight)
         coef, intercept = np.zeros((num_classes, xt.shape[1])), np.full(num_classes, ABSENT)
         w, b = clf.coef_, clf.intercept_
@@ -103,8 +104,10 @@ def fit_logreg(x_train, y_train, x_val, y_val, num_classes: int, grid=C_GRID,
     return LinearHead(weight, bias, {"head": "logreg", "C": c, "probe_val_loss": loss, "probe_val_acc": acc})
 
 
-def fit_ncm(x_train, y_train, x_val, y_val, num_classes: int) -> LinearHead:
-    """Nearest class mean on centred, L2-normalised features, written exactly as a linear layer (module docstring)."""
+def fit_ncm(x_train, y_train, x_val, y_val, num_classes: int, scale: float | None = None) -> LinearHead:
+    """Nearest class mean on centred, L2-normalised features, written exactly as a linear layer (module docstring).
+
+    ``scale`` (the inverse temperature) is chosen on the validation features unless given (a refit)."""
     from scipy.optimize import minimize_scalar
     mu = x_train.mean(0)
     z = x_train - mu
@@ -118,13 +121,13 @@ def fit_ncm(x_train, y_train, x_val, y_val, num_classes: int) -> LinearHead:
     # Temperature: logits are s * m . (x - mu); pick s by validation log-loss (a cosine of 1 at about 20 nats).
     norms = np.linalg.norm(x_train - mu, axis=1)
     s0 = 20.0 / max(float(np.median(norms)), 1e-12)
-    if len(y_val):
+    if scale is None and len(y_val):
         raw = x_val @ weight.T + bias
         raw[:, np.setdiff1d(np.arange(num_classes), present)] = ABSENT
         res = minimize_scalar(lambda t: log_loss(raw * math.exp(t), y_val), bounds=(math.log(s0) - 8, math.log(s0) + 4),
                               method="bounded", options={"xatol": 1e-3})
         scale = math.exp(res.x)
-    else:
+    elif scale is None:
         scale = s0
     weight, bias = weight * scale, bias * scale
     bias[np.setdiff1d(np.arange(num_classes), present)] = ABSENT
@@ -210,6 +213,27 @@ def fit_head(kind: str, x_train, y_train, x_val, y_val, num_classes: int, class_
         options["class_weight"] = np.asarray(class_weight, dtype=np.float64)
     with _threads_for(x_train.size):
         return fitters[kind](x_train, y_train, x_val, y_val, num_classes, **options)
+
+
+def refit_head(kind: str, x, y, num_classes: int, chosen: dict, class_weight: np.ndarray | None = None) -> LinearHead:
+    """Fits head ``kind`` again on all labelled features (train + validation) with the settings validation chose.
+
+    Args:
+        kind: ``logreg``, ``ncm`` or ``sgd``.
+        x, y: every labelled feature vector and its class index.
+        num_classes: size of the head.
+        chosen: the ``info`` of the first fit: its ``C`` (logreg), ``temperature`` (ncm) or ``best_head_epoch`` (sgd).
+        class_weight: as in :func:`fit_head`.
+    """
+    empty = np.zeros((0, np.asarray(x).shape[1]), np.float32), np.zeros(0, np.int64)
+    options = {"logreg": lambda: {"grid": (chosen["C"],)},
+               "ncm": lambda: {"scale": 1.0 / chosen["temperature"]},
+               "sgd": lambda: {"epochs": chosen["best_head_epoch"]}}
+    if kind not in options:
+        raise ValueError(f"unknown head '{kind}'; choose one of {', '.join(HEADS)} (e.g. --head logreg).")
+    head = fit_head(kind, x, y, *empty, num_classes, class_weight=class_weight, **options[kind]())
+    keep = {k: chosen[k] for k in ("C", "temperature", "best_head_epoch") if k in chosen}
+    return LinearHead(head.weight, head.bias, {"head": kind, **keep, "refit_images": int(len(y))})
 
 
 @contextlib.contextmanager
