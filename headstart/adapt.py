@@ -24,13 +24,20 @@ Two methods:
   (``--bn train`` or ``--bn adabn``) this is exactly classic AdaBN; for a model with frozen ImageNet statistics it
   is what AdaBN means to do. Fed its own training images it changes nothing.
 
+``auto`` (the default) is aligned when the training images are at hand (``source``, or the run's ``split.json``).
+Without them it is classic only when the run's statistics are its training images' (``--bn adabn``, or ``--bn
+train`` on every layer, as ``scratch`` does); for any other run it is an error, never a silent fallback to classic
+(measured on frozen-BatchNorm runs, ``docs/recipes.md``: 15 to 27% accuracy where aligned kept 67 to 74%).
+
 Both measure each layer's input after the layers before it have been adapted, in one pass: every batch is
 normalised with the statistics adapted to that batch (as train-mode BatchNorm does), and the statistics pooled over
-all batches are kept.
+all batches are kept. Every image counts: a last batch smaller than the others (one image, say, whose variance over
+a 1x1 feature map is zero) is normalised with the statistics pooled so far, itself included, not its own.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 from pathlib import Path
@@ -42,7 +49,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from headstart.data.sources import DataSplits
 from headstart.engine.runtime import Runtime
+from headstart.strategy import resolve_train_from
 
 METHODS = ("auto", "aligned", "classic")
 SOURCE_IMAGES = 2000  # training images sampled for the source statistics: plenty for a mean and variance
@@ -54,7 +63,7 @@ class _Moments:
 
     def __init__(self):
         self.mean = self.m2 = None
-        self.n = 0
+        self.n = self.largest_batch = 0
 
     def add(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Adds a batch; returns the batch's own mean and (population) variance per channel."""
@@ -70,6 +79,7 @@ class _Moments:
             self.mean = self.mean + delta * (k / total)
             self.m2 = self.m2 + var * k + delta * delta * (self.n * k / total)
         self.n += k
+        self.largest_batch = max(self.largest_batch, k)
         return mean, var
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,8 +94,6 @@ def _run(model, loaders: Iterable[DataLoader], runtime: Runtime, desc: str) -> i
     seen = 0
     for loader in loaders:
         for images, _ in tqdm(loader, desc=desc, leave=False, disable=None if runtime.is_main else True):
-            if len(images) < 2:
-                continue  # a batch of one has no variance
             with runtime.autocast():
                 model(runtime.to_input(images))
             seen += len(images)
@@ -106,8 +114,8 @@ def batchnorm_input_statistics(model: torch.nn.Module, loaders: Iterable[DataLoa
     hooks = [m.register_forward_pre_hook(record) for m in bns]
     model.eval()
     try:
-        if not _run(model, loaders, runtime, desc):
-            raise ValueError("measuring BatchNorm statistics needs at least 2 images in a batch; give it more images.")
+        if _run(model, loaders, runtime, desc) < 2:
+            raise ValueError("measuring BatchNorm statistics needs at least 2 images; give it more images.")
     finally:
         for h in hooks:
             h.remove()
@@ -150,7 +158,11 @@ def adapt_batchnorm(model: torch.nn.Module, loaders: Iterable[DataLoader], runti
     moments = {m: _Moments() for m in bns}
 
     def use_batch_statistics(bn, args):
-        mean, var = moments[bn].add(args[0])
+        pooled = moments[bn]
+        leftover = len(args[0]) < pooled.largest_batch
+        mean, var = pooled.add(args[0])
+        if leftover:  # a few images' own statistics are noise (one image's may have no variance at all)
+            mean, var = pooled.result()
         new_mean, new_var = _aligned(bn, original[bn], reference.get(bn), mean, var)
         bn.running_mean.copy_(new_mean)
         bn.running_var.copy_(new_var)
@@ -159,8 +171,8 @@ def adapt_batchnorm(model: torch.nn.Module, loaders: Iterable[DataLoader], runti
     model.eval()
     try:
         seen = _run(model, loaders, runtime, desc)
-        if not seen:
-            raise ValueError("AdaBN needs at least 2 images in a batch to measure statistics; give it more images.")
+        if seen < 2:
+            raise ValueError(f"AdaBN needs at least 2 images to measure statistics, got {seen}; give it more images.")
     except BaseException:
         for bn in bns:  # interrupted: the model is left as it was, not with one batch's statistics
             bn.running_mean.copy_(original[bn][0])
@@ -176,35 +188,86 @@ def adapt_batchnorm(model: torch.nn.Module, loaders: Iterable[DataLoader], runti
     return seen
 
 
+def _split_bases(run_dir: Path, config: dict) -> list[Path]:
+    """Folders that relative ``split.json`` paths may be relative to, most likely first: the current folder, the
+    folder ``train`` ran in (the run's location less the config's ``out``), folders above the run that hold the
+    config's ``data``, and the data folder itself and its parent (for a CSV manifest, the CSV's folder)."""
+    bases = [Path.cwd()]
+    runs = [run_dir.resolve()] + ([Path(config["adapted"]["from_run"])] if config.get("adapted") else [])
+    if config.get("out") and not Path(config["out"]).is_absolute():
+        bases += [a for run in runs for a in run.parents if (a / config["out"]).resolve() == run]
+    if config.get("data"):
+        data = Path(config["data"])
+        if not data.is_absolute():
+            bases += [a for run in runs for a in run.parents if (a / data).exists()]
+        if (found := next((b / data for b in bases if (b / data).exists()), None)) is not None:
+            folder = found.resolve() if found.is_dir() else found.resolve().parent
+            bases += [folder, folder.parent]
+    return list(dict.fromkeys(bases))
+
+
 def training_images(run_dir: Path, limit: int = SOURCE_IMAGES, seed: int = 0) -> list[str]:
-    """The run's training images that still exist (from ``split.json``), at most ``limit`` of them, sampled."""
-    import json
+    """The run's training images (``split.json``) that can be found, at most ``limit`` of them, sampled.
 
-    from headstart.data.sources import DataSplits
-
-    split = run_dir / "split.json"
+    Paths are absolute in runs made since ``split.json`` stored them so; older runs hold paths relative to the folder
+    ``train`` ran in, which are looked for from the folders :func:`_split_bases` lists, so they are found from any
+    current folder while the run and its data stay where they were (or move together).
+    """
+    split, config = run_dir / "split.json", run_dir / "config.yaml"
     if not split.is_file():
         return []
-    paths = [p for p, _ in DataSplits.from_json(json.loads(split.read_text())).train if Path(p).is_file()]
+    train = [Path(p) for p, _ in DataSplits.from_json(json.loads(split.read_text())).train]
+    paths = [str(p) for p in train if p.is_absolute() and p.is_file()]
+    relative = [p for p in train if not p.is_absolute()]
+    if relative:
+        probe = relative[:: max(1, len(relative) // 20)]
+        bases = _split_bases(run_dir, yaml.safe_load(config.read_text()) if config.is_file() else {})
+        base = next((b for b in bases if any((b / p).is_file() for p in probe)), None)
+        if base is not None:
+            paths += [str(base / p) for p in relative if (base / p).is_file()]
     if len(paths) > limit:
         paths = random.Random(seed).sample(paths, limit)
     return paths
 
 
+def statistics_are_training_images(config: dict, num_groups: int) -> bool:
+    """Whether a run's BatchNorm statistics are its training images' (the assumption of classic AdaBN): some phase
+    recomputed them on those images (``bn: adabn``), or let every layer's follow them (``bn: train`` with every
+    group training, as ``scratch`` does). Frozen BatchNorm keeps the pretrained statistics."""
+    return any(p.get("bn") == "adabn" or (p.get("bn") == "train"
+                                          and resolve_train_from(p.get("train_from", -1), num_groups) == 0)
+               for p in config.get("strategy_phases") or [])
+
+
+def _missing_training_images(run_dir: Path, own_statistics: bool) -> ValueError:
+    found = (f"{run_dir}'s training images cannot be found (split.json's paths, tried from here, from the folder it "
+             "was trained in and from its data folder), and aligned AdaBN needs them")
+    if own_statistics:  # only --method aligned gets here
+        return ValueError(f"{found}. Pass a folder of its training images with --source DIR, or use --method classic, "
+                          "which suits this run: its BatchNorm statistics are its training images'.")
+    return ValueError(
+        f"{found}: this run's BatchNorm statistics are not its training images' (frozen BatchNorm keeps the "
+        "pretrained ones). Pass a folder of its training images with --source DIR, or --method classic knowing that "
+        "classic AdaBN assumes the run's BatchNorm statistics are its training images' (on frozen-BatchNorm runs it "
+        "measured 15-27% accuracy where aligned kept 67-74%).")
+
+
 def adapt_run(run_dir: str | Path, target: str | Path, out: str | Path, batch_size: int = 64,
               workers: int | None = None, device: str = "auto", overwrite: bool = False, method: str = "auto",
               source: str | Path | None = None) -> dict:
-    """Writes a copy of the run in ``run_dir`` to ``out``, its BatchNorm statistics adapted to the images found
+    """Writes a copy of the run in ``run_dir`` to ``out``, its BatchNorm statistics adapted to every image found
     (recursively) in ``target``; ``predict`` and ``evaluate`` use it like any run. Returns what was done.
 
     Args:
         run_dir: a ``headstart train`` run.
         target: a folder of unlabelled images from the target domain (class subfolders are fine; labels unused).
         out: the new run directory.
-        batch_size: larger batches give steadier statistics.
-        method: ``aligned``, ``classic`` or ``auto`` (aligned when training images are at hand; module docstring).
+        batch_size: images per forward pass (at least 2); larger batches give steadier statistics.
+        method: ``aligned``, ``classic`` or ``auto``: aligned when the training images are at hand (``source`` or
+            ``split.json``); without them classic if the run's statistics are its training images'
+            (:func:`statistics_are_training_images`), else a ``ValueError`` saying what to pass.
         source: a folder of the training domain's images for ``aligned``; default the run's own training images
-            (``split.json``), when they are still where they were.
+            (:func:`training_images`).
     """
     from headstart.data.dataset import ImageDataset, make_loader, scan
     from headstart.data.transforms import eval_transform
@@ -213,12 +276,20 @@ def adapt_run(run_dir: str | Path, target: str | Path, out: str | Path, batch_si
 
     if method not in METHODS:
         raise ValueError(f"--method must be one of {', '.join(METHODS)}, got '{method}'.")
+    if method == "classic" and source is not None:
+        raise ValueError("--source is for aligned AdaBN and classic does not use it; drop --source or --method "
+                         "classic.")
+    if batch_size < 2:
+        raise ValueError(f"--batch-size must be at least 2 for AdaBN (one image's statistics are not a domain's), "
+                         f"got {batch_size}.")
     run_dir, out = Path(run_dir), Path(out)
     if out.resolve() == run_dir.resolve():
         raise ValueError(f"--out must be a new folder, not the run itself ({run_dir}); the original run is kept.")
     if (out / "config.yaml").exists() and not overwrite:
         raise ValueError(f"{out} already holds a run; pass another --out, or --overwrite to replace it.")
     run = load_run(run_dir, device=device)
+    n_bn = len(_batchnorms(run.model))
+    own_statistics = statistics_are_training_images(run.config, len(run.model.group_names))
 
     def folder_images(folder, what: str) -> list[str]:
         if not Path(folder).is_dir():
@@ -230,24 +301,21 @@ def adapt_run(run_dir: str | Path, target: str | Path, out: str | Path, batch_si
         if len(samples) < 2:
             raise ValueError(f"{name} holds {len(samples)} readable image(s); AdaBN needs at least 2 (a few hundred "
                              "give steady statistics).")
-        size = min(batch_size, len(samples))
-        return make_loader(ImageDataset(samples, eval_transform(run.preprocessing)), size, shuffle=False,
-                           workers=workers, drop_last=len(samples) > size), bad
+        # Every image is used: a small last batch is normalised with the pooled statistics (adapt_batchnorm).
+        return make_loader(ImageDataset(samples, eval_transform(run.preprocessing)), min(batch_size, len(samples)),
+                           shuffle=False, workers=workers), bad
 
     loader, bad = loader_for(folder_images(target, "(unlabelled) target-domain"), target)
     source_loader, source_from = None, None
-    if method != "classic":
+    if method != "classic" and n_bn:
         if source is not None:
             source_loader, _ = loader_for(folder_images(source, "training-domain"), source)
             source_from = str(Path(source).resolve())
         elif (found := training_images(run_dir)):
             source_loader, _ = loader_for(found, "the run's training images")
             source_from = f"{len(found)} of the run's training images (split.json)"
-        elif method == "aligned":
-            raise ValueError(f"--method aligned needs the training domain's images, and {run_dir}'s training images "
-                             "are no longer where split.json says; pass them with --source DIR, or use --method "
-                             "classic.")
-    n_bn = len(_batchnorms(run.model))
+        elif method == "aligned" or not own_statistics:
+            raise _missing_training_images(run_dir, own_statistics)
     seen = adapt_batchnorm(run.model, [loader], run.runtime,
                            source=[source_loader] if source_loader is not None else None) if n_bn else 0
 
@@ -262,11 +330,10 @@ def adapt_run(run_dir: str | Path, target: str | Path, out: str | Path, batch_si
                                                       used == "aligned" else "")}
     if source_from:
         info["source"] = source_from
-    phases = run.config.get("strategy_phases") or []
-    if n_bn and used == "classic" and phases and all(p.get("bn") == "frozen" for p in phases):
-        info["warning"] = (f"{run_dir} was trained with --bn frozen: its BatchNorm statistics are the pretrained "
-                           "ones, not its training images', so classic AdaBN may make it worse; pass its training "
-                           "images with --source DIR (aligned AdaBN), and check on labelled target images.")
+    if n_bn and used == "classic" and not own_statistics:
+        info["warning"] = (f"{run_dir}'s BatchNorm statistics are not its training images' (frozen BatchNorm keeps "
+                           "the pretrained ones), so classic AdaBN may make it worse; pass its training images with "
+                           "--source DIR (aligned AdaBN), and check on labelled target images.")
     config = {**run.config, "adapted": info}
     (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     save_weights(out / "best.safetensors", run.model, {"model": run.config["model"], "classes": run.classes,

@@ -1,4 +1,6 @@
-"""headstart adapt RUN TARGET_DIR --out RUN2: AdaBN, BatchNorm statistics recomputed on target-domain images."""
+"""headstart adapt RUN TARGET_DIR --out RUN2: AdaBN, BatchNorm statistics recomputed on target-domain images.
+
+Prints what was done as JSON on stdout; warnings go to stderr."""
 
 from __future__ import annotations
 
@@ -13,18 +15,21 @@ def add_parser(sub):
                        description="Recomputes every BatchNorm layer's mean and variance for the images in "
                                    "TARGET_DIR (unlabelled; searched recursively) and writes a new run directory "
                                    "that predict and evaluate use like any other. No weight changes, no labels, no "
-                                   "gradients (AdaBN, Li et al. 2016).")
+                                   "gradients (AdaBN, Li et al. 2016). Prints what was done as JSON.")
     p.add_argument("run", help="run directory made by `headstart train`")
     p.add_argument("target", metavar="TARGET_DIR", help="images from the domain the model will meet")
     p.add_argument("--out", required=True, help="the new run directory")
     p.add_argument("--method", default="auto", choices=METHODS,
-                   help="aligned: map the target's activations onto the training images' (works for runs trained "
-                        "with frozen BatchNorm; needs the training images, found through the run's split.json or "
-                        "--source); classic: the target's own statistics (Li et al.); auto: aligned when the "
-                        "training images are at hand")
+                   help="aligned: map the target's activations onto the training images' (right for runs trained "
+                        "with frozen BatchNorm, the default; needs the training images: the run's split.json or "
+                        "--source); classic: the target's own statistics (Li et al.), which assumes the run's "
+                        "statistics are its training images'; auto: aligned when the training images are found, "
+                        "else classic if the run's statistics are its training images' (--bn adabn, or --bn train "
+                        "on every layer), else an error asking for --source or --method classic")
     p.add_argument("--source", metavar="DIR", help="images of the training domain, when the run's own training "
-                                                   "images have moved")
-    p.add_argument("--batch-size", type=int, default=64, help="larger batches give steadier statistics")
+                                                   "images cannot be found")
+    p.add_argument("--batch-size", type=int, default=64, help="larger batches give steadier statistics (at least "
+                                                              "2; every image is used)")
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
@@ -40,6 +45,7 @@ def run(args) -> int:
     if info.get("warning"):
         print(f"warning: {info['warning']}", file=sys.stderr)
     if not info["batchnorm_layers"]:
-        print(f"{args.run}'s model has no BatchNorm layers: nothing to adapt; {args.out} is an unchanged copy.")
+        print(f"{args.run}'s model has no BatchNorm layers: nothing to adapt; {args.out} is an unchanged copy.",
+              file=sys.stderr)
     print(json.dumps(info, indent=2))
     return 0

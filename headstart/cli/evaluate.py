@@ -1,4 +1,7 @@
-"""headstart evaluate RUN DATA [--json]"""
+"""headstart evaluate RUN DATA [--json]
+
+With ``--json`` stdout holds only the metrics (one JSON object); skipped files and every other message go to
+stderr."""
 
 from __future__ import annotations
 
@@ -9,7 +12,8 @@ def add_parser(sub):
     p = sub.add_parser("evaluate", help="accuracy, per-class metrics and confusion matrix of a run on labelled data")
     p.add_argument("run", help="run directory made by `headstart train`")
     p.add_argument("data", help="folder of class subfolders named like the run's classes")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--json", action="store_true", help="print only one JSON object on stdout (messages go to stderr) "
+                                                          "instead of a table")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average over each image and its mirror")

@@ -14,8 +14,10 @@ from headstart.zoo import DEFAULT_MODEL
 def add_parser(sub):
     p = sub.add_parser("lr-find", help="learning-rate range test: sweep the rate, plot the loss, suggest --lr",
                        description="Trains for a few hundred steps with an exponentially growing learning rate "
-                                   "(Smith 2017; fastai's lr_find), stops when the loss diverges, and suggests a "
-                                   "rate (a tenth of the rate at the loss minimum). The weights are not changed. "
+                                   "(Smith 2017; fastai's lr_find), stops when the loss diverges, and suggests the "
+                                   "--lr at which the swept phase's head learns at a tenth of the rate at the loss "
+                                   "minimum (for fine-tune, whose phase runs at half of --lr, twice that tenth). "
+                                   "The weights are not changed. "
                                    "RUN_OR_DATA is a run directory (its weights and training images) or a folder "
                                    "of labelled images (a fresh pretrained model).")
     p.add_argument("source", metavar="RUN_OR_DATA")
@@ -98,8 +100,9 @@ def run(args) -> int:
               result.suggested_lr / per_cli_lr, **result.to_dict()}
     write_json(out / "lr_find.json", record)
     plot_lr_find(result, out / "lr_find.png", title=f"lr-find: {name}, phase '{phase.name}'")
-    print(f"suggested: --strategy {name} --lr {record['suggested_cli_lr']:.2g} (phase '{phase.name}' head rate "
-          f"{result.suggested_lr:.2g}: a tenth of the loss minimum at {result.min_loss_lr:.2g}; steepest descent at "
-          f"{result.steepest_lr:.2g}){'; the loss diverged, the sweep stopped early' if result.stopped_early else ''}")
+    print(f"suggested: --strategy {name} --lr {record['suggested_cli_lr']:.2g}, which trains the head of phase "
+          f"'{phase.name}' at {result.suggested_lr:.2g} (--lr x {per_cli_lr:g}): a tenth of the rate at the loss "
+          f"minimum, {result.min_loss_lr:.2g} (centred moving average); steepest descent at {result.steepest_lr:.2g}"
+          f"{'; the loss diverged, the sweep stopped early' if result.stopped_early else ''}")
     print(f"curve: {out / 'lr_find.png'}, numbers: {out / 'lr_find.json'}")
     return 0

@@ -1,4 +1,7 @@
-"""headstart predict RUN PATH... [--topk K] [--format table|csv|json]"""
+"""headstart predict RUN PATH... [--topk K] [--format table|csv|json]
+
+stdout holds only the predictions (one JSON array, or CSV with a header); every message goes to stderr. The exit
+code is 1 when any input could not be predicted (its row carries the error), 0 when all were."""
 
 from __future__ import annotations
 
@@ -12,7 +15,9 @@ def add_parser(sub):
     p.add_argument("run", help="run directory made by `headstart train`")
     p.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
     p.add_argument("--topk", type=int, default=1)
-    p.add_argument("--format", default="table", choices=["table", "csv", "json"])
+    p.add_argument("--format", default="table", choices=["table", "csv", "json"],
+                   help="csv and json print only the predictions on stdout (messages go to stderr); the exit code "
+                        "is 1 when any image could not be predicted")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average over each image and its mirror")
@@ -45,4 +50,9 @@ def run(args) -> int:
             pred = r.get("error") or "  ".join(f"{t['label']} {t['score']:.3f}" for t in r["topk"])
             table.add_row(r["path"], pred)
         console().print(table)
-    return 1 if any(r.get("error") for r in results) and all(r.get("error") for r in results) else 0
+    failed = [r["path"] for r in results if r.get("error")]
+    if failed:
+        shown = ", ".join(failed[:10]) + (f" and {len(failed) - 10} more" if len(failed) > 10 else "")
+        print(f"headstart predict: {len(failed)} of {len(results)} images could not be predicted: {shown}",
+              file=sys.stderr)
+    return 1 if failed else 0

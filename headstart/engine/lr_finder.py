@@ -1,11 +1,15 @@
 """The learning-rate range test (Smith 2017, "Cyclical Learning Rates for Training Neural Networks"; fastai's
-``lr_find``): train for a few hundred steps while the learning rate grows exponentially from tiny to huge, watch
-the smoothed loss, stop when it diverges, and read a good rate off the curve.
+``lr_find``): train for a few hundred steps while the learning rate grows exponentially from tiny to huge, stop when
+the smoothed loss diverges, and read a good rate off the curve.
 
 The loss first stays flat (the rate is too small to matter), then falls (the useful range), then explodes. Two
 readings are common: the rate of steepest descent, and a tenth of the rate at the minimum (``min/10``, the safer
-one: at the minimum itself training is already on the edge). Both are returned; ``min/10`` is the suggestion.
-The model's weights, BatchNorm statistics and trainable flags are restored afterwards.
+one: at the minimum itself training is already on the edge). Both are returned; ``min/10`` is the suggestion. Both
+are read from a centred moving average of the raw losses (:func:`_loss_curve`), not from the exponential average
+that decides when to stop, whose early points are too noisy and whose minimum lags behind the real one. Every rate
+here is the swept phase's *head* rate; a strategy whose phase runs at a fraction of ``--lr`` (``fine-tune``: half)
+needs ``--lr`` = suggestion / that fraction, which ``headstart lr-find`` prints. The model's weights, BatchNorm
+statistics and trainable flags are restored afterwards.
 """
 
 from __future__ import annotations
@@ -32,33 +36,38 @@ from headstart.strategy import Phase, resolve_train_from
 class LRFinderResult:
     lrs: list[float]  # head learning rate at each step
     losses: list[float]  # raw training loss at each step
-    smoothed: list[float]  # exponential moving average, bias-corrected
-    suggested_lr: float  # min_loss_lr / 10
-    min_loss_lr: float
-    steepest_lr: float
+    smoothed: list[float]  # exponential moving average, bias-corrected (decides when to stop)
+    suggested_lr: float  # min_loss_lr / 10, a head rate
+    min_loss_lr: float  # head rate at the minimum of the centred moving average (_loss_curve)
+    steepest_lr: float  # head rate of the steepest descent of that average before its minimum
     stopped_early: bool  # the smoothed loss diverged before the last step
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _suggestions(lrs: list[float], losses: list[float], smoothed: list[float]) -> tuple[float, float]:
-    """(rate at the loss minimum, rate of steepest descent before it), read from a centred moving average of the raw
-    losses over ``max(5, steps / 10)`` steps.
+def _loss_curve(lrs: list[float], losses: list[float], smoothed: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """The curve the suggestions are read from: a centred moving average of the raw losses over ``max(5, steps /
+    10)`` steps (odd), with the rates at the centre of each window.
 
-    The plotted curve (a bias-corrected exponential average, as fastai draws it) is unreliable for this at its
-    start: its first points average only a handful of batches, so one lucky batch can make the global minimum
-    appear at a rate far too small to train with (measured: a minimum at 3e-7 for a fine-tune whose loss really
-    bottoms out near 5e-4). A centred window averages the same number of batches at every point.
+    The exponential average (``smoothed``, as fastai draws it) is unreliable for this at its start: its first points
+    average only a handful of batches, so one lucky batch can make the global minimum appear at a rate far too small
+    to train with (measured: a minimum at 3e-7 for a fine-tune whose loss really bottoms out near 5e-4); and it lags,
+    so its minimum sits at a larger rate than the loss's. A centred window averages the same number of batches at
+    every point. Sweeps too short for it (under ``2 * window`` steps) use ``smoothed`` minus its noisiest ends.
     """
     window = max(5, (len(losses) // 10) | 1)
-    if len(losses) < 2 * window:  # too short to average: the plotted curve, minus its noisiest ends
+    if len(losses) < 2 * window:
         lo, hi = (5, len(lrs) - 3) if len(lrs) > 20 else (0, len(lrs))
-        lr, loss = np.array(lrs[lo:hi]), np.array(smoothed[lo:hi])
-    else:
-        half = window // 2
-        loss = np.convolve(np.asarray(losses, dtype=np.float64), np.ones(window) / window, mode="valid")
-        lr = np.array(lrs[half:len(lrs) - half])
+        return np.array(lrs[lo:hi]), np.array(smoothed[lo:hi])
+    half = window // 2
+    loss = np.convolve(np.asarray(losses, dtype=np.float64), np.ones(window) / window, mode="valid")
+    return np.array(lrs[half:len(lrs) - half]), loss
+
+
+def _suggestions(lrs: list[float], losses: list[float], smoothed: list[float]) -> tuple[float, float]:
+    """(rate at the loss minimum, rate of steepest descent before it), both on :func:`_loss_curve`."""
+    lr, loss = _loss_curve(lrs, losses, smoothed)
     i_min = int(np.argmin(loss))
     slope = np.gradient(loss, np.log(lr)) if len(lr) > 1 else np.zeros(1)
     return float(lr[i_min]), float(lr[int(np.argmin(slope[: i_min + 1]))])
@@ -136,7 +145,8 @@ def lr_find(model: TransferModel, loader: DataLoader, runtime: Runtime, phase: P
 
 
 def plot_lr_find(result: LRFinderResult, path: str | Path, title: str = "") -> None:
-    """Smoothed loss against learning rate (log scale), the suggestion and the steepest descent marked."""
+    """The loss against the head's learning rate (log scale): raw, its exponential average, and the centred
+    average the suggestions are read from, with its minimum, the suggestion (min/10) and the steepest descent."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -144,7 +154,10 @@ def plot_lr_find(result: LRFinderResult, path: str | Path, title: str = "") -> N
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     ax.plot(result.lrs, result.losses, color="0.8", lw=0.8, label="loss")
-    ax.plot(result.lrs, result.smoothed, color="C0", label="smoothed loss")
+    ax.plot(result.lrs, result.smoothed, color="C0", alpha=0.5, label="exponential average")
+    curve_lr, curve = _loss_curve(result.lrs, result.losses, result.smoothed)
+    ax.plot(curve_lr, curve, color="C0", label="centred average (suggestions read here)")
+    ax.axvline(result.min_loss_lr, color="0.4", ls="-.", label=f"its minimum {result.min_loss_lr:.1e}")
     ax.axvline(result.suggested_lr, color="C2", ls="--", label=f"suggested (min/10) {result.suggested_lr:.1e}")
     ax.axvline(result.steepest_lr, color="C1", ls=":", label=f"steepest descent {result.steepest_lr:.1e}")
     ax.set_xscale("log")
