@@ -17,6 +17,8 @@ def add_parser(sub):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average over each image and its mirror")
+    p.add_argument("--keep-leaked", action="store_true",
+                   help="score images that duplicate one of the run's training images (left out by default)")
     return p
 
 
@@ -25,7 +27,7 @@ def run(args) -> int:
     from headstart.inference import load_run
 
     loaded = load_run(args.run, device=args.device)
-    m = evaluate_run(loaded, args.data, batch_size=args.batch_size, tta=args.tta)
+    m = evaluate_run(loaded, args.data, batch_size=args.batch_size, tta=args.tta, keep_leaked=args.keep_leaked)
     if args.json:
         print(json.dumps(m))
         return 0
@@ -40,5 +42,10 @@ def run(args) -> int:
     for name, r in m["per_class"].items():
         table.add_row(name, f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", str(r["support"]))
     console().print(table)
+    c = m["calibration"]
+    print(f"calibration: temperature {c['temperature']:.3g} (fitted on the run's validation images); expected "
+          f"calibration error {c['ece_before']:.3f} without it, {c['ece_after']:.3f} with it")
+    if m["leaked_excluded"]:
+        print(f"left out {m['leaked_excluded']} image(s) that duplicate training images (--keep-leaked scores them)")
     print(f"confusion matrix: {loaded.path / 'confusion_matrix.png'} (and evaluation.json)")
     return 0
