@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from headstart.data.images import MAX_PIXELS, BadImageError, decode_image
+from headstart.data.leakage import group_duplicates, near_pairs  # noqa: F401 (near_pairs: imported from here too)
 from headstart.data.sources import DataSplits, discover, validate
 
 SPLITS = ("train", "val", "test")
@@ -131,6 +132,7 @@ class CheckReport:
     files: int
     issues: list[Issue]
     seconds: float = 0.0
+    facts: dict[str, FileFacts] = field(default_factory=dict, repr=False)  # by path, for acting on leaks (leakage)
 
     @property
     def verdict(self) -> str:
@@ -173,66 +175,10 @@ class CheckReport:
                 "issues": [i.to_json() for i in self.issues], "seconds": round(self.seconds, 3)}
 
 
-def near_pairs(hashes: np.ndarray, max_distance: int) -> list[tuple[int, int, int]]:
-    """``(i, j, distance)`` for the pairs of distinct 64-bit hashes at most ``max_distance`` bits apart.
-
-    Two hashes that close agree exactly on at least one of ``max_distance + 1`` bands of bits (pigeonhole), so only
-    hashes that share a band are compared: near-linear in practice, where all pairs would be quadratic.
-    """
-    hashes = np.asarray(hashes, dtype=np.uint64)
-    bounds = np.linspace(0, 64, max_distance + 2).astype(int)
-    found: dict[tuple[int, int], int] = {}
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
-        band = (hashes >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
-        order = np.argsort(band, kind="stable")
-        ordered = band[order]
-        for members in np.split(order, np.flatnonzero(ordered[1:] != ordered[:-1]) + 1):
-            if len(members) < 2:
-                continue
-            x = hashes[members]
-            dist = np.bitwise_count(x[:, None] ^ x[None, :])
-            for a, b in zip(*np.nonzero(np.triu(dist <= max_distance, 1))):
-                i, j = sorted((int(members[a]), int(members[b])))
-                found[i, j] = int(dist[a, b])
-    return [(i, j, d) for (i, j), d in sorted(found.items())]
-
-
-def _groups(n: int, pairs) -> list[list[int]]:
-    """Connected groups (of two or more) of ``range(n)`` joined by ``pairs``."""
-    parent = list(range(n))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i, j in pairs:
-        parent[find(i)] = find(j)
-    groups = defaultdict(list)
-    for i in range(n):
-        groups[find(i)].append(i)
-    return sorted((g for g in groups.values() if len(g) > 1), key=lambda g: g[0])
-
-
 def _duplicate_issues(entries: list[dict], facts: list[FileFacts], near: int) -> list[Issue]:
     """Exact (same bytes) and near (perceptual hash within ``near`` bits) duplicates, grouped."""
-    pairs = []
-    for key in ("sha", "phash"):
-        first: dict = {}
-        for i, f in enumerate(facts):
-            if key == "sha" or f.phash_ok:
-                pairs.append((i, first.setdefault(getattr(f, key), i)))
-    if near > 0:
-        distinct = sorted({f.phash for f in facts if f.phash_ok})
-        index = {h: k for k, h in enumerate(distinct)}
-        by_hash = defaultdict(list)
-        for i, f in enumerate(facts):
-            if f.phash_ok:
-                by_hash[index[f.phash]].append(i)
-        pairs += [(by_hash[a][0], by_hash[b][0]) for a, b, _ in near_pairs(np.array(distinct, np.uint64), near)]
     issues = []
-    for group in _groups(len(facts), pairs):
+    for group in group_duplicates(facts, near):
         files = [entries[i] for i in group]
         splits = sorted({f["split"] for f in files}, key=SPLITS.index)
         labels = sorted({f["class"] for f in files})
@@ -329,7 +275,7 @@ def check_splits(splits: DataSplits, data: str | Path = "", *, max_pixels: int =
     data = Path(data)
     root = data.parent if data.is_file() else data
     return CheckReport(str(data), root, splits.layout, splits.classes, counts, len(facts_by_path), issues,
-                       time.time() - t0)
+                       time.time() - t0, facts_by_path)
 
 
 def check(data: str | Path, val_fraction: float = 0.2, seed: int = 0, **options) -> CheckReport:

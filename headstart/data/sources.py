@@ -17,26 +17,32 @@ SPLIT_DIRS = {"train": ("train", "training"), "val": ("val", "valid", "validatio
 
 @dataclass
 class DataSplits:
-    """Where every image went. ``layout`` says how the split was found, for the run's records."""
+    """Where every image went. ``layout`` says how the split was found, for the run's records; ``val_made`` whether
+    headstart made the validation split (so it may make it again, e.g. to keep duplicates on one side)."""
 
     classes: list[str]
     train: list[Sample]
     val: list[Sample]
     test: list[Sample] = field(default_factory=list)
     layout: str = ""
+    val_made: bool = False
 
     def counts(self, split: str = "train") -> dict[str, int]:
         c = Counter(label for _, label in getattr(self, split))
         return {name: c.get(i, 0) for i, name in enumerate(self.classes)}
 
     def to_json(self) -> dict:
-        return {"classes": self.classes, "layout": self.layout,
-                **{s: [[p, self.classes[y]] for p, y in getattr(self, s)] for s in ("train", "val", "test")}}
+        """Absolute paths (``os.path.abspath``: symlinks kept), so the record holds from any working folder."""
+        return {"classes": self.classes, "layout": self.layout, "val_made": self.val_made,
+                **{s: [[os.path.abspath(p), self.classes[y]] for p, y in getattr(self, s)]
+                   for s in ("train", "val", "test")}}
 
     @classmethod
     def from_json(cls, d: dict) -> "DataSplits":
+        """Reads ``to_json``'s record; older ones (relative paths, no ``val_made``) load as they were written."""
         idx = {c: i for i, c in enumerate(d["classes"])}
-        return cls(d["classes"], *([(p, idx[y]) for p, y in d[s]] for s in ("train", "val", "test")), layout=d["layout"])
+        return cls(d["classes"], *([(p, idx[y]) for p, y in d[s]] for s in ("train", "val", "test")),
+                   layout=d["layout"], val_made=d.get("val_made", False))
 
 
 def list_images(folder: Path) -> list[str]:
@@ -73,20 +79,52 @@ def read_class_folders(folder: Path, classes: list[str] | None = None) -> tuple[
     return classes, samples
 
 
-def stratified_split(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
-    """Moves ``fraction`` of each class (at least one image when the class has two or more) to the second list."""
+def stratified_split(samples: list[Sample], fraction: float, seed: int,
+                     groups: dict[str, int] | None = None) -> tuple[list[Sample], list[Sample]]:
+    """Moves ``fraction`` of each class (at least one image when the class has two or more) to the second list.
+
+    Args:
+        samples: the images to split.
+        fraction: share of each class to move.
+        seed: makes the split repeatable.
+        groups: path -> group id, for images that must stay on one side (duplicates). A group counts for the class
+            of its first image; paths not in it are groups of one. Without groups of two or more, the split is the
+            one made without ``groups``.
+    """
     rng = random.Random(seed)
-    by_class: dict[int, list[Sample]] = {}
-    for s in samples:
-        by_class.setdefault(s[1], []).append(s)
+    units: dict[object, list[Sample]] = {}
+    for i, s in enumerate(samples):
+        units.setdefault(i if not groups or s[0] not in groups else ("group", groups[s[0]]), []).append(s)
+    by_class: dict[int, list[list[Sample]]] = {}
+    for unit in units.values():
+        by_class.setdefault(unit[0][1], []).append(unit)
     keep, held = [], []
     for label in sorted(by_class):
         items = by_class[label][:]
         rng.shuffle(items)
-        n = 0 if len(items) < 2 or fraction <= 0 else max(1, round(fraction * len(items)))
-        held += items[:n]
-        keep += items[n:]
+        total = sum(map(len, items))
+        n = 0 if total < 2 or fraction <= 0 else max(1, round(fraction * total))
+        chosen = _fill(items, n, total)
+        for k, unit in enumerate(items):
+            (held if k in chosen else keep).extend(unit)
     return sorted(keep), sorted(held)
+
+
+def _fill(units: list[list[Sample]], n: int, total: int) -> set[int]:
+    """Which units to hold out: in order, each that still fits in ``n`` images; when none fits, the smallest that
+    leaves the class some training images (a held-out class is better measured a little too much than not at all)."""
+    chosen, count = set(), 0
+    for k, unit in enumerate(units):
+        if count >= n:
+            break
+        if count + len(unit) <= n:
+            chosen.add(k)
+            count += len(unit)
+    if n and not chosen:
+        smallest = min(range(len(units)), key=lambda k: len(units[k]))
+        if len(units[smallest]) < total:
+            chosen.add(smallest)
+    return chosen
 
 
 def _split_dir(folder: Path, split: str) -> Path | None:
@@ -136,6 +174,7 @@ def discover(data: str | Path, val_fraction: float = 0.2, seed: int = 0) -> Data
         idx = {c: i for i, c in enumerate(classes)}
         train, val, test = ([(p, idx[y]) for p, y in rows[s]] for s in ("train", "val", "test"))
         layout = f"csv manifest {data}"
+        val_made = not val
         if not val:
             train, val = stratified_split(train, val_fraction, seed)
             layout += f" (validation: {val_fraction:.0%} of each class, seed {seed})"
@@ -145,15 +184,16 @@ def discover(data: str | Path, val_fraction: float = 0.2, seed: int = 0) -> Data
         val = read_class_folders(val_dir, classes)[1] if val_dir else []
         test = read_class_folders(test_dir, classes)[1] if test_dir else []
         layout = "split folders"
+        val_made = not val
         if not val:
             train, val = stratified_split(train, val_fraction, seed)
             layout += f" (validation: {val_fraction:.0%} of each train class, seed {seed})"
     else:
         classes, all_samples = read_class_folders(data)
         train, val = stratified_split(all_samples, val_fraction, seed)
-        test = []
+        test, val_made = [], True
         layout = f"class folders (validation: {val_fraction:.0%} of each class, seed {seed})"
-    splits = DataSplits(classes, train, val, test, layout)
+    splits = DataSplits(classes, train, val, test, layout, val_made)
     validate(splits, data)
     return splits
 

@@ -1,0 +1,262 @@
+"""Leak-proof splits: duplicates stay on one side of a split headstart makes, and leave given val/test splits."""
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageEnhance
+
+from headstart.data.check import inspect_files
+from headstart.data.leakage import drop_leaked, duplicate_groups, duplicates_of, fingerprints, leak_proof_split
+from headstart.data.sources import DataSplits, discover, stratified_split
+from tests.conftest import make_class_folder
+
+CLASSES = ("ant", "bee", "cat")
+
+
+def picture(seed: int, size: int = 96) -> Image.Image:
+    """A picture no other resembles, smooth enough that re-encoding or brightening keeps its perceptual hash close
+    (measured: JPEG quality 70 within 2 bits, brightness x1.15 within 4; unrelated pictures 18 or more apart)."""
+    rng = np.random.default_rng(1000 + seed)
+    coarse = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((size, size),
+                                                                                    Image.Resampling.BICUBIC)
+    return Image.fromarray((np.asarray(coarse, float) + rng.normal(0, 12, (size, size, 3))).clip(0, 255)
+                           .astype(np.uint8))
+
+
+def write_pictures(root: Path, per_class: int, first_seed: int = 0) -> Path:
+    for c, name in enumerate(CLASSES):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            picture(first_seed + 100 * c + i).save(root / name / f"{name}_{i:02d}.png")
+    return root
+
+
+def exact_copy(src: Path, dest: Path) -> Path:
+    shutil.copy(src, dest)
+    return dest
+
+
+def reencoded(src: Path, dest: Path, quality: int = 70) -> Path:
+    Image.open(src).convert("RGB").save(dest, quality=quality)
+    return dest
+
+
+def brightened(src: Path, dest: Path) -> Path:
+    ImageEnhance.Brightness(Image.open(src)).enhance(1.1).save(dest)
+    return dest
+
+
+def facts_of(splits: DataSplits) -> dict:
+    return inspect_files([p for s in ("train", "val", "test") for p, _ in getattr(splits, s)], workers=2)
+
+
+def as_sets(groups) -> set[frozenset[str]]:
+    return {frozenset(g) for g in groups}
+
+
+@pytest.fixture(scope="module")
+def folders_with_duplicates(tmp_path_factory) -> tuple[Path, set[frozenset[str]]]:
+    """Class folders of 12 pictures each, with planted groups: exact copies, a JPEG re-encode (also saved once
+    more at another quality), a brightened copy, and a group that mixes all three."""
+    root = write_pictures(tmp_path_factory.mktemp("leak") / "data", per_class=12)
+    planted = set()
+    for name in CLASSES:
+        d = root / name
+        planted.add(frozenset(map(str, [d / f"{name}_00.png", exact_copy(d / f"{name}_00.png", d / "copy_00.png")])))
+        jpeg = reencoded(d / f"{name}_01.png", d / "jpeg_01.jpg", quality=90)
+        planted.add(frozenset(map(str, [d / f"{name}_01.png", jpeg, reencoded(jpeg, d / "jpeg_01_q70.jpg")])))
+        planted.add(frozenset(map(str, [d / f"{name}_02.png", brightened(d / f"{name}_02.png", d / "bright_02.png")])))
+        planted.add(frozenset(map(str, [d / f"{name}_03.png", exact_copy(d / f"{name}_03.png", d / "z_copy_03.png"),
+                                         reencoded(d / f"{name}_03.png", d / "z_jpeg_03.jpg"),
+                                         brightened(d / f"{name}_03.png", d / "z_bright_03.png")])))
+    return root, planted
+
+
+def test_duplicate_groups_finds_the_planted_groups_and_nothing_else(folders_with_duplicates):
+    root, planted = folders_with_duplicates
+    facts = facts_of(discover(root))
+    assert as_sets(duplicate_groups(facts)) == planted
+    # near=0 still finds byte copies; unreadable files never group (they all share an empty hash)
+    exact = as_sets(duplicate_groups(facts, near=0))
+    assert all(any(g <= p for p in planted) for g in exact)
+    assert frozenset({str(root / "ant" / "ant_00.png"), str(root / "ant" / "copy_00.png")}) in exact
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_leak_proof_split_keeps_every_group_on_one_side(folders_with_duplicates, seed):
+    root, planted = folders_with_duplicates
+    splits = discover(root, val_fraction=0.25, seed=seed)
+    assert splits.val_made
+    facts = facts_of(splits)
+    fixed = leak_proof_split(splits, facts, 0.25, seed)
+    train, val = {p for p, _ in fixed.train}, {p for p, _ in fixed.val}
+    for group in planted:
+        assert group <= train or group <= val, f"seed {seed}: {sorted(group)} split across train and val"
+    assert sorted(fixed.train + fixed.val) == sorted(splits.train + splits.val)  # nothing lost, nothing added
+    assert fixed.test == splits.test and fixed.classes == splits.classes and fixed.val_made
+    for name, n in fixed.counts("val").items():  # still stratified: about a quarter of each class's 18 images
+        assert 3 <= n <= 6, (name, n)
+    assert leak_proof_split(splits, facts, 0.25, seed) == fixed  # repeatable
+
+
+def test_the_old_split_did_leak_and_a_split_without_leaks_is_kept(folders_with_duplicates, tmp_path):
+    root, planted = folders_with_duplicates
+    leaked = 0
+    for seed in range(6):
+        splits = discover(root, val_fraction=0.25, seed=seed)
+        train = {p for p, _ in splits.train}
+        leaked += sum(bool(g & train) and not g <= train for g in planted)
+    assert leaked > 0  # otherwise the test above would prove nothing
+    clean = discover(write_pictures(tmp_path / "clean", per_class=6), val_fraction=0.25, seed=0)
+    assert leak_proof_split(clean, facts_of(clean), 0.25, 0) is clean
+
+
+def test_leak_proof_split_leaves_given_test_images_alone(tmp_path):
+    train = write_pictures(tmp_path / "d" / "train", per_class=8)
+    test = write_pictures(tmp_path / "d" / "test", per_class=2, first_seed=50)
+    exact_copy(train / "ant" / "ant_00.png", train / "ant" / "copy.png")
+    exact_copy(train / "bee" / "bee_00.png", test / "bee" / "copy.png")
+    splits = discover(tmp_path / "d", val_fraction=0.5, seed=1)
+    assert splits.val_made
+    fixed = leak_proof_split(splits, facts_of(splits), 0.5, 1)
+    assert fixed.test == splits.test
+    pair = {str(train / "ant" / "ant_00.png"), str(train / "ant" / "copy.png")}
+    assert pair <= {p for p, _ in fixed.train} or pair <= {p for p, _ in fixed.val}
+
+
+def old_stratified_split(samples, fraction, seed):
+    """stratified_split as it was before groups, to hold the new one to the same output."""
+    rng = random.Random(seed)
+    by_class = {}
+    for s in samples:
+        by_class.setdefault(s[1], []).append(s)
+    keep, held = [], []
+    for label in sorted(by_class):
+        items = by_class[label][:]
+        rng.shuffle(items)
+        n = 0 if len(items) < 2 or fraction <= 0 else max(1, round(fraction * len(items)))
+        held += items[:n]
+        keep += items[n:]
+    return sorted(keep), sorted(held)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_singleton_groups_split_exactly_as_before(seed):
+    rng = random.Random(100 + seed)
+    samples = [(f"img_{rng.randrange(10**6):06d}_{i}.png", rng.choice([0, 0, 1, 2, 2, 2, 3])) for i in range(60)]
+    samples.append(("only_one_of_its_class.png", 7))
+    for fraction in (0.0, 0.1, 0.2, 0.25, 0.5, 0.9):
+        expected = old_stratified_split(samples, fraction, seed)
+        assert stratified_split(samples, fraction, seed) == expected
+        assert stratified_split(samples, fraction, seed, groups={}) == expected
+        assert stratified_split(samples, fraction, seed, groups={p: i for i, (p, _) in enumerate(samples)}) == expected
+
+
+def test_grouped_split_keeps_groups_whole_and_classes_in_training():
+    samples = [(f"a{i:02d}", 0) for i in range(20)] + [(f"b{i:02d}", 1) for i in range(10)] + [("c0", 2), ("c1", 2)]
+    groups = {"a00": 0, "a01": 0, "a02": 0, "a03": 0, "b00": 1, "b01": 1, "b02": 1, "b03": 1, "b04": 1,
+              "c0": 2, "c1": 2}
+    for seed in range(20):
+        keep, held = stratified_split(samples, 0.2, seed, groups)
+        held_paths = {p for p, _ in held}
+        for g in range(3):
+            members = {p for p, k in groups.items() if k == g}
+            assert members <= held_paths or not members & held_paths
+        assert sum(label == 0 for _, label in held) == 4  # the target, met by singletons or by the group of 4
+        assert sum(label == 1 for _, label in held) == 2  # the group of 5 does not fit a target of 2; singletons do
+        assert ("c0", 2) in keep and ("c1", 2) in keep  # a class that is one group stays in training
+    # when no group fits the target, the smallest one is held out rather than none
+    keep, held = stratified_split([("x0", 0), ("x1", 0), ("x2", 0), ("x3", 0)], 0.25, 0, {"x0": 0, "x1": 0,
+                                                                                           "x2": 1, "x3": 1})
+    assert {p for p, _ in held} in ({"x0", "x1"}, {"x2", "x3"})
+
+
+def test_drop_leaked_removes_val_and_test_copies_of_training_images(tmp_path):
+    train = write_pictures(tmp_path / "d" / "train", per_class=6)
+    val = write_pictures(tmp_path / "d" / "val", per_class=3, first_seed=30)
+    test = write_pictures(tmp_path / "d" / "test", per_class=3, first_seed=60)
+    planted = {
+        "val": {exact_copy(train / "ant" / "ant_00.png", val / "ant" / "copy.png"),
+                reencoded(train / "bee" / "bee_01.png", val / "bee" / "reencoded.jpg")},
+        "test": {brightened(train / "cat" / "cat_02.png", test / "cat" / "brightened.png"),
+                 exact_copy(train / "ant" / "ant_03.png", test / "ant" / "copy.png")},
+    }
+    exact_copy(val / "bee" / "bee_00.png", test / "bee" / "from_val.png")  # val and test only: stays
+    exact_copy(train / "cat" / "cat_04.png", train / "cat" / "copy.png")  # within train: stays
+    splits = discover(tmp_path / "d")
+    assert not splits.val_made
+    facts = facts_of(splits)
+    kept, removed = drop_leaked(splits, facts)
+    assert {k: set(v) for k, v in removed.items()} == {k: set(map(str, v)) for k, v in planted.items()}
+    assert kept.train == splits.train
+    for name in ("val", "test"):
+        assert [s for s in getattr(splits, name) if s[0] not in removed[name]] == getattr(kept, name)
+    assert str(test / "bee" / "from_val.png") in {p for p, _ in kept.test}
+    with pytest.raises(ValueError, match="drop_leaked"):
+        leak_proof_split(splits, facts, 0.2, 0)  # the validation split was given: not ours to redo
+
+
+def test_duplicates_of_finds_exact_and_near_copies_only(tmp_path):
+    ref_dir = write_pictures(tmp_path / "train", per_class=5)
+    make_class_folder(tmp_path / "small", per_class=2, classes=("red",))  # 32 px: too small for perceptual hashes
+    ref_paths = [str(p) for p in sorted(ref_dir.rglob("*.png"))] + [str(tmp_path / "small" / "red" / "red_00.png")]
+    reference = json.loads(json.dumps(fingerprints(inspect_files(ref_paths, workers=2), ref_paths)))
+    assert set(reference) == set(ref_paths)
+    assert all(len(r["phash"]) == 16 and int(r["phash"], 16) >= 0 for r in reference.values())
+
+    new = tmp_path / "new"
+    new.mkdir()
+    copies = {exact_copy(ref_dir / "ant" / "ant_00.png", new / "exact.png"),
+              reencoded(ref_dir / "bee" / "bee_01.png", new / "reencoded.jpg"),
+              brightened(ref_dir / "cat" / "cat_02.png", new / "brightened.png"),
+              exact_copy(tmp_path / "small" / "red" / "red_00.png", new / "small_exact.png")}
+    unrelated = {new / f"other_{i}.png" for i in range(12)}
+    for i, p in enumerate(sorted(unrelated)):
+        picture(500 + i).save(p)
+    shutil.copy(tmp_path / "small" / "red" / "red_01.png", new / "small_other.png")  # 32 px, not in the reference
+    unrelated.add(new / "small_other.png")
+    (new / "broken.png").write_bytes(b"")
+    facts = inspect_files([str(p) for p in sorted(new.iterdir())], workers=2)
+    assert duplicates_of(reference, facts) == set(map(str, copies))
+    assert duplicates_of(reference, facts, near=0) >= {str(new / "exact.png"), str(new / "small_exact.png")}
+    assert not duplicates_of({}, facts)
+
+
+def test_split_json_holds_absolute_paths_and_old_relative_files_load(tmp_path, monkeypatch):
+    make_class_folder(tmp_path / "real", per_class=3)
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    monkeypatch.chdir(tmp_path)
+    splits = discover("link", val_fraction=0.34, seed=0)
+    record = json.loads(json.dumps(splits.to_json()))
+    assert record["val_made"] is True
+    paths = [p for s in ("train", "val", "test") for p, _ in record[s]]
+    assert paths and all(p.startswith(str(tmp_path / "link") + os.sep) for p in paths)  # absolute, symlink kept
+    monkeypatch.chdir(tmp_path / "real")
+    loaded = DataSplits.from_json(record)
+    assert loaded.val_made and loaded.layout == splits.layout and loaded.counts("val") == splits.counts("val")
+    assert all(Path(p).is_file() for s in ("train", "val") for p, _ in getattr(loaded, s))
+
+    old = {"classes": ["blue", "red"], "layout": "class folders", "train": [["data/red/a.png", "red"]],
+           "val": [["data/blue/b.png", "blue"]], "test": []}
+    loaded = DataSplits.from_json(old)
+    assert loaded.train == [("data/red/a.png", 1)] and loaded.val == [("data/blue/b.png", 0)]
+    assert loaded.val_made is False
+
+
+def test_val_made_says_who_made_the_validation_split(tmp_path):
+    make_class_folder(tmp_path / "folders" / "train", per_class=3)
+    assert discover(tmp_path / "folders").val_made
+    make_class_folder(tmp_path / "folders" / "val", per_class=1)
+    given = discover(tmp_path / "folders")
+    assert not given.val_made
+    rows = ["path,label,split"] + [f"{p},{given.classes[y]},train" for p, y in given.train]
+    (tmp_path / "train_only.csv").write_text("\n".join(rows) + "\n")
+    assert discover(tmp_path / "train_only.csv").val_made
+    rows += [f"{p},{given.classes[y]},val" for p, y in given.val]
+    (tmp_path / "with_val.csv").write_text("\n".join(rows) + "\n")
+    assert not discover(tmp_path / "with_val.csv").val_made
