@@ -116,8 +116,9 @@ def check_and_split(splits: DataSplits, cfg: TrainConfig) -> tuple[DataSplits, l
     leakage = {"duplicate_groups": len(groups), "regrouped": False, "kept": cfg.keep_leaked,
                "excluded": {"val": [], "test": []}}
     if splits.val_made and groups:
-        splits = leak_proof_split(splits, report.facts, cfg.val_fraction, cfg.seed)
-        leakage["regrouped"] = True
+        regrouped = leak_proof_split(splits, report.facts, cfg.val_fraction, cfg.seed)
+        leakage["regrouped"] = regrouped is not splits  # only when a group straddled train and val
+        splits = regrouped
     if not cfg.keep_leaked:
         splits, leakage["excluded"] = drop_leaked(splits, report.facts)
         if n := sum(len(v) for v in leakage["excluded"].values()):
