@@ -272,7 +272,7 @@ def adapt_run(run_dir: str | Path, target: str | Path, out: str | Path, batch_si
     from headstart.data.dataset import ImageDataset, make_loader, scan
     from headstart.data.transforms import eval_transform
     from headstart.engine.checkpoint import save_weights, write_json
-    from headstart.inference import expand_paths, load_run
+    from headstart.inference import TRAIN_FINGERPRINTS, expand_paths, load_run
 
     if method not in METHODS:
         raise ValueError(f"--method must be one of {', '.join(METHODS)}, got '{method}'.")
@@ -320,7 +320,7 @@ def adapt_run(run_dir: str | Path, target: str | Path, out: str | Path, batch_si
                            source=[source_loader] if source_loader is not None else None) if n_bn else 0
 
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("classes.json", "split.json", "skipped.json"):
+    for name in ("classes.json", "split.json", "skipped.json", TRAIN_FINGERPRINTS):  # the same training images
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, out / name)
     used = "aligned" if source_loader is not None else "classic"

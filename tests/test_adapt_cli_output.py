@@ -126,6 +126,7 @@ def test_adapt_uses_every_target_image(trained, tmp_path, capsys):
     assert main(["adapt", str(run), str(target), "--out", str(tmp_path / "a"), "--batch-size", "4", "--workers",
                  "0"]) == 0  # 9 images: batches of 4, 4 and 1
     assert json.loads(capsys.readouterr().out)["images"] == 9
+    assert (tmp_path / "a" / "train_fingerprints.json").read_text() == (run / "train_fingerprints.json").read_text()
     assert main(["adapt", str(run), str(target), "--out", str(tmp_path / "b"), "--batch-size", "1"]) == 2
     assert "at least 2" in capsys.readouterr().err
 
