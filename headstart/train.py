@@ -351,6 +351,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     barrier()
     if not main:
         return {}
+    # From here rank 0 works alone (the other ranks have returned): no collective may run, the feature cache's
+    # included.
+    runtime = replace(runtime, rank=0, world_size=1)
     model.load_state_dict(load_weights(out / "best.safetensors"))
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     shipped = _shipped_record(records, state, strategy, out)
