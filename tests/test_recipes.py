@@ -290,14 +290,15 @@ def test_tta_returns_probabilities_of_the_right_shape(model):
                                                        (1000, 10, "full"), (19_999, 100, "full"),
                                                        (50_000, 10, "full")])
 def test_auto_choice(images, classes, strategy):
-    choice = choose_strategy(images, classes, batch_size=32)
+    counts = [images // classes + (i < images % classes) for i in range(classes)]
+    choice = choose_strategy(counts, batch_size=32)
     assert choice.strategy == strategy and f"{images:,} labelled images" in choice.reason
     assert (choice.lr_decay is not None) == (images >= 20_000)
     if images == 1000:
         assert choice.epochs == 10  # ceil(300 steps / 32 steps per epoch)
     if strategy != "linear-probe":
         assert choice.lr == 1e-3 and "learning rate 0.001" in choice.reason
-        assert choose_strategy(images, classes, batch_size=128).lr == 2e-3  # square-root scaling
+        assert choose_strategy(counts, batch_size=128).lr == 2e-3  # square-root scaling
 
 
 def test_auto_learning_rate_reaches_the_strategy(tmp_path, weights):
@@ -348,7 +349,7 @@ def test_auto_is_the_default_and_records_why(tmp_path, weights, capsys):
     assert main(["train", str(data), "--out", str(tmp_path / "r"), *FAST, "--weights", weights]) == 0
     config = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
     assert config["strategy"] == "auto" and config["strategy_resolved"] == "linear-probe"
-    assert "fewer than 20 per class" in config["strategy_choice"]["reason"]
+    assert "the median class has fewer than 20" in config["strategy_choice"]["reason"]
     assert "auto: " in capsys.readouterr().err
 
 
