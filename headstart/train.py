@@ -370,7 +370,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                                    **probe_options)
         log(f"refitted the {refit['head']} head on all {refit['refit_images']} train + validation images with the "
             "settings validation chose" + (f" (C={refit['C']:g})" if "C" in refit else ""))
+        # The validation images now train the head, so they cannot calibrate it, and the refitted head is sharper
+        # than the one the temperature was fitted to (measured: ECE 0.30 -> 0.64 on Fashion-MNIST at 5 labels per
+        # class). Logistic regression's own probabilities are what its fit made calibrated: T = 1.
+        temperature = summary["calibration"]["val"]["temperature_applied"] = 1.0
     summary["refit"] = refit
+    summary["temperature"] = temperature
     save_weights(out / "best.safetensors", model, {**meta, "epoch": state.best_global_epoch,
                                                    "temperature": temperature, "refit": refit is not None})
     if splits.test:

@@ -53,7 +53,8 @@ def test_linear_probe_run_ships_refit_head_and_temperature(probe_run):
     run = root / "run"
     assert summary["refit"]["refit_images"] == summary["train_images"] + summary["val_images"] == 30
     meta = weights_metadata(run / "best.safetensors")
-    assert meta["refit"] is True and meta["temperature"] == summary["calibration"]["val"]["temperature"]
+    # A refitted head has seen the validation images, which cannot calibrate it any more: it ships T = 1.
+    assert meta["refit"] is True and meta["temperature"] == summary["temperature"] == 1.0
     cal = summary["calibration"]["val"]
     assert {"ece_before", "ece_after", "reliability_before", "reliability_after"} <= set(cal)
     assert sum(cal["reliability_after"]["count"]) == summary["val_images"]
