@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from headstart.zoo import DEFAULT_MODEL
+from headstart.compare import CompareConfig
+
+_DEFAULTS = CompareConfig(data="", out="")  # one source of defaults: the config's
 
 
 def _ints(text: str) -> list[int]:
@@ -12,34 +14,58 @@ def _ints(text: str) -> list[int]:
         raise ValueError(f"expected comma-separated whole numbers such as 5,10,25, got '{text}'.") from None
 
 
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x]
+    except ValueError:
+        raise ValueError(f"expected comma-separated numbers such as 1e-3,3e-3, got '{text}'.") from None
+    if not values or any(v <= 0 for v in values):
+        raise ValueError(f"expected positive learning rates such as 1e-3,3e-3, got '{text}'.")
+    return values
+
+
+def _csv(values) -> str:
+    return ",".join(f"{v:g}" for v in values)
+
+
 def add_parser(sub):
     p = sub.add_parser("compare", help="measure transfer-learning strategies against training from scratch",
                        description="Every strategy x labels-per-class x seed on the same images; writes "
-                                   "compare.json, compare.md and plots into --out.")
+                                   "compare.json, compare.md and plots into --out. Scratch chooses its learning rate "
+                                   "on the validation images (one full run per rate in --scratch-lrs).")
     add_arguments(p)
     return p
 
 
-def add_arguments(p, labels: str = "5,10,25,50,100", seeds: int = 3, strategies="scratch,linear-probe,fine-tune"):
+def add_arguments(p, labels: str = _csv(_DEFAULTS.labels_per_class), seeds: int = _DEFAULTS.seeds,
+                  strategies: str = ",".join(_DEFAULTS.strategies)):
+    d = _DEFAULTS
     p.add_argument("data", help="folder of class subfolders (a test/ split is used as the test set if present)")
     p.add_argument("--out", required=True)
-    p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--scratch-model", default=None, help="model for scratch (default: resnet20 for images of 64 px "
-                                                         "or less, else --model)")
+    p.add_argument("--model", default=d.model)
     p.add_argument("--strategies", default=strategies)
     p.add_argument("--labels-per-class", default=labels)
     p.add_argument("--seeds", type=int, default=seeds)
-    p.add_argument("--val-per-class", type=int, default=10)
-    p.add_argument("--max-test", type=int, default=None, help="cap the number of test images")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--scratch-epochs", type=int, default=30)
-    p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--budget-minutes", type=float, default=None)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--val-per-class", type=int, default=d.val_per_class)
+    p.add_argument("--max-test", type=int, default=d.max_test, help="cap the number of test images")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="maximum epochs of the pretrained strategies")
+    p.add_argument("--patience", type=int, default=d.patience,
+                   help="early stopping of the pretrained strategies: epochs without a lower validation loss")
+    p.add_argument("--image-size", type=int, default=d.image_size, help="input size (default: the backbone's)")
+    p.add_argument("--budget-minutes", type=float, default=d.budget_minutes)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    s = p.add_argument_group("scratch", "the baseline from random weights")
+    s.add_argument("--scratch-model", default=d.scratch_model,
+                   help="default: resnet20 for images of 64 px or less, else --model")
+    s.add_argument("--scratch-epochs", type=int, default=d.scratch_epochs, help="maximum epochs of each scratch run")
+    s.add_argument("--scratch-patience", type=int, default=d.scratch_patience)
+    s.add_argument("--scratch-lrs", default=_csv(d.scratch_lrs),
+                   help="learning rates tried, one full run each; the lowest validation loss wins")
+    s.add_argument("--scratch-image-size", type=int, default=d.scratch_image_size,
+                   help="default: --image-size, so both sides see the same pixels")
 
 
-def config_from_args(args):
-    from headstart.compare import CompareConfig
+def config_from_args(args) -> CompareConfig:
     from headstart.strategy import STRATEGIES
 
     strategies = [s for s in args.strategies.split(",") if s]
@@ -49,7 +75,9 @@ def config_from_args(args):
     return CompareConfig(data=args.data, out=args.out, model=args.model, strategies=strategies,
                          labels_per_class=_ints(args.labels_per_class), seeds=args.seeds,
                          val_per_class=args.val_per_class, max_test=args.max_test, epochs=args.epochs,
-                         scratch_epochs=args.scratch_epochs, scratch_model=args.scratch_model,
+                         patience=args.patience, scratch_epochs=args.scratch_epochs,
+                         scratch_patience=args.scratch_patience, scratch_lrs=_floats(args.scratch_lrs),
+                         scratch_model=args.scratch_model, scratch_image_size=args.scratch_image_size,
                          image_size=args.image_size, budget_minutes=args.budget_minutes, batch_size=args.batch_size)
 
 
@@ -59,12 +87,14 @@ def print_table(result: dict) -> None:
     from headstart.cli.console import console
 
     table = Table(title=f"test accuracy on {result['test_images']} held-out images (mean ± std over seeds)")
-    for col in ("labels/class", "strategy", "model", "test acc", "balanced acc", "wall time", "trainable params"):
-        table.add_column(col, justify="left" if col in ("strategy", "model") else "right")
+    for col in ("labels/class", "strategy", "model", "px", "test acc", "balanced acc", "wall time", "lr",
+                "trainable params"):
+        table.add_column(col, justify="left" if col in ("strategy", "model", "lr") else "right")
     for r in result["rows"]:
-        table.add_row(str(r["labels_per_class"]), r["strategy"], r["model"],
+        lrs = ",".join(f"{lr:g}" for lr in r["lrs"]) if any(lr is not None for lr in r["lrs"]) else "default"
+        table.add_row(str(r["labels_per_class"]), r["strategy"], r["model"], str(r["image_size"]),
                       f"{100 * r['test_acc_mean']:.1f}% ± {100 * r['test_acc_std']:.1f}",
-                      f"{100 * r['test_balanced_acc_mean']:.1f}%", f"{r['seconds_mean']:.0f} s",
+                      f"{100 * r['test_balanced_acc_mean']:.1f}%", f"{r['seconds_mean']:.0f} s", lrs,
                       f"{r['trainable_params']:,}")
     console().print(table)
 
