@@ -69,7 +69,7 @@ def _standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     With a handful of training images some pooled features are constant (a ReLU6 channel that never fires on them)
     but not on later images: divided by ``std + 1e-6`` those lie up to 10^6 standard deviations out, every useful C
     gets a huge validation loss and the strongest regularisation is picked. Measured on digits (``auto.py``'s
-    docstring): about 11% of Lite0's 1,280 features were constant on 5 training images per class."""
+    docstring): about 11% of Lite0's 1,280 features were constant on 400 training images (40 per class)."""
     std = x.std(0)
     return x.mean(0), np.maximum(std, 0.1 * float(np.median(std)) + 1e-12)
 
