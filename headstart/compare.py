@@ -193,8 +193,7 @@ def setup_lines(rows: list[dict], cfg: CompareConfig) -> list[str]:
     for strategy in dict.fromkeys(r["strategy"] for r in rows if r["strategy"] != "scratch"):
         r = next(r for r in rows if r["strategy"] == strategy)
         lines.append(f"- **{strategy}**: {r['model']} with pretrained weights ({r['weights']}) at {r['image_size']} "
-                     f"px; {r['phases']}; early stopping after {cfg.patience} epochs without a lower validation "
-                     "loss; no head refitted on the validation images.")
+                     f"px; {r['phases']}; no head refitted on the validation images.")
     return lines
 
 
@@ -233,7 +232,8 @@ def _run_facts(run_dir: Path) -> dict:
     epochs_run = sum(1 for _ in (run_dir / "metrics.jsonl").open()) if (run_dir / "metrics.jsonl").is_file() else 0
     phases = [f"{p['name']}: head fitted on frozen features" if p["fit"] == "features" else
               f"{p['name']}: up to {p['epochs']} epochs at lr {p['lr']:g} (backbone x{p['backbone_lr_scale']:g}), "
-              f"{p['warmup_epochs']:g} warm-up epoch(s) then cosine" for p in config.get("strategy_phases", [])]
+              f"{p['warmup_epochs']:g} warm-up epoch(s) then cosine, early stopping after {config['patience']} "
+              "epochs without a lower validation loss" for p in config.get("strategy_phases", [])]
     return {"image_size": config["preprocessing"]["image_size"], "weights": config["weights_source"],
             "epochs_run": epochs_run, "phases": "; ".join(phases)}
 
