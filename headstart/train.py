@@ -352,8 +352,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     if not main:
         return {}
     # From here rank 0 works alone (the other ranks have returned): no collective may run, the feature cache's
-    # included.
-    runtime = replace(runtime, rank=0, world_size=1)
+    # included. The summary still reports the world size training ran with.
+    alone = replace(runtime, rank=0, world_size=1)
     model.load_state_dict(load_weights(out / "best.safetensors"))
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     shipped = _shipped_record(records, state, strategy, out)
@@ -363,10 +363,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                "trainable_params": shipped["trainable_params"], "train_images": len(splits.train),
                "val_images": len(splits.val), "skipped_files": len(bad), "world_size": runtime.world_size,
                "leakage": leakage_counts(leakage)}
-    temperature, summary["calibration"] = _calibrate(model, loaders["val_all"], runtime, summary)
+    temperature, summary["calibration"] = _calibrate(model, loaders["val_all"], alone, summary)
     refit = None
     if cfg.refit and shipped.get("fit") == "features":
-        refit = refit_linear_probe(model, [loaders["train_eval"], loaders["val_all"]], runtime, shipped,
+        refit = refit_linear_probe(model, [loaders["train_eval"], loaders["val_all"]], alone, shipped,
                                    **probe_options)
         log(f"refitted the {refit['head']} head on all {refit['refit_images']} train + validation images with the "
             "settings validation chose" + (f" (C={refit['C']:g})" if "C" in refit else ""))
@@ -379,7 +379,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     save_weights(out / "best.safetensors", model, {**meta, "epoch": state.best_global_epoch,
                                                    "temperature": temperature, "refit": refit is not None})
     if splits.test:
-        summary.update(_test(model, splits, pre, cfg, runtime, temperature, out, summary))
+        summary.update(_test(model, splits, pre, cfg, alone, temperature, out, summary))
     summary["seconds"] = time.time() - t_start
     write_json(out / "summary.json", summary)
     return summary

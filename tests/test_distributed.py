@@ -48,6 +48,7 @@ def test_two_gloo_processes_match_one(tmp_path):
                          env=env, capture_output=True, text=True)
     assert two.returncode == 0, two.stderr
     assert "x 2 processes" in two.stderr
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["world_size"] == 2
     m1 = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     m2 = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert len(m1) == len(m2) == 3  # the head fit, then two fine-tune epochs, each written once (rank 0)
