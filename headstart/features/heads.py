@@ -236,9 +236,8 @@ def refit_head(kind: str, x, y, num_classes: int, chosen: dict, class_weight: np
     options = {"logreg": lambda: {"grid": (chosen["C"],)},
                "ncm": lambda: {"scale": 1.0 / chosen["temperature"]},
                "sgd": lambda: {"epochs": chosen["best_head_epoch"]}}
-    if kind not in options:
-        raise ValueError(f"unknown head '{kind}'; choose one of {', '.join(HEADS)} (e.g. --head logreg).")
-    head = fit_head(kind, x, y, *empty, num_classes, class_weight=class_weight, **options[kind]())
+    # An unknown kind gets no options here and fit_head's own error.
+    head = fit_head(kind, x, y, *empty, num_classes, class_weight=class_weight, **options.get(kind, dict)())
     keep = {k: chosen[k] for k in ("C", "temperature", "best_head_epoch") if k in chosen}
     return LinearHead(head.weight, head.bias, {"head": kind, **keep, "refit_images": int(len(y))})
 
