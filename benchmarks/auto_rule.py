@@ -39,7 +39,7 @@ except ImportError:  # running from a checkout without headstart installed
 from headstart.auto import full_epochs
 from headstart.compare import _draw, _write_manifest
 from headstart.data.sources import read_class_folders
-from headstart.engine.checkpoint import write_json
+from headstart.core.io import write_json
 from headstart.train import TrainConfig, train
 
 STRATEGIES = ("linear-probe", "full")

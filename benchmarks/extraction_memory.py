@@ -75,7 +75,7 @@ class Sampler(threading.Thread):
 def child(paths_file: Path, n: int, image_size: int, batch_size: int, cache: Path) -> dict:
     import torch
 
-    from headstart.engine.runtime import make_runtime
+    from headstart.core.runtime import make_runtime
     from headstart.features import extract_features
     from headstart.model import build_model
 

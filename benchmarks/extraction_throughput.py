@@ -33,8 +33,8 @@ from PIL import Image
 from headstart.data.dataset import ImageDataset, default_workers, make_loader
 from headstart.data.images import load_image
 from headstart.data.transforms import eval_resize_crop, eval_transform, to_float_normalized
-from headstart.engine.probe import features_from_loader
-from headstart.engine.runtime import make_runtime
+from headstart.features.probe import features_from_loader
+from headstart.core.runtime import make_runtime
 from headstart.features import extract_features
 from headstart.features.extract import _Collate
 from headstart.model import build_model

@@ -32,7 +32,7 @@ import torch
 from fastai.vision.all import ImageDataLoaders, Normalize, Resize, accuracy, get_image_files, vision_learner
 from torch import nn
 
-from headstart.engine.runtime import make_runtime
+from headstart.core.runtime import make_runtime
 from headstart.zoo import create_backbone
 
 

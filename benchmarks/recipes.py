@@ -45,7 +45,7 @@ from headstart.data import fashion_mnist as fm
 from headstart.data.dataset import ImageDataset, make_loader
 from headstart.data.sources import read_class_folders
 from headstart.data.transforms import eval_transform
-from headstart.engine.checkpoint import load_weights
+from headstart.core.io import load_weights
 from headstart.inference import load_run, predict_loader, probs_from_logits
 from headstart.train import TrainConfig, train
 

@@ -36,7 +36,7 @@ from headstart.compare import _draw
 from headstart.data.fashion_mnist import make_image_folder
 from headstart.data.sources import discover
 from headstart.engine.calibration import calibration_summary, run_temperature
-from headstart.engine.runtime import make_runtime
+from headstart.core.runtime import make_runtime
 from headstart.features import extract_features, fit_head
 from headstart.features.heads import refit_head
 from headstart.model import build_model

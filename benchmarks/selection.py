@@ -34,7 +34,7 @@ except ImportError:  # running from a checkout without headstart installed
 from headstart.data.dataset import ImageDataset, make_loader
 from headstart.data.sources import DataSplits, read_class_folders
 from headstart.data.transforms import eval_transform
-from headstart.engine.checkpoint import load_weights
+from headstart.core.io import load_weights
 from headstart.features import extract_features, fit_head
 from headstart.features.heads import refit_head
 from headstart.engine.calibration import compare_calibration

@@ -63,6 +63,8 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+from headstart.core.errors import UsageError
+
 FEW_PER_CLASS = 20
 LARGE = 20_000
 BASE_LR, BASE_BATCH = 1e-3, 32
@@ -96,12 +98,12 @@ def full_epochs(num_images: int, batch_size: int = 32, world_size: int = 1) -> i
 
 def _check(class_counts: Sequence[int], batch_size: int, world_size: int, epochs: int | None) -> None:
     if not class_counts or min(class_counts) < 0 or sum(class_counts) < 1:
-        raise ValueError(f"auto needs labelled training images per class to choose a strategy, e.g. [40, 35, 52]; "
+        raise UsageError(f"auto needs labelled training images per class to choose a strategy, e.g. [40, 35, 52]; "
                          f"got {list(class_counts)}.")
     if batch_size < 1 or world_size < 1:
-        raise ValueError(f"batch size and world size must be at least 1, got {batch_size} and {world_size}.")
+        raise UsageError(f"batch size and world size must be at least 1, got {batch_size} and {world_size}.")
     if epochs is not None and epochs < 1:
-        raise ValueError(f"epochs must be at least 1, got {epochs}.")
+        raise UsageError(f"epochs must be at least 1, got {epochs}.")
 
 
 def choose_strategy(class_counts: Sequence[int], batch_size: int = 32, world_size: int = 1, *,

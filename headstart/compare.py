@@ -15,7 +15,6 @@ pretrained strategies run once, at their default rates. compare.md states what e
 from __future__ import annotations
 
 import csv
-import json
 import random
 import statistics
 import time
@@ -24,9 +23,11 @@ from pathlib import Path
 
 import yaml
 
+from headstart.core.errors import UsageError
+from headstart.core.io import write_json
+from headstart.core.preprocessing import Preprocessing
 from headstart.data.dataset import scan
 from headstart.data.sources import DataSplits, discover, stratified_split
-from headstart.engine.checkpoint import write_json
 from headstart.engine.loop import TrainingDiverged
 from headstart.train import TrainConfig, log, train
 from headstart.zoo import DEFAULT_MODEL, get_spec
@@ -234,7 +235,7 @@ def _run_facts(run_dir: Path) -> dict:
               f"{p['name']}: up to {p['epochs']} epochs at lr {p['lr']:g} (backbone x{p['backbone_lr_scale']:g}), "
               f"{p['warmup_epochs']:g} warm-up epoch(s) then cosine, early stopping after {config['patience']} "
               "epochs without a lower validation loss" for p in config.get("strategy_phases", [])]
-    return {"image_size": config["preprocessing"]["image_size"], "weights": config["weights_source"],
+    return {"image_size": Preprocessing.of(config["preprocessing"]).image_size, "weights": config["weights_source"],
             "epochs_run": epochs_run, "phases": "; ".join(phases)}
 
 
@@ -247,7 +248,7 @@ def sweep_lr(base: TrainConfig, lrs: list[float]) -> tuple[dict, list[dict]]:
     over-confidence. A rate whose training diverged loses; if every rate diverges the error is raised.
     """
     if not lrs:
-        raise ValueError("the scratch learning-rate grid is empty; give at least one rate, e.g. 1e-3,3e-3.")
+        raise UsageError("the scratch learning-rate grid is empty; give at least one rate, e.g. 1e-3,3e-3.")
     sweep, best = [], None
     for lr in lrs:
         out = Path(f"{base.out}-lr{lr:g}")

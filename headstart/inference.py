@@ -2,30 +2,28 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 
+from headstart.core.errors import PathNotFoundError, UsageError
+from headstart.core.preprocessing import Preprocessing
+from headstart.core.runtime import Runtime, make_runtime
 from headstart.data.dataset import make_loader
 from headstart.data.images import BadImageError, is_image_file, load_image
 from headstart.data.sources import list_images
 from headstart.data.transforms import eval_transform
-from headstart.engine.checkpoint import load_weights, weights_metadata
-from headstart.engine.runtime import Runtime, make_runtime
 from headstart.model import TransferModel, build_model
-
-TRAIN_FINGERPRINTS = "train_fingerprints.json"  # a run's training images' hashes: evaluate leaves out their copies
+from headstart.rundir import RunDir
 
 
 @dataclass
 class LoadedRun:
     model: TransferModel
     classes: list[str]
-    preprocessing: dict
+    preprocessing: Preprocessing
     config: dict
     runtime: Runtime
     path: Path
@@ -34,21 +32,15 @@ class LoadedRun:
 
 def load_run(run_dir: str | Path, device: str = "auto", precision: str = "auto") -> LoadedRun:
     """Rebuilds the architecture from ``config.yaml`` and loads ``best.safetensors``; needs nothing else."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise FileNotFoundError(f"{run_dir} is not a headstart run directory (no config.yaml); pass the --out "
-                                "folder of a `headstart train` run.")
-    if not (run_dir / "best.safetensors").is_file():
-        raise FileNotFoundError(f"{run_dir} has no best.safetensors: its training did not finish an epoch.")
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    classes = json.loads((run_dir / "classes.json").read_text())
+    run = RunDir(run_dir).require_model()
+    config, classes = run.config(), run.classes()
     model = build_model(config["model"], len(classes), pretrained=False)
-    model.load_state_dict(load_weights(run_dir / "best.safetensors"))
+    model.load_state_dict(run.weights(run.BEST))
     runtime = make_runtime(device, precision)
     runtime.prepare(model).eval()
     # Runs from before calibration have no temperature: their scores stay as they were (T = 1).
-    temperature = float(weights_metadata(run_dir / "best.safetensors").get("temperature", 1.0))
-    return LoadedRun(model, classes, config["preprocessing"], config, runtime, run_dir, temperature)
+    temperature = float(run.weights_metadata(run.BEST).get("temperature", 1.0))
+    return LoadedRun(model, classes, Preprocessing.of(config["preprocessing"]), config, runtime, run.path, temperature)
 
 
 def expand_paths(paths: list[str | Path]) -> list[str]:
@@ -58,12 +50,12 @@ def expand_paths(paths: list[str | Path]) -> list[str]:
         if p.is_dir():
             found = list_images(p)
             if not found:
-                raise ValueError(f"{p} holds no image files.")
+                raise UsageError(f"{p} holds no image files.")
             out += found
         elif p.is_file():
             out.append(str(p))
         else:
-            raise FileNotFoundError(f"{p} does not exist.")
+            raise PathNotFoundError(f"{p} does not exist.")
     return out
 
 

@@ -13,9 +13,9 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from headstart.core.choices import BN_POLICIES  # noqa: F401 (re-exported)
+from headstart.core.errors import UsageError
 from headstart.zoo import BackboneSpec, create_backbone
-
-BN_POLICIES = ("frozen", "train", "adabn")
 
 
 class TransferModel(nn.Module):
@@ -31,7 +31,7 @@ class TransferModel(nn.Module):
     def __init__(self, backbone: nn.Module, spec: BackboneSpec, num_classes: int, dropout: float = 0.0):
         super().__init__()
         if num_classes < 2:
-            raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}.")
+            raise UsageError(f"a classifier needs at least 2 classes, got {num_classes}.")
         self.backbone = backbone
         self.spec = spec
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -72,7 +72,7 @@ class TransferModel(nn.Module):
         n = len(self._groups)
         first = first_trainable % n if first_trainable < 0 else first_trainable
         if not 0 <= first < n:
-            raise ValueError(f"first trainable group must be between 0 and {n - 1} (head), got {first_trainable}.")
+            raise UsageError(f"first trainable group must be between 0 and {n - 1} (head), got {first_trainable}.")
         for i in range(n):
             for p in self.group_parameters(i):
                 p.requires_grad_(i >= first)

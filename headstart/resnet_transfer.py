@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from headstart.core.errors import UsageError
 from headstart.model import TransferModel, build_model
+from headstart.strategy import Phase, enter_phase
 
 
 def load_pretrained_resnet(num_classes: int = 10, depth: int = 18, weights_file: str | Path | None = None,
@@ -26,7 +28,7 @@ def load_pretrained_resnet(num_classes: int = 10, depth: int = 18, weights_file:
         own: use headstart's own ResNet (identical to torchvision's, key for key); False uses torchvision's class.
     """
     if depth not in (18, 34, 50, 101, 152) or (not own and depth not in (18, 34, 50)):
-        raise ValueError(f"depth must be one of 18, 34, 50{', 101, 152' if own else ''}; got {depth}.")
+        raise UsageError(f"depth must be one of 18, 34, 50{', 101, 152' if own else ''}; got {depth}.")
     return build_model(f"{'hs_' if own else ''}resnet{depth}", num_classes, pretrained=True, weights_file=weights_file)
 
 
@@ -50,8 +52,9 @@ def fine_tune_resnet(model: TransferModel, freeze_early_layers: bool = True, lr:
     """
     names = model.group_names
     if "layer3" not in names:
-        raise ValueError(f"fine_tune_resnet needs a ResNet (groups stem, layer1..layer4); this model has {names}.")
-    model.set_trainable(names.index("layer3") if freeze_early_layers else 0)
+        raise UsageError(f"fine_tune_resnet needs a ResNet (groups stem, layer1..layer4); this model has {names}.")
+    enter_phase(model, Phase("fine-tune", epochs=1, lr=lr, train_from=names.index("layer3") if freeze_early_layers
+                             else 0, backbone_lr_scale=backbone_lr_scale))
     head = list(model.head.parameters())
     head_ids = {id(p) for p in head}
     body = [p for p in model.backbone.parameters() if p.requires_grad and id(p) not in head_ids]

@@ -40,9 +40,14 @@ for a domain shift, train with the default and use ``headstart adapt`` (aligned 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Callable
 
-from headstart.model import BN_POLICIES
+from headstart.core.choices import BN_POLICIES
+from headstart.core.errors import UsageError
+
+if TYPE_CHECKING:
+    from headstart.model import TransferModel
 
 
 @dataclass
@@ -86,7 +91,6 @@ class Strategy:
     phases: list[Phase]
     pretrained: bool = True
     description: str = ""
-    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "pretrained": self.pretrained, "description": self.description,
@@ -103,25 +107,99 @@ def resolve_train_from(train_from: float, num_groups: int) -> int:
     return int(train_from)
 
 
-STRATEGIES = {
-    "linear-probe": "frozen backbone; the head is fitted on features computed once (logistic regression)",
-    "fine-tune": "head fitted on frozen features first, then the later half of the backbone trains with it at a "
-                 "10x lower learning rate",
-    "full": "every layer trains; the backbone at a 10x lower learning rate than the head, or layer-wise rates "
-            "with --lr-decay",
-    "gradual": "head first, then one more layer group unfreezes every --unfreeze-every epochs (ULMFiT)",
-    "lp-ft": "linear probe to convergence, then everything fine-tuned at a low rate (Kumar et al. 2022: better "
-             "out of distribution)",
-    "scratch": "same architecture, random initialisation: the baseline transfer learning is measured against",
-}
+@dataclass(frozen=True)
+class StrategyDef:
+    """A registered strategy: its name, one line for ``--help``, and the builder of its phases.
+
+    The builder takes ``(epochs, head_lr, groups, unfreeze_every)`` and returns the phases; ``make_strategy``
+    applies the options every pretrained strategy shares (``lr_decay``, ``l2sp``, ``bn``).
+    """
+
+    name: str
+    description: str
+    build: Callable[..., list[Phase]]
+    pretrained: bool = True
+    default_lr: float = 1e-3
+
+
+_REGISTRY: dict[str, StrategyDef] = {}
+
+
+def register_strategy(name: str, description: str, *, pretrained: bool = True, default_lr: float = 1e-3):
+    """Decorator: registers a function ``(epochs, head_lr, groups, unfreeze_every) -> list[Phase]`` as a
+    strategy. Registering is all a new recipe needs: ``--strategy``, ``auto`` and ``compare`` find it here."""
+
+    def register(build: Callable[..., list[Phase]]) -> Callable[..., list[Phase]]:
+        assert name not in _REGISTRY, f"strategy {name} registered twice"
+        _REGISTRY[name] = StrategyDef(name, description, build, pretrained, default_lr)
+        return build
+
+    return register
+
+
+@register_strategy("linear-probe", "frozen backbone; the head is fitted on features computed once (logistic "
+                   "regression)")
+def _linear_probe(epochs: int, lr: float, groups: int | None, unfreeze_every: int) -> list[Phase]:
+    return [Phase("probe", epochs=1, lr=lr, train_from=-1, fit="features")]
+
+
+@register_strategy("fine-tune", "head fitted on frozen features first, then the later half of the backbone trains "
+                   "with it at a 10x lower learning rate")
+def _fine_tune(epochs: int, lr: float, groups: int | None, unfreeze_every: int) -> list[Phase]:
+    # Then the later half of the backbone adapts at a 10x lower rate than the head (fastai halves the rate after
+    # the frozen phase).
+    return [Phase("head", epochs=1, lr=lr, train_from=-1, fit="features"),
+            Phase("fine-tune", epochs=epochs, lr=lr / 2, train_from=0.5, backbone_lr_scale=0.1)]
+
+
+@register_strategy("full", "every layer trains; the backbone at a 10x lower learning rate than the head, or "
+                   "layer-wise rates with --lr-decay")
+def _full(epochs: int, lr: float, groups: int | None, unfreeze_every: int) -> list[Phase]:
+    return [Phase("full", epochs=epochs, lr=lr, train_from=0, backbone_lr_scale=0.1)]
+
+
+@register_strategy("gradual", "head first, then one more layer group unfreezes every --unfreeze-every epochs "
+                   "(ULMFiT)")
+def _gradual(epochs: int, lr: float, groups: int | None, unfreeze_every: int) -> list[Phase]:
+    phases = [Phase("head", epochs=1, lr=lr, train_from=-1, fit="features")]
+    steps = math.ceil(epochs / unfreeze_every)
+    if groups is not None:
+        steps = min(steps, groups - 1)
+    for k in range(1, steps + 1):
+        # Each phase restarts warm-up and cosine: a short warm-up, then the newly thawed group settles.
+        n = unfreeze_every if k < steps else epochs - unfreeze_every * (steps - 1)
+        phases.append(Phase(f"unfreeze-{k}", epochs=n, lr=lr / 2, train_from=-(k + 1), backbone_lr_scale=0.1,
+                            warmup_epochs=min(1.0, 0.25 * n)))
+    return phases
+
+
+@register_strategy("lp-ft", "linear probe to convergence, then everything fine-tuned at a low rate (Kumar et al. "
+                   "2022: better out of distribution)")
+def _lp_ft(epochs: int, lr: float, groups: int | None, unfreeze_every: int) -> list[Phase]:
+    return [Phase("probe", epochs=1, lr=lr, train_from=-1, fit="features"),
+            Phase("ft", epochs=epochs, lr=lr / 10, train_from=0, backbone_lr_scale=0.1)]
+
+
+@register_strategy("scratch", "same architecture, random initialisation: the baseline transfer learning is measured "
+                   "against", pretrained=False, default_lr=2e-3)
+def _scratch(epochs: int, lr: float, groups: int | None, unfreeze_every: int) -> list[Phase]:
+    return [Phase("scratch", epochs=epochs, lr=lr, train_from=0, backbone_lr_scale=1.0, bn="train")]
+
+
+# name -> one-line description, in registration order (for --help and error messages).
+STRATEGIES = {name: d.description for name, d in _REGISTRY.items()}
+
+
+def get_strategy(name: str) -> StrategyDef:
+    if name not in _REGISTRY:
+        raise UsageError(f"unknown strategy '{name}'; choose one of: auto, {', '.join(_REGISTRY)} "
+                         f"(e.g. --strategy fine-tune).")
+    return _REGISTRY[name]
 
 
 def uses_pretrained_weights(name: str) -> bool:
     """Whether strategy ``name`` starts from pretrained weights (everything but ``scratch``)."""
-    if name not in STRATEGIES:
-        raise ValueError(f"unknown strategy '{name}'; choose one of: auto, {', '.join(STRATEGIES)} "
-                         f"(e.g. --strategy fine-tune).")
-    return name != "scratch"
+    return get_strategy(name).pretrained
 
 
 def make_strategy(name: str, epochs: int = 10, lr: float | None = None, *, groups: int | None = None,
@@ -141,50 +219,29 @@ def make_strategy(name: str, epochs: int = 10, lr: float | None = None, *, group
             adapts the statistics once, at the start of the first phase.
         unfreeze_every: ``gradual``: epochs between unfreezing one more group.
     """
+    definition = get_strategy(name)
     if epochs < 1:
-        raise ValueError(f"--epochs must be at least 1, got {epochs}.")
+        raise UsageError(f"--epochs must be at least 1, got {epochs}.")
+    if lr is not None and not lr > 0:
+        raise UsageError(f"--lr must be positive (fine-tuning works from 1e-5 to 1e-3), got {lr}.")
     if bn is not None and bn not in BN_POLICIES:
-        raise ValueError(f"--bn must be one of {', '.join(BN_POLICIES)}, got '{bn}'.")
+        raise UsageError(f"--bn must be one of {', '.join(BN_POLICIES)}, got '{bn}'.")
     if lr_decay is not None and not 0 < lr_decay <= 1:
-        raise ValueError(f"--lr-decay must be in (0, 1], e.g. 0.75, got {lr_decay}.")
+        raise UsageError(f"--lr-decay must be in (0, 1], e.g. 0.75, got {lr_decay}.")
     if l2sp < 0:
-        raise ValueError(f"--l2sp must be 0 (off) or positive, e.g. 0.01, got {l2sp}.")
+        raise UsageError(f"--l2sp must be 0 (off) or positive, e.g. 0.01, got {l2sp}.")
     if unfreeze_every < 1:
-        raise ValueError(f"--unfreeze-every must be at least 1 epoch, got {unfreeze_every}.")
-    pretrained = uses_pretrained_weights(name)
-    head_lr = lr if lr is not None else 1e-3
-    if name == "linear-probe":
-        phases = [Phase("probe", epochs=1, lr=head_lr, train_from=-1, fit="features")]
-    elif name == "fine-tune":
-        # Then the later half of the backbone adapts at a 10x lower rate than the head (fastai halves the rate
-        # after the frozen phase).
-        phases = [Phase("head", epochs=1, lr=head_lr, train_from=-1, fit="features"),
-                  Phase("fine-tune", epochs=epochs, lr=head_lr / 2, train_from=0.5, backbone_lr_scale=0.1)]
-    elif name == "full":
-        phases = [Phase("full", epochs=epochs, lr=head_lr, train_from=0, backbone_lr_scale=0.1)]
-    elif name == "gradual":
-        phases = [Phase("head", epochs=1, lr=head_lr, train_from=-1, fit="features")]
-        steps = math.ceil(epochs / unfreeze_every)
-        if groups is not None:
-            steps = min(steps, groups - 1)
-        for k in range(1, steps + 1):
-            # Each phase restarts warm-up and cosine: a short warm-up, then the newly thawed group settles.
-            n = unfreeze_every if k < steps else epochs - unfreeze_every * (steps - 1)
-            phases.append(Phase(f"unfreeze-{k}", epochs=n, lr=head_lr / 2, train_from=-(k + 1),
-                                backbone_lr_scale=0.1, warmup_epochs=min(1.0, 0.25 * n)))
-    elif name == "lp-ft":
-        phases = [Phase("probe", epochs=1, lr=head_lr, train_from=-1, fit="features"),
-                  Phase("ft", epochs=epochs, lr=head_lr / 10, train_from=0, backbone_lr_scale=0.1)]
-    else:  # scratch
+        raise UsageError(f"--unfreeze-every must be at least 1 epoch, got {unfreeze_every}.")
+    if not definition.pretrained:
         if bn not in (None, "train"):
-            raise ValueError(f"--bn {bn} keeps or recomputes pretrained statistics; scratch has none and always "
+            raise UsageError(f"--bn {bn} keeps or recomputes pretrained statistics; {name} has none and always "
                              "trains BatchNorm (drop --bn, or pick a pretrained strategy).")
-        phases = [Phase("scratch", epochs=epochs, lr=lr if lr is not None else 2e-3, train_from=0,
-                        backbone_lr_scale=1.0, bn="train")]
         if lr_decay is not None or l2sp:
-            raise ValueError("--lr-decay and --l2sp refer to pretrained layers; scratch has none (drop them, or "
+            raise UsageError(f"--lr-decay and --l2sp refer to pretrained layers; {name} has none (drop them, or "
                              "pick a pretrained strategy).")
-        return Strategy(name, phases, pretrained=False, description=STRATEGIES[name])
+    phases = definition.build(epochs, lr if lr is not None else definition.default_lr, groups, unfreeze_every)
+    if not definition.pretrained:
+        return Strategy(name, phases, pretrained=False, description=definition.description)
     for i, phase in enumerate(phases):
         if bn == "adabn":
             phase.bn = "adabn" if i == 0 else "frozen"
@@ -192,4 +249,13 @@ def make_strategy(name: str, epochs: int = 10, lr: float | None = None, *, group
             phase.bn = bn
         if phase.fit == "sgd" and phase.train_from != -1:
             phase.lr_decay, phase.l2sp = lr_decay, l2sp
-    return Strategy(name, phases, pretrained=pretrained, description=STRATEGIES[name])
+    return Strategy(name, phases, pretrained=True, description=definition.description)
+
+
+def enter_phase(model: TransferModel, phase: Phase) -> None:
+    """Makes ``model`` train what ``phase`` trains: the groups from ``phase.train_from`` on, and BatchNorm
+    statistics following the batches only under ``bn="train"`` (``adabn`` recomputes them once, then they stay
+    frozen like ``frozen``). The loop, the learning-rate finder and :func:`headstart.fine_tune_resnet` all enter a
+    phase through here."""
+    model.bn_policy = "train" if phase.bn == "train" else "frozen"
+    model.set_trainable(resolve_train_from(phase.train_from, len(model.group_names)))

@@ -1,96 +1,43 @@
 """``headstart train``: from a folder of labelled images to a run directory with a trained model.
 
-The run directory holds everything ``predict``, ``evaluate`` and ``export`` need: ``config.yaml`` (fully
-resolved), ``classes.json``, ``split.json`` (which file went where), ``skipped.json`` (files left out and why),
-``metrics.jsonl`` (one line per epoch), ``best.safetensors`` (weights with the lowest validation loss) and
-``last.pt`` (training state).
+:func:`train` reads as the steps it takes: check the options, read and check the images (leak-proof splits),
+build the model and strategy, record the run, fit, then calibrate, refit, test and summarise. The run directory
+(:class:`headstart.rundir.RunDir`, whose docstring lists its files) holds everything ``predict``, ``evaluate``,
+``export`` and ``serve`` need.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import yaml
-
 from headstart.auto import choose_strategy
-from headstart.data.balance import BALANCE, SKEW_HINT, BalancedSampler, class_weights, skew
+from headstart.config import TrainConfig
+from headstart.core.distributed import EpochSampler, barrier
+from headstart.core.errors import DataError
+from headstart.core.preprocessing import Preprocessing
+from headstart.core.runtime import Runtime, make_runtime, seed_everything
+from headstart.data.balance import SKEW_HINT, BalancedSampler, class_weights, skew
 from headstart.data.check import check_splits
-from headstart.data.leakage import drop_leaked, duplicate_groups, fingerprints, leak_proof_split
 from headstart.data.dataset import ImageDataset, make_loader
+from headstart.data.leakage import drop_leaked, duplicate_groups, fingerprints, leak_proof_split
 from headstart.data.sources import DataSplits, discover, validate
 from headstart.data.transforms import eval_transform, train_transform
-from headstart.engine.checkpoint import atomic_write, load_state, load_weights, save_state, save_weights, write_json
-from headstart.engine.distributed import EpochSampler, barrier
 from headstart.engine.calibration import calibration_summary, run_temperature
 from headstart.engine.loop import FitState, fit, predict_logits
-from headstart.engine.probe import refit_linear_probe
 from headstart.evaluation.metrics import classification_metrics
-from headstart.inference import TRAIN_FINGERPRINTS
-from headstart.engine.runtime import make_runtime, seed_everything
-from headstart.model import build_model
-from headstart.strategy import make_strategy, uses_pretrained_weights
-from headstart.zoo import DEFAULT_MODEL, get_spec
-
-
-@dataclass
-class TrainConfig:
-    """Every setting of a training run; saved, resolved, as the run's ``config.yaml``."""
-
-    data: str
-    out: str
-    model: str = DEFAULT_MODEL
-    strategy: str = "auto"  # a name in strategy.STRATEGIES, or auto (headstart.auto)
-    epochs: int | None = None  # None: auto's choice, or 10
-    lr: float | None = None
-    image_size: int | None = None
-    batch_size: int = 32
-    weights: str | None = None
-    seed: int = 0
-    augment: str = "light"
-    patience: int = 3
-    val_fraction: float = 0.2
-    workers: int | None = None
-    device: str = "auto"
-    precision: str = "auto"
-    overwrite: bool = False
-    lr_decay: float | None = None  # layer-wise learning-rate decay (strategy.Phase.lr_decay)
-    l2sp: float = 0.0  # L2-SP strength towards the pretrained backbone (engine.losses.L2SP)
-    bn: str | None = None  # BatchNorm policy: frozen, train or adabn (None: the strategy's default)
-    unfreeze_every: int = 1  # gradual: epochs between unfreezing one more group
-    label_smoothing: float = 0.0
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    balance: str = "none"  # none, weights (class-weighted loss) or sampler (data.balance)
-    head: str = "logreg"  # how phases with fit="features" fit the head: logreg, ncm or sgd (features.heads.HEADS)
-    refit: bool = True  # refit a head fitted on features on train + val with the settings validation chose
-    keep_leaked: bool = False  # keep val/test images that duplicate a training image (given splits)
-    extra: dict = field(default_factory=dict)
+from headstart.features.probe import ProbeOptions
+from headstart.model import TransferModel, build_model
+from headstart.rundir import RunDir
+from headstart.strategy import Strategy, get_strategy, make_strategy, uses_pretrained_weights
+from headstart.zoo import get_spec
 
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def prepare_run_dir(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; pass a folder for the run.")
-    if (out / "config.yaml").exists() and not overwrite:
-        raise ValueError(f"{out} already holds a run; pass another --out, or --overwrite to replace it.")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise PermissionError(f"cannot write to {out} ({exc.strerror}); pass an --out folder you can write to.") \
-            from None
-    for stale in ("metrics.jsonl", "best.safetensors", "phase_best.safetensors", "last.pt", "summary.json"):
-        (out / stale).unlink(missing_ok=True)
 
 
 def check_and_split(splits: DataSplits, cfg: TrainConfig) -> tuple[DataSplits, list, dict, dict]:
@@ -103,7 +50,7 @@ def check_and_split(splits: DataSplits, cfg: TrainConfig) -> tuple[DataSplits, l
     Returns the splits, ``(path, reason)`` of each unusable file, the leakage record (``leakage.json``) and the
     training images' fingerprints (for ``evaluate`` to find copies of them later).
     """
-    report = check_splits(splits, cfg.data)
+    report = check_splits(splits, cfg.data, **({"max_pixels": cfg.max_pixels} if cfg.max_pixels else {}))
     bad = report.bad_files()
     for path, reason in bad:
         log(f"skipping {path}: {reason}")
@@ -143,7 +90,7 @@ def tiny_last_batch(images: int, batch_size: int) -> bool:
     return images > batch_size and 0 < last < batch_size / 4
 
 
-def _loaders(splits: DataSplits, pre: dict, cfg: TrainConfig, runtime, bn_trains: bool = False) -> dict:
+def _loaders(splits: DataSplits, pre: Preprocessing, cfg: TrainConfig, runtime, bn_trains: bool = False) -> dict:
     """Train (augmented, shuffled per epoch), and eval-transform loaders; sharded across ranks under DDP.
 
     With ``bn_trains`` (a phase where BatchNorm statistics follow the batches: scratch, ``--bn train``) a tiny last
@@ -167,23 +114,13 @@ def _loaders(splits: DataSplits, pre: dict, cfg: TrainConfig, runtime, bn_trains
     }
 
 
-def load_resume_state(out: Path) -> dict:
-    """``last.pt`` plus the current phase's best weights, to continue a run where it stopped."""
-    if not (out / "last.pt").is_file():
-        raise FileNotFoundError(f"{out} has no last.pt to resume from; start it again without --resume.")
-    state = load_state(out / "last.pt")
-    if (out / "phase_best.safetensors").is_file():
-        state["phase_best_state"] = load_weights(out / "phase_best.safetensors")
-    return state
-
-
 def _pretrained_backbone(cfg: TrainConfig, num_classes: int) -> dict:
     """The pretrained backbone parameters L2-SP pulls towards (a resumed model holds trained ones)."""
     fresh = build_model(cfg.model, num_classes, pretrained=True, weights_file=cfg.weights)
     return {n: p.detach() for n, p in fresh.backbone.named_parameters()}
 
 
-def _shipped_record(records: list[dict], state: FitState, strategy, out: Path) -> dict:
+def _shipped_record(records: list[dict], state: FitState, strategy, run: RunDir) -> dict:
     """The metrics record of the epoch whose weights ship (with the phase's ``fit``), saying so when an earlier
     phase beat the last one."""
     record = next(r for r in records if r["global_epoch"] == state.best_global_epoch)
@@ -193,7 +130,7 @@ def _shipped_record(records: list[dict], state: FitState, strategy, out: Path) -
         last_best = min((r["val_loss_calibrated"] for r in records if r["phase"] == last), default=math.inf)
         log(f"kept the weights from phase '{record['phase']}' (calibrated validation loss {state.best_val_loss:.4f},"
             f" accuracy {record['val_acc']:.4f}): phase '{last}' did not do better (its best {last_best:.4f}); its "
-            f"own best weights are in {out / 'phase_best.safetensors'}.")
+            f"own best weights are in {run / run.PHASE_BEST}.")
     return {**record, "fit": phase.fit}
 
 
@@ -218,7 +155,7 @@ def _calibrate(model, val_loader, runtime, summary: dict) -> tuple[float, dict]:
     return temperature, {"val": calibration_summary(logits.numpy(), labels.numpy(), temperature)}
 
 
-def _test(model, splits: DataSplits, pre: dict, cfg: TrainConfig, runtime, temperature: float, out: Path,
+def _test(model, splits: DataSplits, pre: Preprocessing, cfg: TrainConfig, runtime, temperature: float, run: RunDir,
           summary: dict) -> dict:
     """Test accuracy and calibration of the shipped model; ``test_metrics.json``."""
     loader = make_loader(ImageDataset(splits.test, eval_transform(pre)), cfg.batch_size * 2, shuffle=False,
@@ -227,8 +164,173 @@ def _test(model, splits: DataSplits, pre: dict, cfg: TrainConfig, runtime, tempe
     metrics = classification_metrics(labels.numpy(), logits.argmax(1).numpy(), splits.classes)
     metrics["calibration"] = summary["calibration"]["test"] = calibration_summary(logits.numpy(), labels.numpy(),
                                                                                   temperature)
-    write_json(out / "test_metrics.json", metrics)
+    run.write_json(run.TEST_METRICS, metrics)
     return {"test_acc": metrics["accuracy"], "test_balanced_acc": metrics["balanced_accuracy"]}
+
+
+
+
+@dataclass
+class _Data:
+    """The images a run trains on, and what was left out of them."""
+
+    splits: DataSplits
+    bad: list[tuple[str, str]]
+    leakage: dict
+    resume_state: dict | None = None
+
+
+@dataclass
+class _Plan:
+    """What trains how: auto's choice (if any), the model, the strategy and the preprocessing."""
+
+    model: TransferModel
+    strategy: Strategy
+    preprocessing: Preprocessing
+    choice: object | None  # auto.Choice when the strategy was chosen
+
+
+def _check_options(cfg: TrainConfig) -> None:
+    """Every option, the strategy, head and model names checked before any image is read or folder made."""
+    cfg.check()
+    if cfg.strategy != "auto":
+        get_strategy(cfg.strategy)
+    get_spec(cfg.model)
+
+
+def _new_data(run: RunDir, cfg: TrainConfig, runtime: Runtime) -> _Data:
+    """Finds the images, makes the run folder, checks every image and splits leak-proof; records what was left out."""
+    splits = discover(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    if runtime.is_main:
+        run.prepare(cfg.overwrite, inside=Path(cfg.data))
+    barrier()
+    splits, bad, leakage, train_fingerprints = check_and_split(splits, cfg)
+    if runtime.is_main:
+        run.write_skipped(bad)
+        run.write_json(run.LEAKAGE, leakage)
+        run.write_json(run.FINGERPRINTS, train_fingerprints)
+        if bad:
+            log(f"left out {len(bad)} unreadable file(s); the list is in {run / run.SKIPPED}")
+    return _Data(splits, bad, leakage)
+
+
+def _resumed_data(run: RunDir) -> _Data:
+    return _Data(run.split(), run.skipped(), run.read_json(run.LEAKAGE, {}), run.resume_state())
+
+
+def _plan(cfg: TrainConfig, data: _Data, runtime: Runtime) -> _Plan:
+    """auto's choice (explicit --epochs/--lr/--lr-decay already folded in), the model and the strategy."""
+    splits, resume = data.splits, data.resume_state is not None
+    choice = choose_strategy(list(splits.counts("train").values()), cfg.batch_size, runtime.world_size,
+                             epochs=cfg.epochs, lr=cfg.lr, lr_decay=cfg.lr_decay) if cfg.strategy == "auto" else None
+    name = choice.strategy if choice else cfg.strategy
+    model = build_model(cfg.model, len(splits.classes), pretrained=uses_pretrained_weights(name) and not resume,
+                        weights_file=None if resume else cfg.weights)
+    strategy = make_strategy(name, epochs=choice.epochs if choice else cfg.epochs or 10,
+                             lr=choice.lr if choice else cfg.lr, groups=len(model.group_names),
+                             lr_decay=choice.lr_decay if choice else cfg.lr_decay, l2sp=cfg.l2sp, bn=cfg.bn,
+                             unfreeze_every=cfg.unfreeze_every)
+    if resume:
+        model.load_state_dict(data.resume_state["model"])
+    runtime.prepare(model)
+    return _Plan(model, strategy, model.spec.preprocessing(cfg.image_size), choice)
+
+
+def _announce(cfg: TrainConfig, run: RunDir, plan: _Plan, data: _Data, runtime: Runtime) -> None:
+    splits, resume = data.splits, data.resume_state
+    weights = run.config().get("weights_source", "?") if resume else plan.model.weights_source
+    log(f"{cfg.model} ({weights}) on {runtime.describe()}"
+        f"{f' x {runtime.world_size} processes' if runtime.world_size > 1 else ''}; {len(splits.classes)} classes, "
+        f"{len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test images; strategy "
+        f"{plan.strategy.name}" + (f"; resuming after epoch {resume['fit_state']['global_epoch']}" if resume else ""))
+    if plan.choice:
+        log(f"auto: {plan.choice.reason}")
+    labels = [y for _, y in splits.train]
+    if cfg.balance == "none" and skew(labels, len(splits.classes)) > SKEW_HINT:
+        log(f"classes are imbalanced (largest / smallest = {skew(labels, len(splits.classes)):.1f}); consider "
+            "--balance weights (class-weighted loss) or --balance sampler (draw classes equally often)")
+
+
+def _record_start(run: RunDir, cfg: TrainConfig, plan: _Plan, splits: DataSplits, runtime: Runtime) -> None:
+    """``config.yaml`` (every setting resolved), ``classes.json`` and ``split.json``."""
+    run.write_config({**asdict(cfg), "strategy_resolved": plan.strategy.name,
+                      "strategy_choice": plan.choice.to_dict() if plan.choice else None,
+                      "strategy_phases": plan.strategy.to_dict()["phases"],
+                      "preprocessing": plan.preprocessing.to_dict(), "classes": splits.classes,
+                      "weights_source": plan.model.weights_source, "weights_checksum": plan.model.weights_checksum,
+                      "runtime": runtime.describe(), "world_size": runtime.world_size, "layout": splits.layout})
+    run.write_classes(splits.classes)
+    run.write_split(splits)
+
+
+def _checkpointer(run: RunDir, model: TransferModel, meta: dict):
+    """The ``on_epoch`` hook of :func:`fit`: the metrics line, the best weights, then ``last.pt`` (written last:
+    whatever it records is already on disk)."""
+
+    def on_epoch(record: dict, state: FitState, ckpt: dict) -> None:
+        run.append_metrics(record)
+        log(f"[{record['phase']} {record['epoch']}] " + ", ".join(
+            f"{k} {record[k]:.4f}" for k in ("train_loss", "train_acc", "val_loss", "val_acc") if k in record)
+            + (" *" if ckpt["improved"] else ""))
+        if ckpt["improved"]:
+            run.save_weights(run.BEST, model, {**meta, "epoch": record["global_epoch"]})
+        if ckpt["phase_improved"]:
+            run.save_weights(run.PHASE_BEST, model)
+        run.save_state({**{k: v for k, v in ckpt.items() if k not in ("improved", "phase_improved")},
+                        "fit_state": asdict(state), "record": record})
+
+    return on_epoch
+
+
+def _fit(cfg: TrainConfig, run: RunDir, plan: _Plan, data: _Data, loaders: dict, probe: ProbeOptions,
+         weights, runtime: Runtime, meta: dict) -> FitState:
+    resume = data.resume_state
+    try:
+        return fit(plan.model, plan.strategy, loaders, runtime, patience=cfg.patience, seed=cfg.seed, resume=resume,
+                   on_epoch=_checkpointer(run, plan.model, meta) if runtime.is_main else None, probe=probe,
+                   label_smoothing=cfg.label_smoothing, mixup=cfg.mixup, cutmix=cfg.cutmix,
+                   class_weights=weights if cfg.balance == "weights" else None,
+                   l2sp_reference=_pretrained_backbone(cfg, len(data.splits.classes)) if resume and cfg.l2sp
+                   else None)
+    except KeyboardInterrupt:
+        if runtime.is_main:
+            log(f"interrupted: the last finished epoch is saved; continue with `headstart train --resume {run.path}`.")
+        raise
+
+
+def _finish(cfg: TrainConfig, run: RunDir, plan: _Plan, data: _Data, state: FitState, loaders: dict,
+            probe: ProbeOptions, runtime: Runtime, meta: dict) -> dict:
+    """After training, on rank 0 alone: the shipped weights' temperature, the refit, the test, ``summary.json``."""
+    # The other ranks have returned: no collective may run, the feature cache's included. The summary still
+    # reports the world size training ran with.
+    alone = replace(runtime, rank=0, world_size=1)
+    model, splits = plan.model, data.splits
+    model.load_state_dict(run.weights(run.BEST))
+    records = run.metrics()
+    shipped = _shipped_record(records, state, plan.strategy, run)
+    summary = {"strategy": plan.strategy.name, "model": cfg.model, "best_epoch": state.best_global_epoch,
+               "best_phase": shipped["phase"], "selection": "validation loss after temperature scaling",
+               "best_val_loss": state.best_val_loss, "phases": _phase_figures(records),
+               "trainable_params": shipped["trainable_params"], "train_images": len(splits.train),
+               "val_images": len(splits.val), "skipped_files": len(data.bad), "world_size": runtime.world_size,
+               "leakage": leakage_counts(data.leakage)}
+    temperature, summary["calibration"] = _calibrate(model, loaders["val_all"], alone, summary)
+    refit = None
+    if cfg.refit and shipped.get("fit") == "features":
+        refit = probe.refit(model, [loaders["train_eval"], loaders["val_all"]], alone, shipped)
+        log(f"refitted the {refit['head']} head on all {refit['refit_images']} train + validation images with the "
+            "settings validation chose" + (f" (C={refit['C']:g})" if "C" in refit else ""))
+        # The validation images now train the head, so they cannot calibrate it, and the refitted head is sharper
+        # than the one the temperature was fitted to (measured: ECE 0.30 -> 0.64 on Fashion-MNIST at 5 labels per
+        # class). Logistic regression's own probabilities are what its fit made calibrated: T = 1.
+        temperature = summary["calibration"]["val"]["temperature_applied"] = 1.0
+    summary["refit"] = refit
+    summary["temperature"] = temperature
+    run.save_weights(run.BEST, model, {**meta, "epoch": state.best_global_epoch, "temperature": temperature,
+                                       "refit": refit is not None})
+    if splits.test:
+        summary.update(_test(model, splits, plan.preprocessing, cfg, alone, temperature, run, summary))
+    return summary
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
@@ -239,147 +341,32 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         resume: continue the run in ``cfg.out`` from its ``last.pt`` (model, optimizer, scheduler, epoch, phase).
     """
     t_start = time.time()
+    _check_options(cfg)
     seed_everything(cfg.seed)
-    out = Path(cfg.out)
+    run = RunDir(cfg.out)
     runtime = make_runtime(cfg.device, cfg.precision)
-    main = runtime.is_main
-    if cfg.strategy != "auto":
-        uses_pretrained_weights(cfg.strategy)  # a wrong name fails before any image is read
-    if cfg.balance not in BALANCE:
-        raise ValueError(f"--balance must be one of {', '.join(BALANCE)}, got '{cfg.balance}'.")
-    get_spec(cfg.model)  # a mistyped --model fails before the data is read
-    if resume:
-        splits = DataSplits.from_json(json.loads((out / "split.json").read_text()))
-        resume_state = load_resume_state(out)
-        bad = [(s["path"], s["reason"]) for s in json.loads((out / "skipped.json").read_text())]
-        leakage = json.loads((out / "leakage.json").read_text()) if (out / "leakage.json").is_file() else {}
-    else:
-        splits = discover(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed)
-        if main:
-            prepare_run_dir(out, cfg.overwrite)
-        barrier()
-        splits, bad, leakage, train_fingerprints = check_and_split(splits, cfg)
-        resume_state = None
-        if main:
-            write_json(out / "skipped.json", [{"path": p, "reason": r} for p, r in bad])
-            write_json(out / "leakage.json", leakage)
-            write_json(out / TRAIN_FINGERPRINTS, train_fingerprints)
-            if bad:
-                log(f"left out {len(bad)} unreadable file(s); the list is in {out / 'skipped.json'}")
-    if not splits.val:
-        raise ValueError(f"no validation images in {cfg.data}: add a val/ folder or more images per class "
-                         "(each class needs at least two images to hold one out).")
-
-    labels = [y for _, y in splits.train]
-    choice = choose_strategy(list(splits.counts("train").values()), cfg.batch_size, runtime.world_size,
-                             epochs=cfg.epochs, lr=cfg.lr, lr_decay=cfg.lr_decay) if cfg.strategy == "auto" else None
-    name = choice.strategy if choice else cfg.strategy
-    model = build_model(cfg.model, len(splits.classes), pretrained=uses_pretrained_weights(name) and not resume,
-                        weights_file=None if resume else cfg.weights)
-    # auto's choice already holds the settings given explicitly.
-    epochs = choice.epochs if choice else cfg.epochs or 10
-    lr_decay = choice.lr_decay if choice else cfg.lr_decay
-    lr = choice.lr if choice else cfg.lr
-    strategy = make_strategy(name, epochs=epochs, lr=lr, groups=len(model.group_names), lr_decay=lr_decay,
-                             l2sp=cfg.l2sp, bn=cfg.bn, unfreeze_every=cfg.unfreeze_every)
-    if resume:
-        model.load_state_dict(resume_state["model"])
-    pre = model.spec.preprocessing(cfg.image_size)
-    runtime.prepare(model)
-    loaders = _loaders(splits, pre, cfg, runtime,
-                       bn_trains=any(p.bn == "train" and p.fit == "sgd" for p in strategy.phases))
-    if main:
-        log(f"{cfg.model} ({model.weights_source}) on {runtime.describe()}"
-            f"{f' x {runtime.world_size} processes' if runtime.world_size > 1 else ''}; {len(splits.classes)} classes, "
-            f"{len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test images; strategy "
-            f"{strategy.name}" + (f"; resuming after epoch {resume_state['fit_state']['global_epoch']}" if resume
-                                  else ""))
-        if choice:
-            log(f"auto: {choice.reason}")
-        if cfg.balance == "none" and skew(labels, len(splits.classes)) > SKEW_HINT:
-            log(f"classes are imbalanced (largest / smallest = {skew(labels, len(splits.classes)):.1f}); consider "
-                "--balance weights (class-weighted loss) or --balance sampler (draw classes equally often)")
-
-    meta = {"model": cfg.model, "classes": splits.classes, "preprocessing": pre}
-    if main and not resume:
-        config = {**asdict(cfg), "strategy_resolved": strategy.name,
-                  "strategy_choice": choice.to_dict() if choice else None,
-                  "strategy_phases": strategy.to_dict()["phases"], "preprocessing": pre,
-                  "classes": splits.classes, "weights_source": model.weights_source,
-                  "weights_checksum": model.weights_checksum, "runtime": runtime.describe(),
-                  "world_size": runtime.world_size, "layout": splits.layout}
-        (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        write_json(out / "classes.json", splits.classes)
-        write_json(out / "split.json", splits.to_json())
-    if main and resume:
-        # Epochs after the checkpoint were lost with the crash; their metrics lines go too.
-        done = resume_state["fit_state"]["global_epoch"]
-        lines = (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []
-        kept = [line for line in lines if json.loads(line)["global_epoch"] <= done]
-        atomic_write(out / "metrics.jsonl", lambda tmp: Path(tmp).write_text("".join(f"{x}\n" for x in kept)))
-
-    def on_epoch(record: dict, state: FitState, ckpt: dict) -> None:
-        if not main:
-            return
-        with open(out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        log(f"[{record['phase']} {record['epoch']}] " + ", ".join(
-            f"{k} {record[k]:.4f}" for k in ("train_loss", "train_acc", "val_loss", "val_acc") if k in record)
-            + (" *" if ckpt["improved"] else ""))
-        if ckpt["improved"]:
-            save_weights(out / "best.safetensors", model, {**meta, "epoch": record["global_epoch"]})
-        if ckpt["phase_improved"]:
-            save_weights(out / "phase_best.safetensors", model)
-        # last.pt is written last: whatever it records is already on disk.
-        save_state(out / "last.pt", {**{k: v for k, v in ckpt.items() if k not in ("improved", "phase_improved")},
-                                     "fit_state": asdict(state), "record": record})
-
-    weights = class_weights(labels, len(splits.classes))
+    data = _resumed_data(run) if resume else _new_data(run, cfg, runtime)
+    if not data.splits.val:
+        raise DataError(f"no validation images in {cfg.data}: add a val/ folder or more images per class "
+                        "(each class needs at least two images to hold one out).")
+    plan = _plan(cfg, data, runtime)
+    loaders = _loaders(data.splits, plan.preprocessing, cfg, runtime,
+                       bn_trains=any(p.bn == "train" and p.fit == "sgd" for p in plan.strategy.phases))
+    meta = {"model": cfg.model, "classes": data.splits.classes, "preprocessing": plan.preprocessing.to_dict()}
+    if runtime.is_main:
+        _announce(cfg, run, plan, data, runtime)
+        if resume:  # epochs after the checkpoint were lost with the crash; their metrics lines go too
+            run.keep_metrics_until(data.resume_state["fit_state"]["global_epoch"])
+        else:
+            _record_start(run, cfg, plan, data.splits, runtime)
+    weights = class_weights([y for _, y in data.splits.train], len(data.splits.classes))
     # A head fitted on features sees every image once, not sampled: both --balance options weight its loss.
-    probe_options = {"head": cfg.head, "preprocessing": pre,
-                     "class_weights": weights if cfg.balance != "none" else None}
-    try:
-        state = fit(model, strategy, loaders, runtime, patience=cfg.patience, on_epoch=on_epoch, seed=cfg.seed,
-                    resume=resume_state, probe=probe_options,
-                    label_smoothing=cfg.label_smoothing, mixup=cfg.mixup, cutmix=cfg.cutmix,
-                    class_weights=weights if cfg.balance == "weights" else None,
-                    l2sp_reference=_pretrained_backbone(cfg, len(splits.classes)) if resume and cfg.l2sp else None)
-    except KeyboardInterrupt:
-        if main:
-            log(f"interrupted: the last finished epoch is saved; continue with `headstart train --resume {out}`.")
-        raise
+    probe = ProbeOptions(cfg.head, plan.preprocessing, class_weights=weights if cfg.balance != "none" else None)
+    state = _fit(cfg, run, plan, data, loaders, probe, weights, runtime, meta)
     barrier()
-    if not main:
+    if not runtime.is_main:
         return {}
-    # From here rank 0 works alone (the other ranks have returned): no collective may run, the feature cache's
-    # included. The summary still reports the world size training ran with.
-    alone = replace(runtime, rank=0, world_size=1)
-    model.load_state_dict(load_weights(out / "best.safetensors"))
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    shipped = _shipped_record(records, state, strategy, out)
-    summary = {"strategy": strategy.name, "model": cfg.model, "best_epoch": state.best_global_epoch,
-               "best_phase": shipped["phase"], "selection": "validation loss after temperature scaling",
-               "best_val_loss": state.best_val_loss, "phases": _phase_figures(records),
-               "trainable_params": shipped["trainable_params"], "train_images": len(splits.train),
-               "val_images": len(splits.val), "skipped_files": len(bad), "world_size": runtime.world_size,
-               "leakage": leakage_counts(leakage)}
-    temperature, summary["calibration"] = _calibrate(model, loaders["val_all"], alone, summary)
-    refit = None
-    if cfg.refit and shipped.get("fit") == "features":
-        refit = refit_linear_probe(model, [loaders["train_eval"], loaders["val_all"]], alone, shipped,
-                                   **probe_options)
-        log(f"refitted the {refit['head']} head on all {refit['refit_images']} train + validation images with the "
-            "settings validation chose" + (f" (C={refit['C']:g})" if "C" in refit else ""))
-        # The validation images now train the head, so they cannot calibrate it, and the refitted head is sharper
-        # than the one the temperature was fitted to (measured: ECE 0.30 -> 0.64 on Fashion-MNIST at 5 labels per
-        # class). Logistic regression's own probabilities are what its fit made calibrated: T = 1.
-        temperature = summary["calibration"]["val"]["temperature_applied"] = 1.0
-    summary["refit"] = refit
-    summary["temperature"] = temperature
-    save_weights(out / "best.safetensors", model, {**meta, "epoch": state.best_global_epoch,
-                                                   "temperature": temperature, "refit": refit is not None})
-    if splits.test:
-        summary.update(_test(model, splits, pre, cfg, alone, temperature, out, summary))
+    summary = _finish(cfg, run, plan, data, state, loaders, probe, runtime, meta)
     summary["seconds"] = time.time() - t_start
-    write_json(out / "summary.json", summary)
+    run.write_json(run.SUMMARY, summary)
     return summary

@@ -16,9 +16,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from headstart.adapt import adapt_batchnorm, statistics_are_training_images, training_images
 from headstart.cli import main
+from headstart.core.runtime import make_runtime
 from headstart.engine import lr_finder
 from headstart.engine.lr_finder import LRFinderResult, _suggestions
-from headstart.engine.runtime import make_runtime
 from headstart.zoo import create_backbone
 from tests.conftest import add_broken_files, make_class_folder
 

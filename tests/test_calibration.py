@@ -8,8 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from headstart.engine.calibration import (T_MIN, calibrated_nll, calibration_summary, expected_calibration_error,
-                                          fit_temperature, reliability, run_temperature, softmax)
+from headstart.engine.calibration import (
+    T_MIN,
+    calibrated_nll,
+    calibration_summary,
+    expected_calibration_error,
+    fit_temperature,
+    reliability,
+    run_temperature,
+    softmax,
+)
 from headstart.engine.loop import _correct
 
 

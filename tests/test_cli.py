@@ -85,6 +85,7 @@ def test_scratch_and_fine_tune_train_end_to_end(tmp_path):
         if strategy == "fine-tune":
             # resnet20 has no pretrained weights: give it a file, as a user with their own checkpoint would.
             import torch
+
             from headstart.zoo import create_backbone
 
             backbone, _, _ = create_backbone("resnet20", pretrained=False)

@@ -1,9 +1,8 @@
 import json
 
-import torch
-
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from headstart.data.dataset import scan

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from headstart.engine.distributed import EpochSampler
+from headstart.core.distributed import EpochSampler
 from tests.conftest import make_class_folder
 
 

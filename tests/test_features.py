@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -9,13 +10,14 @@ import torch
 from PIL import Image
 
 from headstart.cli import main
+from headstart.core.preprocessing import Preprocessing
+from headstart.core.runtime import make_runtime
 from headstart.data.dataset import ImageDataset, make_loader
 from headstart.data.sources import read_class_folders
 from headstart.data.transforms import eval_transform
-from headstart.engine.probe import features_from_loader
-from headstart.engine.runtime import make_runtime
 from headstart.features import FeatureCache, extract_features, fit_head
 from headstart.features.cache import weights_fingerprint
+from headstart.features.probe import features_from_loader
 from headstart.model import build_model
 from tests.conftest import add_broken_files, make_class_folder
 
@@ -62,7 +64,7 @@ def test_batch_normalisation_is_bit_identical_to_eval_transform():
     from headstart.data.transforms import to_float_normalized
     from headstart.features.extract import _Collate
 
-    pre = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    pre = Preprocessing(64, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     images = list(torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8))
     expected = torch.stack([to_float_normalized(pre)(img) for img in images])
     batch, reasons = _Collate(pre, to_float=True, channels_last=True)([(img, "") for img in images])
@@ -102,7 +104,7 @@ def test_cache_key_separates_preprocessing_and_weights(small_model, tmp_path):
     paths = _paths(make_class_folder(tmp_path / "d", per_class=1))
     cache_dir = tmp_path / "cache"
     a = extract_features(model, paths, pre, runtime, workers=0, cache_dir=cache_dir)
-    b = extract_features(model, paths, {**pre, "image_size": 24}, runtime, workers=0, cache_dir=cache_dir)
+    b = extract_features(model, paths, replace(pre, image_size=24), runtime, workers=0, cache_dir=cache_dir)
     assert b.computed == len(paths) and a.cache.dir != b.cache.dir
     before = weights_fingerprint(model.backbone)
     with torch.no_grad():
@@ -268,7 +270,7 @@ def test_linear_probe_with_each_head_via_cli_then_embed_the_run(tmp_path, capsys
     data = make_class_folder(tmp_path / "d", per_class=6)
     run = tmp_path / "run"
     assert main(["train", str(data), "--out", str(run), "--strategy", "linear-probe", "--head", head,
-                 "--batch-size", "8", *FAST]) == 0
+                 "--batch-size", "8", "--json", *FAST]) == 0
     record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     assert record["head"] == head and record["val_acc"] >= 0.8
     assert json.loads(capsys.readouterr().out)["val_acc"] >= 0.8

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from headstart.engine.checkpoint import weights_metadata
+from headstart.core.io import weights_metadata
 from headstart.evaluation.metrics import evaluate_run
 from headstart.features.heads import ABSENT, fit_head, refit_head
 from headstart.inference import expand_paths, load_run, predict_paths, view_logits
@@ -69,8 +69,8 @@ def test_predict_uses_the_run_temperature(probe_run):
     loaded.temperature = 2.0  # any fitted value: predictions must be softmax(logits / T)
     paths = expand_paths([data / "red"])[:4]
     scores = [r["score"] for r in predict_paths(loaded, paths, topk=1)]
-    from headstart.data.transforms import eval_transform
     from headstart.data.images import load_image
+    from headstart.data.transforms import eval_transform
 
     images = torch.stack([eval_transform(loaded.preprocessing)(load_image(p)) for p in paths])
     expected = (view_logits(loaded.model, images, loaded.runtime)[0] / 2.0).softmax(1).max(1).values

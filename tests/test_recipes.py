@@ -14,11 +14,12 @@ from torch.utils.data import DataLoader, TensorDataset
 from headstart.adapt import adapt_batchnorm
 from headstart.auto import choose_strategy
 from headstart.cli import main
+from headstart.core.runtime import make_runtime
 from headstart.data.balance import BalancedSampler, class_weights, skew
 from headstart.engine import loop
 from headstart.engine.losses import L2SP, make_criterion, make_mixer
 from headstart.engine.lr_finder import _suggestions, lr_find
-from headstart.engine.runtime import make_runtime
+from headstart.features.probe import ProbeOptions
 from headstart.inference import predict_probs
 from headstart.model import build_model
 from headstart.strategy import Phase, make_strategy, resolve_train_from
@@ -83,7 +84,7 @@ def test_gradual_unfreezes_one_more_group_per_phase(model):
 def test_gradual_fit_trains_the_expected_groups(model):
     frozen = []
     strategy = make_strategy("gradual", epochs=4, groups=len(model.group_names))
-    loop.fit(model, strategy, tensor_loaders(), RUNTIME, patience=0,
+    loop.fit(model, strategy, tensor_loaders(), RUNTIME, patience=0, probe=ProbeOptions(),
              on_epoch=lambda record, state, ckpt: frozen.append((record["phase"], model.frozen_groups())))
     assert frozen == [("head", [0, 1, 2, 3]), ("unfreeze-1", [0, 1, 2]), ("unfreeze-2", [0, 1]),
                       ("unfreeze-3", [0]), ("unfreeze-4", [])]
@@ -107,7 +108,7 @@ def test_lp_ft_starts_its_fine_tuning_from_the_probe_head(model, monkeypatch):
         if record["phase"] == "probe":
             probe_head["w"] = ckpt["model"]["head.weight"].clone()
 
-    loop.fit(model, strategy, tensor_loaders(), RUNTIME, on_epoch=on_epoch)
+    loop.fit(model, strategy, tensor_loaders(), RUNTIME, on_epoch=on_epoch, probe=ProbeOptions())
     assert probe_head["w"].abs().sum() > 0
     torch.testing.assert_close(start_head["w"], probe_head["w"], rtol=0, atol=0)
 

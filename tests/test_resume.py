@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from headstart.engine.checkpoint import load_weights
+from headstart.core.io import load_weights
 from tests.conftest import make_class_folder
 
 pytestmark = pytest.mark.slow

@@ -1,7 +1,8 @@
 """The ``headstart`` command line: one module per command, each with ``add_parser`` and ``run``.
 
-Wrong input (a missing path, an unknown model, weights that do not fit) ends with one sentence and exit code 2;
-``--debug`` shows the traceback instead.
+Wrong input (a missing path, an unknown model, weights that do not fit: a
+:class:`~headstart.core.errors.HeadstartError`) ends with one sentence and exit code 2; ``--debug`` shows the
+traceback instead. Anything else (a bug, CUDA out of memory) keeps its traceback.
 """
 
 from __future__ import annotations
@@ -26,13 +27,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from headstart.core.errors import HeadstartError
+
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args) or 0
     except KeyboardInterrupt:
         print("interrupted; the last checkpoint is kept.", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, PermissionError, NotADirectoryError, RuntimeError) as exc:
+    except HeadstartError as exc:
         if args.debug:
             raise
         print(f"headstart {args.command}: error: {exc}", file=sys.stderr)

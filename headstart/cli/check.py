@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from headstart.core.errors import UsageError
 from headstart.data.images import MAX_PIXELS
 
 ROWS_PER_KIND = 10  # the table stays readable on large datasets; --json lists everything
@@ -43,9 +44,9 @@ def run(args) -> int:
     from headstart.data.check import check, quarantine
 
     if not 0 <= args.near <= 32:
-        raise ValueError(f"--near {args.near} is out of range; pass a number of bits from 0 to 32, e.g. --near 4.")
+        raise UsageError(f"--near {args.near} is out of range; pass a number of bits from 0 to 32, e.g. --near 4.")
     if args.min_images < 1 or args.max_imbalance < 1 or args.max_pixels < 1:
-        raise ValueError("--min-images, --max-imbalance and --max-pixels must be at least 1, e.g. --min-images 5.")
+        raise UsageError("--min-images, --max-imbalance and --max-pixels must be at least 1, e.g. --min-images 5.")
     report = check(args.data, val_fraction=args.val_fraction, seed=args.seed, max_pixels=args.max_pixels,
                    min_images=args.min_images, max_imbalance=args.max_imbalance, near=args.near)
     moved = quarantine(report, args.quarantine) if args.quarantine else None

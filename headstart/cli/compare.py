@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from headstart.compare import CompareConfig
+from headstart.core.errors import UsageError
 
 _DEFAULTS = CompareConfig(data="", out="")  # one source of defaults: the config's
 
@@ -11,16 +12,16 @@ def _ints(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x]
     except ValueError:
-        raise ValueError(f"expected comma-separated whole numbers such as 5,10,25, got '{text}'.") from None
+        raise UsageError(f"expected comma-separated whole numbers such as 5,10,25, got '{text}'.") from None
 
 
 def _floats(text: str) -> list[float]:
     try:
         values = [float(x) for x in text.split(",") if x]
     except ValueError:
-        raise ValueError(f"expected comma-separated numbers such as 1e-3,3e-3, got '{text}'.") from None
+        raise UsageError(f"expected comma-separated numbers such as 1e-3,3e-3, got '{text}'.") from None
     if not values or any(v <= 0 for v in values):
-        raise ValueError(f"expected positive learning rates such as 1e-3,3e-3, got '{text}'.")
+        raise UsageError(f"expected positive learning rates such as 1e-3,3e-3, got '{text}'.")
     return values
 
 
@@ -71,7 +72,7 @@ def config_from_args(args) -> CompareConfig:
     strategies = [s for s in args.strategies.split(",") if s]
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown:
-        raise ValueError(f"unknown strategy {', '.join(unknown)}; choose from {', '.join(STRATEGIES)}.")
+        raise UsageError(f"unknown strategy {', '.join(unknown)}; choose from {', '.join(STRATEGIES)}.")
     return CompareConfig(data=args.data, out=args.out, model=args.model, strategies=strategies,
                          labels_per_class=_ints(args.labels_per_class), seeds=args.seeds,
                          val_per_class=args.val_per_class, max_test=args.max_test, epochs=args.epochs,

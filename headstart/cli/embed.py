@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from headstart.core.errors import PathNotFoundError, UsageError
 from headstart.zoo import DEFAULT_MODEL
 
 
@@ -46,10 +47,10 @@ def read_images(data: str | Path) -> dict:
 
     data = Path(data)
     if not data.exists():
-        raise FileNotFoundError(f"{data} does not exist; pass a folder of images or class subfolders, or a CSV.")
+        raise PathNotFoundError(f"{data} does not exist; pass a folder of images or class subfolders, or a CSV.")
     if data.is_file():
         if data.suffix.lower() != ".csv":
-            raise ValueError(f"{data} is a file but not a .csv manifest; pass a folder of images or a CSV.")
+            raise UsageError(f"{data} is a file but not a .csv manifest; pass a folder of images or a CSV.")
         classes, rows = read_csv_manifest(data)
         idx = {c: i for i, c in enumerate(classes)}
         items = [(p, idx[label], split) for split, samples in rows.items() for p, label in samples]
@@ -72,13 +73,13 @@ def read_images(data: str | Path) -> dict:
                 "split": None}
     paths = list_images(data)
     if not paths:
-        raise ValueError(f"{data} holds no image files.")
+        raise UsageError(f"{data} holds no image files.")
     return {"paths": paths, "labels": None, "classes": None, "split": None}
 
 
 def _model(args):
     """(model, preprocessing, runtime, description) for a backbone name or a run directory."""
-    from headstart.engine.runtime import make_runtime
+    from headstart.core.runtime import make_runtime
     from headstart.model import build_model
 
     path = Path(args.model)
@@ -86,7 +87,7 @@ def _model(args):
         from headstart.inference import load_run
 
         if args.weights or args.image_size:
-            raise ValueError(f"{path} is a run: it keeps its own weights and image size; drop --weights and "
+            raise UsageError(f"{path} is a run: it keeps its own weights and image size; drop --weights and "
                              "--image-size, or pass a backbone name instead.")
         run = load_run(path, device=args.device, precision=args.precision)
         return run.model, run.preprocessing, run.runtime, f"run {path}"
@@ -140,19 +141,19 @@ def run(args) -> int:
     out = Path(args.out)
     suffix = out.suffix.lower()
     if suffix not in (".npz", ".parquet"):
-        raise ValueError(f"--out {out} must end in .npz or .parquet (e.g. --out features.npz).")
+        raise UsageError(f"--out {out} must end in .npz or .parquet (e.g. --out features.npz).")
     if suffix == ".parquet":
         try:
             import pyarrow  # noqa: F401
         except ImportError:
-            raise ValueError("writing .parquet needs pyarrow (`pip install pyarrow`); or pass an --out ending in "
+            raise UsageError("writing .parquet needs pyarrow (`pip install pyarrow`); or pass an --out ending in "
                              ".npz.") from None
     found = read_images(args.data)
     model, pre, runtime, source = _model(args)
     feats = extract_features(model, found["paths"], pre, runtime, batch_size=args.batch_size, workers=args.workers,
                              desc="embed")
     if not len(feats):
-        raise ValueError(f"none of the {len(found['paths'])} images in {args.data} could be decoded.")
+        raise UsageError(f"none of the {len(found['paths'])} images in {args.data} could be decoded.")
     keep = feats.positions
     columns: dict = {"paths": np.asarray(feats.paths)}
     if found["labels"] is not None:

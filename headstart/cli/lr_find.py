@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from headstart.core.errors import PathNotFoundError
 from headstart.data.transforms import AUGMENTATIONS
 from headstart.strategy import STRATEGIES
 from headstart.zoo import DEFAULT_MODEL
@@ -43,12 +44,12 @@ def add_parser(sub):
 def run(args) -> int:
     import yaml
 
+    from headstart.core.io import write_json
+    from headstart.core.runtime import make_runtime, seed_everything
     from headstart.data.dataset import ImageDataset, make_loader, scan
     from headstart.data.sources import DataSplits, discover
     from headstart.data.transforms import eval_transform, train_transform
-    from headstart.engine.checkpoint import write_json
     from headstart.engine.lr_finder import lr_find, plot_lr_find
-    from headstart.engine.runtime import make_runtime, seed_everything
     from headstart.inference import load_run
     from headstart.model import build_model
     from headstart.strategy import make_strategy
@@ -66,7 +67,7 @@ def run(args) -> int:
             name = "fine-tune"
     else:
         if not source.exists():
-            raise FileNotFoundError(f"{source} does not exist; pass a run directory or a folder of labelled images.")
+            raise PathNotFoundError(f"{source} does not exist; pass a run directory or a folder of labelled images.")
         runtime = make_runtime(args.device)
         splits = discover(str(source), val_fraction=0.2, seed=args.seed)
         name = args.strategy or "fine-tune"
@@ -80,7 +81,7 @@ def run(args) -> int:
     sgd_index = next(i for i, p in enumerate(strategy.phases) if p.fit == "sgd")
     if not is_run and sgd_index > 0:
         # The swept phase starts from a head fitted on frozen features, as in training.
-        from headstart.engine.probe import fit_linear_probe
+        from headstart.features.probe import fit_linear_probe
 
         def eval_loader(samples):
             return make_loader(ImageDataset(samples, eval_transform(pre)), args.batch_size * 2, shuffle=False,

@@ -2,41 +2,60 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
-from headstart.data.balance import BALANCE
-from headstart.data.transforms import AUGMENTATIONS
-from headstart.model import BN_POLICIES
-from headstart.features.heads import HEADS
+from headstart.config import TrainConfig
+from headstart.core.choices import AUGMENTATIONS, BALANCE, BN_POLICIES, HEADS, PRECISIONS
 from headstart.strategy import STRATEGIES
-from headstart.zoo import DEFAULT_MODEL
+
+EXAMPLE = """examples:
+  headstart train photos/ --out runs/photos                # auto picks the strategy from the data
+  headstart train photos/ --out runs/ft --strategy fine-tune --epochs 5
+  headstart train --resume runs/ft                         # continue after a crash or Ctrl-C"""
 
 
 def add_parser(sub):
+    d = TrainConfig.default
     p = sub.add_parser("train", help="train a classifier on a folder of labelled images",
                        description="Train a classifier from a pretrained backbone. DATA is a folder of class "
-                                   "subfolders (optionally inside train/, val/, test/), or a CSV with path,label.")
+                                   "subfolders (optionally inside train/, val/, test/), or a CSV with path,label.",
+                       epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", nargs="?", help="folder of class subfolders, or a CSV manifest (path,label[,split])")
-    p.add_argument("--out", help="run directory to create")
+    p.add_argument("--out", help="run directory to create (outside the data folder)")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"backbone name (default {DEFAULT_MODEL}; see `headstart "
-                                                          "models`; any timm model as timm:<name>)")
-    p.add_argument("--strategy", default="auto", choices=["auto", *STRATEGIES],
+    p.add_argument("--model", default=d("model"), help=f"backbone name (default {d('model')}; see `headstart "
+                                                       "models`; any timm model as timm:<name>)")
+    p.add_argument("--strategy", default=d("strategy"), choices=["auto", *STRATEGIES],
                    help="auto (default): chosen from the number of labelled images and classes, the choice and "
                         "why recorded in config.yaml; " + "; ".join(f"{k}: {v}" for k, v in STRATEGIES.items()))
-    p.add_argument("--epochs", type=int, default=None, help="epochs of the main phase (default: auto's choice, or 10)")
-    p.add_argument("--lr", type=float, default=None, help="head learning rate (pretrained layers get 10x less)")
-    p.add_argument("--image-size", type=int, default=None, help="input size (default: the backbone's)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--weights", default=None, help="pretrained weights file (.safetensors/.pth/.pt state dict)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--augment", default="light", choices=AUGMENTATIONS)
-    p.add_argument("--patience", type=int, default=3, help="early stopping: epochs without a better val loss")
-    p.add_argument("--val-fraction", type=float, default=0.2, help="share held out when there is no val/ folder")
-    p.add_argument("--workers", type=int, default=None, help="image decoding processes (default: half the cores)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.add_argument("--epochs", type=int, default=d("epochs"),
+                   help="epochs of the main phase (default: auto's choice, or 10)")
+    p.add_argument("--lr", type=float, default=d("lr"),
+                   help="head learning rate (default: the strategy's, 1e-3; pretrained layers get 10x less)")
+    p.add_argument("--image-size", type=int, default=d("image_size"),
+                   help="input size in pixels (default: the backbone's, e.g. 224)")
+    p.add_argument("--batch-size", type=int, default=d("batch_size"),
+                   help=f"images per training step (default {d('batch_size')})")
+    p.add_argument("--weights", default=d("weights"),
+                   help="pretrained weights file (.safetensors/.pth/.pt state dict) instead of the zoo's")
+    p.add_argument("--seed", type=int, default=d("seed"), help="seeds split, shuffling and augmentation (default 0)")
+    p.add_argument("--augment", default=d("augment"), choices=AUGMENTATIONS,
+                   help="training augmentation: none, light (random crop and flip; default) or strong")
+    p.add_argument("--patience", type=int, default=d("patience"),
+                   help=f"early stopping: epochs without a better validation loss (default {d('patience')}; 0: never)")
+    p.add_argument("--val-fraction", type=float, default=d("val_fraction"),
+                   help=f"share of each class held out when there is no val/ folder (default {d('val_fraction')})")
+    p.add_argument("--workers", type=int, default=d("workers"),
+                   help="image decoding processes (default: none on 2 cores, else half the cores)")
+    p.add_argument("--device", default=d("device"), help="auto (default: CUDA when present), cpu, cuda or cuda:N")
+    p.add_argument("--precision", default=d("precision"), choices=PRECISIONS,
+                   help="auto (default: what this hardware runs fastest), bf16, fp16 or fp32")
+    p.add_argument("--json", action="store_true",
+                   help="print the run's summary as one JSON object on stdout (messages stay on stderr)")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous run in --out (its files are removed)")
+    p.add_argument("--max-pixels", type=int, default=d("max_pixels"),
+                   help="leave out images with more pixels (default 89 million, as `headstart check`)")
     p.add_argument("--keep-leaked", action="store_true",
                    help="keep validation/test images that duplicate a training image (left out by default: they "
                         "inflate the selection and the reported accuracy)")
@@ -44,48 +63,58 @@ def add_parser(sub):
                    help="do not refit a head fitted on features on train + validation images after validation has "
                         "chosen its settings (refitting is the default: the shipped head sees every label)")
     r = p.add_argument_group("recipes", "regularisers and options of the pretrained strategies (README: Recipes)")
-    r.add_argument("--lr-decay", type=float, default=None, metavar="D",
+    r.add_argument("--lr-decay", type=float, default=d("lr_decay"), metavar="D",
                    help="layer-wise learning rates: group i gets lr * D^(G-i), G the head (ULMFiT; e.g. 0.75)")
-    r.add_argument("--l2sp", type=float, default=0.0, metavar="ALPHA",
+    r.add_argument("--l2sp", type=float, default=d("l2sp"), metavar="ALPHA",
                    help="L2-SP: pull the backbone towards its pretrained weights by ALPHA/2 ||w - w0||^2 instead of "
                         "weight decay (Li et al. 2018; e.g. 0.01)")
-    r.add_argument("--bn", default=None, choices=BN_POLICIES,
+    r.add_argument("--bn", default=d("bn"), choices=BN_POLICIES,
                    help="BatchNorm statistics: frozen (default), train, or adabn (recomputed on the train and val "
                         "images before training, then frozen)")
-    r.add_argument("--unfreeze-every", type=int, default=1, metavar="N",
-                   help="gradual: epochs between unfreezing one more layer group")
-    r.add_argument("--label-smoothing", type=float, default=0.0, metavar="EPS", help="e.g. 0.1")
-    r.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA", help="MixUp on each batch (e.g. 0.2)")
-    r.add_argument("--cutmix", type=float, default=0.0, metavar="ALPHA", help="CutMix on each batch (e.g. 1.0)")
-    r.add_argument("--balance", default="none", choices=BALANCE,
+    r.add_argument("--unfreeze-every", type=int, default=d("unfreeze_every"), metavar="N",
+                   help="gradual: epochs between unfreezing one more layer group (default 1)")
+    r.add_argument("--label-smoothing", type=float, default=d("label_smoothing"), metavar="EPS",
+                   help="label smoothing of the training loss (e.g. 0.1; default off)")
+    r.add_argument("--mixup", type=float, default=d("mixup"), metavar="ALPHA",
+                   help="MixUp on each batch (e.g. 0.2; default off)")
+    r.add_argument("--cutmix", type=float, default=d("cutmix"), metavar="ALPHA",
+                   help="CutMix on each batch (e.g. 1.0; default off)")
+    r.add_argument("--balance", default=d("balance"), choices=BALANCE,
                    help="imbalanced classes: weights (class-weighted loss) or sampler (draw classes equally often)")
-    p.add_argument("--head", default="logreg", choices=list(HEADS),
+    p.add_argument("--head", default=d("head"), choices=list(HEADS),
                    help="how the head is fitted on cached features (linear-probe, and fine-tune's first phase): "
                         + "; ".join(f"{k}: {v}" for k, v in HEADS.items()))
     return p
 
 
 def run(args) -> int:
-    from headstart.train import TrainConfig, train
+    from headstart.core.errors import UsageError
 
     if args.resume:
-        import yaml
-        from pathlib import Path
+        from headstart.rundir import RunDir
 
-        config_path = Path(args.resume) / "config.yaml"
-        if not config_path.is_file():
-            raise FileNotFoundError(f"{args.resume} is not a headstart run directory (no config.yaml).")
-        saved = yaml.safe_load(config_path.read_text())
-        cfg = TrainConfig(**{k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__})
+        run_dir = RunDir(args.resume)
+        if not run_dir.is_run():
+            raise UsageError(f"{args.resume} is not a headstart run directory (no {run_dir.CONFIG}); pass the --out "
+                             "folder of the run to continue.")
+        cfg = TrainConfig.from_dict(run_dir.config())
         cfg.out = args.resume
+        cfg.check()
+        from headstart.train import train
+
         summary = train(cfg, resume=True)
     else:
         if not args.data or not args.out:
-            raise ValueError("train needs DATA and --out (e.g. `headstart train images/ --out runs/a`), or "
+            raise UsageError("train needs DATA and --out (e.g. `headstart train images/ --out runs/a`), or "
                              "--resume RUN.")
-        cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__})
+        cfg = TrainConfig.from_dict(vars(args)).check()  # a wrong option fails before torch is even loaded
+        from headstart.train import train
+
         summary = train(cfg)
-    print(json.dumps(_without_diagrams(summary), indent=2))
+    if args.json:
+        print(json.dumps(_without_diagrams(summary), indent=2))
+    else:
+        _report(summary, cfg.out)
     return 0
 
 
@@ -94,3 +123,20 @@ def _without_diagrams(summary: dict) -> dict:
     calibration = {split: {k: v for k, v in c.items() if not k.startswith("reliability")}
                    for split, c in summary.get("calibration", {}).items()}
     return {**summary, "calibration": calibration} if calibration else summary
+
+
+def _report(summary: dict, out: str) -> None:
+    """What a user wants at the end: the result, where the model is, and the next commands (the full figures are
+    in summary.json)."""
+    from headstart.cli.console import console
+
+    lines = [f"trained {summary['model']} with {summary['strategy']} (phase '{summary['best_phase']}' shipped): "
+             f"validation accuracy {summary['val_acc']:.4f}"]
+    if "test_acc" in summary:
+        lines.append(f"test accuracy {summary['test_acc']:.4f} (balanced {summary['test_balanced_acc']:.4f})")
+    lines += [f"took {summary['seconds']:.0f} s; the model and its record are in {out}/ (summary.json, "
+              "test_metrics.json, best.safetensors)",
+              "next:",
+              f"  headstart predict {out} IMAGES...          # label new images",
+              f"  headstart evaluate {out} LABELLED_FOLDER   # score it on other labelled images"]
+    console(stderr=True).print("\n".join(lines), highlight=False)

@@ -3,7 +3,7 @@
 With ``--balance weights`` each class's loss is weighted by ``n / (C * n_c)`` (scikit-learn's "balanced"), so
 every class contributes the same total weight; with ``--balance sampler`` each epoch draws ``n`` images with
 replacement, each class with probability ``1/C`` (PyTorch's ``WeightedRandomSampler``, made resumable and
-shardable like :class:`headstart.engine.distributed.EpochSampler`). Weights keep every image once per epoch;
+shardable like :class:`headstart.core.distributed.EpochSampler`). Weights keep every image once per epoch;
 the sampler repeats the rare images, which with augmentation is often the better of the two.
 """
 
@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-BALANCE = ("none", "weights", "sampler")
+from headstart.core.choices import BALANCE  # noqa: F401 (re-exported)
+
 SKEW_HINT = 3.0  # max/min class count above which training suggests --balance
 
 

@@ -21,6 +21,7 @@ import imagehash
 import numpy as np
 from PIL import Image
 
+from headstart.core.errors import DataError
 from headstart.data.images import MAX_PIXELS, BadImageError, decode_image
 from headstart.data.leakage import group_duplicates, near_pairs  # noqa: F401 (near_pairs: imported from here too)
 from headstart.data.sources import DataSplits, discover, validate
@@ -301,7 +302,7 @@ def quarantine(report: CheckReport, dest: str | Path) -> list[dict]:
     """
     dest, root = Path(dest).resolve(), report.root.resolve()
     if dest == root or root in dest.parents:
-        raise ValueError(f"--quarantine {dest} is inside {report.data}, where its files would be read as data again; "
+        raise DataError(f"--quarantine {dest} is inside {report.data}, where its files would be read as data again; "
                          "pass a folder outside it.")
     moved = []
     for path, reason in report.bad_files():

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from headstart.core.errors import PathNotFoundError
+
 CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot"]
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 MIRROR = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
@@ -55,7 +57,7 @@ def load(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
                 urllib.request.urlretrieve(MIRROR + name, path)
             except OSError as exc:
                 path.unlink(missing_ok=True)
-                raise FileNotFoundError(
+                raise PathNotFoundError(
                     f"Fashion-MNIST is not installed and could not be downloaded ({exc}). Install the Debian "
                     "package: `apt-get install dataset-fashion-mnist`, or set HEADSTART_FASHION_MNIST to a folder "
                     "with its idx files.") from None

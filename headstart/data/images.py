@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from headstart.core.errors import DataError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 # Decompression bombs: a small file that decodes to billions of pixels. 89 million is PIL's own warning
@@ -17,7 +19,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 MAX_PIXELS = 89_478_485
 
 
-class BadImageError(ValueError):
+class BadImageError(DataError):
     """A file that cannot be used as an image; ``reason`` says why in a few words, ``kind`` in one word.
 
     Kinds: ``unreadable`` (missing, no permission), ``empty``, ``not-image``, ``corrupt`` (truncated or broken),

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from headstart.core.errors import DataError
 from headstart.data.sources import DataSplits, stratified_split
 
 if TYPE_CHECKING:  # check imports this module for its grouping; FileFacts is only named here
@@ -118,7 +119,7 @@ def leak_proof_split(splits: DataSplits, facts: dict[str, FileFacts], val_fracti
         near: see ``duplicate_groups``.
     """
     if not splits.val_made:
-        raise ValueError("leak_proof_split re-splits a validation split headstart made, but this one was given "
+        raise DataError("leak_proof_split re-splits a validation split headstart made, but this one was given "
                          f"({splits.layout}); use drop_leaked to remove its copies of training images instead.")
     pool = splits.train + splits.val
     found = duplicate_groups({p: facts[p] for p, _ in pool if p in facts}, near)

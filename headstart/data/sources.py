@@ -9,6 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from headstart.core.errors import DataError, PathNotFoundError
 from headstart.data.images import is_image_file
 
 Sample = tuple[str, int]  # (path, class index)
@@ -64,7 +65,7 @@ def read_class_folders(folder: Path, classes: list[str] | None = None) -> tuple[
     if not dirs:
         n_loose = len([f for f in folder.iterdir() if f.is_file() and is_image_file(f)])
         extra = f" (it holds {n_loose} images directly; move them into one subfolder per class)" if n_loose else ""
-        raise ValueError(f"{folder} has no class subfolders{extra}. Expected {folder}/<class name>/<images>, "
+        raise DataError(f"{folder} has no class subfolders{extra}. Expected {folder}/<class name>/<images>, "
                          "optionally inside train/ and val/ folders, or a CSV manifest with path,label columns.")
     names = [d.name for d in dirs]
     if classes is None:
@@ -72,7 +73,7 @@ def read_class_folders(folder: Path, classes: list[str] | None = None) -> tuple[
     else:
         unknown = [n for n in names if n not in classes]
         if unknown:
-            raise ValueError(f"{folder} has classes the model was not trained on: {', '.join(unknown)}. "
+            raise DataError(f"{folder} has classes the model was not trained on: {', '.join(unknown)}. "
                              f"The model knows: {', '.join(classes)}.")
     idx = {c: i for i, c in enumerate(classes)}
     samples = [(p, idx[d.name]) for d in dirs for p in list_images(d)]
@@ -140,7 +141,7 @@ def read_csv_manifest(path: Path) -> tuple[list[str], dict[str, list[tuple[str, 
         reader = csv.DictReader(f)
         cols = [c.strip().lower() for c in reader.fieldnames or []]
         if "path" not in cols or "label" not in cols:
-            raise ValueError(f"{path} needs a header with 'path' and 'label' columns (and optionally 'split'); "
+            raise DataError(f"{path} needs a header with 'path' and 'label' columns (and optionally 'split'); "
                              f"it has: {', '.join(cols) or 'no header'}.")
         rows: dict[str, list[tuple[str, str]]] = {"train": [], "val": [], "test": []}
         for i, row in enumerate(reader, start=2):
@@ -148,7 +149,7 @@ def read_csv_manifest(path: Path) -> tuple[list[str], dict[str, list[tuple[str, 
             split = row.get("split") or "train"
             split = next((s for s, names in SPLIT_DIRS.items() if split.lower() in names), None)
             if split is None:
-                raise ValueError(f"{path} line {i}: split '{row.get('split')}' is not one of train, val, test.")
+                raise DataError(f"{path} line {i}: split '{row.get('split')}' is not one of train, val, test.")
             p = Path(row["path"])
             rows[split].append((str(p if p.is_absolute() else path.parent / p), row["label"]))
     classes = sorted({label for split in rows.values() for _, label in split})
@@ -166,10 +167,10 @@ def discover(data: str | Path, val_fraction: float = 0.2, seed: int = 0) -> Data
     """
     data = Path(data)
     if not data.exists():
-        raise FileNotFoundError(f"{data} does not exist; pass a folder of class subfolders or a CSV manifest.")
+        raise PathNotFoundError(f"{data} does not exist; pass a folder of class subfolders or a CSV manifest.")
     if data.is_file():
         if data.suffix.lower() != ".csv":
-            raise ValueError(f"{data} is a file but not a .csv manifest; pass a folder of class subfolders or a CSV.")
+            raise DataError(f"{data} is a file but not a .csv manifest; pass a folder of class subfolders or a CSV.")
         classes, rows = read_csv_manifest(data)
         idx = {c: i for i, c in enumerate(classes)}
         train, val, test = ([(p, idx[y]) for p, y in rows[s]] for s in ("train", "val", "test"))
@@ -203,11 +204,11 @@ def validate(splits: DataSplits, data: Path | str) -> None:
     counts = splits.counts("train")
     empty = [c for c, n in counts.items() if n == 0]
     if not splits.train:
-        raise ValueError(f"no images found in {data} (looked for {', '.join(e.lstrip('.') for e in ('.jpg', '.png'))} "
+        raise DataError(f"no images found in {data} (looked for {', '.join(e.lstrip('.') for e in ('.jpg', '.png'))} "
                          "and other image files inside the class folders).")
     if empty:
-        raise ValueError(f"class{'es' if len(empty) > 1 else ''} {', '.join(empty)} in {data} "
+        raise DataError(f"class{'es' if len(empty) > 1 else ''} {', '.join(empty)} in {data} "
                          "ha{} no usable training images; add images or remove the folder.".format(
                              've' if len(empty) > 1 else 's'))
     if len(splits.classes) < 2:
-        raise ValueError(f"{data} has only one class ({splits.classes[0]}); a classifier needs at least two.")
+        raise DataError(f"{data} has only one class ({splits.classes[0]}); a classifier needs at least two.")

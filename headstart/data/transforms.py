@@ -6,15 +6,18 @@ import torch
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as F
 
-AUGMENTATIONS = ("none", "light", "strong")
+from headstart.core.choices import AUGMENTATIONS
+from headstart.core.errors import DataError
+from headstart.core.preprocessing import Preprocessing
 
 
 def _interp(name: str) -> T.InterpolationMode:
     return T.InterpolationMode(name)
 
 
-def eval_transform(pre: dict) -> T.Compose:
+def eval_transform(pre: Preprocessing | dict) -> T.Compose:
     """Resize to ``size / crop_pct`` and centre-crop ``size``, as the weights were evaluated; then normalise."""
+    pre = Preprocessing.of(pre)
     return T.Compose([eval_resize_crop(pre), to_float_normalized(pre)])
 
 
@@ -35,37 +38,39 @@ class _ResizeCrop:
         return f"ResizeCrop(resize={self.resize[0]}, crop={self.crop[0]}, interpolation={self.interpolation.value})"
 
 
-def eval_resize_crop(pre: dict) -> _ResizeCrop:
+def eval_resize_crop(pre: Preprocessing | dict) -> _ResizeCrop:
     """The geometric half of ``eval_transform``: PIL image in, uint8 tensor out (a quarter of the bytes of float32
     to send from a loader worker; ``to_float_normalized`` then runs once per batch)."""
-    size = pre["image_size"]
-    return _ResizeCrop(int(round(size / pre["crop_pct"])), size, pre["interpolation"])
+    pre = Preprocessing.of(pre)
+    return _ResizeCrop(pre.resize, pre.crop, pre.interpolation)
 
 
-def to_float_normalized(pre: dict) -> T.Compose:
+def to_float_normalized(pre: Preprocessing | dict) -> T.Compose:
     """uint8 image or batch -> float32 normalised by the weights' mean and std (elementwise: any layout, any batch)."""
-    return T.Compose([T.ToDtype(torch.float32, scale=True), T.Normalize(pre["mean"], pre["std"])])
+    pre = Preprocessing.of(pre)
+    return T.Compose([T.ToDtype(torch.float32, scale=True), T.Normalize(pre.mean, pre.std)])
 
 
-def train_transform(pre: dict, augment: str = "light") -> T.Compose:
+def train_transform(pre: Preprocessing | dict, augment: str = "light") -> T.Compose:
     """Training augmentation.
 
     Args:
-        pre: preprocessing dict from the backbone spec.
+        pre: the run's preprocessing (from the backbone spec).
         augment: ``none`` (eval transform), ``light`` (random resized crop and flip: safe for nearly any images),
             or ``strong`` (adds TrivialAugment and random erasing: for larger datasets or longer training).
     """
     if augment not in AUGMENTATIONS:
-        raise ValueError(f"--augment must be one of {', '.join(AUGMENTATIONS)}, got '{augment}'.")
+        raise DataError(f"--augment must be one of {', '.join(AUGMENTATIONS)}, got '{augment}'.")
     if augment == "none":
         return eval_transform(pre)
-    size, interp = pre["image_size"], _interp(pre["interpolation"])
+    pre = Preprocessing.of(pre)
+    size, interp = pre.image_size, _interp(pre.interpolation)
     # Geometry and TrivialAugment run on the PIL image: torchvision's tensor kernels have no bicubic rotate/shear.
     steps = [T.RandomResizedCrop(size, scale=(0.35, 1.0), interpolation=interp, antialias=True),
              T.RandomHorizontalFlip()]
     if augment == "strong":
         steps.append(T.TrivialAugmentWide(interpolation=interp))
-    steps += [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(pre["mean"], pre["std"])]
+    steps += [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(pre.mean, pre.std)]
     if augment == "strong":
         steps.append(T.RandomErasing(p=0.25))
     return T.Compose(steps)

@@ -24,16 +24,14 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from headstart.core.distributed import all_reduce_sum
+from headstart.core.errors import TrainingDiverged, UsageError
+from headstart.core.runtime import Runtime
+from headstart.engine.batchnorm import adapt_batchnorm
 from headstart.engine.calibration import fit_temperature
-from headstart.engine.distributed import all_reduce_sum
 from headstart.engine.losses import L2SP, make_criterion, make_mixer
-from headstart.engine.runtime import Runtime
 from headstart.model import TransferModel
-from headstart.strategy import Phase, Strategy, resolve_train_from
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+from headstart.strategy import Phase, Strategy, enter_phase
 
 
 def group_lr_scales(model: TransferModel, phase: Phase) -> list[float]:
@@ -175,7 +173,7 @@ def fit(
     label_smoothing: float = 0.0,
     seed: int = 0,
     resume: dict | None = None,
-    probe: dict | None = None,
+    probe: Callable[[TransferModel, DataLoader, DataLoader, Runtime], dict] | None = None,
     mixup: float = 0.0,
     cutmix: float = 0.0,
     class_weights: torch.Tensor | None = None,
@@ -195,8 +193,10 @@ def fit(
             checkpoints; ``checkpoint`` holds what ``resume`` needs, plus ``improved`` / ``phase_improved`` flags.
         seed: seeds each epoch's shuffling and augmentation.
         resume: the contents of a ``last.pt`` (and ``phase_best_state``) to continue from.
-        probe: options for phases that fit the head on features (``head``, ``preprocessing``: see
-            :func:`headstart.engine.probe.fit_linear_probe`).
+        probe: fits the head of a phase with ``fit="features"``: ``probe(model, train_loader, val_loader,
+            runtime)`` returns what it chose, with its validation figures (``probe_val_loss``, ``probe_val_acc``,
+            ``probe_val_loss_calibrated``, ``probe_temperature``); :class:`headstart.features.probe.ProbeOptions`
+            is headstart's. The loop only calls it, so it needs nothing from the feature machinery.
         label_smoothing, mixup, cutmix, class_weights: the training loss (:mod:`headstart.engine.losses`); the
             validation loss that picks the best epoch stays plain cross-entropy (temperature-scaled).
         l2sp_reference: pretrained backbone parameters by name, for phases with ``l2sp``; default the backbone's
@@ -215,22 +215,19 @@ def fit(
         if not resuming_here:
             state.phase, state.epoch, state.phase_best_val_loss, state.bad_epochs = phase_index, 0, math.inf, 0
             state.phase_done, phase_best_state = False, None
-        model.bn_policy = phase.bn
-        model.set_trainable(resolve_train_from(phase.train_from, len(model.group_names)))
+        enter_phase(model, phase)
         if phase.bn == "adabn" and not resuming_here and not state.phase_done:
-            from headstart.adapt import adapt_batchnorm
-
             # Unsharded loaders: every rank computes the same statistics.
             adapt_batchnorm(model, [loaders["train_eval"], loaders.get("val_all", loaders["val"])], runtime)
         if state.phase_done:
             pass
         elif phase.fit == "features":
-            from headstart.engine.probe import fit_linear_probe
-
+            if probe is None:
+                raise UsageError(f"phase '{phase.name}' fits the head on features: pass fit(..., probe=...), e.g. "
+                                 "headstart.features.probe.ProbeOptions().")
             t0 = time.time()
             # Every rank fits the same head on all the features (the loaders for this are not sharded).
-            info = fit_linear_probe(model, loaders["train_eval"], loaders.get("val_all", loaders["val"]), runtime,
-                                    **(probe or {}))
+            info = probe(model, loaders["train_eval"], loaders.get("val_all", loaders["val"]), runtime)
             # The head was scored on the validation features already: no second pass through the backbone.
             val = {"loss": info["probe_val_loss"], "acc": info["probe_val_acc"],
                    "loss_calibrated": info["probe_val_loss_calibrated"], "temperature": info["probe_temperature"]}
@@ -293,6 +290,10 @@ def _run_sgd_phase(model, phase: Phase, loaders, runtime: Runtime, state: FitSta
     while not state.phase_done and state.epoch < phase.epochs:
         t0 = time.time()
         _seed_epoch(seed, state.global_epoch, runtime.rank)
+        if (generator := getattr(loaders["train"], "generator", None)) is not None:
+            # Loader workers draw their seeds from it: per epoch, not per process, so a resumed run's workers
+            # augment exactly as the uninterrupted run's did.
+            generator.manual_seed(seed * 1_000_003 + state.global_epoch * 101 + runtime.rank + 7)
         sampler = getattr(loaders["train"], "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(state.global_epoch)

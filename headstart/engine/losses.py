@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2 as T
 
+from headstart.core.errors import UsageError
+
 
 def make_criterion(label_smoothing: float = 0.0,
                    class_weights: torch.Tensor | None = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -31,7 +33,7 @@ def make_criterion(label_smoothing: float = 0.0,
         class_weights: one weight per class (see :func:`headstart.data.balance.class_weights`), or None.
     """
     if not 0 <= label_smoothing < 1:
-        raise ValueError(f"--label-smoothing must be in [0, 1), e.g. 0.1, got {label_smoothing}.")
+        raise UsageError(f"--label-smoothing must be in [0, 1), e.g. 0.1, got {label_smoothing}.")
 
     def criterion(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         weight = class_weights.to(logits.device) if class_weights is not None else None
@@ -52,7 +54,7 @@ def make_mixer(num_classes: int, mixup: float = 0.0, cutmix: float = 0.0):
         cutmix: CutMix's alpha; 0 is off (1.0 is the usual value). With both, each batch uses one of them.
     """
     if mixup < 0 or cutmix < 0:
-        raise ValueError(f"--mixup and --cutmix take alpha >= 0 (0 is off, e.g. --mixup 0.2), got {mixup}, {cutmix}.")
+        raise UsageError(f"--mixup and --cutmix take alpha >= 0 (0 is off, e.g. --mixup 0.2), got {mixup}, {cutmix}.")
     mixers = ([T.MixUp(alpha=mixup, num_classes=num_classes)] if mixup > 0 else []) + \
              ([T.CutMix(alpha=cutmix, num_classes=num_classes)] if cutmix > 0 else [])
     if not mixers:

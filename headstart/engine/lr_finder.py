@@ -25,11 +25,12 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from headstart.core.errors import UsageError
+from headstart.core.runtime import Runtime
 from headstart.engine.loop import param_groups
 from headstart.engine.losses import make_criterion
-from headstart.engine.runtime import Runtime
 from headstart.model import TransferModel
-from headstart.strategy import Phase, resolve_train_from
+from headstart.strategy import Phase, enter_phase
 
 
 @dataclass
@@ -89,17 +90,16 @@ def lr_find(model: TransferModel, loader: DataLoader, runtime: Runtime, phase: P
         diverge: stop once the smoothed loss exceeds ``diverge`` times its minimum.
     """
     if not 0 < start_lr < end_lr:
-        raise ValueError(f"lr-find needs 0 < start lr < end lr, got {start_lr} and {end_lr}.")
+        raise UsageError(f"lr-find needs 0 < start lr < end lr, got {start_lr} and {end_lr}.")
     if steps < 2:
-        raise ValueError(f"lr-find needs at least 2 steps, got {steps}.")
+        raise UsageError(f"lr-find needs at least 2 steps, got {steps}.")
     if len(loader) == 0:
-        raise ValueError("lr-find got no training batches; it needs labelled training images.")
+        raise UsageError("lr-find got no training batches; it needs labelled training images.")
     phase = phase or Phase("lr-find", epochs=1, lr=1.0, train_from=-1)
     saved_state = copy.deepcopy(model.state_dict())
     saved_flags = [p.requires_grad for p in model.parameters()]
     saved_policy, was_training = model.bn_policy, model.training
-    model.bn_policy = "train" if phase.bn == "train" else "frozen"
-    model.set_trainable(resolve_train_from(phase.train_from, len(model.group_names)))
+    enter_phase(model, phase)
     optimizer = torch.optim.AdamW(param_groups(model, replace(phase, lr=start_lr), weight_decay))
     gamma = (end_lr / start_lr) ** (1 / (steps - 1))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: gamma ** step)
@@ -138,7 +138,7 @@ def lr_find(model: TransferModel, loader: DataLoader, runtime: Runtime, phase: P
         model.bn_policy = saved_policy
         model.train(was_training)
     if len(lrs) < 2:
-        raise ValueError(f"the loss diverged at the very first steps of lr-find (from lr {start_lr:g}); pass a "
+        raise UsageError(f"the loss diverged at the very first steps of lr-find (from lr {start_lr:g}); pass a "
                          "smaller --start-lr.")
     min_lr, steepest = _suggestions(lrs, losses, smoothed)
     return LRFinderResult(lrs, losses, smoothed, min_lr / 10, min_lr, steepest, stopped)

@@ -9,14 +9,15 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, precision_recall_fscore_support
 
+from headstart.core.errors import PathNotFoundError, UsageError
 from headstart.data.check import inspect_files
 from headstart.data.dataset import ImageDataset, make_loader
 from headstart.data.leakage import duplicates_of
 from headstart.data.sources import read_class_folders
 from headstart.data.transforms import eval_transform
 from headstart.engine.calibration import compare_calibration
-from headstart.engine.checkpoint import write_json
-from headstart.inference import TRAIN_FINGERPRINTS, LoadedRun, predict_loader, probs_from_logits
+from headstart.inference import LoadedRun, predict_loader, probs_from_logits
+from headstart.rundir import RunDir
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
@@ -63,7 +64,7 @@ def evaluate_run(run: LoadedRun, data: str | Path, batch_size: int = 64, workers
     """
     data = Path(data)
     if not data.is_dir():
-        raise FileNotFoundError(f"{data} is not a folder; pass a folder of class subfolders named like the run's "
+        raise PathNotFoundError(f"{data} is not a folder; pass a folder of class subfolders named like the run's "
                                 f"classes ({', '.join(run.classes[:5])}{', ...' if len(run.classes) > 5 else ''}).")
     _, samples = read_class_folders(data, run.classes)
     facts = inspect_files([p for p, _ in samples])  # one decode per image: readability and fingerprints
@@ -77,7 +78,7 @@ def evaluate_run(run: LoadedRun, data: str | Path, batch_size: int = 64, workers
               "evaluation.json; --keep-leaked scores them)", file=sys.stderr)
         samples = [s for s in samples if s[0] not in leaked]
     if not samples:
-        raise ValueError(f"no readable images in {data}" + (" that are not copies of training images." if leaked
+        raise UsageError(f"no readable images in {data}" + (" that are not copies of training images." if leaked
                                                             else "."))
     loader = make_loader(ImageDataset(samples, eval_transform(run.preprocessing)), batch_size, shuffle=False,
                          workers=workers)
@@ -89,15 +90,16 @@ def evaluate_run(run: LoadedRun, data: str | Path, batch_size: int = 64, workers
                                                        labels.numpy(), run.temperature),
                     "leaked_excluded": 0 if keep_leaked else len(leaked), "leaked_kept": len(leaked) if keep_leaked
                     else 0, "leaked": sorted(leaked)})
-    write_json(run.path / "evaluation.json", metrics)
-    plot_confusion(metrics, run.path / "confusion_matrix.png")
+    rundir = RunDir(run.path)
+    rundir.write_json(rundir.EVALUATION, metrics)
+    plot_confusion(metrics, rundir / rundir.CONFUSION)
     return metrics
 
 
 def _copies_of_training_images(run: LoadedRun, facts: dict) -> set[str]:
     """Paths among ``facts`` that duplicate one of the run's training images (runs from before fingerprints were
     recorded: none can be found)."""
-    path = run.path / TRAIN_FINGERPRINTS
+    path = RunDir(run.path) / RunDir.FINGERPRINTS
     if not path.is_file():
         return set()
     return duplicates_of(json.loads(path.read_text()), facts)

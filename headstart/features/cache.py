@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from headstart.core.errors import OutputError
+
 DEFAULT_ROOT = Path.home() / ".cache" / "headstart" / "features"
 _MISSING = -1
 
@@ -152,7 +154,7 @@ class FeatureCache:
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise PermissionError(f"cannot create the feature cache {self.dir} ({exc.strerror}); set HEADSTART_CACHE "
+            raise OutputError(f"cannot create the feature cache {self.dir} ({exc.strerror}); set HEADSTART_CACHE "
                                   "to a folder you can write to.") from None
         if not (self.dir / "key.json").exists():
             _atomic_bytes(self.dir / "key.json", json.dumps(key, indent=1, sort_keys=True).encode())

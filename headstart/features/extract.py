@@ -26,19 +26,20 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from headstart.core.preprocessing import Preprocessing
+from headstart.core.runtime import Runtime
 from headstart.data.dataset import default_workers, make_loader
 from headstart.data.images import BadImageError, load_image
 from headstart.data.transforms import eval_resize_crop
-from headstart.engine.runtime import Runtime
 from headstart.features.cache import FeatureCache, content_hashes, weights_fingerprint
 from headstart.model import TransferModel
 
 
-def cache_key(model: TransferModel, preprocessing: dict, runtime: Runtime, view: str = "eval") -> dict:
+def cache_key(model: TransferModel, preprocessing: Preprocessing | dict, runtime: Runtime, view: str = "eval") -> dict:
     """Everything a feature row depends on besides the image: backbone, its current weights, preprocessing and the
     precision it ran in (bf16 and fp32 features differ in the third digit)."""
     return {"backbone": model.spec.name, "weights": weights_fingerprint(model.backbone),
-            "preprocessing": {k: preprocessing[k] for k in sorted(preprocessing)},
+            "preprocessing": dict(sorted(Preprocessing.of(preprocessing).to_dict().items())),
             "precision": str(runtime.amp_dtype).removeprefix("torch.") if runtime.amp_dtype else "fp32",
             "view": view}
 
@@ -46,10 +47,10 @@ def cache_key(model: TransferModel, preprocessing: dict, runtime: Runtime, view:
 class _ImageFiles(Dataset):
     """path -> (uint8 CHW tensor, '' or the reason the file could not be decoded)."""
 
-    def __init__(self, paths: Sequence[str], preprocessing: dict):
+    def __init__(self, paths: Sequence[str], preprocessing: Preprocessing):
         self.paths = list(paths)
         self.transform = eval_resize_crop(preprocessing)
-        self.size = preprocessing["image_size"]
+        self.size = preprocessing.image_size
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -75,9 +76,9 @@ class _Collate:
     (for a GPU) the batch stays uint8, a quarter of the bytes to move.
     """
 
-    def __init__(self, preprocessing: dict, to_float: bool, channels_last: bool):
-        self.mean = torch.tensor(preprocessing["mean"], dtype=torch.float32).view(-1, 1, 1)
-        self.std = torch.tensor(preprocessing["std"], dtype=torch.float32).view(-1, 1, 1)
+    def __init__(self, preprocessing: Preprocessing, to_float: bool, channels_last: bool):
+        self.mean = torch.tensor(preprocessing.mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(preprocessing.std, dtype=torch.float32).view(-1, 1, 1)
         self.to_float, self.channels_last = to_float, channels_last
 
     def __call__(self, items: list[tuple[torch.Tensor, str]]) -> tuple[torch.Tensor, list[str]]:
@@ -105,7 +106,7 @@ def _threads(n: int | None):
 
 
 @torch.inference_mode()
-def iter_features(model: TransferModel, paths: Sequence[str], preprocessing: dict, runtime: Runtime,
+def iter_features(model: TransferModel, paths: Sequence[str], preprocessing: Preprocessing | dict, runtime: Runtime,
                   batch_size: int = 64, workers: int | None = None,
                   desc: str = "features") -> Iterator[tuple[int, np.ndarray, list[str]]]:
     """Computes features batch by batch, without a cache.
@@ -114,12 +115,13 @@ def iter_features(model: TransferModel, paths: Sequence[str], preprocessing: dic
         (index of the batch's first path, float32 features (n, dim), reason per image: '' when it decoded).
     """
     model.eval()
+    preprocessing = Preprocessing.of(preprocessing)
     on_cpu = runtime.device.type == "cpu"
     workers = default_workers() if workers is None else workers
     loader = make_loader(_ImageFiles(paths, preprocessing), batch_size, shuffle=False, workers=workers,
                          collate_fn=_Collate(preprocessing, to_float=on_cpu, channels_last=runtime.channels_last))
     if not on_cpu:
-        mean, std = (torch.tensor(preprocessing[k], dtype=torch.float32, device=runtime.device).view(-1, 1, 1)
+        mean, std = (torch.tensor(getattr(preprocessing, k), dtype=torch.float32, device=runtime.device).view(-1, 1, 1)
                      for k in ("mean", "std"))
     batches = iter(tqdm(loader, desc=desc, leave=False, unit="batch", disable=None if runtime.is_main else True))
     start = 0
@@ -164,15 +166,15 @@ class Features:
         return self.cache.iter_read(self.keys, rows)
 
 
-def extract_features(model: TransferModel, paths: Sequence[str], preprocessing: dict, runtime: Runtime,
-                     batch_size: int = 64, workers: int | None = None, cache_dir: str | Path | None = None,
+def extract_features(model: TransferModel, paths: Sequence[str], preprocessing: Preprocessing | dict,
+                     runtime: Runtime, batch_size: int = 64, workers: int | None = None, cache_dir: str | Path | None = None,
                      desc: str = "features", verbose: bool = True) -> Features:
     """Features of ``paths`` from the cache, computing (and caching) only the images it does not hold.
 
     Args:
         model: the model whose ``forward_features`` (its frozen backbone) gives the features.
         paths: image files; a file that cannot be read or decoded is left out and listed in ``Features.bad``.
-        preprocessing: the run's preprocessing dict (``BackboneSpec.preprocessing``).
+        preprocessing: the run's preprocessing (``BackboneSpec.preprocessing``).
         runtime: device and precision.
         batch_size: images per backbone call.
         workers: decoding processes (default :func:`headstart.data.dataset.default_workers`).
@@ -180,6 +182,7 @@ def extract_features(model: TransferModel, paths: Sequence[str], preprocessing: 
         desc: progress bar label.
         verbose: name skipped files on stderr.
     """
+    preprocessing = Preprocessing.of(preprocessing)
     cache = FeatureCache(cache_key(model, preprocessing, runtime), cache_dir)
     hashes = content_hashes(paths)
     readable = [i for i, h in enumerate(hashes) if isinstance(h, str)]
@@ -209,7 +212,7 @@ def extract_features(model: TransferModel, paths: Sequence[str], preprocessing: 
     return Features(cache, [paths[i] for i in keep], keys, np.asarray(keep, dtype=np.int64), bad, computed)
 
 
-def _compute_into(cache: FeatureCache, model, paths: list[str], keys: list[str], preprocessing: dict,
+def _compute_into(cache: FeatureCache, model, paths: list[str], keys: list[str], preprocessing: Preprocessing,
                   runtime: Runtime, batch_size: int, workers: int | None, desc: str) -> int:
     """Computes the features of ``paths`` into a new shard. Under torchrun each rank takes every world_size-th
     image and writes its own shard; all ranks then read them all."""

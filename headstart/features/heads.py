@@ -26,11 +26,9 @@ import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
 from torch import nn
 
-HEADS = {
-    "logreg": "multinomial logistic regression (L-BFGS), regularisation chosen on the validation images",
-    "ncm": "nearest class mean on centred, L2-normalised features (SimpleShot): no training, strong with few labels",
-    "sgd": "linear layer trained on the cached features with label smoothing and mixup",
-}
+from headstart.core.choices import HEADS  # noqa: F401 (re-exported)
+from headstart.core.errors import UsageError
+
 C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 ABSENT = -1e4  # bias of a class with no training image: it can never win
 
@@ -48,7 +46,7 @@ class LinearHead:
 
     def copy_to(self, layer: nn.Linear) -> None:
         if tuple(layer.weight.shape) != self.weight.shape:
-            raise ValueError(f"a head of shape {self.weight.shape} does not fit a layer of {tuple(layer.weight.shape)}.")
+            raise UsageError(f"a head of shape {self.weight.shape} does not fit a layer of {tuple(layer.weight.shape)}.")
         with torch.no_grad():
             layer.weight.copy_(torch.as_tensor(self.weight, dtype=layer.weight.dtype))
             layer.bias.copy_(torch.as_tensor(self.bias, dtype=layer.bias.dtype))
@@ -212,7 +210,7 @@ def fit_head(kind: str, x_train, y_train, x_val, y_val, num_classes: int, class_
     """
     fitters = {"logreg": fit_logreg, "ncm": fit_ncm, "sgd": fit_sgd}
     if kind not in fitters:
-        raise ValueError(f"unknown head '{kind}'; choose one of {', '.join(HEADS)} (e.g. --head logreg).")
+        raise UsageError(f"unknown head '{kind}'; choose one of {', '.join(HEADS)} (e.g. --head logreg).")
     x_train, x_val = np.asarray(x_train, dtype=np.float32), np.asarray(x_val, dtype=np.float32)
     x_val = x_val.reshape(-1, x_train.shape[1])
     y_train, y_val = np.asarray(y_train, dtype=np.int64), np.asarray(y_val, dtype=np.int64)

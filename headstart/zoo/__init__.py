@@ -6,11 +6,10 @@ from pathlib import Path
 
 from torch import nn
 
+from headstart.core.choices import DEFAULT_MODEL
 from headstart.zoo import efficientnet_lite, headstart_resnet, timm_models, torchvision_models  # noqa: F401 - register
 from headstart.zoo.registry import BackboneSpec, get_spec, list_specs
 from headstart.zoo.weights import MissingWeightsError, ResolvedWeights, load_into_backbone, resolve_weights
-
-DEFAULT_MODEL = "efficientnet_lite0"
 
 
 def create_backbone(

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from headstart.core.errors import WeightsError
 from headstart.zoo.registry import BackboneSpec, WeightSource, register
 from headstart.zoo.timm_models import timm_groups
 
@@ -49,11 +50,11 @@ def _converter(arch: str):
 
         target = timm.create_model(arch, pretrained=False).state_dict()
         if len(sd) != len(target):
-            raise ValueError(f"an EfficientNet-Lite file with {len(sd)} tensors cannot be {arch} ({len(target)}).")
+            raise WeightsError(f"an EfficientNet-Lite file with {len(sd)} tensors cannot be {arch} ({len(target)}).")
         out = {}
         for (src_key, tensor), (dst_key, ref) in zip(sd.items(), target.items()):
             if tensor.shape != ref.shape:
-                raise ValueError(f"cannot map {src_key} {tuple(tensor.shape)} onto {arch}'s {dst_key} {tuple(ref.shape)}.")
+                raise WeightsError(f"cannot map {src_key} {tuple(tensor.shape)} onto {arch}'s {dst_key} {tuple(ref.shape)}.")
             out[dst_key] = tensor
         return out
 
@@ -76,5 +77,4 @@ for _name, (_arch, _pkg, _module, _cls, _size, _crop) in _LITE.items():
         convert=_converter(_arch),
         classifier_prefixes=("classifier.",),
         family="timm (offline weights)",
-        extra={"timm_arch": _arch, "package": _pkg},
     ))

@@ -11,7 +11,7 @@ from torchvision import models as tvm
 
 from headstart.zoo import resnet
 from headstart.zoo.registry import BackboneSpec, register
-from headstart.zoo.torchvision_models import _preprocessing, _sources
+from headstart.zoo.torchvision_models import _sources, _spec_preprocessing
 
 
 def _headless(builder):
@@ -44,7 +44,7 @@ for _name, (_weights, _features) in _TV_WEIGHTS.items():
     register(BackboneSpec(
         name=f"hs_{_name}", build=_headless(resnet.BUILDERS[_name]), num_features=_features, groups=_groups,
         sources=_sources(_weights), classifier_prefixes=("fc.",), family="headstart (torchvision weights)",
-        extra={"weights": str(_weights)}, **_preprocessing(_weights),
+        **_spec_preprocessing(_weights),
     ))
 
 for _depth in (20, 32, 56):

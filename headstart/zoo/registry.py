@@ -7,11 +7,14 @@ the pretrained classifier has been removed, and :class:`headstart.model.Transfer
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import torch
 from torch import nn
+
+from headstart.core.errors import UsageError
+from headstart.core.preprocessing import Preprocessing
 
 StateDict = Mapping[str, torch.Tensor]
 
@@ -69,17 +72,11 @@ class BackboneSpec:
     classifier_prefixes: tuple[str, ...] = ()
     family: str = ""
     small_images: bool = False
-    extra: dict = field(default_factory=dict)
 
-    def preprocessing(self, image_size: int | None = None) -> dict:
+    def preprocessing(self, image_size: int | None = None) -> Preprocessing:
         """The preprocessing a run records, so predict needs nothing but the run directory."""
-        return {
-            "image_size": int(image_size or self.input_size),
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "interpolation": self.interpolation,
-            "crop_pct": self.crop_pct,
-        }
+        return Preprocessing(int(image_size or self.input_size), self.mean, self.std, self.interpolation,
+                             self.crop_pct)
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
@@ -106,14 +103,10 @@ def get_spec(name: str) -> BackboneSpec:
         return _FACTORIES[prefix](rest)
     close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
-    raise ValueError(
+    raise UsageError(
         f"unknown model '{name}'.{hint} `headstart models` lists them all; any timm model works as 'timm:<name>'."
     )
 
 
 def list_specs() -> list[BackboneSpec]:
     return list(_REGISTRY.values())
-
-
-def layer_groups(spec: BackboneSpec, backbone: nn.Module) -> list[tuple[str, list[str]]]:
-    return spec.groups(backbone)

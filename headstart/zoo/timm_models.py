@@ -6,6 +6,7 @@ import os
 
 from torch import nn
 
+from headstart.core.errors import UsageError
 from headstart.zoo.registry import BackboneSpec, WeightSource, register_prefix
 
 
@@ -48,7 +49,7 @@ def timm_spec(model_name: str) -> BackboneSpec:
 
         close = difflib.get_close_matches(model_name, timm.list_models(), n=3)
         hint = f" Did you mean {', '.join('timm:' + c for c in close)}?" if close else ""
-        raise ValueError(f"timm has no model '{model_name}'.{hint}")
+        raise UsageError(f"timm has no model '{model_name}'.{hint}")
     probe = timm.create_model(model_name, pretrained=False, num_classes=0)
     cfg = probe.pretrained_cfg
     hf_id = cfg.get("hf_hub_id")
@@ -71,7 +72,6 @@ def timm_spec(model_name: str) -> BackboneSpec:
         sources=sources,
         classifier_prefixes=tuple(f"{c}." for c in ([classifier] if isinstance(classifier, str) else classifier)),
         family="timm",
-        extra={"timm_arch": model_name},
     )
 
 

@@ -68,7 +68,7 @@ def _indexed(prefix: str, n: int, names: list[str] | None = None):
     return _static([(names[i] if names else f"{prefix}{i}", [f"{prefix}.{i}"]) for i in range(n)])
 
 
-def _preprocessing(weights) -> dict:
+def _spec_preprocessing(weights) -> dict:
     t = weights.transforms()
     crop = t.crop_size[0]
     return dict(mean=tuple(t.mean), std=tuple(t.std), input_size=crop, crop_pct=crop / t.resize_size[0],
@@ -79,7 +79,7 @@ def _register(name: str, builder, weights, replace: str, num_features: int, grou
     register(BackboneSpec(
         name=name, build=_headless(builder, replace), num_features=num_features, groups=groups,
         sources=_sources(weights), classifier_prefixes=(classifier,), family="torchvision",
-        extra={"weights": str(weights)}, **_preprocessing(weights),
+        **_spec_preprocessing(weights),
     ))
 
 

@@ -14,10 +14,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from headstart.core.errors import PathNotFoundError, WeightsError
 from headstart.zoo.registry import BackboneSpec
 
 
-class MissingWeightsError(FileNotFoundError):
+class MissingWeightsError(WeightsError, FileNotFoundError):
     """No pretrained weights could be found for a backbone; the message says what to do."""
 
 
@@ -32,7 +33,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Reads a .safetensors, .pth or .pt file of tensors, refusing pickled objects."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist; pass an existing .safetensors/.pth/.pt file.")
+        raise PathNotFoundError(f"weights file {path} does not exist; pass an existing .safetensors/.pth/.pt file.")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -40,7 +41,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling refusal becomes one clear sentence
-        raise ValueError(
+        raise WeightsError(
             f"could not read {path} as a file of tensors ({type(exc).__name__}); headstart only loads plain state "
             "dicts (.safetensors, or .pth/.pt saved from model.state_dict())."
         ) from None
@@ -49,7 +50,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors).")
+        raise WeightsError(f"{path} does not hold a state dict (a mapping of names to tensors).")
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
@@ -129,7 +130,7 @@ def load_into_backbone(spec: BackboneSpec, backbone: nn.Module, state_dict: dict
             parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
         if wrong:
             parts.append(f"{len(wrong)} of the wrong shape (e.g. {wrong[0]})")
-        raise ValueError(
+        raise WeightsError(
             f"these weights do not fit {spec.name}: {', '.join(parts)} tensors. Check that the file was saved from "
             f"a {spec.name} model, or pick the --model it was saved from."
         )

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from headstart.core.errors import UsageError
+
 
 @dataclass
 class Runtime:
@@ -65,8 +67,8 @@ def make_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA GPU is available; use --device cpu.")
-    from headstart.engine.distributed import init_distributed
+        raise UsageError("--device cuda was asked for but no CUDA GPU is available; use --device cpu.")
+    from headstart.core.distributed import init_distributed
 
     rank, world = init_distributed(dev)
     if precision == "auto":
@@ -77,7 +79,7 @@ def make_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
     else:
         amp = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}.get(precision, "bad")
         if amp == "bad":
-            raise ValueError(f"--precision must be auto, bf16, fp16 or fp32, got '{precision}'.")
+            raise UsageError(f"--precision must be auto, bf16, fp16 or fp32, got '{precision}'.")
     if dev.type == "cpu":
         # Intra-op threads = cores: PyTorch's default can oversubscribe when loader workers share the machine.
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -10,6 +10,7 @@ downstream needs to know how the head was trained.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,10 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from headstart.core.errors import UsageError
+from headstart.core.preprocessing import Preprocessing
+from headstart.core.runtime import Runtime
 from headstart.engine.calibration import fit_temperature
-from headstart.engine.runtime import Runtime
 from headstart.features.extract import extract_features
 from headstart.features.heads import HEADS, fit_head, refit_head
 from headstart.model import TransferModel
@@ -37,7 +40,8 @@ def features_from_loader(model: TransferModel, loader: DataLoader, runtime: Runt
     return torch.cat(feats).numpy(), torch.cat(labels).numpy()
 
 
-def _features(model, loader: DataLoader, runtime: Runtime, preprocessing: dict | None, cache_dir, desc: str):
+def _features(model, loader: DataLoader, runtime: Runtime, preprocessing: Preprocessing | None, cache_dir,
+              desc: str):
     """(features, labels, images computed) from the cache when the loader reads image files, else from the loader."""
     samples = getattr(loader.dataset, "samples", None)
     if preprocessing is None or samples is None:
@@ -49,7 +53,7 @@ def _features(model, loader: DataLoader, runtime: Runtime, preprocessing: dict |
 
 
 def fit_linear_probe(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, runtime: Runtime,
-                     head: str = "logreg", preprocessing: dict | None = None,
+                     head: str = "logreg", preprocessing: Preprocessing | None = None,
                      cache_dir: str | Path | None = None, class_weights: torch.Tensor | None = None) -> dict:
     """Fits ``model.head`` on frozen features of the train images; returns what was chosen.
 
@@ -58,13 +62,13 @@ def fit_linear_probe(model: TransferModel, train_loader: DataLoader, val_loader:
         train_loader, val_loader: the train and validation images with the evaluation transform.
         runtime: device and precision.
         head: ``logreg``, ``ncm`` or ``sgd`` (:data:`headstart.features.heads.HEADS`).
-        preprocessing: the run's preprocessing dict. With it, and loaders over image files, features come from
+        preprocessing: the run's preprocessing. With it, and loaders over image files, features come from
             the on-disk cache; without it they are computed from the loaders every time.
         cache_dir: the feature cache folder (default ``$HEADSTART_CACHE`` or ``~/.cache/headstart/features``).
         class_weights: one loss weight per class for imbalanced data (``--balance``), or None.
     """
     if head not in HEADS:
-        raise ValueError(f"unknown head '{head}'; choose one of {', '.join(HEADS)} (e.g. --head logreg).")
+        raise UsageError(f"unknown head '{head}'; choose one of {', '.join(HEADS)} (e.g. --head logreg).")
     t0 = time.time()
     x_train, y_train, n_train = _features(model, train_loader, runtime, preprocessing, cache_dir, "features (train)")
     x_val, y_val, n_val = _features(model, val_loader, runtime, preprocessing, cache_dir, "features (val)")
@@ -79,7 +83,7 @@ def fit_linear_probe(model: TransferModel, train_loader: DataLoader, val_loader:
 
 
 def refit_linear_probe(model: TransferModel, loaders: list[DataLoader], runtime: Runtime, chosen: dict,
-                       head: str = "logreg", preprocessing: dict | None = None, cache_dir: str | Path | None = None,
+                       head: str = "logreg", preprocessing: Preprocessing | None = None, cache_dir: str | Path | None = None,
                        class_weights: torch.Tensor | None = None) -> dict:
     """Fits ``model.head`` again on the features of every image in ``loaders`` (train and validation) with the
     settings the first fit chose on validation (``chosen``: its info), so the shipped head has seen every label.
@@ -92,3 +96,37 @@ def refit_linear_probe(model: TransferModel, loaders: list[DataLoader], runtime:
     fitted = refit_head(head, x, y, model.num_classes, chosen, class_weight=class_weights)
     fitted.copy_to(model.head)
     return fitted.info
+
+
+@dataclass(frozen=True)
+class ProbeOptions:
+    """How a phase with ``fit="features"`` fits the head: the training loop calls it as
+    ``probe(model, train_loader, val_loader, runtime)`` (it knows nothing about features or caches), and ``train``
+    calls :meth:`refit` after validation has chosen.
+
+    Attributes:
+        head: ``logreg``, ``ncm`` or ``sgd`` (:data:`headstart.features.heads.HEADS`).
+        preprocessing: the run's preprocessing; with it, features of image files come from the on-disk cache.
+        class_weights: one loss weight per class (``--balance``), or None.
+        cache_dir: the feature cache folder (default ``$HEADSTART_CACHE`` or ``~/.cache/headstart/features``).
+    """
+
+    head: str = "logreg"
+    preprocessing: Preprocessing | None = None
+    class_weights: torch.Tensor | None = None
+    cache_dir: str | Path | None = None
+
+    def __post_init__(self):
+        if self.head not in HEADS:
+            raise UsageError(f"unknown head '{self.head}'; choose one of {', '.join(HEADS)} (e.g. --head logreg).")
+
+    def _kwargs(self) -> dict:
+        return {"head": self.head, "preprocessing": self.preprocessing, "cache_dir": self.cache_dir,
+                "class_weights": self.class_weights}
+
+    def __call__(self, model: TransferModel, train_loader: DataLoader, val_loader: DataLoader,
+                 runtime: Runtime) -> dict:
+        return fit_linear_probe(model, train_loader, val_loader, runtime, **self._kwargs())
+
+    def refit(self, model: TransferModel, loaders: list[DataLoader], runtime: Runtime, chosen: dict) -> dict:
+        return refit_linear_probe(model, loaders, runtime, chosen, **self._kwargs())

@@ -1,4 +1,10 @@
-"""Checkpoints that survive crashes: written to a temporary file, flushed, then renamed over the old one."""
+"""Files that survive crashes: written to a temporary file, flushed, then renamed over the old one.
+
+Everything headstart writes into a run goes through :func:`atomic_write`: JSON, YAML, text, weights (safetensors,
+no pickle) and the training state (``torch.save`` of tensors and plain types only, read back with
+``weights_only=True``). The files get the permissions any new file would (``0o666`` less the umask), not the
+``0o600`` of the temporary file they were written as.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from headstart.core.errors import DataError
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
 
 def atomic_write(path: str | Path, write) -> None:
     """Calls ``write(tmp_path)`` then renames onto ``path``: a crash mid-write leaves the previous file intact."""
@@ -22,6 +36,7 @@ def atomic_write(path: str | Path, write) -> None:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -34,6 +49,33 @@ def write_json(path: str | Path, obj) -> None:
             json.dump(obj, f, indent=2)
 
     atomic_write(path, write)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def write_yaml(path: str | Path, obj) -> None:
+    import yaml
+
+    write_text(path, yaml.safe_dump(obj, sort_keys=False))
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """One dict per line; a torn last line (a crash while it was appended) is left out, any other bad line is an
+    error naming the file and line."""
+    lines = Path(path).read_text().splitlines() if Path(path).is_file() else []
+    records = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break  # written half when the process died: that epoch is redone on resume
+            raise DataError(f"{path} line {i + 1} is not JSON; the file was edited or damaged.") from None
+    return records
 
 
 def save_weights(path: str | Path, model: torch.nn.Module, metadata: dict | None = None) -> None:

