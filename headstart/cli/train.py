@@ -111,6 +111,8 @@ def run(args) -> int:
         from headstart.train import train
 
         summary = train(cfg)
+    if not summary:  # another rank under torchrun: rank 0 reports
+        return 0
     if args.json:
         print(json.dumps(_without_diagrams(summary), indent=2))
     else:
