@@ -6,13 +6,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image, ImageOps
 
 from headstart.core.errors import PathNotFoundError, UsageError
 from headstart.core.preprocessing import Preprocessing
 from headstart.core.runtime import Runtime, make_runtime
 from headstart.data.dataset import make_loader
-from headstart.data.images import BadImageError, is_image_file, load_image
+from headstart.data.images import BadImageError, is_image_file, load_image, to_rgb
 from headstart.data.sources import list_images
 from headstart.data.transforms import eval_transform
 from headstart.model import TransferModel, build_model
@@ -28,6 +30,70 @@ class LoadedRun:
     runtime: Runtime
     path: Path
     temperature: float = 1.0  # fitted on the run's validation images; probabilities are softmax(logits / T)
+
+    def predict(self, images, topk: int = 1, tta: bool = False, batch_size: int = 64) -> list[dict]:
+        """Top-k predictions for images in memory or on disk, without writing anything: for a service's own code.
+
+        Args:
+            images: one image or a list of them: PIL images (any mode: converted as training converts files),
+                numpy arrays (``H x W`` greyscale or ``H x W x 3/4`` RGB(A), uint8, or floats in [0, 1]), or
+                paths. An image that cannot be used gets ``label`` None and an ``error`` instead of stopping
+                the others.
+            topk: how many classes per image (at most the number of classes).
+            tta: average over each image and its mirror image.
+
+        Returns:
+            One dict per image, in order: ``label``, ``score`` (calibrated probability) and ``topk`` (``label``,
+            ``score`` pairs), or ``error``.
+        """
+        single = not isinstance(images, (list, tuple))
+        items = [images] if single else list(images)
+        transform = eval_transform(self.preprocessing)
+        tensors, errors = [], []
+        for item in items:
+            try:
+                tensors.append(transform(as_rgb_image(item)))
+                errors.append("")
+            except BadImageError as exc:
+                tensors.append(None)
+                errors.append(exc.reason)
+        results = [None] * len(items)
+        good = [i for i, t in enumerate(tensors) if t is not None]
+        for start in range(0, len(good), batch_size):
+            chunk = good[start:start + batch_size]
+            probs = predict_probs(self.model, torch.stack([tensors[i] for i in chunk]), self.runtime, tta,
+                                  self.temperature)
+            for i, row in zip(chunk, probs):
+                results[i] = _top(row, self.classes, topk)
+        for i, reason in enumerate(errors):
+            if reason:
+                results[i] = {"label": None, "score": None, "error": reason}
+        return results[0] if single else results
+
+
+def as_rgb_image(item) -> Image.Image:
+    """A PIL RGB image from a PIL image, a numpy array or a path (:func:`headstart.data.images.load_image`)."""
+    if isinstance(item, Image.Image):
+        return to_rgb(ImageOps.exif_transpose(item))
+    if isinstance(item, np.ndarray):
+        if item.ndim not in (2, 3) or (item.ndim == 3 and item.shape[2] not in (1, 3, 4)) or min(item.shape[:2]) < 1:
+            raise BadImageError("array", f"an array of shape {item.shape} is not an image (H x W, or H x W x 1/3/4)",
+                                "not-image")
+        arr = item[..., 0] if item.ndim == 3 and item.shape[2] == 1 else item
+        if arr.dtype != np.uint8:
+            arr = (np.clip(arr.astype(np.float64), 0, 1) * 255).round().astype(np.uint8)
+        return to_rgb(Image.fromarray(arr))
+    if isinstance(item, (str, Path)):
+        return load_image(item)
+    raise BadImageError(type(item).__name__, f"a {type(item).__name__} is not an image (pass a PIL image, a numpy "
+                        "array or a path)", "not-image")
+
+
+def _top(probs: torch.Tensor, classes: list[str], topk: int) -> dict:
+    k = max(1, min(topk, len(classes)))
+    scores, idx = probs.topk(k)
+    top = [{"label": classes[j], "score": round(float(v), 6)} for v, j in zip(scores, idx)]
+    return {"label": top[0]["label"], "score": top[0]["score"], "topk": top}
 
 
 def load_run(run_dir: str | Path, device: str = "auto", precision: str = "auto") -> LoadedRun:
@@ -130,13 +196,11 @@ def predict_paths(run: LoadedRun, paths: list[str], topk: int = 1, batch_size: i
     Args:
         tta: average the softmax over each image and its mirror image (:func:`predict_probs`).
     """
-    topk = max(1, min(topk, len(run.classes)))
     ds = _PathDataset(paths, eval_transform(run.preprocessing))
     loader = make_loader(ds, batch_size, shuffle=False, workers=workers)
     results, i = [], 0
     for images, errors in loader:
         probs = predict_probs(run.model, images, run.runtime, tta, run.temperature)
-        scores, idx = probs.topk(topk, dim=1)
         for row in range(len(images)):
             path = paths[i]
             i += 1
@@ -144,10 +208,9 @@ def predict_paths(run: LoadedRun, paths: list[str], topk: int = 1, batch_size: i
                 print(f"cannot predict {path}: {errors[row]}", file=sys.stderr)
                 results.append({"path": path, "label": None, "score": None, "error": errors[row]})
                 continue
-            top = [{"label": run.classes[j], "score": round(float(s), 6)} for s, j in zip(scores[row], idx[row])]
-            results.append({"path": path, "label": top[0]["label"], "score": top[0]["score"], "topk": top})
+            results.append({"path": path, **_top(probs[row], run.classes, topk)})
     return results
 
 
-__all__ = ["LoadedRun", "expand_paths", "is_image_file", "load_run", "predict_loader", "predict_paths",
+__all__ = ["LoadedRun", "as_rgb_image", "expand_paths", "is_image_file", "load_run", "predict_loader", "predict_paths",
            "predict_probs", "probs_from_logits", "view_logits"]

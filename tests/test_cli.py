@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from headstart.cli import main
@@ -109,3 +110,26 @@ def test_models_lists_offline_availability(capsys):
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["efficientnet_lite0"]["available"]
     assert {"resnet18", "resnet50", "vgg16", "vgg16_bn", "efficientnet_b0", "mobilenet_v3_large"} <= set(rows)
+
+
+def test_loaded_run_predicts_images_in_memory_as_predict_does_on_files(trained_run):
+    from PIL import Image
+
+    from headstart.inference import load_run, predict_paths
+
+    _, data, run, _ = trained_run
+    loaded = load_run(run, device="cpu")
+    paths = sorted(str(p) for p in (data / "green").iterdir() if p.suffix == ".png")[:3]
+    on_disk = predict_paths(loaded, paths, topk=2, workers=0)
+    pil = [Image.open(p) for p in paths]
+    arrays = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    for got in (loaded.predict(pil, topk=2), loaded.predict(arrays, topk=2), loaded.predict(paths, topk=2)):
+        assert [g["label"] for g in got] == [r["label"] for r in on_disk]
+        for g, r in zip(got, on_disk):
+            assert g["score"] == pytest.approx(r["score"], abs=1e-5) and len(g["topk"]) == 2
+    one = loaded.predict(pil[0], topk=99)  # one image in, one dict out; topk clamped to the classes
+    assert one["label"] == on_disk[0]["label"] and len(one["topk"]) == len(loaded.classes)
+    bad = loaded.predict([np.zeros((4, 4, 7), np.uint8), "no/such.png", pil[0]])
+    assert bad[0]["label"] is None and "not an image" in bad[0]["error"]
+    assert bad[1]["label"] is None and "cannot be read" in bad[1]["error"]
+    assert bad[2]["label"] == on_disk[0]["label"]

@@ -21,8 +21,8 @@ LAYERS = [
     {"engine"},
     {"features"},
     {"inference", "rundir", "auto", "evaluation", "resnet_transfer"},
-    {"adapt", "train"},
-    {"compare"},
+    {"adapt", "train", "export", "report"},
+    {"compare", "serve"},
     {"cli", "__main__", "__init__"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
