@@ -18,11 +18,12 @@ import csv
 import random
 import statistics
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
 
+from headstart.config import CompareConfig
 from headstart.core.errors import UsageError
 from headstart.core.io import write_json
 from headstart.core.preprocessing import Preprocessing
@@ -30,50 +31,7 @@ from headstart.data.dataset import scan
 from headstart.data.sources import DataSplits, discover, stratified_split
 from headstart.engine.loop import TrainingDiverged
 from headstart.train import TrainConfig, log, train
-from headstart.zoo import DEFAULT_MODEL, get_spec
-
-
-@dataclass
-class CompareConfig:
-    """Settings of ``headstart compare``.
-
-    Args:
-        data, out: the image folder, and where results go.
-        model: the pretrained backbone of every strategy but scratch.
-        strategies, labels_per_class, seeds: the grid measured.
-        val_per_class: validation images per class, drawn once per seed (not counted as labels).
-        test_fraction, max_test: the held-out test images when DATA has no test split, and a cap on their number.
-        epochs, patience: maximum epochs and early-stopping patience of the pretrained strategies.
-        scratch_epochs, scratch_patience: the same for scratch, which starts from random weights and needs more.
-        scratch_lrs: scratch's learning-rate grid; each rate is a full run, and the lowest validation loss wins.
-            1e-3 and 3e-3 (AdamW) each won about half the time on Fashion-MNIST at 5 and 10 labels per class;
-            1e-2 sometimes never left chance there (``benchmarks/data_efficiency.py``).
-        scratch_model: default resnet20 for images of 64 px or less, else ``model`` (from random weights).
-        scratch_image_size: default ``image_size``, so that both sides see the same pixels.
-        image_size: input size of the pretrained model (default: its own).
-        budget_minutes: stop starting runs after this long.
-    """
-
-    data: str
-    out: str
-    model: str = DEFAULT_MODEL
-    strategies: list[str] = field(default_factory=lambda: ["scratch", "linear-probe", "fine-tune"])
-    labels_per_class: list[int] = field(default_factory=lambda: [5, 10, 25, 50, 100])
-    seeds: int = 3
-    val_per_class: int = 10
-    test_fraction: float = 0.3
-    max_test: int | None = None
-    epochs: int = 10
-    patience: int = 3
-    scratch_epochs: int = 50
-    scratch_patience: int = 10
-    scratch_lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3])
-    scratch_model: str | None = None
-    scratch_image_size: int | None = None
-    image_size: int | None = None
-    budget_minutes: float | None = None
-    batch_size: int = 32
-    workers: int | None = None
+from headstart.zoo import get_spec
 
 
 def _draw(samples, per_class: int, rng: random.Random, exclude: set[str]) -> list:

@@ -6,7 +6,7 @@ Free of torch: the command line reads its defaults from here before it decides t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 from headstart.core.choices import AUGMENTATIONS, BALANCE, BN_POLICIES, DEFAULT_MODEL, HEADS, PRECISIONS
 from headstart.core.errors import UsageError
@@ -125,3 +125,46 @@ class TrainConfig:
 def _positive_int(name: str, value, least: int) -> None:
     if not isinstance(value, int) or value < least:
         raise UsageError(f"{name} must be a whole number of at least {least}, got {value}.")
+
+
+@dataclass
+class CompareConfig:
+    """Settings of ``headstart compare``.
+
+    Args:
+        data, out: the image folder, and where results go.
+        model: the pretrained backbone of every strategy but scratch.
+        strategies, labels_per_class, seeds: the grid measured.
+        val_per_class: validation images per class, drawn once per seed (not counted as labels).
+        test_fraction, max_test: the held-out test images when DATA has no test split, and a cap on their number.
+        epochs, patience: maximum epochs and early-stopping patience of the pretrained strategies.
+        scratch_epochs, scratch_patience: the same for scratch, which starts from random weights and needs more.
+        scratch_lrs: scratch's learning-rate grid; each rate is a full run, and the lowest validation loss wins.
+            1e-3 and 3e-3 (AdamW) each won about half the time on Fashion-MNIST at 5 and 10 labels per class;
+            1e-2 sometimes never left chance there (``benchmarks/data_efficiency.py``).
+        scratch_model: default resnet20 for images of 64 px or less, else ``model`` (from random weights).
+        scratch_image_size: default ``image_size``, so that both sides see the same pixels.
+        image_size: input size of the pretrained model (default: its own).
+        budget_minutes: stop starting runs after this long.
+    """
+
+    data: str
+    out: str
+    model: str = DEFAULT_MODEL
+    strategies: list[str] = field(default_factory=lambda: ["scratch", "linear-probe", "fine-tune"])
+    labels_per_class: list[int] = field(default_factory=lambda: [5, 10, 25, 50, 100])
+    seeds: int = 3
+    val_per_class: int = 10
+    test_fraction: float = 0.3
+    max_test: int | None = None
+    epochs: int = 10
+    patience: int = 3
+    scratch_epochs: int = 50
+    scratch_patience: int = 10
+    scratch_lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3])
+    scratch_model: str | None = None
+    scratch_image_size: int | None = None
+    image_size: int | None = None
+    budget_minutes: float | None = None
+    batch_size: int = 32
+    workers: int | None = None

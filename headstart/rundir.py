@@ -100,12 +100,14 @@ class RunDir:
                                    f"continue it with `headstart train --resume {self.path}`.")
         return self
 
-    def prepare(self, overwrite: bool, *, inside: Path | None = None, what: str = "--out") -> RunDir:
+    def prepare(self, overwrite: bool, *, inside: Path | None = None, what: str = "--out",
+                dry_run: bool = False) -> RunDir:
         """Makes the folder ready for a new run: created if missing, checked writable, and with ``overwrite`` the
         previous run's files removed (all of them: no stale ``test_metrics.json`` beside a new model).
 
         Refuses a folder that holds a run (without ``overwrite``), a non-empty folder that is not a run (its files
         are the user's), and a folder inside ``inside`` (the data folder: the run would become training data).
+        With ``dry_run`` it only checks, and creates or removes nothing.
         """
         out = self.path
         if out.exists() and not out.is_dir():
@@ -121,6 +123,8 @@ class RunDir:
             raise OutputError(f"{out} holds files that are not a headstart run ({', '.join(sorted(foreign)[:3])}"
                               f"{'...' if len(foreign) > 3 else ''}); pass a new or empty folder as {what} "
                               "(--overwrite only replaces a previous run).")
+        if dry_run:
+            return self
         try:
             out.mkdir(parents=True, exist_ok=True)
             probe = out / ".write-test"

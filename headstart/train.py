@@ -201,10 +201,12 @@ def _check_options(cfg: TrainConfig) -> None:
 def _new_data(run: RunDir, cfg: TrainConfig, runtime: Runtime) -> _Data:
     """Finds the images, makes the run folder, checks every image and splits leak-proof; records what was left out."""
     splits = discover(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed)
-    if runtime.is_main:
+    if runtime.is_main:  # checked before the images are: a wrong --out fails at once
+        RunDir(run.path).prepare(cfg.overwrite, inside=Path(cfg.data), dry_run=True)
+    splits, bad, leakage, train_fingerprints = check_and_split(splits, cfg)
+    if runtime.is_main:  # made only once the data is known to be usable
         run.prepare(cfg.overwrite, inside=Path(cfg.data))
     barrier()
-    splits, bad, leakage, train_fingerprints = check_and_split(splits, cfg)
     if runtime.is_main:
         run.write_skipped(bad)
         run.write_json(run.LEAKAGE, leakage)

@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from headstart import __version__
+
 COMMANDS = ["check", "train", "evaluate", "predict", "models", "compare", "demo", "embed", "lr-find", "adapt"]
 
 
@@ -18,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="headstart", description="Transfer learning for image classification: "
                                      "a pretrained network, a new head, an honest evaluation.")
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    parser.add_argument("--version", action="version", version=f"headstart {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         module = importlib.import_module(f"headstart.cli.{name.replace('-', '_')}")

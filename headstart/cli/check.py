@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from headstart.core.choices import MAX_PIXELS
 from headstart.core.errors import UsageError
-from headstart.data.images import MAX_PIXELS
 
 ROWS_PER_KIND = 10  # the table stays readable on large datasets; --json lists everything
 STYLES = {"error": "red", "warning": "yellow", "info": "cyan"}

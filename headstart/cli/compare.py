@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from headstart.compare import CompareConfig
+from headstart.config import CompareConfig
 from headstart.core.errors import UsageError
 
 _DEFAULTS = CompareConfig(data="", out="")  # one source of defaults: the config's

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from headstart.core.choices import DEFAULT_MODEL
 from headstart.core.errors import PathNotFoundError, UsageError
-from headstart.zoo import DEFAULT_MODEL
 
 
 def add_parser(sub):

@@ -6,10 +6,9 @@ import json
 import sys
 from pathlib import Path
 
+from headstart.core.choices import AUGMENTATIONS, DEFAULT_MODEL
 from headstart.core.errors import PathNotFoundError
-from headstart.data.transforms import AUGMENTATIONS
 from headstart.strategy import STRATEGIES
-from headstart.zoo import DEFAULT_MODEL
 
 
 def add_parser(sub):

@@ -5,29 +5,43 @@ code is 1 when any input could not be predicted (its row carries the error), 0 w
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import sys
 
 
 def add_parser(sub):
-    p = sub.add_parser("predict", help="predict the class of image files or folders with a trained run")
+    p = sub.add_parser("predict", help="predict the class of image files or folders with a trained run",
+                       epilog="example:\n  headstart predict runs/photos new_photos/ --topk 3 --format csv > "
+                              "predictions.csv", formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="run directory made by `headstart train`")
     p.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
-    p.add_argument("--topk", type=int, default=1)
+    p.add_argument("--topk", type=int, default=1, help="how many classes to list per image (default 1; at most the "
+                                                       "number of classes)")
     p.add_argument("--format", default="table", choices=["table", "csv", "json"],
                    help="csv and json print only the predictions on stdout (messages go to stderr); the exit code "
                         "is 1 when any image could not be predicted")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    p.add_argument("--device", default="auto", help="auto (default: CUDA when present), cpu, cuda or cuda:N")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average over each image and its mirror")
     return p
 
 
 def run(args) -> int:
+    from headstart.core.errors import UsageError
+
+    if args.topk < 1:
+        raise UsageError(f"--topk must be at least 1, got {args.topk}.")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}.")
     from headstart.inference import expand_paths, load_run, predict_paths
 
     loaded = load_run(args.run, device=args.device)
+    if args.topk > len(loaded.classes):
+        print(f"--topk {args.topk}: the model has {len(loaded.classes)} classes; listing all of them.",
+              file=sys.stderr)
+        args.topk = len(loaded.classes)
     results = predict_paths(loaded, expand_paths(args.paths), topk=args.topk, batch_size=args.batch_size,
                              tta=args.tta)
     if args.format == "json":

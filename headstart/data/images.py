@@ -10,13 +10,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from headstart.core.choices import MAX_PIXELS
 from headstart.core.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
-# Decompression bombs: a small file that decodes to billions of pixels. 89 million is PIL's own warning
-# threshold; we make it an error instead of a warning.
-MAX_PIXELS = 89_478_485
 
 
 class BadImageError(DataError):
