@@ -13,6 +13,6 @@ command -v "$PY" >/dev/null || PY=python3
 [ -d .venv ] || "$PY" -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
-python -m pip install -q torch==2.14.1 torchvision==0.29.1
-python -m pip install -q -e '.[test]'
+python -m pip install -q -c constraints.txt torch torchvision
+python -m pip install -q -c constraints.txt -e '.[test]'
 echo "headstart is installed in .venv (activate with: . .venv/bin/activate)"

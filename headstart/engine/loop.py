@@ -80,6 +80,7 @@ def train_one_epoch(model, loader: DataLoader, optimizer, scheduler, runtime: Ru
         penalty: a regulariser added to the loss (L2-SP), or None. ``train_loss`` reports the data term only.
     """
     criterion = criterion or make_criterion()
+    scaler = runtime.grad_scaler()  # fp16 on CUDA; does nothing for bf16 and fp32
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
     bar = tqdm(loader, desc=desc, leave=False, disable=None if runtime.is_main else True)
@@ -96,8 +97,9 @@ def train_one_epoch(model, loader: DataLoader, optimizer, scheduler, runtime: Ru
             raise TrainingDiverged(f"the training loss became {loss.item()} in phase '{desc}'; the last good "
                                    "checkpoint is kept. Lower the learning rate (--lr) and run again.")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         scheduler.step()
         total_loss += data_loss.item() * len(labels)
         correct += _correct(logits, targets)
