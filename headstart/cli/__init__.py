@@ -13,7 +13,7 @@ import sys
 
 from headstart import __version__
 
-COMMANDS = ["check", "train", "evaluate", "predict", "models", "compare", "demo", "embed", "lr-find", "adapt"]
+COMMANDS = ["check", "train", "evaluate", "predict", "models", "compare", "demo", "embed", "lr-find", "adapt", "cache"]
 
 
 def build_parser() -> argparse.ArgumentParser:

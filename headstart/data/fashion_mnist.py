@@ -7,6 +7,7 @@ the authors' mirror when that is missing and the network is there.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import struct
 import urllib.request
@@ -15,11 +16,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from headstart.core.errors import PathNotFoundError
+from headstart.core.errors import DataError, PathNotFoundError
 
 CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot"]
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 MIRROR = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+# MD5 of the files on the official mirror (the values torchvision checks too): a download that differs is damaged.
+MD5 = {"train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+       "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+       "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+       "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310"}
 FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
          "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
 
@@ -61,8 +67,18 @@ def load(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
                     f"Fashion-MNIST is not installed and could not be downloaded ({exc}). Install the Debian "
                     "package: `apt-get install dataset-fashion-mnist`, or set HEADSTART_FASHION_MNIST to a folder "
                     "with its idx files.") from None
+            _verify(path, MD5[name])
         paths.append(path)
     return read_idx(paths[0]), read_idx(paths[1])
+
+
+def _verify(path: Path, md5: str) -> None:
+    """A downloaded file must have the mirror's checksum; a damaged one is removed so the next try downloads it."""
+    digest = hashlib.md5(path.read_bytes()).hexdigest()
+    if digest != md5:
+        path.unlink(missing_ok=True)
+        raise DataError(f"the downloaded {path.name} is damaged (MD5 {digest}, expected {md5}) and was removed; run "
+                        "again to download it again, or install the Debian package dataset-fashion-mnist.")
 
 
 def balanced_indices(labels: np.ndarray, per_class: int, rng: np.random.Generator,

@@ -33,9 +33,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from headstart.core.errors import OutputError
+from headstart.core.errors import OutputError, UsageError
 
 DEFAULT_ROOT = Path.home() / ".cache" / "headstart" / "features"
+DEFAULT_LIMIT_GB = 20.0  # $HEADSTART_CACHE_MAX_GB; past it the least recently used namespaces are removed
 _MISSING = -1
 
 
@@ -127,6 +128,7 @@ class ShardWriter:
             np.save(f, self.keys, allow_pickle=False)
         os.replace(keys_tmp, self.cache.dir / f"{self.name}.keys.npy")
         self.cache.refresh()
+        evict(self.cache.dir.parent, keep=self.cache.dir)
 
     def abort(self) -> None:
         self._file.close()
@@ -158,6 +160,7 @@ class FeatureCache:
                                   "to a folder you can write to.") from None
         if not (self.dir / "key.json").exists():
             _atomic_bytes(self.dir / "key.json", json.dumps(key, indent=1, sort_keys=True).encode())
+        os.utime(self.dir / "key.json")  # "last used", for eviction
         self.refresh()
 
     def refresh(self) -> None:
@@ -233,3 +236,69 @@ class FeatureCache:
         """Like :meth:`read`, ``chunk`` rows at a time: features of any number of images in bounded memory."""
         for start in range(0, len(keys), chunk):
             yield self.read(keys[start:start + chunk])
+
+
+def size_limit() -> int:
+    """The cache's size limit in bytes: ``$HEADSTART_CACHE_MAX_GB`` (default 20 GB)."""
+    try:
+        gb = float(os.environ.get("HEADSTART_CACHE_MAX_GB") or DEFAULT_LIMIT_GB)
+    except ValueError:
+        raise UsageError("HEADSTART_CACHE_MAX_GB must be a number of gigabytes, e.g. 20.") from None
+    return int(gb * 1e9)
+
+
+def namespaces(root: str | Path | None = None) -> list[dict]:
+    """Every namespace under ``root``, least recently used first: its folder, what it was computed with, images,
+    bytes and when it was last used."""
+    root = Path(root or cache_root())
+    out = []
+    for key_file in root.glob("*/key.json") if root.is_dir() else []:
+        folder = key_file.parent
+        files = [p for p in folder.iterdir() if p.is_file()]
+        try:
+            key = json.loads(key_file.read_text())
+        except (OSError, ValueError):
+            key = {}
+        images = 0
+        for keys_file in folder.glob("*.keys.npy"):
+            try:
+                images += int((np.load(keys_file, allow_pickle=False) != b"").sum())
+            except (OSError, ValueError):
+                pass
+        out.append({"dir": str(folder), "backbone": key.get("backbone"), "precision": key.get("precision"),
+                    "image_size": (key.get("preprocessing") or {}).get("image_size"), "images": images,
+                    "bytes": sum(p.stat().st_size for p in files), "last_used": key_file.stat().st_mtime})
+    return sorted(out, key=lambda n: n["last_used"])
+
+
+def clear(root: str | Path | None = None, which: Sequence[str] | None = None) -> int:
+    """Removes the namespaces named in ``which`` (folder names or paths), or all; returns the bytes freed."""
+    import shutil
+
+    freed = 0
+    wanted = {Path(w).name for w in which} if which else None
+    for ns in namespaces(root):
+        if wanted is None or Path(ns["dir"]).name in wanted:
+            shutil.rmtree(ns["dir"], ignore_errors=True)
+            freed += ns["bytes"]
+    return freed
+
+
+def evict(root: str | Path | None = None, keep: Path | None = None, limit: int | None = None) -> list[str]:
+    """Removes whole namespaces, least recently used first, until the cache fits ``limit`` (default
+    :func:`size_limit`); never ``keep`` (the one in use). Returns the folders removed."""
+    import shutil
+
+    limit = size_limit() if limit is None else limit
+    spaces = namespaces(root)
+    total = sum(n["bytes"] for n in spaces)
+    removed = []
+    for ns in spaces:
+        if total <= limit:
+            break
+        if keep is not None and Path(ns["dir"]) == Path(keep):
+            continue
+        shutil.rmtree(ns["dir"], ignore_errors=True)
+        total -= ns["bytes"]
+        removed.append(ns["dir"])
+    return removed

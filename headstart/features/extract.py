@@ -36,12 +36,25 @@ from headstart.model import TransferModel
 
 
 def cache_key(model: TransferModel, preprocessing: Preprocessing | dict, runtime: Runtime, view: str = "eval") -> dict:
-    """Everything a feature row depends on besides the image: backbone, its current weights, preprocessing and the
-    precision it ran in (bf16 and fp32 features differ in the third digit)."""
-    return {"backbone": model.spec.name, "weights": weights_fingerprint(model.backbone),
+    """Everything a feature row depends on besides the image: backbone, its current weights, the torch and timm
+    versions, preprocessing and the precision it ran in (bf16 and fp32 features differ in the third digit)."""
+    return {"backbone": model.spec.name, "weights": weights_fingerprint(model.backbone), **library_versions(),
             "preprocessing": dict(sorted(Preprocessing.of(preprocessing).to_dict().items())),
             "precision": str(runtime.amp_dtype).removeprefix("torch.") if runtime.amp_dtype else "fp32",
             "view": view}
+
+
+def library_versions() -> dict[str, str]:
+    """torch's and timm's versions: a new release may change a kernel or an architecture's details, and with them
+    the features."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"torch": torch.__version__}
+    try:
+        out["timm"] = version("timm")
+    except PackageNotFoundError:
+        pass
+    return out
 
 
 class _ImageFiles(Dataset):

@@ -8,6 +8,7 @@ what to do. Files are read without unpickling arbitrary objects (safetensors, or
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise PathNotFoundError(f"weights file {path} does not exist; pass an existing .safetensors/.pth/.pt file.")
+    verify_hash_prefix(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -52,6 +54,25 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{path} does not hold a state dict (a mapping of names to tensors).")
     return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+_HASHED_NAME = re.compile(r"-([0-9a-f]{8,64})\.(pth|pt|bin|safetensors)$")
+
+
+def verify_hash_prefix(path: Path) -> None:
+    """Files named the torch hub way (``name-<sha256 prefix>.pth``, as the offline Lite0 package's is) must hash
+    to that prefix: a damaged or replaced file is refused rather than loaded into a backbone."""
+    match = _HASHED_NAME.search(path.name)
+    if match is None:
+        return
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    if not h.hexdigest().startswith(match.group(1)):
+        raise WeightsError(f"{path} is damaged or not the file its name promises (its SHA-256 starts "
+                           f"{h.hexdigest()[:len(match.group(1))]}, the name says {match.group(1)}); reinstall the "
+                           "package it came from, or download it again.")
 
 
 def checksum(state_dict: dict[str, torch.Tensor]) -> str:

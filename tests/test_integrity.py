@@ -1,0 +1,84 @@
+"""Files checked before they are trusted, and a feature cache that stays within its size."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from headstart.cli import main
+from headstart.core.errors import DataError, WeightsError
+from headstart.data import fashion_mnist
+from headstart.features import cache as cache_module
+from headstart.zoo.weights import read_state_dict
+
+
+def test_a_file_named_with_a_hash_prefix_must_match_it(tmp_path):
+    good = tmp_path / "w.pth"
+    torch.save({"a": torch.ones(3)}, good)
+    prefix = hashlib.sha256(good.read_bytes()).hexdigest()[:8]
+    named = tmp_path / f"model-{prefix}.pth"
+    good.rename(named)
+    assert set(read_state_dict(named)) == {"a"}
+    wrong = tmp_path / "model-00000000.pth"
+    named.rename(wrong)
+    with pytest.raises(WeightsError, match="damaged"):
+        read_state_dict(wrong)
+
+
+def test_the_offline_lite0_file_matches_its_name():
+    from headstart.zoo import get_spec
+
+    path = get_spec("efficientnet_lite0").sources[0].locate()
+    assert path is not None and "-" in os.path.basename(path)
+    assert len(read_state_dict(path)) > 100  # verified, then read
+
+
+def test_a_damaged_fashion_mnist_download_is_removed(tmp_path):
+    f = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    f.write_bytes(b"not the file")
+    with pytest.raises(DataError, match="damaged"):
+        fashion_mnist._verify(f, fashion_mnist.MD5[f.name])
+    assert not f.exists()
+
+
+def _namespace(root, name, size, age_days):
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "key.json").write_text(json.dumps({"backbone": name, "preprocessing": {"image_size": 64}}))
+    (folder / "a.npy").write_bytes(b"x" * size)
+    np.save(folder / "a.keys.npy", np.array([b"k1", b""], dtype="S32"))
+    then = time.time() - age_days * 86400
+    os.utime(folder / "key.json", (then, then))
+    return folder
+
+
+def test_eviction_removes_least_recently_used_namespaces_but_never_the_one_in_use(tmp_path):
+    old, mid, new = (_namespace(tmp_path, n, 1000, age) for n, age in (("old", 30), ("mid", 10), ("new", 1)))
+    assert [n["backbone"] for n in cache_module.namespaces(tmp_path)] == ["old", "mid", "new"]
+    assert cache_module.namespaces(tmp_path)[0]["images"] == 1
+    removed = cache_module.evict(tmp_path, keep=old, limit=2500)
+    assert removed == [str(mid)] and old.exists() and new.exists()
+
+
+def test_cache_info_and_clear_commands(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path))
+    _namespace(tmp_path, "one", 500, 2)
+    _namespace(tmp_path, "two", 500, 1)
+    assert main(["cache", "info", "--json"]) == 0
+    assert [n["backbone"] for n in json.loads(capsys.readouterr().out)] == ["one", "two"]
+    assert main(["cache", "clear", "one"]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["two"]
+    assert main(["cache", "clear"]) == 0 and list(tmp_path.iterdir()) == []
+
+
+def test_the_cache_key_holds_the_library_versions():
+    from headstart.features.extract import library_versions
+
+    v = library_versions()
+    assert v["torch"] == torch.__version__ and "timm" in v
