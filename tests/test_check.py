@@ -235,3 +235,17 @@ def test_same_picture_in_other_bytes_is_near_not_identical(tmp_path):
     (tmp_path / "d" / "red" / "resaved.png").write_bytes(buf.getvalue())
     [dup] = [i for i in check(tmp_path / "d", val_fraction=0.0).issues if i.kind == "duplicate"]
     assert "0 of 64 bits apart" in dup.message
+
+
+def test_an_empty_class_folder_is_listed_among_the_other_findings(tmp_path, capsys):
+    from headstart.cli import main
+    from tests.conftest import add_broken_files, make_class_folder
+
+    data = make_class_folder(tmp_path / "d", per_class=3)
+    (data / "purple").mkdir()
+    add_broken_files(data / "red")
+    code = main(["check", str(data)])
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert code != 0 and "purple" in text and "Traceback" not in text
+    assert "truncated" in text or "corrupt" in text or "empty" in text  # the other findings are still there

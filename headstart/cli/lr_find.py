@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import json
 import sys
 from pathlib import Path
@@ -19,24 +21,26 @@ def add_parser(sub):
                                    "minimum (for fine-tune, whose phase runs at half of --lr, twice that tenth). "
                                    "The weights are not changed. "
                                    "RUN_OR_DATA is a run directory (its weights and training images) or a folder "
-                                   "of labelled images (a fresh pretrained model).")
-    p.add_argument("source", metavar="RUN_OR_DATA")
+                                   "of labelled images (a fresh pretrained model).",
+                       epilog="examples:\n  headstart lr-find photos/ --strategy full\n  headstart lr-find runs/photos",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", metavar="RUN_OR_DATA", help="a run directory, or a folder of labelled images")
     p.add_argument("--strategy", default=None, choices=[s for s in STRATEGIES if s != "linear-probe"],
                    help="the strategy whose training phase is swept (default: the run's, or fine-tune); a head "
                         "fitted on frozen features first is fitted first here too")
     p.add_argument("--out", default=None, help="folder for lr_find.json and lr_find.png (default: the run, or "
-                                               "./lr-find)")
+                                               "runs/lr-find-<data folder name>)")
     p.add_argument("--model", default=DEFAULT_MODEL, help="backbone, for DATA")
     p.add_argument("--weights", default=None, help="pretrained weights file, for DATA")
-    p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--image-size", type=int, default=None, help="input size, for DATA (default: the backbone's)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
     p.add_argument("--steps", type=int, default=100, help="optimizer steps of the sweep")
-    p.add_argument("--start-lr", type=float, default=1e-7)
-    p.add_argument("--end-lr", type=float, default=10.0)
-    p.add_argument("--augment", default="light", choices=AUGMENTATIONS)
-    p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--start-lr", type=float, default=1e-7, help="first learning rate of the sweep (default 1e-7)")
+    p.add_argument("--end-lr", type=float, default=10.0, help="last learning rate of the sweep (default 10)")
+    p.add_argument("--augment", default="light", choices=AUGMENTATIONS, help="training augmentation (default light)")
+    p.add_argument("--workers", type=int, default=None, help="image decoding processes (default: as train)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the sweep's batches (default 0)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     return p
 
 
@@ -94,7 +98,7 @@ def run(args) -> int:
                      steps=args.steps)
     # The swept rate is the phase's head rate; --lr sets it through the strategy's ratio (fine-tune: lr / 2).
     per_cli_lr = make_strategy(name, lr=1.0).phases[sgd_index].lr
-    out = Path(args.out) if args.out else (source if is_run else Path("lr-find"))
+    out = Path(args.out) if args.out else (source if is_run else Path("runs") / f"lr-find-{source.resolve().name}")
     out.mkdir(parents=True, exist_ok=True)
     record = {"source": str(source), "strategy": name, "phase": phase.name, "suggested_cli_lr":
               result.suggested_lr / per_cli_lr, **result.to_dict()}

@@ -281,7 +281,7 @@ def check_splits(splits: DataSplits, data: str | Path = "", *, max_pixels: int =
 
 def check(data: str | Path, val_fraction: float = 0.2, seed: int = 0, **options) -> CheckReport:
     """Finds the splits as ``train`` would (see ``discover``) and checks them; ``options`` go to ``check_splits``."""
-    return check_splits(discover(data, val_fraction=val_fraction, seed=seed), data, **options)
+    return check_splits(discover(data, val_fraction=val_fraction, seed=seed, check=False), data, **options)
 
 
 def _free_name(target: Path) -> Path:

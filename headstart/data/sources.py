@@ -156,7 +156,7 @@ def read_csv_manifest(path: Path) -> tuple[list[str], dict[str, list[tuple[str, 
     return classes, rows
 
 
-def discover(data: str | Path, val_fraction: float = 0.2, seed: int = 0) -> DataSplits:
+def discover(data: str | Path, val_fraction: float = 0.2, seed: int = 0, check: bool = True) -> DataSplits:
     """Finds classes and splits in ``data``.
 
     Args:
@@ -164,6 +164,8 @@ def discover(data: str | Path, val_fraction: float = 0.2, seed: int = 0) -> Data
             or one folder of class folders; or a CSV manifest (``path,label[,split]``).
         val_fraction: share of each class held out for validation when no validation split is given.
         seed: makes that split repeatable.
+        check: refuse splits that cannot train a classifier (:func:`validate`); ``headstart check`` turns it off
+            to list such problems among its other findings.
     """
     data = Path(data)
     if not data.exists():
@@ -195,7 +197,8 @@ def discover(data: str | Path, val_fraction: float = 0.2, seed: int = 0) -> Data
         test, val_made = [], True
         layout = f"class folders (validation: {val_fraction:.0%} of each class, seed {seed})"
     splits = DataSplits(classes, train, val, test, layout, val_made)
-    validate(splits, data)
+    if check:
+        validate(splits, data)
     return splits
 
 
