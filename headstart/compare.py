@@ -156,6 +156,13 @@ def setup_lines(rows: list[dict], cfg: CompareConfig) -> list[str]:
     return lines
 
 
+def accuracy_text(row: dict) -> str:
+    """Mean test accuracy in percent, with the spread over seeds when there was more than one (one seed has
+    none to show: "± 0.0" would claim a precision nobody measured)."""
+    mean = f"{100 * row['test_acc_mean']:.1f}"
+    return f"{mean} ± {100 * row['test_acc_std']:.1f}" if row.get("seeds", 1) > 1 else f"{mean} (1 seed)"
+
+
 def markdown(rows: list[dict], results: list[dict], cfg: CompareConfig, n_test: int) -> str:
     lines = [f"# headstart compare: {cfg.data}", "",
              f"{n_test} test images; validation {cfg.val_per_class} images per class; {cfg.seeds} seed(s). "
@@ -166,7 +173,7 @@ def markdown(rows: list[dict], results: list[dict], cfg: CompareConfig, n_test: 
     for r in rows:
         lr = _lrs(r["lrs"]) if any(lr is not None for lr in r["lrs"]) else "default"
         lines.append(f"| {r['labels_per_class']} | {r['strategy']} | {r['model']} | {r['image_size']} | "
-                     f"{100 * r['test_acc_mean']:.1f} ± {100 * r['test_acc_std']:.1f} | "
+                     f"{accuracy_text(r)} | "
                      f"{100 * r['test_balanced_acc_mean']:.1f} | {r['seconds_mean']:.1f} | "
                      f"{r['epochs_run_mean']:.1f} | {r['best_epoch_mean']:.1f} | {lr} | {r['trainable_params']:,} |")
     sweeps = [(r, c) for r in results for c in r.get("lr_sweep", [])]

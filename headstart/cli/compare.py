@@ -85,6 +85,7 @@ def config_from_args(args) -> CompareConfig:
 def print_table(result: dict) -> None:
     from rich.table import Table
 
+    from headstart.compare import accuracy_text
     from headstart.cli.console import console
 
     table = Table(title=f"test accuracy on {result['test_images']} held-out images (mean ± std over seeds)")
@@ -94,7 +95,7 @@ def print_table(result: dict) -> None:
     for r in result["rows"]:
         lrs = ",".join(f"{lr:g}" for lr in r["lrs"]) if any(lr is not None for lr in r["lrs"]) else "default"
         table.add_row(str(r["labels_per_class"]), r["strategy"], r["model"], str(r["image_size"]),
-                      f"{100 * r['test_acc_mean']:.1f}% ± {100 * r['test_acc_std']:.1f}",
+                      accuracy_text(r),
                       f"{100 * r['test_balanced_acc_mean']:.1f}%", f"{r['seconds_mean']:.0f} s", lrs,
                       f"{r['trainable_params']:,}")
     console().print(table)

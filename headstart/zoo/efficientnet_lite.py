@@ -76,5 +76,5 @@ for _name, (_arch, _pkg, _module, _cls, _size, _crop) in _LITE.items():
                               locate=lambda m=_module, c=_cls: _package_file(m, c)),),
         convert=_converter(_arch),
         classifier_prefixes=("classifier.",),
-        family="timm (offline weights)",
+        family="timm (weights: pip package)",
     ))
