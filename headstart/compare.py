@@ -21,17 +21,21 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import yaml
-
 from headstart.config import CompareConfig
 from headstart.core.errors import UsageError
-from headstart.core.io import write_json
+from headstart.core.io import write_json, write_text
 from headstart.core.preprocessing import Preprocessing
 from headstart.data.dataset import scan
 from headstart.data.sources import DataSplits, discover, stratified_split
 from headstart.engine.loop import TrainingDiverged
+from headstart.rundir import RunDir
 from headstart.train import TrainConfig, log, train
 from headstart.zoo import get_spec
+
+# compare's output folder: the results (resumable: finished runs are kept), the table, the two plots.
+RESULTS = "compare.json"
+TABLE = "compare.md"
+PLOTS = ("accuracy_vs_labels.png", "accuracy_vs_time.png")
 
 
 def _draw(samples, per_class: int, rng: random.Random, exclude: set[str]) -> list:
@@ -116,7 +120,7 @@ def plot(rows: list[dict], results: list[dict], out: Path) -> list[str]:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "accuracy_vs_labels.png", dpi=120)
+    fig.savefig(out / PLOTS[0], dpi=120)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
@@ -129,9 +133,9 @@ def plot(rows: list[dict], results: list[dict], out: Path) -> list[str]:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "accuracy_vs_time.png", dpi=120)
+    fig.savefig(out / PLOTS[1], dpi=120)
     plt.close(fig)
-    return ["accuracy_vs_labels.png", "accuracy_vs_time.png"]
+    return list(PLOTS)
 
 
 def _lrs(lrs) -> str:
@@ -189,13 +193,13 @@ def markdown(rows: list[dict], results: list[dict], cfg: CompareConfig, n_test: 
             lines.append(f"| {r['labels_per_class']} | {r['seed']} | {c['lr']:g} | {c['best_val_loss']:.3f} | "
                          f"{100 * c['val_acc']:.1f} | {100 * c['test_acc']:.1f} | {c['epochs_run']} | "
                          f"{c['best_epoch']} | {'yes' if c['lr'] == r['lr'] else ''} |")
-    return "\n".join(lines + ["", "![accuracy vs labels](accuracy_vs_labels.png)", ""])
+    return "\n".join(lines + ["", f"![accuracy vs labels]({PLOTS[0]})", ""])
 
 
 def _run_facts(run_dir: Path) -> dict:
     """What a finished run actually used and did, from its own record: input size, weights, epochs run."""
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    epochs_run = sum(1 for _ in (run_dir / "metrics.jsonl").open()) if (run_dir / "metrics.jsonl").is_file() else 0
+    run = RunDir(run_dir)
+    config, epochs_run = run.config(), len(run.metrics())
     phases = [f"{p['name']}: head fitted on frozen features" if p["fit"] == "features" else
               f"{p['name']}: up to {p['epochs']} epochs at lr {p['lr']:g} (backbone x{p['backbone_lr_scale']:g}), "
               f"{p['warmup_epochs']:g} warm-up epoch(s) then cosine, early stopping after {config['patience']} "
@@ -244,7 +248,7 @@ def compare(cfg: CompareConfig) -> dict:
     scratch_model = cfg.scratch_model or ("resnet20" if side <= 64 else cfg.model)
     get_spec(cfg.model), get_spec(scratch_model)  # fail early on a wrong name
     t_start, results = time.time(), []
-    done_path = out / "compare.json"
+    done_path = out / RESULTS
     for seed in range(cfg.seeds):
         rng = random.Random(1000 + seed)
         val = _draw(data.train, cfg.val_per_class, rng, set())
@@ -282,7 +286,7 @@ def compare(cfg: CompareConfig) -> dict:
                                        "runs": results})
     rows = summarise(results)
     figures = plot(rows, results, out)
-    (out / "compare.md").write_text(markdown(rows, results, cfg, len(data.test)))
+    write_text(out / TABLE, markdown(rows, results, cfg, len(data.test)))
     write_json(done_path, {"config": cfg.__dict__, "test_images": len(data.test), "rows": rows, "runs": results,
                            "figures": figures})
     return {"rows": rows, "runs": results, "test_images": len(data.test)}

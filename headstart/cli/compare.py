@@ -85,8 +85,8 @@ def config_from_args(args) -> CompareConfig:
 def print_table(result: dict) -> None:
     from rich.table import Table
 
-    from headstart.compare import accuracy_text
     from headstart.cli.console import console
+    from headstart.compare import accuracy_text
 
     table = Table(title=f"test accuracy on {result['test_images']} held-out images (mean ± std over seeds)")
     for col in ("labels/class", "strategy", "model", "px", "test acc", "balanced acc", "wall time", "lr",

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-
-import json
 import sys
 from pathlib import Path
 
@@ -45,26 +43,25 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    import yaml
 
     from headstart.core.io import write_json
     from headstart.core.runtime import make_runtime, seed_everything
     from headstart.data.dataset import ImageDataset, make_loader, scan
-    from headstart.data.sources import DataSplits, discover
+    from headstart.data.sources import discover
     from headstart.data.transforms import eval_transform, train_transform
     from headstart.engine.lr_finder import lr_find, plot_lr_find
     from headstart.inference import load_run
     from headstart.model import build_model
+    from headstart.rundir import RunDir
     from headstart.strategy import make_strategy
 
     seed_everything(args.seed)
     source = Path(args.source)
-    is_run = (source / "config.yaml").is_file()
+    is_run = RunDir(source).is_run()
     if is_run:
         loaded = load_run(source, device=args.device)
         model, runtime, pre = loaded.model, loaded.runtime, loaded.preprocessing
-        config = yaml.safe_load((source / "config.yaml").read_text())
-        splits = DataSplits.from_json(json.loads((source / "split.json").read_text()))
+        config, splits = loaded.config, RunDir(source).split()  # old relative paths found from any folder
         name = args.strategy or config.get("strategy_resolved") or config.get("strategy")
         if name not in STRATEGIES or name == "linear-probe":
             name = "fine-tune"
@@ -102,11 +99,11 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     record = {"source": str(source), "strategy": name, "phase": phase.name, "suggested_cli_lr":
               result.suggested_lr / per_cli_lr, **result.to_dict()}
-    write_json(out / "lr_find.json", record)
-    plot_lr_find(result, out / "lr_find.png", title=f"lr-find: {name}, phase '{phase.name}'")
+    write_json(out / RunDir.LR_FIND, record)
+    plot_lr_find(result, out / RunDir.LR_FIND_PLOT, title=f"lr-find: {name}, phase '{phase.name}'")
     print(f"suggested: --strategy {name} --lr {record['suggested_cli_lr']:.2g}, which trains the head of phase "
           f"'{phase.name}' at {result.suggested_lr:.2g} (--lr x {per_cli_lr:g}): a tenth of the rate at the loss "
           f"minimum, {result.min_loss_lr:.2g} (centred moving average); steepest descent at {result.steepest_lr:.2g}"
           f"{'; the loss diverged, the sweep stopped early' if result.stopped_early else ''}")
-    print(f"curve: {out / 'lr_find.png'}, numbers: {out / 'lr_find.json'}")
+    print(f"curve: {out / RunDir.LR_FIND_PLOT}, numbers: {out / RunDir.LR_FIND}")
     return 0

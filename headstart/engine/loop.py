@@ -224,23 +224,7 @@ def fit(
         if state.phase_done:
             pass
         elif phase.fit == "features":
-            if probe is None:
-                raise UsageError(f"phase '{phase.name}' fits the head on features: pass fit(..., probe=...), e.g. "
-                                 "headstart.features.probe.ProbeOptions().")
-            t0 = time.time()
-            # Every rank fits the same head on all the features (the loaders for this are not sharded).
-            info = probe(model, loaders["train_eval"], loaders.get("val_all", loaders["val"]), runtime)
-            # The head was scored on the validation features already: no second pass through the backbone.
-            val = {"loss": info["probe_val_loss"], "acc": info["probe_val_acc"],
-                   "loss_calibrated": info["probe_val_loss_calibrated"], "temperature": info["probe_temperature"]}
-            improved, phase_improved = _end_epoch(state, val["loss_calibrated"], patience=0)
-            phase_best_state = copy.deepcopy(model.state_dict())
-            record = {"phase": phase.name, "epoch": 1, "global_epoch": state.global_epoch, **_val_record(val),
-                      "trainable_params": model.head.weight.numel() + model.head.bias.numel(),
-                      "seconds": time.time() - t0, **info}
-            if on_epoch:
-                on_epoch(record, state, {"model": model.state_dict(), "improved": improved,
-                                         "phase_improved": phase_improved})
+            phase_best_state = _run_features_phase(model, phase, loaders, runtime, state, probe, on_epoch)
         else:
             penalty = L2SP(model, l2sp_reference, phase.l2sp) if phase.l2sp else None
             phase_best_state = _run_sgd_phase(model, phase, loaders, runtime, state, patience, weight_decay,
@@ -249,6 +233,26 @@ def fit(
         if phase_best_state is not None:
             model.load_state_dict(phase_best_state)  # the next phase starts from this phase's best weights
     return state
+
+
+def _run_features_phase(model, phase: Phase, loaders, runtime: Runtime, state: FitState, probe, on_epoch) -> dict:
+    """A phase whose head is fitted on frozen features (one "epoch"); returns its weights."""
+    if probe is None:
+        raise UsageError(f"phase '{phase.name}' fits the head on features: pass fit(..., probe=...), e.g. "
+                         "headstart.features.probe.ProbeOptions().")
+    t0 = time.time()
+    # Every rank fits the same head on all the features (the loaders for this are not sharded).
+    info = probe(model, loaders["train_eval"], loaders.get("val_all", loaders["val"]), runtime)
+    # The head was scored on the validation features already: no second pass through the backbone.
+    val = {"loss": info["probe_val_loss"], "acc": info["probe_val_acc"],
+           "loss_calibrated": info["probe_val_loss_calibrated"], "temperature": info["probe_temperature"]}
+    improved, phase_improved = _end_epoch(state, val["loss_calibrated"], patience=0)
+    record = {"phase": phase.name, "epoch": 1, "global_epoch": state.global_epoch, **_val_record(val),
+              "trainable_params": model.head.weight.numel() + model.head.bias.numel(),
+              "seconds": time.time() - t0, **info}
+    if on_epoch:
+        on_epoch(record, state, {"model": model.state_dict(), "improved": improved, "phase_improved": phase_improved})
+    return copy.deepcopy(model.state_dict())
 
 
 def _val_record(val: dict) -> dict:
