@@ -5,7 +5,7 @@ Measured side by side, interleaved so that a busy machine slows all of them alik
   * ``backbone``: ``forward_features`` on a ready batch in memory (same batch size, precision, channels-last);
   * ``headstart``: ``headstart.features.extract_features`` with an empty cache: hash, decode, resize and crop in a
     loader worker, normalise per batch, backbone, write the cache;
-  * ``float loader``: the plain way, ``ImageDataset`` + ``eval_transform`` (float32 per image) in the same loader,
+  * ``float loader``: the plain way, ``ImageFiles`` + ``eval_transform`` (float32 per image) in the same loader,
     then the backbone (what ``fit_linear_probe`` did before the cache).
 
 Also the cost per image of each preprocessing step on one core, next to the backbone's cost per image.
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from headstart.data.dataset import ImageDataset, default_workers, make_loader
+from headstart.data.dataset import ImageFiles, default_workers, make_loader
 from headstart.data.images import load_image
 from headstart.data.transforms import eval_resize_crop, eval_transform, to_float_normalized
 from headstart.features.probe import features_from_loader
@@ -160,7 +160,7 @@ def main() -> None:
             timed("headstart", extract_features, model, paths[:n], pre, runtime, batch_size=args.batch_size,
                   workers=workers, cache_dir=tmp / f"cache{r}", verbose=False)  # an empty cache: all computed
             if not args.no_float_loader:
-                loader = make_loader(ImageDataset([(p, 0) for p in paths[:n]], eval_transform(pre)), args.batch_size,
+                loader = make_loader(ImageFiles([(p, 0) for p in paths[:n]], eval_transform(pre)), args.batch_size,
                                      shuffle=False, workers=workers)
                 timed("float loader", features_from_loader, model, loader, runtime)
             print(f"  repeat {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f} img/s" for k, v in results.items() if v)

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from headstart.data.dataset import ImageDataset, make_loader
+from headstart.data.dataset import ImageFiles, make_loader
 from headstart.data.sources import discover
 from headstart.data.transforms import eval_transform, train_transform
 from headstart.engine.loop import predict_logits
@@ -63,8 +63,8 @@ def tutorial(splits, pre, runtime, epochs: int, batch_size: int, lr: float) -> t
     model = build_model("efficientnet_lite0", len(splits.classes))
     runtime.prepare(model)
     model.set_trainable(-1)  # head only
-    train = make_loader(ImageDataset(splits.train, train_transform(pre, "light")), batch_size, shuffle=True)
-    val = make_loader(ImageDataset(splits.val, eval_transform(pre)), batch_size * 2, shuffle=False)
+    train = make_loader(ImageFiles(splits.train, train_transform(pre, "light")), batch_size, shuffle=True)
+    val = make_loader(ImageFiles(splits.val, eval_transform(pre)), batch_size * 2, shuffle=False)
     opt = torch.optim.SGD(model.head.parameters(), lr=lr, momentum=0.9)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=7, gamma=0.1)
     best_acc, best_head = -1.0, None
@@ -87,7 +87,7 @@ def tutorial(splits, pre, runtime, epochs: int, batch_size: int, lr: float) -> t
               flush=True)
     seconds = time.perf_counter() - t0
     model.head.load_state_dict(best_head)
-    test = make_loader(ImageDataset(splits.test, eval_transform(pre)), batch_size * 2, shuffle=False)
+    test = make_loader(ImageFiles(splits.test, eval_transform(pre)), batch_size * 2, shuffle=False)
     logits, labels = predict_logits(model, test, runtime, desc="test")
     return seconds, best_acc, (logits.argmax(1) == labels).float().mean().item()
 
@@ -97,7 +97,7 @@ def headstart_probe(splits, pre, runtime, batch_size: int, cache: Path, epochs: 
     model = build_model("efficientnet_lite0", len(splits.classes))
     runtime.prepare(model)
     model.set_trainable(-1)
-    loaders = {s: make_loader(ImageDataset(getattr(splits, s), eval_transform(pre)), batch_size * 2, shuffle=False)
+    loaders = {s: make_loader(ImageFiles(getattr(splits, s), eval_transform(pre)), batch_size * 2, shuffle=False)
                for s in ("train", "val")}
     out = {}
     for name in ("cold", "warm"):

@@ -35,7 +35,7 @@ except ImportError:  # running from a checkout without headstart installed
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recipes import add_common_arguments, mean_std, write_data  # noqa: E402  (the same subsets and test images)
 
-from headstart.data.dataset import ImageDataset, make_loader  # noqa: E402
+from headstart.data.dataset import ImageFiles, make_loader  # noqa: E402
 from headstart.data.sources import read_class_folders  # noqa: E402
 from headstart.data.transforms import eval_transform  # noqa: E402
 from headstart.inference import load_run, predict_loader, probs_from_logits  # noqa: E402
@@ -55,7 +55,7 @@ def scores(run_dir: Path, test: Path, rare: list[int], workers: int | None) -> d
     _, samples = read_class_folders(test, run.classes)
     out = {}
     for tta in (False, True):
-        loader = make_loader(ImageDataset(samples, eval_transform(run.preprocessing)), 128, shuffle=False,
+        loader = make_loader(ImageFiles(samples, eval_transform(run.preprocessing)), 128, shuffle=False,
                              workers=workers)
         logits, labels = predict_loader(run, loader, tta=tta)
         probs = probs_from_logits(logits, run.temperature)

@@ -42,7 +42,7 @@ except ImportError:  # running from a checkout without headstart installed
 
 from headstart.adapt import adapt_batchnorm
 from headstart.data import fashion_mnist as fm
-from headstart.data.dataset import ImageDataset, make_loader
+from headstart.data.dataset import ImageFiles, make_loader
 from headstart.data.sources import read_class_folders
 from headstart.data.transforms import eval_transform
 from headstart.core.io import load_weights
@@ -109,7 +109,7 @@ def evaluate(run_dir: Path, test: Path, shifted: Path, train: Path, weights: str
 
     def loader(folder: Path, batch: int = 128, drop_last: bool = False):
         _, samples = read_class_folders(folder, run.classes)
-        return make_loader(ImageDataset(samples, eval_transform(run.preprocessing)), min(batch, len(samples)),
+        return make_loader(ImageFiles(samples, eval_transform(run.preprocessing)), min(batch, len(samples)),
                            shuffle=False, workers=workers, drop_last=drop_last)
 
     def acc(folder: Path) -> float:

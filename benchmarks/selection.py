@@ -31,7 +31,7 @@ try:
 except ImportError:  # running from a checkout without headstart installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from headstart.data.dataset import ImageDataset, make_loader
+from headstart.data.dataset import ImageFiles, make_loader
 from headstart.data.sources import DataSplits, read_class_folders
 from headstart.data.transforms import eval_transform
 from headstart.core.io import load_weights
@@ -49,7 +49,7 @@ def _features(run, samples):
 
 def _test(run, test) -> tuple[float, dict]:
     """Test accuracy, and calibration before and after the run's temperature."""
-    loader = make_loader(ImageDataset(test, eval_transform(run.preprocessing)), 128, shuffle=False)
+    loader = make_loader(ImageFiles(test, eval_transform(run.preprocessing)), 128, shuffle=False)
     logits, labels = predict_loader(run, loader, desc="test")
     cal = compare_calibration(probs_from_logits(logits).numpy(), probs_from_logits(logits, run.temperature).numpy(),
                               labels.numpy(), run.temperature)

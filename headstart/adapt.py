@@ -44,7 +44,8 @@ from pathlib import Path
 from torch.utils.data import DataLoader
 
 from headstart.core.errors import PathNotFoundError, UsageError
-from headstart.data.dataset import ImageDataset, make_loader, scan
+from headstart.data.check import scan
+from headstart.data.dataset import ImageFiles, make_loader
 from headstart.data.transforms import eval_transform
 from headstart.engine.batchnorm import adapt_batchnorm, batchnorm_input_statistics, batchnorm_layers  # noqa: F401 (part of adapt's API)
 from headstart.inference import LoadedRun, expand_paths, load_run
@@ -161,7 +162,7 @@ def _loader(run: LoadedRun, paths: list[str], name, batch_size: int, workers) ->
     if len(samples) < 2:
         raise UsageError(f"{name} holds {len(samples)} readable image(s); AdaBN needs at least 2 (a few hundred "
                          "give steady statistics).")
-    return make_loader(ImageDataset(samples, eval_transform(run.preprocessing)), min(batch_size, len(samples)),
+    return make_loader(ImageFiles(samples, eval_transform(run.preprocessing)), min(batch_size, len(samples)),
                        shuffle=False, workers=workers), bad
 
 

@@ -25,7 +25,7 @@ from headstart.config import CompareConfig
 from headstart.core.errors import UsageError
 from headstart.core.io import write_json, write_text
 from headstart.core.preprocessing import Preprocessing
-from headstart.data.dataset import scan
+from headstart.data.check import scan
 from headstart.data.sources import DataSplits, discover, stratified_split
 from headstart.engine.loop import TrainingDiverged
 from headstart.rundir import RunDir

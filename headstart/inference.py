@@ -13,7 +13,7 @@ from PIL import Image, ImageOps
 from headstart.core.errors import PathNotFoundError, UsageError
 from headstart.core.preprocessing import Preprocessing
 from headstart.core.runtime import Runtime, make_runtime
-from headstart.data.dataset import make_loader
+from headstart.data.dataset import ImageFiles, flagged_collate, make_loader
 from headstart.data.images import BadImageError, is_image_file, load_image, to_rgb
 from headstart.data.sources import list_images
 from headstart.data.transforms import eval_transform
@@ -125,27 +125,6 @@ def expand_paths(paths: list[str | Path]) -> list[str]:
     return out
 
 
-class _PathDataset(torch.utils.data.Dataset):
-    """Images for prediction; a broken file yields a flag instead of stopping the whole batch."""
-
-    def __init__(self, paths: list[str], transform):
-        self.paths, self.transform = paths, transform
-        self._blank = None
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i):
-        try:
-            return self.transform(load_image(self.paths[i])), ""
-        except BadImageError as exc:
-            if self._blank is None:
-                from PIL import Image
-
-                self._blank = self.transform(Image.new("RGB", (8, 8)))
-            return self._blank, exc.reason
-
-
 @torch.no_grad()
 def view_logits(model: torch.nn.Module, images: torch.Tensor, runtime: Runtime, tta: bool = False) -> torch.Tensor:
     """Logits (float32, CPU) of a batch of eval-transformed images, one row of views per image: (views, n, classes).
@@ -196,10 +175,10 @@ def predict_paths(run: LoadedRun, paths: list[str], topk: int = 1, batch_size: i
     Args:
         tta: average the softmax over each image and its mirror image (:func:`predict_probs`).
     """
-    ds = _PathDataset(paths, eval_transform(run.preprocessing))
-    loader = make_loader(ds, batch_size, shuffle=False, workers=workers)
+    loader = make_loader(ImageFiles(paths, eval_transform(run.preprocessing)), batch_size, shuffle=False,
+                         workers=workers, collate_fn=flagged_collate)
     results, i = [], 0
-    for images, errors in loader:
+    for images, _, errors in loader:
         probs = predict_probs(run.model, images, run.runtime, tta, run.temperature)
         for row in range(len(images)):
             path = paths[i]

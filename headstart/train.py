@@ -22,7 +22,7 @@ from headstart.core.preprocessing import Preprocessing
 from headstart.core.runtime import Runtime, make_runtime, seed_everything
 from headstart.data.balance import SKEW_HINT, BalancedSampler, class_weights, skew
 from headstart.data.check import check_splits
-from headstart.data.dataset import ImageDataset, make_loader
+from headstart.data.dataset import ImageFiles, make_loader
 from headstart.data.leakage import drop_leaked, duplicate_groups, fingerprints, leak_proof_split
 from headstart.data.sources import DataSplits, discover, validate
 from headstart.data.transforms import eval_transform, train_transform
@@ -101,7 +101,7 @@ def _loaders(splits: DataSplits, pre: Preprocessing, cfg: TrainConfig, runtime, 
         sampler = sampler or EpochSampler(len(samples), shuffle=shuffle, seed=cfg.seed, rank=r if shard else 0,
                                           world_size=w if shard else 1)
         drop = shuffle and bn_trains and tiny_last_batch(len(sampler), batch)
-        return make_loader(ImageDataset(samples, transform), batch, shuffle=False, seed=cfg.seed,
+        return make_loader(ImageFiles(samples, transform), batch, shuffle=False, seed=cfg.seed,
                            workers=cfg.workers, sampler=sampler, drop_last=drop)
 
     balanced = BalancedSampler([y for _, y in splits.train], seed=cfg.seed, rank=r, world_size=w) \
@@ -158,7 +158,7 @@ def _calibrate(model, val_loader, runtime, summary: dict) -> tuple[float, dict]:
 def _test(model, splits: DataSplits, pre: Preprocessing, cfg: TrainConfig, runtime, temperature: float, run: RunDir,
           summary: dict) -> dict:
     """Test accuracy and calibration of the shipped model; ``test_metrics.json``."""
-    loader = make_loader(ImageDataset(splits.test, eval_transform(pre)), cfg.batch_size * 2, shuffle=False,
+    loader = make_loader(ImageFiles(splits.test, eval_transform(pre)), cfg.batch_size * 2, shuffle=False,
                          workers=cfg.workers)
     logits, labels = predict_logits(model, loader, runtime, desc="test")
     metrics = classification_metrics(labels.numpy(), logits.argmax(1).numpy(), splits.classes)

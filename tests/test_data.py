@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from headstart.data.dataset import scan
+from headstart.data.check import scan
 from headstart.data.images import BadImageError, load_image
 from headstart.data.sources import discover, stratified_split
 from headstart.data.transforms import eval_transform, train_transform

@@ -12,7 +12,7 @@ from PIL import Image
 from headstart.cli import main
 from headstart.core.preprocessing import Preprocessing
 from headstart.core.runtime import make_runtime
-from headstart.data.dataset import ImageDataset, make_loader
+from headstart.data.dataset import ImageFiles, make_loader
 from headstart.data.sources import read_class_folders
 from headstart.data.transforms import eval_transform
 from headstart.features import FeatureCache, extract_features, fit_head
@@ -42,7 +42,7 @@ def test_features_match_the_eval_transform_path(small_model, tmp_path):
     _, samples = read_class_folders(data)
     feats = extract_features(model, [p for p, _ in samples], pre, runtime, batch_size=5, workers=0,
                              cache_dir=tmp_path / "cache")
-    ref, _ = features_from_loader(model, make_loader(ImageDataset(samples, eval_transform(pre)), 5, False, workers=0),
+    ref, _ = features_from_loader(model, make_loader(ImageFiles(samples, eval_transform(pre)), 5, False, workers=0),
                                   runtime)
     torch.testing.assert_close(torch.from_numpy(feats.array()), torch.from_numpy(ref), rtol=1e-5, atol=1e-5)
 

@@ -47,7 +47,9 @@ def imports() -> dict[str, set[str]]:
                 names = [node.module] + ([f"headstart.{a.name}" for a in node.names] if node.module == "headstart"
                                          else [])
             for name in names:
-                if (top := _top(name)) and top != unit:
+                top = _top(name)
+                is_module = top and ((PACKAGE / top).is_dir() or (PACKAGE / f"{top}.py").is_file())
+                if is_module and top != unit:
                     graph[unit].add(top)
     return graph
 

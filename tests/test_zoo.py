@@ -5,6 +5,8 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
+import headstart.zoo.weights as weights_module
+from headstart.core.errors import WeightsError
 from headstart.model import TransferModel, build_model
 from headstart.zoo import MissingWeightsError, create_backbone, get_spec, list_specs, resolve_weights
 from headstart.zoo.weights import read_state_dict
@@ -108,6 +110,11 @@ def test_weights_found_in_torch_hub_cache(tv_resnet18_file, tmp_path, monkeypatc
     cached = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
     cached.parent.mkdir(parents=True)
     cached.write_bytes(path.read_bytes())
+    # The file is a stand-in, not torchvision's: its content does not hash to the name's prefix, so it is refused
+    # as damaged, as a corrupted download would be.
+    with pytest.raises(WeightsError, match="damaged"):
+        resolve_weights(spec, download=False)
+    monkeypatch.setattr(weights_module, "verify_hash_prefix", lambda path: None)
     resolved = resolve_weights(spec, download=False)
     assert resolved.source.startswith("cache")
 

@@ -46,7 +46,8 @@ def run(args) -> int:
 
     from headstart.core.io import write_json
     from headstart.core.runtime import make_runtime, seed_everything
-    from headstart.data.dataset import ImageDataset, make_loader, scan
+    from headstart.data.check import scan
+    from headstart.data.dataset import ImageFiles, make_loader
     from headstart.data.sources import discover
     from headstart.data.transforms import eval_transform, train_transform
     from headstart.engine.lr_finder import lr_find, plot_lr_find
@@ -84,12 +85,12 @@ def run(args) -> int:
         from headstart.features.probe import fit_linear_probe
 
         def eval_loader(samples):
-            return make_loader(ImageDataset(samples, eval_transform(pre)), args.batch_size * 2, shuffle=False,
+            return make_loader(ImageFiles(samples, eval_transform(pre)), args.batch_size * 2, shuffle=False,
                                workers=args.workers)
 
         fit_linear_probe(model, eval_loader(train), eval_loader(scan(splits.val)[0]), runtime, preprocessing=pre)
     phase = strategy.phases[sgd_index]
-    train_loader = make_loader(ImageDataset(train, train_transform(pre, args.augment)), args.batch_size, shuffle=True,
+    train_loader = make_loader(ImageFiles(train, train_transform(pre, args.augment)), args.batch_size, shuffle=True,
                                seed=args.seed, workers=args.workers, drop_last=len(train) > args.batch_size)
     result = lr_find(model, train_loader, runtime, phase, start_lr=args.start_lr, end_lr=args.end_lr,
                      steps=args.steps)

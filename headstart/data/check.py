@@ -13,6 +13,7 @@ import os
 import shutil
 import time
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from PIL import Image
 from headstart.core.errors import DataError
 from headstart.data.images import MAX_PIXELS, BadImageError, decode_image
 from headstart.data.leakage import group_duplicates, near_pairs  # noqa: F401 (near_pairs: imported from here too)
-from headstart.data.sources import DataSplits, discover, validate
+from headstart.data.sources import DataSplits, Sample, discover, validate
 
 SPLITS = ("train", "val", "test")
 
@@ -77,32 +78,48 @@ class FileFacts:
 MIN_PHASH_SIDE = 64  # pixels on the longest side below which only exact duplicates are looked for
 
 
-def inspect_file(path: str, max_pixels: int = MAX_PIXELS) -> FileFacts:
-    """Reads ``path`` once: hashes its bytes, decodes them, hashes a small copy of the picture."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError:
-        data = None  # decode_image reads it again and names the failure
+def inspect_file(path: str, max_pixels: int = MAX_PIXELS, hashes: bool = True) -> FileFacts:
+    """Reads ``path`` once: decodes it (what training will see) and, with ``hashes``, hashes its bytes and a small
+    copy of the picture (for duplicates). Without ``hashes`` it is the light check every pass over images uses."""
+    data = None
+    if hashes:
+        try:
+            data = Path(path).read_bytes()
+        except OSError:
+            data = None  # decode_image reads it again and names the failure
     try:
         decoded = decode_image(path, max_pixels, data=data)
     except BadImageError as exc:
         return FileFacts(path, error=exc)
-    # The perceptual hash only needs 32x32; shrinking by whole factors first keeps big photos cheap.
-    small = decoded.image.resize((64, 64), Image.Resampling.BOX, reducing_gap=2.0)
-    bits = imagehash.phash(small).hash.ravel()
-    return FileFacts(path, None, decoded.format, decoded.mode, decoded.transparency, decoded.orientation,
-                     hashlib.blake2b(data, digest_size=16).hexdigest(),
-                     int.from_bytes(np.packbits(bits).tobytes(), "big"),
-                     # Thumbnails (Fashion-MNIST's 28 px) carry too little detail: different garments share hashes.
-                     phash_ok=max(decoded.image.size) >= MIN_PHASH_SIDE)
+    facts = FileFacts(path, None, decoded.format, decoded.mode, decoded.transparency, decoded.orientation)
+    if hashes and data is not None:
+        # The perceptual hash only needs 32x32; shrinking by whole factors first keeps big photos cheap.
+        small = decoded.image.resize((64, 64), Image.Resampling.BOX, reducing_gap=2.0)
+        bits = imagehash.phash(small).hash.ravel()
+        facts.sha = hashlib.blake2b(data, digest_size=16).hexdigest()
+        facts.phash = int.from_bytes(np.packbits(bits).tobytes(), "big")
+        # Thumbnails (Fashion-MNIST's 28 px) carry too little detail: different garments share hashes.
+        facts.phash_ok = max(decoded.image.size) >= MIN_PHASH_SIDE
+    return facts
 
 
-def inspect_files(paths: list[str], max_pixels: int = MAX_PIXELS, workers: int | None = None) -> dict[str, FileFacts]:
-    """``inspect_file`` for each distinct path, in a thread pool."""
+def inspect_files(paths: list[str], max_pixels: int = MAX_PIXELS, workers: int | None = None,
+                  hashes: bool = True) -> dict[str, FileFacts]:
+    """:func:`inspect_file` for each distinct path, in a thread pool (PIL releases the GIL while decoding)."""
     unique = list(dict.fromkeys(paths))
     workers = workers or min(8, (os.cpu_count() or 1) * 2)
     with ThreadPoolExecutor(workers) as pool:
-        return dict(zip(unique, pool.map(lambda p: inspect_file(p, max_pixels), unique)))
+        return dict(zip(unique, pool.map(lambda p: inspect_file(p, max_pixels, hashes), unique)))
+
+
+def scan(samples: Sequence[Sample], workers: int | None = None,
+         max_pixels: int = MAX_PIXELS) -> tuple[list[Sample], list[tuple[str, str]]]:
+    """The light check (one decode per image, no hashes): the usable samples, and ``(path, reason)`` for the
+    others."""
+    facts = inspect_files([p for p, _ in samples], max_pixels, workers, hashes=False)
+    good = [s for s in samples if facts[s[0]].error is None]
+    bad = [(s[0], facts[s[0]].error.reason) for s in samples if facts[s[0]].error is not None]
+    return good, bad
 
 
 @dataclass

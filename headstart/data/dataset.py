@@ -1,49 +1,64 @@
-"""From file lists to batches: scanning out broken files, the Dataset, and data loaders."""
+"""From file lists to batches: the one dataset of image files, its bad-file policy, and data loaders."""
 
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from headstart.core.errors import DataError
 from headstart.data.images import BadImageError, load_image
 from headstart.data.sources import Sample
 
 
-def _try_load(path: str) -> str | None:
-    try:
-        load_image(path)
-        return None
-    except BadImageError as exc:
-        return exc.reason
+class ImageFiles(Dataset):
+    """``(path, label)`` pairs -> ``(image, label, path, reason)``: the one dataset every pass over image files uses
+    (training, validation, test, feature extraction, evaluate, predict, adapt), with one bad-file policy.
 
+    A file that cannot be decoded never stops its batch: it yields a blank image of the same shape as the others and
+    the reason (``''`` for a good file). What happens next is the caller's choice, through the collate function:
+    :func:`checked_collate` (training and evaluation, whose files were all checked before, so a failure means the
+    file changed since) raises a :class:`~headstart.core.errors.DataError` naming it; :func:`flagged_collate`
+    (predict, feature extraction) keeps the reasons so each file's result can say what went wrong.
+    """
 
-def scan(samples: Sequence[Sample], workers: int | None = None) -> tuple[list[Sample], list[tuple[str, str]]]:
-    """Decodes every image once; returns the good samples and ``(path, reason)`` for each bad one."""
-    workers = workers or min(8, (os.cpu_count() or 1) * 2)
-    with ThreadPoolExecutor(workers) as pool:  # PIL releases the GIL while decoding
-        reasons = list(pool.map(_try_load, [p for p, _ in samples]))
-    good = [s for s, r in zip(samples, reasons) if r is None]
-    bad = [(s[0], r) for s, r in zip(samples, reasons) if r is not None]
-    return good, bad
-
-
-class ImageDataset(Dataset):
-    """(path, label) pairs -> (transformed image tensor, label)."""
-
-    def __init__(self, samples: Sequence[Sample], transform: Callable):
-        self.samples = list(samples)
+    def __init__(self, samples: Sequence[Sample] | Sequence[str], transform: Callable):
+        self.samples = [(str(s), -1) if isinstance(s, (str, os.PathLike)) else (s[0], s[1]) for s in samples]
         self.transform = transform
+        self._blank = None
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str, str]:
         path, label = self.samples[i]
-        return self.transform(load_image(path)), label
+        try:
+            image = self.transform(load_image(path))
+        except BadImageError as exc:
+            return self.blank(), label, path, exc.reason
+        return image.as_subclass(torch.Tensor) if isinstance(image, torch.Tensor) else image, label, path, ""
+
+    def blank(self) -> torch.Tensor:
+        if self._blank is None:
+            self._blank = torch.zeros_like(self.transform(Image.new("RGB", (8, 8))).as_subclass(torch.Tensor))
+        return self._blank
+
+
+def checked_collate(items: list[tuple[torch.Tensor, int, str, str]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images, labels)``; a file that could not be decoded is an error that names it."""
+    for _, _, path, reason in items:
+        if reason:
+            raise DataError(f"{path} could not be read ({reason}); it was readable when the images were checked. "
+                            "Restore or remove it and run again.")
+    return torch.stack([x for x, *_ in items]), torch.as_tensor([y for _, y, *_ in items])
+
+
+def flagged_collate(items: list[tuple[torch.Tensor, int, str, str]]):
+    """``(images, labels, reasons)``: blank images where a file could not be decoded, its reason beside it."""
+    return torch.stack([x for x, *_ in items]), torch.as_tensor([y for _, y, *_ in items]), [r for *_, r in items]
 
 
 def default_workers() -> int:
@@ -60,6 +75,8 @@ def default_workers() -> int:
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, workers: int | None = None,
                 drop_last: bool = False, sampler=None, collate_fn=None) -> DataLoader:
     workers = default_workers() if workers is None else workers
+    if collate_fn is None and isinstance(dataset, ImageFiles):
+        collate_fn = checked_collate
     generator = torch.Generator().manual_seed(seed)
     # No persistent workers: `compare` runs dozens of trainings in one process and kept workers outlive each one.
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,

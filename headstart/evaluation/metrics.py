@@ -11,7 +11,7 @@ from sklearn.metrics import balanced_accuracy_score, confusion_matrix, precision
 
 from headstart.core.errors import PathNotFoundError, UsageError
 from headstart.data.check import inspect_files
-from headstart.data.dataset import ImageDataset, make_loader
+from headstart.data.dataset import ImageFiles, make_loader
 from headstart.data.leakage import duplicates_of
 from headstart.data.sources import read_class_folders
 from headstart.data.transforms import eval_transform
@@ -80,7 +80,7 @@ def evaluate_run(run: LoadedRun, data: str | Path, batch_size: int = 64, workers
     if not samples:
         raise UsageError(f"no readable images in {data}" + (" that are not copies of training images." if leaked
                                                             else "."))
-    loader = make_loader(ImageDataset(samples, eval_transform(run.preprocessing)), batch_size, shuffle=False,
+    loader = make_loader(ImageFiles(samples, eval_transform(run.preprocessing)), batch_size, shuffle=False,
                          workers=workers)
     logits, labels = predict_loader(run, loader, tta=tta, desc="evaluate")
     probs = probs_from_logits(logits, run.temperature)

@@ -23,13 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from headstart.core.preprocessing import Preprocessing
 from headstart.core.runtime import Runtime
-from headstart.data.dataset import default_workers, make_loader
-from headstart.data.images import BadImageError, load_image
+from headstart.data.dataset import ImageFiles, default_workers, make_loader
 from headstart.data.transforms import eval_resize_crop
 from headstart.features.cache import FeatureCache, content_hashes, weights_fingerprint
 from headstart.model import TransferModel
@@ -57,24 +55,6 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-class _ImageFiles(Dataset):
-    """path -> (uint8 CHW tensor, '' or the reason the file could not be decoded)."""
-
-    def __init__(self, paths: Sequence[str], preprocessing: Preprocessing):
-        self.paths = list(paths)
-        self.transform = eval_resize_crop(preprocessing)
-        self.size = preprocessing.image_size
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
-        try:
-            return self.transform(load_image(self.paths[i])).as_subclass(torch.Tensor), ""
-        except BadImageError as exc:
-            return torch.zeros(3, self.size, self.size, dtype=torch.uint8), exc.reason
-
-
 def _normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """uint8 -> float32 ``(x / 255 - mean) / std``: the very ops of torchvision's ``ToDtype(scale=True)`` and
     ``Normalize``, hence the very numbers."""
@@ -82,7 +62,7 @@ def _normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.
 
 
 class _Collate:
-    """[(uint8 image, reason)] -> (batch, reasons).
+    """:class:`~headstart.data.dataset.ImageFiles` items (uint8 images) -> (batch, reasons).
 
     With ``to_float`` the batch is float32, normalised one image at a time (in cache: half the CPU time of four
     passes over a 19 MB batch of 32 images at 224 px) into the channels-last layout the backbone wants; without it
@@ -94,8 +74,8 @@ class _Collate:
         self.std = torch.tensor(preprocessing.std, dtype=torch.float32).view(-1, 1, 1)
         self.to_float, self.channels_last = to_float, channels_last
 
-    def __call__(self, items: list[tuple[torch.Tensor, str]]) -> tuple[torch.Tensor, list[str]]:
-        images, reasons = [i for i, _ in items], [r for _, r in items]
+    def __call__(self, items: list[tuple[torch.Tensor, int, str, str]]) -> tuple[torch.Tensor, list[str]]:
+        images, reasons = [x for x, *_ in items], [r for *_, r in items]
         if not self.to_float:
             return torch.stack(images), reasons
         out = torch.empty((len(images), *images[0].shape), dtype=torch.float32)
@@ -131,7 +111,7 @@ def iter_features(model: TransferModel, paths: Sequence[str], preprocessing: Pre
     preprocessing = Preprocessing.of(preprocessing)
     on_cpu = runtime.device.type == "cpu"
     workers = default_workers() if workers is None else workers
-    loader = make_loader(_ImageFiles(paths, preprocessing), batch_size, shuffle=False, workers=workers,
+    loader = make_loader(ImageFiles(paths, eval_resize_crop(preprocessing)), batch_size, shuffle=False, workers=workers,
                          collate_fn=_Collate(preprocessing, to_float=on_cpu, channels_last=runtime.channels_last))
     if not on_cpu:
         mean, std = (torch.tensor(getattr(preprocessing, k), dtype=torch.float32, device=runtime.device).view(-1, 1, 1)
