@@ -24,7 +24,7 @@ function fact(dl, name, value) {
   dl.append(dt, dd);
 }
 
-const pct = (x) => (100 * x).toFixed(x >= 0.9995 || x < 0.001 ? 0 : 1) + "%";
+const pct = (x) => (x >= 0.9995 ? "100%" : x < 0.0005 ? "<0.1%" : (100 * x).toFixed(1) + "%");
 const mb = (n) => (n / 1048576).toFixed(n < 10485760 ? 1 : 0) + " MB";
 
 async function loadInfo() {
@@ -40,8 +40,9 @@ async function loadInfo() {
     fact(facts, "classes", info.classes.length);
     const tm = info.test_metrics;
     if (tm && tm.accuracy != null) {
-      fact(facts, "test accuracy", pct(tm.accuracy) + (tm.num_images ? " (" + tm.num_images + " images)" : ""));
+      fact(facts, "test accuracy", pct(tm.accuracy));
       if (tm.balanced_accuracy != null) fact(facts, "balanced accuracy", pct(tm.balanced_accuracy));
+      if (tm.num_images) fact(facts, "test images", tm.num_images.toLocaleString("en"));
       if (tm.ece != null) fact(facts, "calibration error", pct(tm.ece));
     } else {
       fact(facts, "test accuracy", "not measured");
