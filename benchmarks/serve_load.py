@@ -168,8 +168,8 @@ def main() -> None:
             for s in servers.values():
                 s.stop()
 
-    lines = [f"{what}, one 640x480 JPEG per request, measured on a shared 2-core CPU "
-             f"({args.seconds:g} s per setting)", "",
+    lines = [f"{what}, one 640x480 JPEG per request, measured on a shared 2-core CPU ({args.seconds:g} s per setting)",
+             "",
              "| clients | server | requests/s | p50 ms | p95 ms | errors |", "|---:|---|---:|---:|---:|---:|"]
     lines += [f"| {r['clients']} | {r['server']} | {r['rps']:.1f} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | "
               f"{r['errors']} |" for r in rows]

@@ -42,7 +42,7 @@ def main() -> None:
                                       cwd=REPO, stdout=out, stderr=out)
         try:
             deadline = time.time() + 180
-            while not ((m := re.search(r"on (http://\S+/)", log.read_text())) and "startup complete" in log.read_text()):
+            while not ((m := re.search(r"on (http://\S+/)", text := log.read_text())) and "startup complete" in text):
                 if server.poll() is not None or time.time() > deadline:
                     sys.exit(f"the server did not start:\n{log.read_text()}")
                 time.sleep(0.2)

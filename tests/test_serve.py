@@ -25,10 +25,10 @@ from headstart.cli import main
 from tests.conftest import make_class_folder
 
 pytest.importorskip("fastapi", reason="serve needs the serve extra: pip install -e '.[serve]'")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from headstart.serve import create_app, load_model  # noqa: E402
-from headstart.serve.batching import Batcher  # noqa: E402
+from headstart.serve import create_app, load_model
+from headstart.serve.batching import Batcher
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("HEADSTART_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -207,6 +207,7 @@ def test_hundreds_of_bad_requests_leave_the_worker_serving_and_memory_flat(clien
     before = rss_mb()
     burst(400)
     grown = rss_mb() - before
+    print(f"RSS {before:.0f} MB -> {before + grown:.0f} MB over 400 bad requests")
     good = client.post("/predict", files=files((trained[1][0].name, trained[1][0].read_bytes())))
     assert good.status_code == 200 and good.json()["predictions"][0]["label"] == trained[1][0].parent.name
     assert grown < 40, f"RSS grew {grown:.0f} MB over 400 bad requests"
@@ -224,7 +225,7 @@ def test_the_options_are_checked(model):
 class _SlowModel:
     """Predicts each 'image' (an int) as its own label; the first pass waits until released."""
 
-    classes = ["a", "b", "c"]
+    classes = ("a", "b", "c")
 
     def __init__(self):
         self.release, self.batches = threading.Event(), []
@@ -258,7 +259,7 @@ def test_batcher_joins_waiting_requests_and_keeps_each_answer_with_its_request()
     batcher.close()
 
 
-# -- the command ---------------------------------------------------------------------------------------------------------
+# -- the command ------------------------------------------------------------------------------------------------------
 
 
 def test_serve_cli_errors_are_one_line(tmp_path, trained, capsys):
@@ -350,7 +351,6 @@ def test_the_server_refuses_a_huge_streamed_upload_without_reading_it(server):
 # -- the page, in a real browser ------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_the_page_predicts_a_dropped_image_in_chromium(server, trained):
     sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs playwright: pip install "
                                    "-e '.[test]'")

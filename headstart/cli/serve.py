@@ -25,8 +25,8 @@ def add_parser(sub):
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0 picks a free one)")
     p.add_argument("--max-upload-mb", type=float, default=20,
                    help="largest request, all its files together, in MB (default 20); larger ones get 413")
-    p.add_argument("--max-pixels", type=int, default=40_000_000,
-                   help="images with more pixels are refused from their header, before decoding (default 40 "
+    p.add_argument("--max-pixels", type=int, default=50_000_000,
+                   help="images with more pixels are refused from their header, before decoding (default 50 "
                         "million)")
     p.add_argument("--topk", type=int, default=3, help="classes returned per image unless a request asks with "
                                                        "?topk=K (default 3)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
 
@@ -34,15 +35,15 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' 
        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
 
-def create_app(model, *, max_upload_mb: float = 20, max_pixels: int = 40_000_000, topk: int = 3,
+def create_app(model, *, max_upload_mb: float = 20, max_pixels: int = 50_000_000, topk: int = 3,
                max_files: int = 64, max_batch: int = 16) -> FastAPI:
     """The service for one model.
 
     Args:
         model: anything with ``classes``, ``predict(images, topk)`` and ``info()`` (:func:`headstart.serve.load_model`).
         max_upload_mb: the largest request body, all files together, in megabytes (1 MB = 2^20 bytes).
-        max_pixels: larger images are refused from their header, before decoding (40 million: a 48-megapixel phone
-            photo is refused; the model sees a few hundred pixels a side anyway).
+        max_pixels: larger images are refused from their header, before decoding (50 million: a 48-megapixel photo
+            passes, a decompression bomb does not).
         topk: classes per image unless the request asks (``/predict?topk=K``).
         max_files: the most files in one request.
         max_batch: the most images in one forward pass when requests arrive together (1: one request per pass).
@@ -56,23 +57,27 @@ def create_app(model, *, max_upload_mb: float = 20, max_pixels: int = 40_000_000
     info = {**model.info(), "limits": {"max_upload_bytes": max_bytes, "max_pixels": int(max_pixels),
                                        "max_files": max_files, "topk": topk, "formats": list(FORMATS)}}
     page = {name: (resources.files(__package__) / "static" / name).read_bytes() for name in PAGE_FILES}
-    # Decoded images are large (a 40-megapixel photo is 120 MB as RGB): no more in flight than there are cores.
+    # Decoded images are large (a 48-megapixel photo is 144 MB as RGB): no more decoding at once than cores.
     decode_slots = threading.BoundedSemaphore(os.cpu_count() or 2)
 
+    @asynccontextmanager
     async def lifespan(app):
         yield
         await run_in_threadpool(batcher.close)
 
-    app = FastAPI(title="headstart", summary=f"image classifier: {len(model.classes)} classes", lifespan=lifespan)
+    # No /docs or /redoc: FastAPI's pages load their scripts from a CDN; the schema is at /openapi.json.
+    app = FastAPI(title="headstart", summary=f"image classifier: {len(model.classes)} classes", lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
     app.state.batcher = batcher
     app.add_middleware(BodyLimit, max_bytes=max_bytes)
 
+    # The small endpoints are async: they answer at once, even while every worker thread is decoding uploads.
     @app.get("/healthz")
-    def healthz() -> dict:
+    async def healthz() -> dict:
         return {"status": "ok"}
 
     @app.get("/info")
-    def get_info() -> dict:
+    async def get_info() -> dict:
         return info
 
     @app.post("/predict")
@@ -98,11 +103,11 @@ def create_app(model, *, max_upload_mb: float = 20, max_pixels: int = 40_000_000
         return {"predictions": [{"filename": name, **r} for (name, _), r in zip(uploads, results)]}
 
     @app.get("/", include_in_schema=False)
-    def index() -> Response:
+    async def index() -> Response:
         return _page(page, "index.html")
 
     @app.get("/static/{name}", include_in_schema=False)
-    def static(name: str) -> Response:
+    async def static(name: str) -> Response:
         if name not in PAGE_FILES or name == "index.html":
             raise HTTPException(404, f"no such file: {name}")
         return _page(page, name)
@@ -188,7 +193,7 @@ CLOSE = {"Connection": "close"}
 
 def _too_large_text(size: int | None, max_bytes: int) -> str:
     limit = f"{max_bytes / 2**20:g} MB a request"
-    what = f"too large ({size / 2**20:.1f} MB; the limit is {limit})" if size is not None else f"over the limit of {limit}"
+    what = f"over the limit of {limit}" if size is None else f"too large ({size / 2**20:.1f} MB; the limit is {limit})"
     return f"the upload is {what}; send fewer or smaller images, or start the server with a higher limit."
 
 

@@ -75,7 +75,7 @@ class Batcher:
             return
         try:
             results = self.model.predict([im for j in jobs for im in j.images], topk=max(j.topk for j in jobs))
-        except BaseException as exc:  # the requests get the error; the thread serves the next batch
+        except Exception as exc:  # noqa: BLE001  (the requests get the error; the thread serves the next batch)
             for j in jobs:
                 j.future.set_exception(exc)
             return

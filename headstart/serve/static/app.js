@@ -56,7 +56,8 @@ async function loadInfo() {
     $("classes-title").textContent = "Classes (" + info.classes.length + ")";
     const details = $("details");
     const pre = info.preprocessing || {};
-    fact(details, "input", pre.crop ? pre.crop + " px, resized to " + pre.resize + " px (" + pre.interpolation + ")" : "");
+    const size = pre.crop ? pre.crop + " px, resized to " + pre.resize + " px (" + pre.interpolation + ")" : "";
+    fact(details, "input", size);
     fact(details, "mean / std", pre.mean ? pre.mean.join(", ") + " / " + pre.std.join(", ") : "");
     fact(details, "temperature", info.temperature != null ? Number(info.temperature).toFixed(3) : "");
     fact(details, "upload limit", mb(limits.max_upload_bytes) + " a request");
@@ -128,7 +129,8 @@ async function predict(file, card) {
     const data = await res.json().catch(() => ({}));
     if (!res.ok) {
       const files = data.files || [];
-      showError(card, files.length ? files[0].error : (typeof data.detail === "string" ? data.detail : "HTTP " + res.status));
+      const detail = typeof data.detail === "string" ? data.detail : "HTTP " + res.status;
+      showError(card, files.length ? files[0].error : detail);
       return;
     }
     const p = data.predictions[0];
