@@ -13,7 +13,8 @@ import sys
 
 from headstart import __version__
 
-COMMANDS = ["check", "train", "evaluate", "predict", "models", "compare", "demo", "embed", "lr-find", "adapt", "cache"]
+COMMANDS = ["check", "train", "evaluate", "predict", "models", "compare", "demo", "embed", "lr-find", "adapt", "cache",
+            "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -81,13 +81,16 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     return decode_image(path, max_pixels).image
 
 
-def decode_image(path: str | Path, max_pixels: int = MAX_PIXELS, data: bytes | None = None) -> DecodedImage:
+def decode_image(path: str | Path, max_pixels: int = MAX_PIXELS, data: bytes | None = None,
+                 formats: tuple[str, ...] | None = None) -> DecodedImage:
     """``load_image`` plus the file's format, mode and orientation.
 
     Args:
         path: the file; named in errors, and read unless ``data`` is given.
         max_pixels: larger images are refused before decoding.
         data: the file's bytes, when the caller has read them already (to hash them, say).
+        formats: the PIL formats to accept (``("JPEG", "PNG")``); others count as not an image. A server passes
+            the few it needs, so an upload never reaches a decoder it did not mean to run (EPS calls Ghostscript).
 
     Raises:
         BadImageError: the file is empty, not an image, truncated, or too large to decode safely.
@@ -102,7 +105,7 @@ def decode_image(path: str | Path, max_pixels: int = MAX_PIXELS, data: bytes | N
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path if data is None else io.BytesIO(data)) as im:
+            with Image.open(path if data is None else io.BytesIO(data), formats=formats) as im:
                 if im.width * im.height > max_pixels:
                     raise BadImageError(path, f"{im.width}x{im.height} pixels is over the {max_pixels:,} pixel limit "
                                               "(a decompression bomb, or an image to downscale first)", "too-large")

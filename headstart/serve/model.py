@@ -1,0 +1,82 @@
+"""What ``serve`` serves: a run directory or an exported model, behind one small interface.
+
+Anything with ``classes``, ``predict(images, topk)`` (PIL images in, one dict per image out: ``label``, ``score``,
+``topk``, or ``label`` None and ``error``) and ``info()`` can be served; :func:`load_model` picks the loader.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+from headstart.core.errors import PathNotFoundError, UsageError
+from headstart.rundir import RunDir
+
+
+class ServableModel(Protocol):
+    classes: list[str]
+
+    def predict(self, images: list, topk: int = 1) -> list[dict]: ...
+
+    def info(self) -> dict[str, Any]: ...
+
+
+def load_model(path: str | Path, device: str = "auto") -> ServableModel:
+    """A run directory (``headstart train --out``) or an exported ``.onnx`` file, ready to predict."""
+    path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        if not path.is_file():
+            raise PathNotFoundError(f"{path} does not exist; pass an exported .onnx file or a run directory.")
+        return _onnx_model(path)
+    if path.is_file():
+        raise UsageError(f"{path} is a file, not a run directory; pass the folder of a `headstart train` run or an "
+                         "exported .onnx model.")
+    from headstart.inference import load_run
+
+    return RunModel(load_run(path, device=device))
+
+
+def _onnx_model(path: Path) -> ServableModel:
+    try:
+        from headstart.export.onnx_model import OnnxModel
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("headstart"):
+            raise
+        raise UsageError(f"cannot serve {path}: this version of headstart cannot read .onnx models yet; serve the run "
+                         "directory it was exported from.") from None
+    return OnnxModel(path)
+
+
+class RunModel:
+    """A :class:`~headstart.inference.LoadedRun` with what ``GET /info`` shows: its model, classes, preprocessing,
+    calibration temperature and the run's test metrics."""
+
+    def __init__(self, run):
+        self.run = run
+        self.classes = run.classes
+
+    def predict(self, images: list, topk: int = 1) -> list[dict]:
+        return self.run.predict(list(images), topk=topk)
+
+    def info(self) -> dict[str, Any]:
+        run = RunDir(self.run.path)
+        summary = run.summary()
+        return {"source": "run", "path": str(self.run.path), "model": self.run.config.get("model"),
+                "strategy": summary.get("strategy", self.run.config.get("strategy")),
+                "classes": list(self.classes), "preprocessing": self.run.preprocessing.describe(),
+                "temperature": self.run.temperature,
+                "test_metrics": _test_metrics(run.read_json(RunDir.TEST_METRICS), summary)}
+
+
+def _test_metrics(metrics: dict | None, summary: dict) -> dict | None:
+    """The headline figures of ``test_metrics.json`` (the confusion matrix and calibration curves stay in the run);
+    runs without it fall back to ``summary.json``; runs without a test split have none."""
+    if metrics:
+        keep = ("accuracy", "balanced_accuracy", "num_images", "per_class")
+        out = {k: metrics[k] for k in keep if k in metrics}
+        if (ece := (metrics.get("calibration") or {}).get("ece_after")) is not None:
+            out["ece"] = ece
+        return out
+    if "test_acc" in summary:
+        return {"accuracy": summary["test_acc"], "balanced_accuracy": summary.get("test_balanced_acc")}
+    return None
