@@ -133,3 +133,20 @@ def test_loaded_run_predicts_images_in_memory_as_predict_does_on_files(trained_r
     assert bad[0]["label"] is None and "not an image" in bad[0]["error"]
     assert bad[1]["label"] is None and "cannot be read" in bad[1]["error"]
     assert bad[2]["label"] == on_disk[0]["label"]
+
+
+def test_every_option_has_help_and_every_command_ends_with_an_example():
+    import argparse
+
+    from headstart.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = []
+    for name, p in sub.choices.items():
+        if "example" not in (p.epilog or ""):
+            missing.append(f"{name}: no example")
+        for action in p._actions:
+            if not isinstance(action, argparse._HelpAction) and not action.help:
+                missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}: no help")
+    assert missing == []

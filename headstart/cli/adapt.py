@@ -4,6 +4,7 @@ Prints what was done as JSON on stdout; warnings go to stderr."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
@@ -15,7 +16,9 @@ def add_parser(sub):
                        description="Recomputes every BatchNorm layer's mean and variance for the images in "
                                    "TARGET_DIR (unlabelled; searched recursively) and writes a new run directory "
                                    "that predict and evaluate use like any other. No weight changes, no labels, no "
-                                   "gradients (AdaBN, Li et al. 2016). Prints what was done as JSON.")
+                                   "gradients (AdaBN, Li et al. 2016). Prints what was done as JSON.",
+                       epilog="example:\n  headstart adapt runs/scanner_a scans_from_scanner_b/ --out runs/scanner_b",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="run directory made by `headstart train`")
     p.add_argument("target", metavar="TARGET_DIR", help="images from the domain the model will meet")
     p.add_argument("--out", required=True, help="the new run directory")
@@ -30,9 +33,9 @@ def add_parser(sub):
                                                    "images cannot be found")
     p.add_argument("--batch-size", type=int, default=64, help="larger batches give steadier statistics (at least "
                                                               "2; every image is used)")
-    p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.add_argument("--workers", type=int, default=None, help="image decoding processes (default: as train)")
+    p.add_argument("--device", default="auto", help="auto (default: CUDA when present), cpu, cuda or cuda:N")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out (its files are removed)")
     return p
 
 

@@ -6,6 +6,7 @@ would refuse (also with --quarantine, which moves them; a second check then pass
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -22,7 +23,9 @@ def add_parser(sub):
                                    "(which train skips), exact and near duplicates within and across splits, "
                                    "extensions that do not match the content, unusual modes, EXIF rotation, small "
                                    "classes and class imbalance. The splits are found as `headstart train` finds "
-                                   "them.")
+                                   "them.",
+                       epilog="examples:\n  headstart check photos/\n  headstart check photos/ --json > report.json",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", help="folder of class subfolders (optionally inside train/, val/, test/), or a CSV")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--quarantine", metavar="DIR", default=None,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 from headstart.config import CompareConfig
 from headstart.core.errors import UsageError
 
@@ -33,7 +35,10 @@ def add_parser(sub):
     p = sub.add_parser("compare", help="measure transfer-learning strategies against training from scratch",
                        description="Every strategy x labels-per-class x seed on the same images; writes "
                                    "compare.json, compare.md and plots into --out. Scratch chooses its learning rate "
-                                   "on the validation images (one full run per rate in --scratch-lrs).")
+                                   "on the validation images (one full run per rate in --scratch-lrs).",
+                       epilog="examples:\n  headstart compare photos/ --out runs/compare\n"
+                              "  headstart compare photos/ --out runs/curve --labels-per-class 5,10,25 --seeds 3",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     return p
 
@@ -42,24 +47,29 @@ def add_arguments(p, labels: str = _csv(_DEFAULTS.labels_per_class), seeds: int 
                   strategies: str = ",".join(_DEFAULTS.strategies)):
     d = _DEFAULTS
     p.add_argument("data", help="folder of class subfolders (a test/ split is used as the test set if present)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--model", default=d.model)
-    p.add_argument("--strategies", default=strategies)
-    p.add_argument("--labels-per-class", default=labels)
-    p.add_argument("--seeds", type=int, default=seeds)
-    p.add_argument("--val-per-class", type=int, default=d.val_per_class)
+    p.add_argument("--out", required=True, help="folder for the runs, compare.json, compare.md and the plots")
+    p.add_argument("--model", default=d.model, help=f"pretrained backbone of every strategy but scratch (default "
+                                                   f"{d.model})")
+    p.add_argument("--strategies", default=strategies, help=f"comma-separated (default {strategies})")
+    p.add_argument("--labels-per-class", default=labels, help=f"training labels per class, comma-separated "
+                                                              f"(default {labels})")
+    p.add_argument("--seeds", type=int, default=seeds, help=f"repeats with other draws of the labels (default {seeds})")
+    p.add_argument("--val-per-class", type=int, default=d.val_per_class,
+                   help=f"validation images per class, not counted as labels (default {d.val_per_class})")
     p.add_argument("--max-test", type=int, default=d.max_test, help="cap the number of test images")
     p.add_argument("--epochs", type=int, default=d.epochs, help="maximum epochs of the pretrained strategies")
     p.add_argument("--patience", type=int, default=d.patience,
                    help="early stopping of the pretrained strategies: epochs without a lower validation loss")
     p.add_argument("--image-size", type=int, default=d.image_size, help="input size (default: the backbone's)")
-    p.add_argument("--budget-minutes", type=float, default=d.budget_minutes)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--budget-minutes", type=float, default=d.budget_minutes,
+                   help="start no new run after this many minutes (default: no limit)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
     s = p.add_argument_group("scratch", "the baseline from random weights")
     s.add_argument("--scratch-model", default=d.scratch_model,
                    help="default: resnet20 for images of 64 px or less, else --model")
     s.add_argument("--scratch-epochs", type=int, default=d.scratch_epochs, help="maximum epochs of each scratch run")
-    s.add_argument("--scratch-patience", type=int, default=d.scratch_patience)
+    s.add_argument("--scratch-patience", type=int, default=d.scratch_patience,
+                   help=f"scratch's early-stopping patience (default {d.scratch_patience})")
     s.add_argument("--scratch-lrs", default=_csv(d.scratch_lrs),
                    help="learning rates tried, one full run each; the lowest validation loss wins")
     s.add_argument("--scratch-image-size", type=int, default=d.scratch_image_size,

@@ -15,7 +15,8 @@ def add_parser(sub):
                                    "EfficientNet-Lite0 against training a small ResNet from scratch. Measured on a "
                                    "2-core CPU: about 1 minute for the probe, 2 for fine-tune, 2 for scratch (its "
                                    "learning rate is chosen from two full runs).",
-                       epilog="examples:\n  headstart demo\n  headstart demo --labels-per-class 5,10,25 --out runs/curve",
+                       epilog="examples:\n  headstart demo\n"
+                              "  headstart demo --labels-per-class 5,10,25 --out runs/curve",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/demo", help="folder for the data, the runs and the comparison (default "
                                                       "runs/demo)")

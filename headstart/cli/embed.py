@@ -9,6 +9,7 @@ by memory.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -26,17 +27,21 @@ def add_parser(sub):
                        description="Features for downstream tasks (retrieval, clustering, your own classifier). "
                                    "MODEL_OR_RUN is a backbone name (see `headstart models`) or a run directory "
                                    "made by `headstart train`. DATA is a folder of class subfolders (labels are "
-                                   "written), a folder of images (no labels), or a CSV manifest (path,label).")
+                                   "written), a folder of images (no labels), or a CSV manifest (path,label).",
+                       epilog="examples:\n  headstart embed efficientnet_lite0 photos/ --out features.npz\n"
+                              "  headstart embed runs/photos photos/ --out features.parquet",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="MODEL_OR_RUN", help=f"backbone name (e.g. {DEFAULT_MODEL}) or run directory")
     p.add_argument("data", help="folder of images or class subfolders, or a CSV manifest")
     p.add_argument("--out", required=True, help="output file: .npz, or .parquet (needs pyarrow)")
     p.add_argument("--weights", default=None, help="pretrained weights file for a backbone name")
     p.add_argument("--image-size", type=int, default=None, help="input size (default: the backbone's; a run "
                                                                 "keeps its own)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     p.add_argument("--workers", type=int, default=None, help="image decoding processes (default: half the cores)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
+    p.add_argument("--device", default="auto", help="auto (default: CUDA when present), cpu, cuda or cuda:N")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
+                   help="auto (default: what this hardware runs fastest), bf16, fp16 or fp32")
     return p
 
 

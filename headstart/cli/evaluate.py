@@ -5,17 +5,21 @@ stderr."""
 
 from __future__ import annotations
 
+import argparse
 import json
 
 
 def add_parser(sub):
-    p = sub.add_parser("evaluate", help="accuracy, per-class metrics and confusion matrix of a run on labelled data")
+    p = sub.add_parser("evaluate", help="accuracy, per-class metrics and confusion matrix of a run on labelled data",
+                       epilog="examples:\n  headstart evaluate runs/photos new_labelled_photos/\n"
+                              "  headstart evaluate runs/photos new_labelled_photos/ --json | jq .accuracy",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="run directory made by `headstart train`")
     p.add_argument("data", help="folder of class subfolders named like the run's classes")
     p.add_argument("--json", action="store_true", help="print only one JSON object on stdout (messages go to stderr) "
                                                           "instead of a table")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    p.add_argument("--device", default="auto", help="auto (default: CUDA when present), cpu, cuda or cuda:N")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average over each image and its mirror")
     p.add_argument("--keep-leaked", action="store_true",
                    help="score images that duplicate one of the run's training images (left out by default)")

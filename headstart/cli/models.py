@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 
 def add_parser(sub):
-    p = sub.add_parser("models", help="list the backbones and whether their pretrained weights are available now")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("models", help="list the backbones and whether their pretrained weights are available now",
+                       epilog="examples:\n  headstart models\n  headstart models --json",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", action="store_true", help="print one JSON array on stdout instead of a table")
     return p
 
 
