@@ -157,11 +157,11 @@ def predict_loader(run: LoadedRun, loader, tta: bool = False,
                    desc: str = "predict") -> tuple[torch.Tensor, torch.Tensor]:
     """Logits of every view (``(views, n, classes)``, see :func:`view_logits`) and labels for every batch of
     ``loader`` (``(images, labels)`` batches), in order. :func:`probs_from_logits` turns them into scores."""
-    from tqdm.auto import tqdm
+    from headstart.core.progress import progress
 
     run.model.eval()
     logits, labels = [], []
-    for images, y in tqdm(loader, desc=desc, leave=False, disable=None):
+    for images, y in progress(loader, desc):
         logits.append(view_logits(run.model, images, run.runtime, tta))
         labels.append(torch.as_tensor(y))
     return torch.cat(logits, dim=1), torch.cat(labels)

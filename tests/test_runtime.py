@@ -31,3 +31,12 @@ def test_explicit_precision_wins_and_fp16_scales_gradients_only_on_cuda(monkeypa
 def test_this_machine_reads_its_own_flags():
     flags = rt.cpu_flags()
     assert rt.cpu_has_native_bf16(flags) == bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def test_progress_off_a_terminal_is_periodic_lines_on_stderr(capsys):
+    from headstart.core.progress import progress
+
+    assert list(progress(range(3), "features", interval=0)) == [0, 1, 2]
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0].startswith("features: 1/3 batches") and lines[-1].startswith("features: 3/3 batches")
+    assert list(progress(range(3), "x", enabled=False)) == [0, 1, 2] and capsys.readouterr().err == ""

@@ -11,9 +11,9 @@ from typing import Iterable
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from headstart.core.errors import UsageError
+from headstart.core.progress import progress
 from headstart.core.runtime import Runtime
 
 
@@ -53,7 +53,7 @@ def batchnorm_layers(model: torch.nn.Module) -> list[_BatchNorm]:
 def _run(model, loaders: Iterable[DataLoader], runtime: Runtime, desc: str) -> int:
     seen = 0
     for loader in loaders:
-        for images, _ in tqdm(loader, desc=desc, leave=False, disable=None if runtime.is_main else True):
+        for images, _ in progress(loader, desc, runtime.is_main):
             with runtime.autocast():
                 model(runtime.to_input(images))
             seen += len(images)

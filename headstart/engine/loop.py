@@ -22,10 +22,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from headstart.core.distributed import all_reduce_sum
 from headstart.core.errors import TrainingDiverged, UsageError
+from headstart.core.progress import progress
 from headstart.core.runtime import Runtime
 from headstart.engine.batchnorm import adapt_batchnorm
 from headstart.engine.calibration import fit_temperature
@@ -83,7 +83,7 @@ def train_one_epoch(model, loader: DataLoader, optimizer, scheduler, runtime: Ru
     scaler = runtime.grad_scaler()  # fp16 on CUDA; does nothing for bf16 and fp32
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
-    bar = tqdm(loader, desc=desc, leave=False, disable=None if runtime.is_main else True)
+    bar = progress(loader, desc, runtime.is_main)
     for images, labels in bar:
         targets = labels
         if mix is not None:
@@ -123,7 +123,7 @@ def predict_logits(model, loader: DataLoader, runtime: Runtime, desc: str = "eva
     """Logits (float32, CPU) and labels for every image in ``loader``, in order (this rank's shard under DDP)."""
     model.eval()
     all_logits, all_labels = [], []
-    for images, labels in tqdm(loader, desc=desc, leave=False, disable=None if runtime.is_main else True):
+    for images, labels in progress(loader, desc, runtime.is_main):
         with runtime.autocast():
             all_logits.append(model(runtime.to_input(images)).float().cpu())
         all_labels.append(torch.as_tensor(labels))

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from headstart.core.errors import UsageError
+from headstart.core.progress import progress
 from headstart.core.runtime import Runtime
 from headstart.engine.loop import param_groups
 from headstart.engine.losses import make_criterion
@@ -109,7 +109,7 @@ def lr_find(model: TransferModel, loader: DataLoader, runtime: Runtime, phase: P
     batches = chain.from_iterable(repeat(loader))
     model.train()
     try:
-        for step in tqdm(range(steps), desc=desc, leave=False, disable=None if runtime.is_main else True):
+        for step in progress(range(steps), desc, runtime.is_main, unit="step"):
             images, labels = next(batches)
             with runtime.autocast():
                 logits = model(runtime.to_input(images))

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from headstart.core.preprocessing import Preprocessing
+from headstart.core.progress import progress
 from headstart.core.runtime import Runtime
 from headstart.data.dataset import ImageFiles, default_workers, make_loader
 from headstart.data.transforms import eval_resize_crop
@@ -116,7 +116,7 @@ def iter_features(model: TransferModel, paths: Sequence[str], preprocessing: Pre
     if not on_cpu:
         mean, std = (torch.tensor(getattr(preprocessing, k), dtype=torch.float32, device=runtime.device).view(-1, 1, 1)
                      for k in ("mean", "std"))
-    batches = iter(tqdm(loader, desc=desc, leave=False, unit="batch", disable=None if runtime.is_main else True))
+    batches = iter(progress(loader, desc, runtime.is_main))
     start = 0
     while True:
         with _threads(1 if workers == 0 and on_cpu else None):  # data work in this process: one thread

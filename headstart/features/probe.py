@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from headstart.core.errors import UsageError
 from headstart.core.preprocessing import Preprocessing
+from headstart.core.progress import progress
 from headstart.core.runtime import Runtime
 from headstart.engine.calibration import fit_temperature
 from headstart.features.extract import extract_features
@@ -33,7 +33,7 @@ def features_from_loader(model: TransferModel, loader: DataLoader, runtime: Runt
     not image files (tensors in memory, generated images)."""
     model.eval()
     feats, labels = [], []
-    for images, y in tqdm(loader, desc=desc, leave=False, disable=None if runtime.is_main else True):
+    for images, y in progress(loader, desc, runtime.is_main):
         with runtime.autocast():
             feats.append(model.forward_features(runtime.to_input(images)).float().cpu())
         labels.append(torch.as_tensor(y))
