@@ -30,6 +30,7 @@ class LoadedRun:
     runtime: Runtime
     path: Path
     temperature: float = 1.0  # fitted on the run's validation images; probabilities are softmax(logits / T)
+    frozen_backbone: bool = False  # the shipped weights' backbone is the pretrained one: features can be cached
 
     def predict(self, images, topk: int = 1, tta: bool = False, batch_size: int = 64) -> list[dict]:
         """Top-k predictions for images in memory or on disk, without writing anything: for a service's own code.
@@ -106,7 +107,18 @@ def load_run(run_dir: str | Path, device: str = "auto", precision: str = "auto")
     runtime.prepare(model).eval()
     # Runs from before calibration have no temperature: their scores stay as they were (T = 1).
     temperature = float(run.weights_metadata(run.BEST).get("temperature", 1.0))
-    return LoadedRun(model, classes, Preprocessing.of(config["preprocessing"]), config, runtime, run.path, temperature)
+    return LoadedRun(model, classes, Preprocessing.of(config["preprocessing"]), config, runtime, run.path, temperature,
+                     frozen_backbone=shipped_backbone_is_frozen(config, run.summary()))
+
+
+def shipped_backbone_is_frozen(config: dict, summary: dict) -> bool:
+    """Whether the shipped weights come from a phase that fitted only the head on frozen features (a linear probe,
+    or the head phase of a recipe when it won), and nothing adapted the backbone since: then ``evaluate`` and
+    ``predict`` take the features from the cache ``train`` filled. Adapted runs and runs without a summary: no."""
+    if config.get("adapted") or not summary.get("best_phase"):
+        return False
+    phase = next((p for p in config.get("strategy_phases") or [] if p.get("name") == summary["best_phase"]), None)
+    return phase is not None and phase.get("fit") == "features" and phase.get("bn") != "adabn"
 
 
 def expand_paths(paths: list[str | Path]) -> list[str]:
@@ -175,6 +187,8 @@ def predict_paths(run: LoadedRun, paths: list[str], topk: int = 1, batch_size: i
     Args:
         tta: average the softmax over each image and its mirror image (:func:`predict_probs`).
     """
+    if run.frozen_backbone and not tta:
+        return _predict_cached(run, paths, topk, batch_size, workers)
     loader = make_loader(ImageFiles(paths, eval_transform(run.preprocessing)), batch_size, shuffle=False,
                          workers=workers, collate_fn=flagged_collate)
     results, i = [], 0
@@ -188,6 +202,25 @@ def predict_paths(run: LoadedRun, paths: list[str], topk: int = 1, batch_size: i
                 results.append({"path": path, "label": None, "score": None, "error": errors[row]})
                 continue
             results.append({"path": path, **_top(probs[row], run.classes, topk)})
+    return results
+
+
+def _predict_cached(run: LoadedRun, paths: list[str], topk: int, batch_size: int, workers) -> list[dict]:
+    """:func:`predict_paths` for a run whose backbone is frozen: features from the cache, then the head."""
+    from headstart.features.probe import cached_logits
+
+    logits, positions, bad = cached_logits(run.model, paths, run.preprocessing, run.runtime, batch_size, workers,
+                                           desc="predict")
+    probs = probs_from_logits(logits[None], run.temperature)
+    results: list[dict | None] = [None] * len(paths)
+    for row, i in enumerate(positions):
+        results[i] = {"path": paths[i], **_top(probs[row], run.classes, topk)}
+    reasons = dict(bad)
+    for i, path in enumerate(paths):
+        if results[i] is None:
+            reason = reasons.get(path, "could not be decoded")
+            print(f"cannot predict {path}: {reason}", file=sys.stderr)
+            results[i] = {"path": path, "label": None, "score": None, "error": reason}
     return results
 
 

@@ -14,6 +14,8 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import torch
+
 from headstart.auto import choose_strategy
 from headstart.config import TrainConfig
 from headstart.core.distributed import EpochSampler, barrier
@@ -29,7 +31,7 @@ from headstart.data.transforms import eval_transform, train_transform
 from headstart.engine.calibration import calibration_summary, run_temperature
 from headstart.engine.loop import FitState, fit, predict_logits
 from headstart.evaluation.metrics import classification_metrics
-from headstart.features.probe import ProbeOptions
+from headstart.features.probe import ProbeOptions, cached_logits
 from headstart.model import TransferModel, build_model
 from headstart.rundir import RunDir
 from headstart.strategy import Strategy, get_strategy, make_strategy, uses_pretrained_weights
@@ -146,21 +148,36 @@ def _phase_figures(records: list[dict]) -> dict:
     return out
 
 
-def _calibrate(model, val_loader, runtime, summary: dict) -> tuple[float, dict]:
+def _logits(model, loader, runtime, frozen: Preprocessing | None, desc: str):
+    """Logits and labels of a loader's images; through the feature cache when the shipped backbone is frozen
+    (``frozen``: the preprocessing to look features up with), so those images cross the backbone once per run."""
+    if frozen is None:
+        return predict_logits(model, loader, runtime, desc=desc)
+    samples = loader.dataset.samples
+    logits, positions, bad = cached_logits(model, [p for p, _ in samples], frozen, runtime,
+                                           loader.batch_size or 64, loader.num_workers, desc=desc)
+    if bad:
+        raise DataError(f"{bad[0][0]} could not be read ({bad[0][1]}); it was readable when the images were checked. "
+                        "Restore or remove it and run again.")
+    return logits, torch.as_tensor([samples[i][1] for i in positions])
+
+
+def _calibrate(model, val_loader, runtime, summary: dict, frozen: Preprocessing | None) -> tuple[float, dict]:
     """The temperature of the shipped weights, fitted on the validation images (before any refit sees them), and
     their calibration there before and after it."""
-    logits, labels = predict_logits(model, val_loader, runtime, desc="calibrate")
+    logits, labels = _logits(model, val_loader, runtime, frozen, "calibrate")
     temperature = run_temperature(logits, labels)
     summary["val_acc"] = float((logits.argmax(1) == labels).float().mean()) if len(labels) else math.nan
     return temperature, {"val": calibration_summary(logits.numpy(), labels.numpy(), temperature)}
 
 
 def _test(model, splits: DataSplits, pre: Preprocessing, cfg: TrainConfig, runtime, temperature: float, run: RunDir,
-          summary: dict) -> dict:
-    """Test accuracy and calibration of the shipped model; ``test_metrics.json``."""
+          summary: dict, frozen: bool) -> dict:
+    """Test accuracy and calibration of the shipped model; ``test_metrics.json``. With a frozen backbone the test
+    features go into the cache, so ``evaluate`` on the same images later costs the head only."""
     loader = make_loader(ImageFiles(splits.test, eval_transform(pre)), cfg.batch_size * 2, shuffle=False,
                          workers=cfg.workers)
-    logits, labels = predict_logits(model, loader, runtime, desc="test")
+    logits, labels = _logits(model, loader, runtime, pre if frozen else None, "test")
     metrics = classification_metrics(labels.numpy(), logits.argmax(1).numpy(), splits.classes)
     metrics["calibration"] = summary["calibration"]["test"] = calibration_summary(logits.numpy(), labels.numpy(),
                                                                                   temperature)
@@ -316,7 +333,9 @@ def _finish(cfg: TrainConfig, run: RunDir, plan: _Plan, data: _Data, state: FitS
                "trainable_params": shipped["trainable_params"], "train_images": len(splits.train),
                "val_images": len(splits.val), "skipped_files": len(data.bad), "world_size": runtime.world_size,
                "leakage": leakage_counts(data.leakage)}
-    temperature, summary["calibration"] = _calibrate(model, loaders["val_all"], alone, summary)
+    frozen = shipped.get("fit") == "features"
+    temperature, summary["calibration"] = _calibrate(model, loaders["val_all"], alone, summary,
+                                                     plan.preprocessing if frozen else None)
     refit = None
     if cfg.refit and shipped.get("fit") == "features":
         refit = probe.refit(model, [loaders["train_eval"], loaders["val_all"]], alone, shipped)
@@ -331,7 +350,7 @@ def _finish(cfg: TrainConfig, run: RunDir, plan: _Plan, data: _Data, state: FitS
     run.save_weights(run.BEST, model, {**meta, "epoch": state.best_global_epoch, "temperature": temperature,
                                        "refit": refit is not None})
     if splits.test:
-        summary.update(_test(model, splits, plan.preprocessing, cfg, alone, temperature, run, summary))
+        summary.update(_test(model, splits, plan.preprocessing, cfg, alone, temperature, run, summary, frozen))
     return summary
 
 

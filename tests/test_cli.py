@@ -150,3 +150,24 @@ def test_every_option_has_help_and_every_command_ends_with_an_example():
             if not isinstance(action, argparse._HelpAction) and not action.help:
                 missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}: no help")
     assert missing == []
+
+
+def test_a_linear_probe_run_evaluates_and_predicts_from_cached_features(trained_run, monkeypatch):
+    from headstart.evaluation.metrics import evaluate_run
+    from headstart.inference import load_run, predict_paths
+
+    _, data, run, _ = trained_run
+    loaded = load_run(run, device="cpu")
+    assert loaded.frozen_backbone
+    full = load_run(run, device="cpu")
+    full.frozen_backbone = False
+    paths = sorted(str(p) for p in (data / "blue").iterdir() if p.suffix == ".png")
+    slow, fast = predict_paths(full, paths, topk=3, workers=0), predict_paths(loaded, paths, topk=3, workers=0)
+    assert [r["label"] for r in slow] == [r["label"] for r in fast]
+    assert all(abs(a["score"] - b["score"]) < 1e-4 for a, b in zip(slow, fast))
+
+    evaluate_run(loaded, data, workers=0)  # fills the cache for any image train had not seen
+    calls = []
+    monkeypatch.setattr(loaded.model.backbone, "forward", lambda *a, **k: calls.append(1))
+    again = evaluate_run(loaded, data, workers=0)
+    assert calls == [] and again["accuracy"] == evaluate_run(full, data, workers=0)["accuracy"]

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 from headstart.core.errors import PathNotFoundError, UsageError
@@ -16,6 +17,7 @@ from headstart.data.leakage import duplicates_of
 from headstart.data.sources import read_class_folders
 from headstart.data.transforms import eval_transform
 from headstart.engine.calibration import compare_calibration
+from headstart.features.probe import cached_logits
 from headstart.inference import LoadedRun, predict_loader, probs_from_logits
 from headstart.rundir import RunDir
 
@@ -80,9 +82,14 @@ def evaluate_run(run: LoadedRun, data: str | Path, batch_size: int = 64, workers
     if not samples:
         raise UsageError(f"no readable images in {data}" + (" that are not copies of training images." if leaked
                                                             else "."))
-    loader = make_loader(ImageFiles(samples, eval_transform(run.preprocessing)), batch_size, shuffle=False,
-                         workers=workers)
-    logits, labels = predict_loader(run, loader, tta=tta, desc="evaluate")
+    if run.frozen_backbone and not tta:  # the features train computed (or an earlier evaluate) are reused
+        found, positions, _ = cached_logits(run.model, [p for p, _ in samples], run.preprocessing, run.runtime,
+                                         batch_size, workers, desc="evaluate")
+        logits, labels = found[None], torch.as_tensor([samples[i][1] for i in positions])
+    else:
+        loader = make_loader(ImageFiles(samples, eval_transform(run.preprocessing)), batch_size, shuffle=False,
+                             workers=workers)
+        logits, labels = predict_loader(run, loader, tta=tta, desc="evaluate")
     probs = probs_from_logits(logits, run.temperature)
     metrics = classification_metrics(labels.numpy(), probs.argmax(1).numpy(), run.classes)
     metrics.update({"data": str(data), "tta": tta, "skipped": [{"path": p, "reason": r} for p, r in bad],

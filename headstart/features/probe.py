@@ -28,6 +28,21 @@ from headstart.model import TransferModel
 
 
 @torch.inference_mode()
+def cached_logits(model: TransferModel, paths: list[str], preprocessing: Preprocessing, runtime: Runtime,
+                  batch_size: int = 64, workers: int | None = None, cache_dir: str | Path | None = None,
+                  desc: str = "features") -> tuple[torch.Tensor, np.ndarray, list[tuple[str, str]]]:
+    """Logits (float32, CPU, ``(n, classes)``) of the images in ``paths`` through the feature cache: the backbone
+    runs only for images it does not hold, then the head. Exact for a model whose backbone is what the cache was
+    filled with (the key holds its weights' fingerprint, so a changed backbone can never hit). Returns the logits, the
+    positions in ``paths`` of the images that could be decoded, and ``(path, reason)`` for the others."""
+    feats = extract_features(model, paths, preprocessing, runtime, batch_size=batch_size, workers=workers,
+                             cache_dir=cache_dir, desc=desc, verbose=False)
+    x = torch.from_numpy(feats.array()).to(model.head.weight.device, model.head.weight.dtype)
+    model.eval()
+    return model.head(x).float().cpu(), feats.positions, feats.bad
+
+
+@torch.inference_mode()
 def features_from_loader(model: TransferModel, loader: DataLoader, runtime: Runtime, desc: str = "features"):
     """Pooled features (float32 numpy) and labels of every batch of ``loader``, not cached: for datasets that are
     not image files (tensors in memory, generated images)."""
