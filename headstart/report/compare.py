@@ -51,9 +51,10 @@ def _lead(results: dict) -> str:
         at = sorted((r for r in rows if r["labels_per_class"] == budget and r.get("test_acc_mean") is not None),
                     key=lambda r: -r["test_acc_mean"])
         for i, r in enumerate(at):
+            spread = (f"± {pct(r.get('test_acc_std') or 0.0)} over {r['seeds']} seeds" if r["seeds"] > 1
+                      else "1 seed")
             items.append(card(f"{r['strategy']} · {budget} labels/class", pct(r["test_acc_mean"]),
-                              f"± {pct(r.get('test_acc_std') or 0.0)} over {r['seeds']} seed(s) · {esc(r['model'])}",
-                              lead=i == 0, small=False))
+                              f"{spread} · {esc(r['model'])}", lead=i == 0))
     items.append(card("test images", f"{results.get('test_images', 0):,}", "the same for every run", small=True))
     items.append(card("runs", f"{len(runs):,}",
                       f"{duration(sum(r.get('seconds') or 0.0 for r in runs))} of training in all", small=True))
@@ -69,7 +70,7 @@ def _lead(results: dict) -> str:
 def _plots(folder: Path, results: dict) -> str:
     names = results.get("figures") or list(FIGURES)
     shown = [figure((folder / n).read_bytes(), n, esc(FIGURES.get(n, n))) for n in names if (folder / n).is_file()]
-    return "".join(shown) or para("No plots in this folder yet.", "note")
+    return f'<div class="pair">{"".join(shown)}</div>' if shown else para("No plots in this folder yet.", "note")
 
 
 def _results(folder: Path, rows: list[dict]) -> str:
@@ -79,22 +80,23 @@ def _results(folder: Path, rows: list[dict]) -> str:
         return f'<div class="md">{markdown_html(md.read_text())}</div>'
     if not rows:
         return para("No results yet.", "note")
-    body = [[str(r["labels_per_class"]), esc(r["strategy"]), esc(r["model"]), esc(r.get("image_size")),
+    body = [[esc(r["strategy"]), esc(r["model"]), str(r["labels_per_class"]), esc(r.get("image_size")),
              f"{pct(r['test_acc_mean'])} ± {pct(r.get('test_acc_std') or 0.0)}", pct(r.get("test_balanced_acc_mean")),
              duration(r.get("seconds_mean")), str(r["seeds"])] for r in rows]
-    return table(["labels/class", "strategy", "model", "px", "test acc", "balanced acc", "wall time", "seeds"],
-                 body, left=0)
+    return table(["strategy", "model", "labels/class", "px", "test acc", "balanced acc", "wall time", "seeds"], body,
+                 left=2)
 
 
 def _runs(runs: list[dict]) -> str:
     if not runs:
         return para("No run has finished yet.", "note")
-    body = [[str(r["labels_per_class"]), esc(r["strategy"]), str(r["seed"]), esc(r.get("model")),
+    body = [[esc(r["strategy"]), esc(r.get("model")), str(r["labels_per_class"]), str(r["seed"]),
              pct(r.get("test_acc")), pct(r.get("val_acc")),
              f"{r['lr']:g}" if isinstance(r.get("lr"), (int, float)) else "default",
              esc(r.get("best_epoch")), esc(r.get("epochs_run")), duration(r.get("seconds"))] for r in runs]
-    return details(f"all {len(runs)} runs", table(["labels/class", "strategy", "seed", "model", "test acc", "val acc",
-                                                   "lr", "best epoch", "epochs run", "wall time"], body, left=0))
+    return details(f"all {len(runs)} runs", table(["strategy", "model", "labels/class", "seed", "test acc",
+                                                   "val acc", "lr", "best epoch", "epochs run", "wall time"], body,
+                                                  left=2))
 
 
 def markdown_html(text: str) -> str:

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from headstart.data.images import load_image
 
@@ -170,9 +171,12 @@ def confusion_image(matrix: list[list[int]], classes: list[str]) -> bytes:
 
 
 def thumbnail(path: str | Path, size: int = 96) -> tuple[bytes, str]:
-    """A small copy of an image (longest side ``size``) as JPEG bytes and its MIME type; PNG for images with few
-    colours (line art, greyscale digits), where JPEG smears edges."""
+    """A small copy of an image (longest side at most ``size``) as JPEG bytes and its MIME type; PNG for images
+    with few colours (line art, greyscale clothes and digits), where JPEG smears edges."""
     image = load_image(path)
+    if max(image.size) <= size // 2:  # a small image (28-px Fashion-MNIST) is enlarged in whole pixels: crisp
+        factor = size // max(image.size)
+        image = image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
     image.thumbnail((size, size))
     buf = io.BytesIO()
     if image.getcolors(256) is None:

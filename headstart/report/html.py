@@ -37,6 +37,7 @@ code { font: 12.5px/1.4 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace
 .card .k { color: var(--muted); font-size: 11.5px; text-transform: uppercase; letter-spacing: .05em; }
 .card .v { font-size: 25px; font-weight: 640; line-height: 1.25; margin-top: 2px; overflow-wrap: anywhere; }
 .card .v.small { font-size: 17px; }
+.card .v.long { font-size: 15px; }
 .card .d { color: var(--muted); font-size: 12.5px; margin-top: 2px; }
 .callout { border: 1px solid var(--warn-line); background: var(--warn-bg); border-radius: 8px; padding: 8px 12px;
            margin: 8px 0 12px; font-size: 14px; }
@@ -55,6 +56,7 @@ dl.kv dt { color: var(--muted); }
 dl.kv dd { margin: 0; overflow-wrap: anywhere; }
 figure { margin: 8px 0 16px; }
 figure img { max-width: 100%; height: auto; border: 1px solid var(--line); border-radius: 8px; background: #fff; }
+.pair { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr)); gap: 16px; }
 figcaption { color: var(--muted); font-size: 13px; margin-top: 4px; }
 table.cm { font-size: 12px; }
 table.cm td { text-align: center; min-width: 34px; border: 1px solid #fff; }
@@ -72,6 +74,7 @@ table.cm th.corner { background: #fff; font-weight: 400; color: var(--muted); te
 details { margin: 6px 0 12px; }
 details summary { cursor: pointer; color: var(--accent); font-size: 14px; }
 .md table { margin: 6px 0 12px; }
+.md th, .md td { text-align: left; }
 footer { margin-top: 48px; color: var(--muted); font-size: 12.5px; border-top: 1px solid var(--line);
          padding-top: 10px; }
 @media print { main { max-width: none; padding: 0; } h2 { break-after: avoid; }
@@ -124,7 +127,7 @@ def figure(data: bytes, alt: str, caption: str = "", width: int | None = None) -
 def card(key: str, value: str, detail: str = "", lead: bool = False, small: bool = False) -> str:
     """One figure of the summary row; ``value`` and ``detail`` are HTML (escape text first)."""
     return (f'<div class="card{" lead" if lead else ""}"><div class="k">{esc(key)}</div>'
-            f'<div class="v{" small" if small else ""}">{value}</div>'
+            f'<div class="v{" small" if small else ""}{" long" if small and len(value) > 14 else ""}">{value}</div>'
             + (f'<div class="d">{detail}</div>' if detail else "") + "</div>")
 
 
