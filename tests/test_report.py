@@ -4,6 +4,7 @@ TensorBoard hook, read back from its event files."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -16,7 +17,8 @@ from headstart.rundir import RunDir
 from tests.conftest import add_broken_files, make_class_folder
 
 FAST = ["--image-size", "64", "--batch-size", "8", "--workers", "0"]
-CHROMIUM = Path("/usr/bin/chromium")
+# The same Chromium as test_serve.py: HEADSTART_CHROMIUM, else chromium on the PATH.
+CHROMIUM = Path(os.environ.get("HEADSTART_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium")
 RUN_SECTIONS = ("data", "setup", "training", "results", "calibration", "top-losses")
 
 
@@ -51,7 +53,7 @@ def check_in_chromium(page_file: Path) -> None:
     """Opens the page in headless Chromium: no console errors, every image decoded."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (pip install playwright) is not installed")
     if not CHROMIUM.is_file():
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set HEADSTART_CHROMIUM)")
     errors = []
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
