@@ -95,8 +95,12 @@ def test_report_of_a_run_has_every_section_and_is_self_contained(run_with_test, 
 
 @pytest.mark.slow
 def test_run_report_renders_in_headless_chromium(run_with_test):
+    from headstart.inference import load_run
+
     run, _ = run_with_test
-    check_in_chromium(write_report(run, run.parent / "elsewhere" / "page.html", top_losses=4))
+    page = write_report(run, run.parent / "elsewhere" / "page.html", top_losses=4, loaded=load_run(run, device="cpu"))
+    assert page.read_text(encoding="utf-8").count('class="thumb"') == 1  # the one mistake, not padded
+    check_in_chromium(page)
 
 
 @pytest.mark.slow

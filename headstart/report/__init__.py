@@ -18,7 +18,7 @@ from headstart.rundir import RunDir
 
 
 def write_report(path: str | Path, out: str | Path | None = None, *, top_losses: int = 24, max_images: int = 2000,
-                 device: str = "auto") -> Path:
+                 device: str = "auto", loaded=None) -> Path:
     """Writes the report of a run directory, or of a ``compare`` output folder, and returns the file's path.
 
     Args:
@@ -28,6 +28,8 @@ def write_report(path: str | Path, out: str | Path | None = None, *, top_losses:
             loaded).
         max_images: at most this many test and validation images are predicted to find them (test first).
         device: where the model predicts them (``auto``: CUDA when present).
+        loaded: the run's :class:`~headstart.inference.LoadedRun` when the caller has it (``evaluate``): not loaded
+            a second time.
 
     Raises:
         RunNotFoundError: ``path`` is neither.
@@ -39,7 +41,7 @@ def write_report(path: str | Path, out: str | Path | None = None, *, top_losses:
     if run.is_run():
         from headstart.report.run import run_report
 
-        html = run_report(path, top_losses=top_losses, max_images=max_images, device=device)
+        html = run_report(path, top_losses=top_losses, max_images=max_images, device=device, loaded=loaded)
     elif is_compare_folder(path):
         html = compare_report(path)
     else:

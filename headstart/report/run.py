@@ -44,7 +44,8 @@ LIST_FILES = 50  # skipped or left-out files named in the page
 class RunReport:
     """Gathers a run's files once, then renders each section."""
 
-    def __init__(self, run_dir: str | Path, top_losses: int = 24, max_images: int = 2000, device: str = "auto"):
+    def __init__(self, run_dir: str | Path, top_losses: int = 24, max_images: int = 2000, device: str = "auto",
+                 loaded=None):
         self.run = RunDir(run_dir)
         self.config = self.run.config()
         self.summary = self.run.summary()
@@ -54,7 +55,7 @@ class RunReport:
         self.adapted = self.run.read_json(self.run.ADAPT) or self.config.get("adapted")
         self.leakage = self.run.read_json(self.run.LEAKAGE, {})
         self.skipped = self.run.skipped()
-        self.top_losses, self.max_images, self.device = top_losses, max_images, device
+        self.top_losses, self.max_images, self.device, self.loaded = top_losses, max_images, device, loaded
         try:
             self.splits = self.run.split()
         except HeadstartError:
@@ -372,7 +373,7 @@ class RunReport:
         if self.top_losses <= 0:
             return None
         try:
-            held = held_out_predictions(str(self.run.path), self.max_images, self.device)
+            held = held_out_predictions(str(self.run.path), self.max_images, self.device, loaded=self.loaded)
         except HeadstartError as exc:
             return "top-losses", title, para(f"The model could not predict its held-out images: {esc(exc)}", "note")
         if not held.predictions:
@@ -479,9 +480,10 @@ def _reason_kind(reason: str) -> str:
     return reason.split(":", 1)[0].split("(", 1)[0].strip()[:60] or "unreadable"
 
 
-def run_report(run_dir: str | Path, top_losses: int = 24, max_images: int = 2000, device: str = "auto") -> str:
+def run_report(run_dir: str | Path, top_losses: int = 24, max_images: int = 2000, device: str = "auto",
+               loaded=None) -> str:
     """The HTML of a run's report (see :func:`headstart.report.write_report`)."""
-    return RunReport(run_dir, top_losses, max_images, device).html()
+    return RunReport(run_dir, top_losses, max_images, device, loaded).html()
 
 
 __all__ = ["RunReport", "confusion_html", "metrics_block", "run_report"]

@@ -49,9 +49,12 @@ class HeldOutPredictions:
         return (wrong[:n], True) if wrong else (ranked[:n], False)
 
 
-def held_out_predictions(run_dir: str, max_images: int = 2000, device: str = "auto",
-                         batch_size: int = 64) -> HeldOutPredictions:
+def held_out_predictions(run_dir: str, max_images: int = 2000, device: str = "auto", batch_size: int = 64,
+                         loaded=None) -> HeldOutPredictions:
     """Predicts the run's test images, then its validation images, ``max_images`` at most in all.
+
+    ``loaded`` is the run already loaded (:class:`~headstart.inference.LoadedRun`, e.g. by ``evaluate``); by
+    default it is loaded from ``run_dir`` on ``device``.
 
     Raises:
         RunNotFoundError: the run has no model or no ``split.json``.
@@ -60,7 +63,7 @@ def held_out_predictions(run_dir: str, max_images: int = 2000, device: str = "au
 
     run = RunDir(run_dir)
     splits = run.split()
-    loaded = load_run(run.path, device=device)
+    loaded = loaded if loaded is not None else load_run(run.path, device=device)
     chosen = []
     for name in ("test", "val"):
         chosen += [(p, y, name) for p, y in getattr(splits, name)][: max(0, max_images - len(chosen))]
