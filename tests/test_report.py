@@ -141,6 +141,7 @@ def test_old_partial_and_adapted_runs_get_sentences_not_errors(run_with_test, tm
     assert external_references(html) == []
 
 
+@pytest.mark.slow
 def test_compare_folder_report_inlines_tables_and_both_plots(tmp_path):
     from headstart.compare import CompareConfig, markdown, plot, summarise
 
