@@ -395,6 +395,9 @@ class RunReport:
         body = para(text)
         if by_split["val"] and self.summary.get("refit"):
             body += para("The head was refitted on the validation images, so their losses are optimistic.", "note")
+        if self.adapted:
+            body += para("These are the source run's held-out images (its own domain), predicted by the adapted "
+                         "model; the target images have no labels here.", "note")
         if held.unreadable:
             body += para(f"{len(held.unreadable)} image(s) could not be read now (moved or deleted since training).",
                          "note")
