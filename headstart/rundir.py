@@ -18,12 +18,15 @@ it and need nothing else. Every file is written atomically (:mod:`headstart.core
 ``test_metrics.json``       per-class figures on the test split
 ``evaluation.json``         the last ``headstart evaluate`` (with ``confusion_matrix.png``)
 ``adapt.json``              what ``headstart adapt`` changed (adapted runs only)
+``report.html``             ``headstart report``: the run on one self-contained page
+``tensorboard/``            TensorBoard's event files (``train --tensorboard``)
 =========================== ==========================================================================
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -66,9 +69,10 @@ class RunDir:
     LR_FIND = "lr_find.json"
     LR_FIND_PLOT = "lr_find.png"
     REPORT = "report.html"
+    TENSORBOARD = "tensorboard"  # a folder: TensorBoard's event files (``train --tensorboard``)
     # Everything a run of headstart writes here; --overwrite removes these (and only these) first.
     OWNED = (CONFIG, CLASSES, SPLIT, SKIPPED, LEAKAGE, FINGERPRINTS, METRICS, BEST, PHASE_BEST, LAST, SUMMARY,
-             TEST_METRICS, EVALUATION, CONFUSION, ADAPT, LR_FIND, LR_FIND_PLOT, REPORT)
+             TEST_METRICS, EVALUATION, CONFUSION, ADAPT, LR_FIND, LR_FIND_PLOT, REPORT, TENSORBOARD)
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -134,7 +138,10 @@ class RunDir:
             raise OutputError(f"cannot write to {out} ({exc.strerror}); pass a {what} folder you can write to.") \
                 from None
         for name in self.OWNED:
-            (out / name).unlink(missing_ok=True)
+            if (out / name).is_dir() and not (out / name).is_symlink():
+                shutil.rmtree(out / name)
+            else:
+                (out / name).unlink(missing_ok=True)
         return self
 
     # -- settings and data ---------------------------------------------------------------------------------------

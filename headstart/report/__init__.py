@@ -1,0 +1,60 @@
+"""``headstart report``: one self-contained HTML page for a run, or for a ``compare`` folder, to show people.
+
+A run's page holds what was trained on what (data per split and class, skipped and duplicate files, imbalance),
+the model and the strategy with auto's reason, the training curves, per-class figures and the confusion matrix
+(test split and the last ``evaluate``), the reliability diagram, and the top losses: the held-out images the model
+gets most confidently wrong, as thumbnails. Images and styles are inside the file (base64 PNG/JPEG, inline CSS):
+it opens offline and can be emailed. :class:`TensorBoardLogger` is the live counterpart, for ``train``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from headstart.core.errors import OutputError, RunNotFoundError
+from headstart.core.io import atomic_write
+from headstart.report.tensorboard import TensorBoardLogger
+from headstart.rundir import RunDir
+
+
+def write_report(path: str | Path, out: str | Path | None = None, *, top_losses: int = 24, max_images: int = 2000,
+                 device: str = "auto", loaded=None) -> Path:
+    """Writes the report of a run directory, or of a ``compare`` output folder, and returns the file's path.
+
+    Args:
+        path: a ``headstart train`` run (``config.yaml``) or a ``headstart compare`` folder (``compare.json``).
+        out: the HTML file; default ``report.html`` inside ``path``.
+        top_losses: how many of the most confidently wrong held-out images to show (0: none, and the model is not
+            loaded).
+        max_images: at most this many test and validation images are predicted to find them (test first).
+        device: where the model predicts them (``auto``: CUDA when present).
+        loaded: the run's :class:`~headstart.inference.LoadedRun` when the caller has it (``evaluate``): not loaded
+            a second time.
+
+    Raises:
+        RunNotFoundError: ``path`` is neither.
+    """
+    from headstart.report.compare import compare_report, is_compare_folder
+
+    path = Path(path)
+    run = RunDir(path)
+    if run.is_run():
+        from headstart.report.run import run_report
+
+        html = run_report(path, top_losses=top_losses, max_images=max_images, device=device, loaded=loaded)
+    elif is_compare_folder(path):
+        html = compare_report(path)
+    else:
+        what = "does not exist" if not path.exists() else f"has neither {RunDir.CONFIG} nor compare.json"
+        raise RunNotFoundError(f"{path} {what}; pass the --out folder of a `headstart train` run or of a "
+                               "`headstart compare`.")
+    target = Path(out) if out is not None else path / RunDir.REPORT
+    try:
+        atomic_write(target, lambda tmp: Path(tmp).write_text(html, encoding="utf-8"))
+    except OSError as exc:
+        raise OutputError(f"cannot write the report to {target} ({exc.strerror or exc}); pass a file in a folder "
+                          "you can write to.") from None
+    return target
+
+
+__all__ = ["TensorBoardLogger", "write_report"]

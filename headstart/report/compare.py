@@ -1,0 +1,112 @@
+"""The report of a ``headstart compare`` folder: its tables and both plots in one self-contained page.
+
+It reads the files ``compare`` writes (``compare.json``, ``compare.md``, ``accuracy_vs_labels.png``,
+``accuracy_vs_time.png``) and nothing else, so a comparison still running (``compare.json`` is rewritten after
+every run; the markdown and the plots come at the end) reports what it has so far.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from pathlib import Path
+
+import headstart
+from headstart.report.html import card, cards, details, duration, esc, figure, kv, page, para, pct, table
+
+RESULTS = "compare.json"
+MARKDOWN = "compare.md"
+FIGURES = {"accuracy_vs_labels.png": "Test accuracy against labelled images per class (mean ± std over seeds; "
+                                     "log scale).",
+           "accuracy_vs_time.png": "Test accuracy against wall time, one point per run (log scale)."}
+
+
+def is_compare_folder(folder: str | Path) -> bool:
+    return (Path(folder) / RESULTS).is_file()
+
+
+def compare_report(folder: str | Path) -> str:
+    """The HTML of a compare folder's report (see :func:`headstart.report.write_report`)."""
+    folder = Path(folder)
+    results = json.loads((folder / RESULTS).read_text())
+    rows, runs, cfg = results.get("rows", []), results.get("runs", []), results.get("config", {})
+    sections = [("plots", "Data efficiency", _plots(folder, results)),
+                ("table", "Results", _results(folder, rows)),
+                ("runs", "Every run", _runs(runs)),
+                ("settings", "Settings", kv([(k, f"<code>{esc(v)}</code>") for k, v in cfg.items()]))]
+    title = f"headstart compare: {Path(str(cfg.get('data', folder))).name or folder.name}"
+    subtitle = (f"<code>{esc(folder.resolve())}</code> · data <code>{esc(cfg.get('data', '?'))}</code> · "
+                f"{datetime.fromtimestamp((folder / RESULTS).stat().st_mtime):%Y-%m-%d %H:%M}")
+    footer = (f"Made by headstart {esc(headstart.__version__)} (<code>headstart report</code>) from compare.json, "
+              "compare.md and the plots of this folder. Self-contained: it opens offline.")
+    return page(title, subtitle, sections, lead=_lead(results), footer=footer)
+
+
+def _lead(results: dict) -> str:
+    rows, runs = results.get("rows", []), results.get("runs", [])
+    items = []
+    if rows:
+        budget = max(r["labels_per_class"] for r in rows)
+        at = sorted((r for r in rows if r["labels_per_class"] == budget and r.get("test_acc_mean") is not None),
+                    key=lambda r: -r["test_acc_mean"])
+        for i, r in enumerate(at):
+            spread = (f"± {pct(r.get('test_acc_std') or 0.0)} over {r['seeds']} seeds" if r["seeds"] > 1
+                      else "1 seed")
+            items.append(card(f"{r['strategy']} · {budget} labels/class", pct(r["test_acc_mean"]),
+                              f"{spread} · {esc(r['model'])}", lead=i == 0))
+    items.append(card("test images", f"{results.get('test_images', 0):,}", "the same for every run", small=True))
+    items.append(card("runs", f"{len(runs):,}",
+                      f"{duration(sum(r.get('seconds') or 0.0 for r in runs))} of training in all", small=True))
+    text = para("Every strategy trained on the same labelled subsets, validated on the same images and was tested "
+                "on the same held-out images; scratch chose its own learning rate. The lead figures are the largest "
+                "budget's." if rows else "No run has finished yet.")
+    if not results.get("figures"):
+        text += para("This comparison has not finished (or was stopped): the plots and compare.md are written at "
+                     "its end; the tables show the runs so far.", "note")
+    return cards(items) + text
+
+
+def _plots(folder: Path, results: dict) -> str:
+    names = results.get("figures") or list(FIGURES)
+    shown = [figure((folder / n).read_bytes(), n, esc(FIGURES.get(n, n))) for n in names if (folder / n).is_file()]
+    return f'<div class="pair">{"".join(shown)}</div>' if shown else para("No plots in this folder yet.", "note")
+
+
+def _results(folder: Path, rows: list[dict]) -> str:
+    """compare.md as HTML (its setup notes and tables), or the rows of compare.json when it is not written yet."""
+    md = folder / MARKDOWN
+    if md.is_file():
+        return f'<div class="md">{markdown_html(md.read_text())}</div>'
+    if not rows:
+        return para("No results yet.", "note")
+    body = [[esc(r["strategy"]), esc(r["model"]), str(r["labels_per_class"]), esc(r.get("image_size")),
+             f"{pct(r['test_acc_mean'])} ± {pct(r.get('test_acc_std') or 0.0)}", pct(r.get("test_balanced_acc_mean")),
+             duration(r.get("seconds_mean")), str(r["seeds"])] for r in rows]
+    return table(["strategy", "model", "labels/class", "px", "test acc", "balanced acc", "wall time", "seeds"], body,
+                 left=2)
+
+
+def _runs(runs: list[dict]) -> str:
+    if not runs:
+        return para("No run has finished yet.", "note")
+    body = [[esc(r["strategy"]), esc(r.get("model")), str(r["labels_per_class"]), str(r["seed"]),
+             pct(r.get("test_acc")), pct(r.get("val_acc")),
+             f"{r['lr']:g}" if isinstance(r.get("lr"), (int, float)) else "default",
+             esc(r.get("best_epoch")), esc(r.get("epochs_run")), duration(r.get("seconds"))] for r in runs]
+    return details(f"all {len(runs)} runs", table(["strategy", "model", "labels/class", "seed", "test acc",
+                                                   "val acc", "lr", "best epoch", "epochs run", "wall time"], body,
+                                                  left=2))
+
+
+def markdown_html(text: str) -> str:
+    """compare.md's markdown as HTML: its title dropped (the page has one) and its images left out (the plots
+    section shows them inline). Raw HTML in the markdown is escaped, not passed through."""
+    text = re.sub(r"\A# .*\n", "", text)
+    text = re.sub(r"^!\[[^\]]*\]\([^)]*\)\s*$", "", text, flags=re.MULTILINE)
+    try:
+        from markdown_it import MarkdownIt
+    except ImportError:  # rich depends on it, so it is there; the text still shows without it
+        return f"<pre>{esc(text)}</pre>"
+    md = MarkdownIt("commonmark", {"html": False}).enable("table")
+    return md.render(text)

@@ -1,0 +1,492 @@
+"""The report of one run: what was trained on what, how, how well, and where it goes wrong, as one HTML page.
+
+Every section reads the run's own files (:class:`~headstart.rundir.RunDir`); a file that is missing (a run
+without a test split, a run from before calibration, an adapted run without training records) turns its section
+into a sentence saying so, never into an error. Only the top losses need the model: the run predicts its own
+held-out images.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+
+import headstart
+from headstart.core.errors import HeadstartError
+from headstart.data.balance import SKEW_HINT, skew
+from headstart.report import figures
+from headstart.report.html import (
+    bar,
+    callout,
+    card,
+    cards,
+    details,
+    duration,
+    esc,
+    figure,
+    img,
+    kv,
+    num,
+    page,
+    para,
+    pct,
+    table,
+)
+from headstart.report.top_losses import held_out_predictions
+from headstart.rundir import RunDir
+from headstart.strategy import STRATEGIES
+
+TABLE_CLASSES = 40  # above this many classes the confusion matrix is a picture, not a table
+LIST_FILES = 50  # skipped or left-out files named in the page
+
+
+class RunReport:
+    """Gathers a run's files once, then renders each section."""
+
+    def __init__(self, run_dir: str | Path, top_losses: int = 24, max_images: int = 2000, device: str = "auto",
+                 loaded=None):
+        self.run = RunDir(run_dir)
+        self.config = self.run.config()
+        self.summary = self.run.summary()
+        self.records = self.run.metrics() if self.run.has(self.run.METRICS) else []
+        self.test = self.run.read_json(self.run.TEST_METRICS)
+        self.evaluation = self.run.read_json(self.run.EVALUATION)
+        self.adapted = self.run.read_json(self.run.ADAPT) or self.config.get("adapted")
+        self.leakage = self.run.read_json(self.run.LEAKAGE, {})
+        self.skipped = self.run.skipped()
+        self.top_losses, self.max_images, self.device, self.loaded = top_losses, max_images, device, loaded
+        try:
+            self.splits = self.run.split()
+        except HeadstartError:
+            self.splits = None
+        self.classes = self.splits.classes if self.splits else self.config.get("classes", [])
+
+    # -- the page ------------------------------------------------------------------------------------------------
+
+    def html(self) -> str:
+        sections = [s for s in (self.adaptation(), self.data(), self.training_setup(), self.training(),
+                                self.results(), self.evaluation_section(), self.calibration(), self.errors())
+                    if s is not None]
+        model = self.config.get("model", "?")
+        strategy = self.summary.get("strategy") or self.config.get("strategy_resolved") or self.config.get("strategy")
+        title = f"{self.run.path.name}: {model}" + (f", {strategy}" if strategy and not self.adapted else
+                                                    ", adapted" if self.adapted else "")
+        finished = self.run / (self.run.SUMMARY if self.run.has(self.run.SUMMARY) else self.run.CONFIG)
+        subtitle = (f"headstart run <code>{esc(self.run.path.resolve())}</code> · data <code>"
+                    f"{esc(self.config.get('data', '?'))}</code> · "
+                    f"{datetime.fromtimestamp(finished.stat().st_mtime):%Y-%m-%d %H:%M}")
+        footer = (f"Made by headstart {esc(headstart.__version__)} (<code>headstart report</code>) "
+                  "from the run's own files: config.yaml, split.json, metrics.jsonl, summary.json, test_metrics.json"
+                  f"{', evaluation.json' if self.evaluation else ''}. Self-contained: it opens offline.")
+        return page(title, subtitle, sections, lead=self.lead(), footer=footer)
+
+    def lead(self) -> str:
+        items = []
+        val = (f"validation {pct(self.summary['val_acc'])} on {self.summary.get('val_images', '?')} images"
+               if "val_acc" in self.summary else "")
+        if self.test:
+            items.append(card("test accuracy", pct(self.test["accuracy"]),
+                              f"{self.test['num_images']:,} images · balanced {pct(self.test['balanced_accuracy'])}"
+                              + (f"<br>{val}" if val else ""), lead=True))
+        if self.evaluation:
+            items.append(card("accuracy (evaluate)", pct(self.evaluation["accuracy"]),
+                              f"{self.evaluation['num_images']:,} images of "
+                              f"{esc(Path(self.evaluation.get('data', '?')).name)} · balanced "
+                              f"{pct(self.evaluation['balanced_accuracy'])}", lead=not items))
+        if not items and val:
+            items.append(card("validation accuracy", pct(self.summary["val_acc"]),
+                              f"{self.summary.get('val_images', '?')} images; no test split", lead=True))
+        strategy = self.summary.get("strategy") or self.config.get("strategy_resolved")
+        if strategy:
+            how = "chosen by auto" if self.config.get("strategy_choice") else "as asked"
+            items.append(card("strategy", esc(strategy), f"{how} · shipped phase "
+                              f"{esc(self.summary.get('best_phase', '?'))}", small=True))
+        image_size = (self.config.get("preprocessing") or {}).get("image_size")
+        items.append(card("model", esc(self.config.get("model", "?")),
+                          f"{image_size} px · {esc(_weights_kind(self.config.get('weights_source')))}", small=True))
+        if self.splits:
+            items.append(card("data", f"{len(self.classes)} classes",
+                              f"{len(self.splits.train):,} train · {len(self.splits.val):,} val · "
+                              f"{len(self.splits.test):,} test", small=True))
+        if "seconds" in self.summary:
+            items.append(card("time", duration(self.summary["seconds"]), esc(self.config.get("runtime", "")),
+                              small=True))
+        cal = (self.summary.get("calibration") or {}).get("test") or (self.summary.get("calibration") or {}).get("val")
+        if cal and "ece_after" in cal:
+            items.append(card("calibration error", num(cal["ece_after"]),
+                              f"ECE on {'test' if (self.summary['calibration'].get('test')) else 'validation'} "
+                              f"images · T = {cal.get('temperature', 1.0):.2f}", small=True))
+        return cards(items) + self.headline()
+
+    def headline(self) -> str:
+        """One sentence: what was trained on what, and what shipped."""
+        if self.adapted:
+            return para(f"A copy of <code>{esc(self.adapted.get('from_run', '?'))}</code> whose BatchNorm statistics "
+                        f"were adapted to {self.adapted.get('images', '?')} images of "
+                        f"<code>{esc(self.adapted.get('target', '?'))}</code>.")
+        s = self.summary
+        if not s:
+            return para("This run has no summary.json: its training did not finish (or is still running); the "
+                        "sections below show what it has recorded so far.", "note")
+        text = (f"Trained <b>{esc(s.get('model'))}</b> with <b>{esc(s.get('strategy'))}</b> on "
+                f"{s.get('train_images', '?'):,} training images of {len(self.classes)} classes; validation loss "
+                f"(after temperature scaling) chose phase <b>{esc(s.get('best_phase'))}</b>, epoch "
+                f"{s.get('best_epoch')}.")
+        if s.get("refit"):
+            text += (f" The {esc(s['refit'].get('head', ''))} head was then refitted on all "
+                     f"{s['refit'].get('refit_images', '?'):,} train and validation images.")
+        return para(text)
+
+    # -- sections ------------------------------------------------------------------------------------------------
+
+    def adaptation(self):
+        if not self.adapted:
+            return None
+        a = self.adapted
+        pairs = [("adapted from", f"<code>{esc(a.get('from_run', '?'))}</code>"),
+                 ("target images", (f"<code>{esc(a.get('target', '?'))}</code> ({a.get('images', '?')} images, "
+                                    f"{a.get('unreadable', 0)} unreadable)")),
+                 ("method", esc(f"{a.get('method', '?')}: {a.get('reference', '')}")),
+                 ("BatchNorm layers", esc(a.get("batchnorm_layers", "?")))]
+        if a.get("source"):
+            pairs.append(("source statistics", esc(a["source"])))
+        body = kv(pairs)
+        if a.get("warning"):
+            body += callout(esc(a["warning"]))
+        body += para("An adapted run keeps the source run's record of its training images, but was not trained "
+                     "itself: it has no training curves, and its test figures are those of a <code>headstart "
+                     "evaluate</code> on labelled target images, when one has been run.", "note")
+        return "adaptation", "Adaptation", body
+
+    def data(self):
+        if not self.splits:
+            return "data", "Data", para("This run has no split.json, so which images it used is not recorded.",
+                                        "note")
+        sp = self.splits
+        counts = {name: Counter(y for _, y in getattr(sp, name)) for name in ("train", "val", "test")}
+        top = max(counts["train"].values(), default=1)
+        rows = [[esc(c), bar(counts["train"][i] / top, f"{counts['train'][i]:,}"), f"{counts['val'][i]:,}",
+                 f"{counts['test'][i]:,}" if sp.test else "—"] for i, c in enumerate(sp.classes)]
+        rows.append(["<b>all</b>", f"<b>{len(sp.train):,}</b>", f"<b>{len(sp.val):,}</b>",
+                     f"<b>{len(sp.test):,}</b>" if sp.test else "—"])
+        intro = (f"<code>{esc(self.config.get('data', '?'))}</code>: {esc(sp.layout or 'layout not recorded')}. "
+                 f"{len(sp.classes)} classes; {len(sp.train):,} training, {len(sp.val):,} validation and "
+                 f"{len(sp.test):,} test images.")
+        body = para(intro)
+        if not sp.test:
+            body += callout("No test split: the figures below are validation figures, and validation also chose "
+                            "the epoch and the calibration, so they flatter the model. Keep a <code>test/</code> "
+                            "folder aside, or score the run on other labelled images with <code>headstart "
+                            "evaluate</code>.", info=True)
+        ratio = skew([y for _, y in sp.train], len(sp.classes))
+        balance = self.config.get("balance", "none")
+        if ratio > SKEW_HINT:
+            body += callout(f"The classes are imbalanced: the largest has {ratio:.1f}× the training images of the "
+                            "smallest. " + (f"The run balanced them ({esc(balance)})." if balance != "none" else
+                                            "The run did not balance them; accuracy favours the large classes, "
+                                            "so read the balanced accuracy and the per-class recall."))
+        else:
+            body += para(f"Class balance: the largest class has {ratio:.1f}× the training images of the smallest.",
+                         "note")
+        body += table(["class", "train", "val", "test"], rows)
+        body += self.left_out()
+        return "data", "Data", body
+
+    def left_out(self) -> str:
+        parts = []
+        if self.skipped:
+            reasons = Counter(_reason_kind(r) for _, r in self.skipped)
+            parts.append(para(f"<b>{len(self.skipped)} file(s) left out</b> because they could not be used ("
+                              + ", ".join(f"{n} {esc(k)}" for k, n in reasons.most_common()) + ")."))
+            parts.append(details(f"the {min(len(self.skipped), LIST_FILES)} files",
+                                 table(["file", "reason"], [[f"<code>{esc(p)}</code>", esc(r)]
+                                                            for p, r in self.skipped[:LIST_FILES]], left=2)))
+        else:
+            parts.append(para("Every image could be read.", "note"))
+        lk = self.leakage
+        excluded = lk.get("excluded") or {}
+        n_excluded = sum(len(v) for v in excluded.values())
+        if lk.get("duplicate_groups"):
+            text = (f"<b>{lk['duplicate_groups']} group(s) of duplicate images</b> (exact or near copies) were found. ")
+            if lk.get("regrouped"):
+                text += "Each group was kept on one side of the train/validation split. "
+            if n_excluded:
+                text += (f"{n_excluded} validation/test image(s) copying a training image were "
+                         + ("kept, as asked: the held-out figures are inflated by them." if lk.get("kept") else
+                            "left out of selection and scoring."))
+            parts.append(para(text))
+            if n_excluded:
+                rows = [[esc(split), f"<code>{esc(p)}</code>"] for split, ps in excluded.items() for p in ps]
+                parts.append(details(f"the {min(len(rows), LIST_FILES)} left-out images",
+                                     table(["split", "file"], rows[:LIST_FILES], left=2)))
+        elif lk:
+            parts.append(para("No duplicate images were found between or within the splits.", "note"))
+        return "<h3>Files left out</h3>" + "".join(parts)
+
+    def training_setup(self):
+        c, s = self.config, self.summary
+        pairs = [("model", f"<code>{esc(c.get('model', '?'))}</code>"),
+                 ("pretrained weights", f"<code>{esc(c.get('weights_source', 'not recorded'))}</code>")]
+        pre = c.get("preprocessing") or {}
+        if pre:
+            pairs.append(("preprocessing", esc(f"{pre.get('image_size')} px, {pre.get('interpolation')} resize, "
+                                               f"crop {pre.get('crop_pct')}, mean {pre.get('mean')}, "
+                                               f"std {pre.get('std')}")))
+        strategy = s.get("strategy") or c.get("strategy_resolved")
+        if strategy:
+            pairs.append(("strategy", f"<b>{esc(strategy)}</b>: {esc(STRATEGIES.get(strategy, ''))}"))
+        choice = c.get("strategy_choice")
+        if choice:
+            pairs.append(("why", f"<code>--strategy auto</code> chose it: {esc(choice.get('reason', ''))}"))
+        elif c.get("strategy") and c.get("strategy") != "auto":
+            pairs.append(("why", "asked for by name"))
+        recipe = [f"{k.replace('_', ' ')} {c[k]}" for k in ("augment", "balance", "head", "bn", "label_smoothing",
+                                                            "mixup", "cutmix", "l2sp", "lr_decay")
+                  if c.get(k) not in (None, 0, 0.0, "none", False)]
+        if recipe:
+            pairs.append(("options", esc(", ".join(recipe))))
+        pairs += [("batch size", esc(c.get("batch_size", "?"))),
+                  ("ran on", esc(f"{c.get('runtime', '?')}" + (f" × {c['world_size']} processes"
+                                                              if (c.get("world_size") or 1) > 1 else ""))),
+                  ("time", esc(duration(s.get("seconds")))),
+                  ("selection", esc(s.get("selection", "—")))]
+        body = kv(pairs)
+        phases = c.get("strategy_phases") or []
+        if phases:
+            figs = s.get("phases") or {}
+            run = Counter(r["phase"] for r in self.records)
+            rows = []
+            for p in phases:
+                f = figs.get(p["name"], {})
+                shipped = " ★" if p["name"] == s.get("best_phase") else ""
+                backbone = (f"decay {p['lr_decay']:g}/group" if p.get("lr_decay") else
+                            f"×{p.get('backbone_lr_scale'):g}")
+                how = ("head fitted on frozen features" if p.get("fit") == "features" else
+                       f"{_trains(p.get('train_from'))}; lr {p.get('lr'):g}, backbone {backbone}; "
+                       f"BatchNorm {p.get('bn')}")
+                rows.append([f"<b>{esc(p['name'])}</b>{shipped}", esc(how),
+                             f"{run.get(p['name'], 0)} / {p.get('epochs')}", num(f.get("val_loss_calibrated")),
+                             pct(f.get("val_acc")), num(f.get("trainable_params"))])
+            body += "<h3>Phases</h3>" + table(["phase", "what trains", "epochs run / max", "best val loss (cal.)",
+                                               "val acc", "trainable params"], rows, left=2)
+            body += para("★ the phase whose weights ship: the lowest validation loss after temperature scaling.",
+                         "note")
+        body += details("every setting (config.yaml)", kv([(k, f"<code>{esc(v)}</code>") for k, v in c.items()
+                                                           if k not in ("classes", "strategy_phases")]))
+        return "setup", "Model and strategy", body
+
+    def training(self):
+        if not self.records:
+            return "training", "Training", para("No metrics.jsonl: this run has no record of its epochs"
+                                                + (" (an adapted run is not trained)." if self.adapted else "."),
+                                                "note")
+        best = self.summary.get("best_epoch")
+        body = ""
+        if any("train_loss" in r for r in self.records):
+            curves = figures.training_curves(self.records, best)
+            body += figure(curves,
+                           "training curves: loss, accuracy and learning rate by epoch",
+                           "Phases are shaded and named; the dashed green line is the epoch whose weights ship. A "
+                           "head fitted on features is one point (validation only). Learning rates are each layer "
+                           "group's at the end of the epoch" + ("." if any("lrs" in r for r in self.records) else
+                                                                ": the head's (the record has no per-group rates)."),
+                           width=figures.css_width(curves))
+        else:
+            r = self.records[-1]
+            body += para(f"The head was fitted in one step on frozen features, so there are no curves: validation "
+                         f"loss {num(r.get('val_loss'))} ({num(r.get('val_loss_calibrated'))} after temperature "
+                         f"scaling), accuracy {pct(r.get('val_acc'))}"
+                         + (f", regularisation C = {r['C']:g}" if isinstance(r.get("C"), (int, float)) else "")
+                         + (f"; {r['features_computed']} images' features computed, {r['features_cached']} read "
+                            "from the cache" if "features_computed" in r else "") + ".")
+        cols = [("train_loss", num), ("train_acc", pct), ("val_loss", num), ("val_loss_calibrated", num),
+                ("val_acc", pct), ("lr", lambda v: "—" if v is None else f"{v:.2e}"), ("seconds", duration)]
+        rows = [[esc(r["phase"]) + (" ★" if r["global_epoch"] == best else ""), str(r.get("epoch")),
+                 str(r["global_epoch"])] + [fmt(r.get(k)) for k, fmt in cols] for r in self.records]
+        body += details(f"every epoch ({len(self.records)})",
+                        table(["phase", "epoch", "overall", "train loss", "train acc", "val loss", "val loss (cal.)",
+                               "val acc", "lr", "time"], rows))
+        return "training", "Training", body
+
+    def results(self):
+        if not self.test:
+            why = ("no test split" if self.splits and not self.splits.test else "no test_metrics.json")
+            return "results", "Test results", para(
+                f"This run has {why}. " + ("The evaluation section below scores it on other labelled images."
+                                           if self.evaluation else "Score it on labelled images it has not seen with "
+                                           "<code>headstart evaluate RUN DATA</code>; this page shows the result "
+                                           "when it is made again."), "note")
+        intro = (f"The shipped model on the run's {self.test['num_images']:,} test images, never used for training or "
+                 f"selection: accuracy <b>{pct(self.test['accuracy'])}</b>, balanced accuracy (the mean recall over "
+                 f"classes) <b>{pct(self.test['balanced_accuracy'])}</b>.")
+        return "results", "Test results", para(intro) + metrics_block(self.test)
+
+    def evaluation_section(self):
+        e = self.evaluation
+        if not e:
+            return None
+        tta = " with test-time augmentation" if e.get("tta") else ""
+        notes = [(f"{e['num_images']:,} images of <code>{esc(e.get('data', '?'))}</code> scored by <code>headstart "
+                  f"evaluate</code>{tta}: accuracy <b>{pct(e['accuracy'])}</b>, balanced "
+                  f"<b>{pct(e['balanced_accuracy'])}</b>.")]
+        if e.get("skipped"):
+            notes.append(f"{len(e['skipped'])} unreadable file(s) left out.")
+        if e.get("leaked_excluded"):
+            notes.append(f"{e['leaked_excluded']} image(s) that copy a training image were left out.")
+        elif e.get("leaked_kept"):
+            notes.append(f"{e['leaked_kept']} image(s) that copy a training image were kept: they inflate the score.")
+        return "evaluation", "Evaluation", para(" ".join(notes)) + metrics_block(e)
+
+    def calibration(self):
+        cal = self.summary.get("calibration") or {}
+        panels = [(name, c) for name, c in (("validation", cal.get("val")), ("test", cal.get("test")),
+                                            ("evaluate", (self.evaluation or {}).get("calibration")))
+                  if c and "ece_after" in c]
+        if not panels:
+            return "calibration", "Calibration", para(
+                "This run records no calibration (runs from before headstart fitted a temperature): its scores are "
+                "the raw softmax.", "note")
+        body = para("Scores are <code>softmax(logits / T)</code>, T fitted on the validation images, so that a "
+                    "score of 0.8 is right about 80% of the time. The expected calibration error (ECE) is the "
+                    "average gap between confidence and accuracy, weighted by the images in each bin; lower is "
+                    "better.")
+        if self.summary.get("refit"):
+            body += callout("The head was refitted on train + validation images after calibration, so its scores "
+                            "are logistic regression's own (T = 1); the validation diagram describes the head before "
+                            "the refit, the test diagram the shipped one.", info=True)
+        rows = [[esc(name), f"{c.get('images', '?'):,}" if isinstance(c.get("images"), int) else "?",
+                 f"{c.get('temperature_applied', c.get('temperature', 1.0)):.3g}", num(c.get("ece_before")),
+                 num(c.get("ece_after")), num(c.get("nll_before")), num(c.get("nll_after"))] for name, c in panels]
+        body += table(["images", "count", "T", "ECE raw", "ECE with T", "NLL raw", "NLL with T"], rows)
+        drawn = [(n, c) for n, c in panels if c.get("reliability_after")]
+        if drawn:
+            diagrams = figures.reliability_diagrams(drawn)
+            body += figure(diagrams, "reliability diagrams",
+                           "Each point is one bin of top-1 confidence: its mean confidence against its accuracy; its "
+                           "area is the bin's share of the images. On the dashed diagonal a score means what it says.",
+                           width=figures.css_width(diagrams))
+        return "calibration", "Calibration", body
+
+    def errors(self):
+        title = "Top losses"
+        if self.top_losses <= 0:
+            return None
+        try:
+            held = held_out_predictions(str(self.run.path), self.max_images, self.device, loaded=self.loaded)
+        except HeadstartError as exc:
+            return "top-losses", title, para(f"The model could not predict its held-out images: {esc(exc)}", "note")
+        if not held.predictions:
+            why = (f"none of its {len(held.unreadable)} held-out images could be read (moved or deleted since "
+                   "training?)" if held.unreadable else "it has no validation or test images")
+            return "top-losses", title, para(f"No predictions to rank: {why}.", "note")
+        shown, wrong = held.top_losses(self.top_losses)
+        by_split = Counter(p.split for p in held.predictions)
+        n_wrong = sum(p.wrong for p in held.predictions)
+        scope = " and ".join(f"{by_split[s]:,} {'validation' if s == 'val' else 'test'}" for s in ("test", "val")
+                             if by_split[s])
+        capped = sum(held.available.values()) > self.max_images
+        text = (f"The model predicted {scope} images{f' (at most {self.max_images:,}: test first)' if capped else ''}"
+                f" and got {n_wrong:,} wrong. ")
+        text += ("Shown: the most confidently wrong, highest loss (−log of the score given to the true class) first. "
+                 "They are where to look for mislabelled files, classes that overlap, and pictures unlike the "
+                 "training images." if wrong else "None is wrong; shown instead: the right answers it was least "
+                 "sure of.")
+        body = para(text)
+        if by_split["val"] and self.summary.get("refit"):
+            body += para("The head was refitted on the validation images, so their losses are optimistic.", "note")
+        if self.adapted:
+            body += para("These are the source run's held-out images (its own domain), predicted by the adapted "
+                         "model; the target images have no labels here.", "note")
+        if held.unreadable:
+            body += para(f"{len(held.unreadable)} image(s) could not be read now (moved or deleted since training).",
+                         "note")
+        tiles = []
+        for p in shown:
+            try:
+                data, mime = figures.thumbnail(p.path)
+                picture = img(data, f"{p.true} predicted as {p.predicted}", mime)
+            except (HeadstartError, OSError, ValueError) as exc:
+                picture = f'<div class="note">cannot show: {esc(exc)}</div>'
+            verdict = (f'<div>predicted <span class="pred">{esc(p.predicted)}</span> {p.score:.2f}</div>'
+                       if p.wrong else f"<div>predicted {esc(p.predicted)} {p.score:.2f}</div>")
+            tiles.append(f'<div class="thumb">{picture}<div>true <span class="true">{esc(p.true)}</span> '
+                         f"{p.p_true:.2f}</div>{verdict}<div class=\"path\">{esc(p.split)} · "
+                         f"{esc(Path(p.path).name)}</div></div>")
+        body += f'<div class="thumbs">{"".join(tiles)}</div>'
+        body += para("Under each image: the true class and the score the model gave it, then its prediction and "
+                     "that score (calibrated probabilities).", "note")
+        return "top-losses", title, body
+
+
+def metrics_block(m: dict) -> str:
+    """Per-class precision, recall and F1, and the confusion matrix, of a ``classification_metrics`` dict."""
+    per = m["per_class"]
+    rows = [[esc(c), num(r["precision"]), num(r["recall"]), bar(r["f1"], num(r["f1"])), f"{r['support']:,}"]
+            for c, r in per.items()]
+    html = "<h3>Per class</h3>" + table(["class", "precision", "recall", "F1", "images"], rows)
+    weak = sorted(((r["f1"], c) for c, r in per.items() if r["support"]), key=lambda t: t[0])[:3]
+    if weak and weak[0][0] < 1:
+        html += para("Weakest by F1: " + ", ".join(f"{esc(c)} ({f:.2f})" for f, c in weak if f < 1) + ".", "note")
+    html += "<h3>Confusion matrix</h3>" + confusion_html(m["confusion_matrix"], m["classes"])
+    return html
+
+
+def confusion_html(matrix: list[list[int]], classes: list[str]) -> str:
+    """Rows are the true classes, columns the predictions; a cell's colour is its share of its row (blue on the
+    diagonal, red off it), so a small class's mistakes show as clearly as a large one's."""
+    if len(classes) > TABLE_CLASSES:
+        picture = figures.confusion_image(matrix, classes)
+        return figure(picture, "confusion matrix", "Rows: true class; columns: predicted; colour: share of the true "
+                      "class.", width=figures.css_width(picture))
+    head = ('<tr><th class="corner">true ↓ predicted →</th>'
+            + "".join(f'<th class="rot">{esc(c)}</th>' for c in classes) + "</tr>")
+    rows = []
+    for i, (name, row) in enumerate(zip(classes, matrix)):
+        total = max(1, sum(row))
+        cells = []
+        for j, n in enumerate(row):
+            share = n / total
+            rgb = "9,105,218" if i == j else "207,34,46"
+            colour = "#fff" if share > 0.55 else "inherit"
+            style = f"background:rgba({rgb},{share:.3f});color:{colour}" if n else "color:#c8d1da"
+            cells.append(f'<td style="{style}" title="{esc(name)} → {esc(classes[j])}: {n} ({share:.0%})">{n}</td>')
+        rows.append(f'<tr><th class="l">{esc(name)}</th>{"".join(cells)}</tr>')
+    return f'<div class="tablewrap"><table class="cm"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table></div>'
+
+
+def _weights_kind(source) -> str:
+    """``package: /path`` -> ``package weights``; ``file /path`` -> ``file weights``; random initialisation."""
+    if not source:
+        return "weights not recorded"
+    if str(source).startswith("random"):
+        return "random initialisation"
+    return f"{str(source).split(':', 1)[0].split(' ', 1)[0]} weights"
+
+
+def _trains(train_from) -> str:
+    if train_from is None:
+        return "?"
+    if train_from == -1:
+        return "head only"
+    if train_from == 0:
+        return "every layer"
+    if train_from < 0:
+        return f"last {-int(train_from)} layer groups"
+    if 0 < train_from < 1:
+        return f"first {train_from:.0%} of the backbone frozen"
+    return f"groups from {int(train_from)} on"
+
+
+def _reason_kind(reason: str) -> str:
+    """A skipped file's reason, shortened to its kind for counting (the sentence before the first colon)."""
+    return reason.split(":", 1)[0].split("(", 1)[0].strip()[:60] or "unreadable"
+
+
+def run_report(run_dir: str | Path, top_losses: int = 24, max_images: int = 2000, device: str = "auto",
+               loaded=None) -> str:
+    """The HTML of a run's report (see :func:`headstart.report.write_report`)."""
+    return RunReport(run_dir, top_losses, max_images, device, loaded).html()
+
+
+__all__ = ["RunReport", "confusion_html", "metrics_block", "run_report"]
