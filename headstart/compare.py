@@ -22,12 +22,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from headstart.config import CompareConfig
-from headstart.core.errors import UsageError
+from headstart.core.errors import HeadstartError, UsageError
 from headstart.core.io import write_json, write_text
 from headstart.core.preprocessing import Preprocessing
 from headstart.data.check import scan
 from headstart.data.sources import DataSplits, discover, stratified_split
 from headstart.engine.loop import TrainingDiverged
+from headstart.report import write_report
 from headstart.rundir import RunDir
 from headstart.train import TrainConfig, log, train
 from headstart.zoo import get_spec
@@ -269,7 +270,8 @@ def compare(cfg: CompareConfig) -> dict:
                     strategy=strategy, epochs=cfg.scratch_epochs if scratch else cfg.epochs, seed=seed,
                     image_size=(cfg.scratch_image_size or cfg.image_size) if scratch else cfg.image_size,
                     batch_size=cfg.batch_size, workers=cfg.workers,
-                    patience=cfg.scratch_patience if scratch else cfg.patience, refit=False, overwrite=True)
+                    patience=cfg.scratch_patience if scratch else cfg.patience, refit=False, overwrite=True,
+                    report=False)
                 if scratch:
                     summary, sweep = sweep_lr(run, cfg.scratch_lrs)
                     # The rate was chosen by training every candidate: the wall time counts all of them.
@@ -289,4 +291,8 @@ def compare(cfg: CompareConfig) -> dict:
     write_text(out / TABLE, markdown(rows, results, cfg, len(data.test)))
     write_json(done_path, {"config": cfg.__dict__, "test_images": len(data.test), "rows": rows, "runs": results,
                            "figures": figures})
+    try:
+        log(f"report: {write_report(out)}")
+    except (HeadstartError, OSError) as exc:
+        log(f"could not write the report ({exc}); the comparison is complete. Try `headstart report {out}`.")
     return {"rows": rows, "runs": results, "test_images": len(data.test)}

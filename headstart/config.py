@@ -5,6 +5,7 @@ Free of torch: the command line reads its defaults from here before it decides t
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import dataclass, field, fields
 
@@ -46,6 +47,9 @@ class TrainConfig:
         refit: refit a head fitted on features on train + val with the settings validation chose.
         keep_leaked: keep val/test images that duplicate a training image (given splits).
         max_pixels: images with more pixels are left out (decompression bombs); ``headstart check`` has the same.
+        tensorboard: log each epoch (losses, accuracies, every layer group's learning rate) and the test confusion
+            matrix to ``RUN/tensorboard`` (needs ``pip install 'headstart[tensorboard]'``).
+        report: write ``RUN/report.html`` at the end (``compare`` turns it off and reports its whole folder).
     """
 
     data: str
@@ -77,6 +81,8 @@ class TrainConfig:
     refit: bool = True
     keep_leaked: bool = False
     max_pixels: int | None = None
+    tensorboard: bool = False
+    report: bool = True
 
     @classmethod
     def default(cls, name: str):
@@ -114,6 +120,8 @@ class TrainConfig:
                 raise UsageError(f"{name} must be 0 (off) or positive, got {value}.")
         if self.max_pixels is not None:
             _positive_int("--max-pixels", self.max_pixels, 1)
+        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise UsageError("--tensorboard needs TensorBoard: pip install 'headstart[tensorboard]'.")
         for name, value, allowed in (("--augment", self.augment, AUGMENTATIONS), ("--balance", self.balance, BALANCE),
                                      ("--head", self.head, tuple(HEADS)), ("--precision", self.precision, PRECISIONS),
                                      ("--bn", self.bn, (None, *BN_POLICIES))):

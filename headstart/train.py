@@ -19,7 +19,7 @@ import torch
 from headstart.auto import choose_strategy
 from headstart.config import TrainConfig
 from headstart.core.distributed import EpochSampler, barrier
-from headstart.core.errors import DataError
+from headstart.core.errors import DataError, HeadstartError
 from headstart.core.preprocessing import Preprocessing
 from headstart.core.runtime import Runtime, make_runtime, seed_everything
 from headstart.data.balance import SKEW_HINT, BalancedSampler, class_weights, skew
@@ -33,6 +33,7 @@ from headstart.engine.loop import FitState, fit, predict_logits
 from headstart.evaluation.metrics import classification_metrics
 from headstart.features.probe import ProbeOptions, cached_logits
 from headstart.model import TransferModel, build_model
+from headstart.report import TensorBoardLogger, write_report
 from headstart.rundir import RunDir
 from headstart.strategy import Strategy, get_strategy, make_strategy, uses_pretrained_weights
 from headstart.zoo import get_spec
@@ -282,12 +283,14 @@ def _record_start(run: RunDir, cfg: TrainConfig, plan: _Plan, splits: DataSplits
     run.write_split(splits)
 
 
-def _checkpointer(run: RunDir, model: TransferModel, meta: dict):
-    """The ``on_epoch`` hook of :func:`fit`: the metrics line, the best weights, then ``last.pt`` (written last:
-    whatever it records is already on disk)."""
+def _checkpointer(run: RunDir, model: TransferModel, meta: dict, tensorboard=None):
+    """The ``on_epoch`` hook of :func:`fit`: the metrics line (and TensorBoard's), the best weights, then ``last.pt``
+    (written last: whatever it records is already on disk)."""
 
     def on_epoch(record: dict, state: FitState, ckpt: dict) -> None:
         run.append_metrics(record)
+        if tensorboard is not None:
+            tensorboard.on_epoch(record)
         log(f"[{record['phase']} {record['epoch']}] " + ", ".join(
             f"{k} {record[k]:.4f}" for k in ("train_loss", "train_acc", "val_loss", "val_acc") if k in record)
             + (" *" if ckpt["improved"] else ""))
@@ -302,11 +305,12 @@ def _checkpointer(run: RunDir, model: TransferModel, meta: dict):
 
 
 def _fit(cfg: TrainConfig, run: RunDir, plan: _Plan, data: _Data, loaders: dict, probe: ProbeOptions,
-         weights, runtime: Runtime, meta: dict) -> FitState:
+         weights, runtime: Runtime, meta: dict, tensorboard) -> FitState:
     resume = data.resume_state
     try:
         return fit(plan.model, plan.strategy, loaders, runtime, patience=cfg.patience, seed=cfg.seed, resume=resume,
-                   on_epoch=_checkpointer(run, plan.model, meta) if runtime.is_main else None, probe=probe,
+                   on_epoch=_checkpointer(run, plan.model, meta, tensorboard) if runtime.is_main else None,
+                   probe=probe,
                    label_smoothing=cfg.label_smoothing, mixup=cfg.mixup, cutmix=cfg.cutmix,
                    class_weights=weights if cfg.balance == "weights" else None,
                    l2sp_reference=_pretrained_backbone(cfg, len(data.splits.classes)) if resume and cfg.l2sp
@@ -333,7 +337,7 @@ def _finish(cfg: TrainConfig, run: RunDir, plan: _Plan, data: _Data, state: FitS
                "trainable_params": shipped["trainable_params"], "train_images": len(splits.train),
                "val_images": len(splits.val), "skipped_files": len(data.bad), "world_size": runtime.world_size,
                "leakage": leakage_counts(data.leakage)}
-    frozen = shipped.get("fit") == "features"
+    frozen = summary["frozen_backbone"] = shipped.get("fit") == "features"
     temperature, summary["calibration"] = _calibrate(model, loaders["val_all"], alone, summary,
                                                      plan.preprocessing if frozen else None)
     refit = None
@@ -383,11 +387,36 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     weights = class_weights([y for _, y in data.splits.train], len(data.splits.classes))
     # A head fitted on features sees every image once, not sampled: both --balance options weight its loss.
     probe = ProbeOptions(cfg.head, plan.preprocessing, class_weights=weights if cfg.balance != "none" else None)
-    state = _fit(cfg, run, plan, data, loaders, probe, weights, runtime, meta)
+    tensorboard = _tensorboard(cfg, run, data) if runtime.is_main else None
+    state = _fit(cfg, run, plan, data, loaders, probe, weights, runtime, meta, tensorboard)
     barrier()
     if not runtime.is_main:
         return {}
     summary = _finish(cfg, run, plan, data, state, loaders, probe, runtime, meta)
     summary["seconds"] = time.time() - t_start
     run.write_json(run.SUMMARY, summary)
+    if tensorboard is not None:
+        tensorboard.close(summary, run.read_json(run.TEST_METRICS))
+    if cfg.report:
+        _report(run, frozen=summary["frozen_backbone"])
     return summary
+
+
+def _tensorboard(cfg: TrainConfig, run: RunDir, data: _Data):
+    """TensorBoard's writer when asked for; a resumed run drops the events of the epochs it trains again."""
+    if not cfg.tensorboard:
+        return None
+    resumed = data.resume_state["fit_state"]["global_epoch"] if data.resume_state else None
+    return TensorBoardLogger(run / run.TENSORBOARD, purge_step=resumed + 1 if resumed is not None else None)
+
+
+def _report(run: RunDir, frozen: bool) -> None:
+    """``report.html``; the trained model stands even if the page cannot be made (it says why, once). Its top
+    losses take a frozen backbone's features from the cache; a trained backbone predicts at most 500 held-out
+    images again for them (``headstart report RUN`` looks at up to 2,000)."""
+    t0 = time.time()
+    try:
+        path = write_report(run.path, max_images=2000 if frozen else 500)
+        log(f"report: {path} ({time.time() - t0:.0f} s)")
+    except (HeadstartError, OSError) as exc:
+        log(f"could not write the report ({exc}); the run is complete. Try `headstart report {run.path}`.")

@@ -21,7 +21,8 @@ LAYERS = [
     {"engine"},
     {"features"},
     {"inference", "rundir", "auto", "evaluation", "resnet_transfer"},
-    {"adapt", "train", "export", "report"},
+    {"export", "report"},
+    {"adapt", "train"},
     {"compare", "serve"},
     {"cli", "__main__", "__init__"},
 ]

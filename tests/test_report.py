@@ -230,3 +230,29 @@ def test_overwrite_removes_the_tensorboard_folder(tmp_path):
     (run.path / RunDir.CONFIG).write_text("model: x\n")
     run.prepare(overwrite=True)
     assert not (run.path / RunDir.TENSORBOARD).exists() and not (run.path / RunDir.CONFIG).exists()
+
+
+def test_train_writes_the_report_and_tensorboard_events_when_asked(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from headstart.cli import main
+    from tests.conftest import make_class_folder
+
+    data = make_class_folder(tmp_path / "d", per_class=6)
+    torch = pytest.importorskip("torch")
+    from headstart.zoo import create_backbone
+
+    weights = tmp_path / "w.pth"
+    torch.save(create_backbone("resnet20", pretrained=False)[0].state_dict(), weights)
+    run = tmp_path / "run"
+    assert main(["train", str(data), "--out", str(run), "--model", "resnet20", "--weights", str(weights),
+                 "--strategy", "fine-tune", "--epochs", "2", "--workers", "0", "--batch-size", "4",
+                 "--tensorboard"]) == 0
+    assert (run / "report.html").stat().st_size > 10_000
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert any("val" in t and "loss" in t for t in tags) and any("lr" in t for t in tags)
+    record = [line for line in (run / "metrics.jsonl").read_text().splitlines() if '"lrs"' in line]
+    assert record  # every layer group's learning rate is recorded for the SGD epochs

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def add_parser(sub):
@@ -21,6 +22,8 @@ def add_parser(sub):
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     p.add_argument("--device", default="auto", help="auto (default: CUDA when present), cpu, cuda or cuda:N")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average over each image and its mirror")
+    p.add_argument("--no-report", dest="report", action="store_false",
+                   help="do not refresh RUN/report.html with this evaluation")
     p.add_argument("--keep-leaked", action="store_true",
                    help="score images that duplicate one of the run's training images (left out by default)")
     return p
@@ -32,6 +35,12 @@ def run(args) -> int:
 
     loaded = load_run(args.run, device=args.device)
     m = evaluate_run(loaded, args.data, batch_size=args.batch_size, tta=args.tta, keep_leaked=args.keep_leaked)
+    if args.report:
+        from headstart.report import write_report
+
+        # Top losses: a frozen backbone's features come from the cache; a trained one predicts up to 500 images.
+        report = write_report(loaded.path, loaded=loaded, max_images=2000 if loaded.frozen_backbone else 500)
+        print(f"report: {report}", file=sys.stderr)
     if args.json:
         print(json.dumps(m))
         return 0

@@ -51,6 +51,11 @@ def add_parser(sub):
     p.add_argument("--device", default=d("device"), help="auto (default: CUDA when present), cpu, cuda or cuda:N")
     p.add_argument("--precision", default=d("precision"), choices=PRECISIONS,
                    help="auto (default: what this hardware runs fastest), bf16, fp16 or fp32")
+    p.add_argument("--no-report", dest="report", action="store_false",
+                   help="do not write RUN/report.html at the end (`headstart report RUN` writes it any time)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="log losses, accuracies, learning rates and the test confusion matrix to RUN/tensorboard "
+                        "(pip install 'headstart[tensorboard]'; then: tensorboard --logdir RUN/tensorboard)")
     p.add_argument("--json", action="store_true",
                    help="print the run's summary as one JSON object on stdout (messages stay on stderr)")
     p.add_argument("--overwrite", action="store_true", help="replace a previous run in --out (its files are removed)")

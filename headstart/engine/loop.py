@@ -312,6 +312,7 @@ def _run_sgd_phase(model, phase: Phase, loaders, runtime: Runtime, state: FitSta
             phase_best_state = copy.deepcopy(model.state_dict())
         record = {"phase": phase.name, "epoch": state.epoch, "global_epoch": state.global_epoch, **train,
                   **_val_record(val), "lr": optimizer.param_groups[-1]["lr"],
+                  "lrs": {g["name"]: g["lr"] for g in optimizer.param_groups},
                   "trainable_params": model.trainable_parameters(), "seconds": time.time() - t0}
         if on_epoch:
             on_epoch(record, state, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from headstart.rundir import RunDir
 
-CHUNK = 256  # images turned into tensors at a time (LoadedRun.predict holds a call's tensors in memory)
+CHUNK = 256  # images predicted per call
 
 
 @dataclass
@@ -59,7 +59,7 @@ def held_out_predictions(run_dir: str, max_images: int = 2000, device: str = "au
     Raises:
         RunNotFoundError: the run has no model or no ``split.json``.
     """
-    from headstart.inference import load_run
+    from headstart.inference import load_run, predict_paths
 
     run = RunDir(run_dir)
     splits = run.split()
@@ -71,7 +71,8 @@ def held_out_predictions(run_dir: str, max_images: int = 2000, device: str = "au
     predictions, unreadable = [], []
     for start in range(0, len(chosen), CHUNK):
         part = chosen[start:start + CHUNK]
-        results = loaded.predict([p for p, _, _ in part], topk=len(loaded.classes), batch_size=batch_size)
+        # predict_paths: a frozen backbone's features come from the cache train filled (the head only runs).
+        results = predict_paths(loaded, [p for p, _, _ in part], topk=len(loaded.classes), batch_size=batch_size)
         for (path, y, split), r in zip(part, results):
             if r.get("error"):
                 unreadable.append((path, r["error"]))
