@@ -22,7 +22,7 @@ def progress(iterable: Iterable, desc: str, enabled: bool = True, unit: str = "b
     """``iterable`` wrapped in a tqdm bar on a terminal, or in periodic log lines elsewhere; nothing when not
     ``enabled`` (ranks other than 0). The tqdm bar is returned as is (callers may ``set_postfix`` on it)."""
     if not enabled:
-        return iterable
+        return _Lines(iterable, desc, unit, total, float("inf"))  # silent, with the bar's set_postfix
     if sys.stderr.isatty():
         return tqdm(iterable, desc=desc, leave=False, unit=unit, total=total)
     return _Lines(iterable, desc, unit, total, INTERVAL if interval is None else interval)
