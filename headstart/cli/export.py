@@ -27,11 +27,12 @@ def add_parser(sub):
                                    "images (it is not written when it does not).",
                        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="run directory made by `headstart train`")
-    p.add_argument("--format", default="onnx", choices=list(EXPORT_FORMATS),
+    # Checked by export_run rather than argparse's choices: a wrong value gets one sentence and exit code 2.
+    p.add_argument("--format", default="onnx", metavar="{" + ",".join(EXPORT_FORMATS) + "}",
                    help="; ".join(f"{k}: {v}" for k, v in EXPORT_FORMATS.items()) + " (default onnx)")
     p.add_argument("--out", metavar="FILE", help="file to write (default RUN/model.onnx, RUN/model.int8.onnx or "
                                                  "RUN/model.pt2); export.json goes beside it")
-    p.add_argument("--quantize", choices=QUANTIZATIONS,
+    p.add_argument("--quantize", metavar="{" + ",".join(QUANTIZATIONS) + "}",
                    help="int8: ONNX Runtime's dynamic quantization (onnx only; a quarter of the size); its top-1 "
                         "agreement and accuracy change are measured and recorded instead of held to --tolerance")
     p.add_argument("--max-images", type=int, default=256,
@@ -45,10 +46,8 @@ def add_parser(sub):
 def run(args) -> int:
     from headstart.export.exporter import export_run
 
-    print(f"exporting {args.run} to {args.format}{' int8' if args.quantize else ''} and checking it against the "
-          f"run on up to {args.max_images} of its images...", file=sys.stderr)
     record = export_run(args.run, args.format, out=args.out, quantize=args.quantize, max_images=args.max_images,
-                        tolerance=args.tolerance)
+                        tolerance=args.tolerance, log=lambda line: print(line, file=sys.stderr))
     if args.json:
         print(json.dumps(record, indent=1))
         return 0

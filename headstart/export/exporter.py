@@ -65,7 +65,8 @@ class CalibratedModel(torch.nn.Module):
 
 
 def export_run(run: str | Path, format: str = "onnx", out: str | Path | None = None, quantize: str | None = None,
-               max_images: int = DEFAULT_MAX_IMAGES, tolerance: float = DEFAULT_TOLERANCE) -> dict[str, Any]:
+               max_images: int = DEFAULT_MAX_IMAGES, tolerance: float = DEFAULT_TOLERANCE,
+               log=None) -> dict[str, Any]:
     """Exports a run's model to one file and checks it against the run; returns the record written to export.json.
 
     Args:
@@ -75,6 +76,7 @@ def export_run(run: str | Path, format: str = "onnx", out: str | Path | None = N
         quantize: ``int8`` for ONNX Runtime's dynamic quantization (ONNX only).
         max_images: how many of the run's images the parity check uses.
         tolerance: the largest difference in any probability the fp32 export may show.
+        log: called with a line saying what is being done, once the run is found (the CLI prints it).
 
     Raises:
         ParityError: the export does not give the run's outputs; nothing was written.
@@ -82,14 +84,19 @@ def export_run(run: str | Path, format: str = "onnx", out: str | Path | None = N
     if format not in EXPORT_FORMATS:
         raise UsageError(f"unknown export format '{format}'; use one of {', '.join(EXPORT_FORMATS)}.")
     if quantize is not None and (quantize not in QUANTIZATIONS or format != "onnx"):
-        raise UsageError(f"quantization '{quantize}' is not available for {format}; use int8 with onnx.")
+        raise UsageError(f"quantization '{quantize}' is not available for {format}; the one there is: "
+                         f"{', '.join(QUANTIZATIONS)}, with onnx.")
     if max_images < 1 or not 0 < tolerance < 1:
         raise UsageError(f"the parity check needs at least one image and a tolerance in (0, 1), got {max_images} "
                          f"and {tolerance}.")
+    if out is not None and Path(out).suffix != f".{format}":
+        raise UsageError(f"the output file {out} should end in .{format}, as the format says.")
     rd = RunDir(run).require_model()
     default = {"pt2": rd.PT2, "onnx": rd.ONNX_INT8 if quantize else rd.ONNX}[format]
     out = Path(out) if out is not None else rd / default
-    _check_out(out, f".{format}")
+    _check_out(out)
+    if log is not None:
+        log(f"exporting {rd.path} to {out} and checking it against the run on up to {max_images} of its images...")
     started = time.perf_counter()
     loaded = load_run(rd.path, device="cpu", precision="fp32")
     meta = _metadata(loaded, rd, quantize)
@@ -126,11 +133,9 @@ def export_run(run: str | Path, format: str = "onnx", out: str | Path | None = N
 
 # -- writing -------------------------------------------------------------------------------------------------------
 
-def _check_out(out: Path, suffix: str) -> None:
-    if out.suffix != suffix:
-        raise UsageError(f"the output file {out} should end in {suffix}, as the format says.")
+def _check_out(out: Path) -> None:
     if out.is_dir():
-        raise OutputError(f"{out} is a folder; pass the file to write, e.g. {out / ('model' + suffix)}.")
+        raise OutputError(f"{out} is a folder; pass the file to write, e.g. {out / ('model' + out.suffix)}.")
     if not out.parent.is_dir():
         raise OutputError(f"the folder {out.parent} does not exist; create it or pass another file to write.")
     if not os.access(out.parent, os.W_OK):
