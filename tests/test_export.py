@@ -46,7 +46,8 @@ def tiny_onnx(path: Path, metadata: bool = True, temperature: float = 0.1) -> Pa
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     if metadata:
-        meta = ExportMetadata(CLASSES, PRE, "tiny", "0.1.0", temperature, metrics={"val_acc": 1.0})
+        meta = ExportMetadata(CLASSES, PRE, "tiny", "0.1.0", temperature, strategy="linear-probe",
+                              test_metrics={"accuracy": 0.9})
         helper.set_model_props(model, meta.to_props())
     onnx.save(model, str(path))
     return path
@@ -88,8 +89,9 @@ print(json.dumps({{"out": out, "single": single, "info": m.info(), "t": m.temper
     assert got["single"] == got["out"][0]
     assert got["t"] == pytest.approx(0.1) and got["pre"] == PRE.to_dict()
     info = got["info"]
-    assert info["classes"] == CLASSES and info["format"] == "onnx" and info["input"]["shape"] == ["batch", 3, 32, 32]
-    assert info["preprocessing"]["resize"] == 37 and info["metrics"] == {"val_acc": 1.0}
+    assert info["classes"] == CLASSES and info["source"] == "onnx" and info["input"]["shape"] == ["batch", 3, 32, 32]
+    assert info["preprocessing"]["resize"] == 37 and info["test_metrics"] == {"accuracy": 0.9}
+    assert info["strategy"] == "linear-probe" and info["temperature"] == pytest.approx(0.1)
 
 
 def test_predict_cli_on_onnx_runs_without_torch(tmp_path):
@@ -111,6 +113,26 @@ sys.exit(rc)
     assert len(good) == 6 and all(Path(r["path"]).parent.name == r["label"] for r in good)
     assert all(len(r["topk"]) == 3 for r in good)  # --topk 5 clamped to the 3 classes, with a note
     assert "listing all of them" in proc.stderr and "3 of 9 images could not be predicted" in proc.stderr
+
+
+def test_serve_serves_an_onnx_model(tmp_path):
+    """The interface ``headstart serve`` relies on: classes, predict(images, topk) and info() with a run's keys."""
+    pytest.importorskip("fastapi")
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from headstart.serve import create_app, load_model
+
+    model = load_model(tiny_onnx(tmp_path / "tiny.onnx"))
+    buf = io.BytesIO()
+    Image.new("RGB", (60, 40), COLOURS["blue"]).save(buf, "PNG")
+    with TestClient(create_app(model, topk=2)) as client:
+        info = client.get("/info").json()
+        answer = client.post("/predict", files=[("files", ("blue.png", buf.getvalue()))])
+    assert info["source"] == "onnx" and info["classes"] == CLASSES and info["test_metrics"] == {"accuracy": 0.9}
+    assert answer.status_code == 200, answer.text
+    assert "blue" in answer.text and "red" in answer.text  # the label and the second of the top-2
 
 
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "nearest"])
@@ -144,7 +166,8 @@ def test_numpy_preprocessing_follows_torchvision(interpolation):
 
 
 def test_metadata_round_trip_and_foreign_files(tmp_path):
-    meta = ExportMetadata(CLASSES, PRE, "tiny", "0.1.0", 1.5, "int8-dynamic", "/runs/x", {"test_acc": 0.9})
+    meta = ExportMetadata(CLASSES, PRE, "tiny", "0.1.0", 1.5, "int8-dynamic", "/runs/x", "fine-tune",
+                          {"accuracy": 0.9, "per_class": {"red": {"recall": 1.0}}})
     assert ExportMetadata.from_props(meta.to_props(), "x.onnx") == meta
     with pytest.raises(WeightsError, match="no headstart metadata"):
         ExportMetadata.from_props({"producer": "someone"}, "x.onnx")

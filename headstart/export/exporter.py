@@ -44,7 +44,7 @@ from headstart.core.errors import OutputError, ParityError, UsageError
 from headstart.core.io import write_json
 from headstart.data.images import BadImageError, load_image
 from headstart.data.transforms import eval_transform
-from headstart.export.metadata import INPUT, OUTPUTS, PT2_EXTRA_FILE, ExportMetadata
+from headstart.export.metadata import INPUT, OUTPUTS, PT2_EXTRA_FILE, ExportMetadata, headline_test_metrics
 from headstart.inference import LoadedRun, load_run, predict_probs
 from headstart.rundir import RunDir
 
@@ -144,10 +144,10 @@ def _check_out(out: Path) -> None:
 
 def _metadata(loaded: LoadedRun, rd: RunDir, quantize: str | None) -> ExportMetadata:
     summary = rd.summary()
-    metrics = {k: summary[k] for k in ("val_acc", "test_acc", "test_balanced_acc", "strategy") if k in summary}
     return ExportMetadata(list(loaded.classes), loaded.preprocessing, loaded.config.get("model", ""),
-                          headstart.__version__, float(loaded.temperature),
-                          "int8-dynamic" if quantize else "none", str(rd.path.resolve()), metrics)
+                          headstart.__version__, float(loaded.temperature), "int8-dynamic" if quantize else "none",
+                          str(rd.path.resolve()), summary.get("strategy", loaded.config.get("strategy", "")),
+                          headline_test_metrics(rd.read_json(rd.TEST_METRICS), summary))
 
 
 def _save_onnx(module: torch.nn.Module, example: torch.Tensor, path: Path, meta: ExportMetadata) -> None:

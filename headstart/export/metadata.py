@@ -13,7 +13,9 @@ keeps the same strings in ``torch.export.save``'s ``extra_files`` as ``headstart
 ``headstart.outputs``       what the two outputs are (one sentence)
 ``headstart.quantization``  ``none`` or ``int8-dynamic``
 ``headstart.run``           the run directory it came from (for the record; not read back)
-``headstart.metrics``       the run's validation and test accuracy (JSON; for ``/info`` pages)
+``headstart.strategy``      how the run was trained (``linear-probe``, ``fine-tune``...)
+``headstart.test_metrics``  the run's test figures (:func:`headline_test_metrics`; JSON, ``null`` without a test
+                            split)
 =========================== ============================================================================
 
 The graph takes ``image`` (float32, N x 3 x crop x crop, preprocessed as the record says) and returns ``logits``
@@ -24,7 +26,7 @@ consumer that knows nothing of headstart gets the calibrated scores ``headstart 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from headstart.core.errors import WeightsError
@@ -48,7 +50,8 @@ class ExportMetadata:
     temperature: float = 1.0
     quantization: str = "none"
     run: str = ""
-    metrics: dict[str, Any] = field(default_factory=dict)
+    strategy: str = ""
+    test_metrics: dict[str, Any] | None = None
 
     def to_props(self) -> dict[str, str]:
         return {PREFIX + "version": self.version, PREFIX + "model": self.model,
@@ -56,7 +59,7 @@ class ExportMetadata:
                 PREFIX + "preprocessing": json.dumps(self.preprocessing.describe()),
                 PREFIX + "temperature": repr(float(self.temperature)), PREFIX + "outputs": OUTPUTS_NOTE,
                 PREFIX + "quantization": self.quantization, PREFIX + "run": self.run,
-                PREFIX + "metrics": json.dumps(self.metrics)}
+                PREFIX + "strategy": self.strategy, PREFIX + "test_metrics": json.dumps(self.test_metrics)}
 
     @classmethod
     def from_props(cls, props: dict[str, str], where: str) -> ExportMetadata:
@@ -69,18 +72,33 @@ class ExportMetadata:
             classes = json.loads(props[PREFIX + "classes"])
             pre = Preprocessing.of(json.loads(props[PREFIX + "preprocessing"]))
             temperature = float(props.get(PREFIX + "temperature", "1"))
-            metrics = json.loads(props.get(PREFIX + "metrics") or "{}")
+            test_metrics = json.loads(props.get(PREFIX + "test_metrics") or "null")
         except (ValueError, TypeError) as exc:
             raise WeightsError(f"{where} has damaged headstart metadata ({exc}); export it again.") from None
         if not isinstance(classes, list) or not classes:
             raise WeightsError(f"{where} has damaged headstart metadata (no class names); export it again.")
         return cls([str(c) for c in classes], pre, props.get(PREFIX + "model", ""),
                    props.get(PREFIX + "version", ""), temperature, props.get(PREFIX + "quantization", "none"),
-                   props.get(PREFIX + "run", ""), metrics)
+                   props.get(PREFIX + "run", ""), props.get(PREFIX + "strategy", ""), test_metrics)
 
     def info(self) -> dict[str, Any]:
-        """The record as plain JSON, for people and ``/info`` pages."""
-        return {"model": self.model, "classes": self.classes, "num_classes": len(self.classes),
+        """The record as plain JSON, with the keys a run's ``/info`` has (``model``, ``strategy``, ``classes``,
+        ``preprocessing``, ``temperature``, ``test_metrics``) and the export's own."""
+        return {"model": self.model, "strategy": self.strategy, "classes": self.classes,
                 "preprocessing": self.preprocessing.describe(), "temperature": self.temperature,
-                "quantization": self.quantization, "headstart_version": self.version, "run": self.run,
-                "metrics": self.metrics, "outputs": OUTPUTS_NOTE}
+                "test_metrics": self.test_metrics, "quantization": self.quantization,
+                "headstart_version": self.version, "run": self.run, "outputs": OUTPUTS_NOTE}
+
+
+def headline_test_metrics(metrics: dict | None, summary: dict) -> dict | None:
+    """The headline figures of a run's ``test_metrics.json`` (the confusion matrix and calibration curves stay in
+    the run); runs without it fall back to ``summary.json``; runs without a test split have none."""
+    if metrics:
+        keep = ("accuracy", "balanced_accuracy", "num_images", "per_class")
+        out = {k: metrics[k] for k in keep if k in metrics}
+        if (ece := (metrics.get("calibration") or {}).get("ece_after")) is not None:
+            out["ece"] = ece
+        return out
+    if "test_acc" in summary:
+        return {"accuracy": summary["test_acc"], "balanced_accuracy": summary.get("test_balanced_acc")}
+    return None

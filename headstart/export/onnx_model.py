@@ -121,7 +121,8 @@ class OnnxModel:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         probs = self.session.run(["probabilities"], {INPUT: batch})[0]
         if tta:
-            probs = (probs + self.session.run(["probabilities"], {INPUT: np.ascontiguousarray(batch[..., ::-1])})[0]) / 2
+            mirrored = np.ascontiguousarray(batch[..., ::-1])
+            probs = (probs + self.session.run(["probabilities"], {INPUT: mirrored})[0]) / 2
         return probs
 
     def predict(self, images, topk: int = 1, tta: bool = False, batch_size: int = 64) -> dict | list[dict]:
@@ -167,10 +168,11 @@ class OnnxModel:
         return results
 
     def info(self) -> dict[str, Any]:
-        """What the model is: the metadata (classes, preprocessing, temperature, model, version, metrics) plus the
-        file, its format and the input it takes."""
+        """What the model is, with the keys ``headstart serve`` shows for a run (``source``, ``path``, ``model``,
+        ``strategy``, ``classes``, ``preprocessing``, ``temperature``, ``test_metrics``) and the export's own
+        (``quantization``, ``headstart_version``, ``run``, ``outputs``, ``input``)."""
         shape = self.session.get_inputs()[0].shape
-        return {"format": "onnx", "file": str(self.path), **self.metadata.info(),
+        return {"source": "onnx", "path": str(self.path), **self.metadata.info(),
                 "input": {"name": INPUT, "shape": [d if isinstance(d, int) else str(d) for d in shape],
                           "dtype": "float32"}}
 
