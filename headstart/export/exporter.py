@@ -32,6 +32,7 @@ import sys
 import time
 from contextlib import redirect_stdout
 from datetime import UTC, datetime
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,8 @@ def export_run(run: str | Path, format: str = "onnx", out: str | Path | None = N
     if quantize is not None and (quantize not in QUANTIZATIONS or format != "onnx"):
         raise UsageError(f"quantization '{quantize}' is not available for {format}; the one there is: "
                          f"{', '.join(QUANTIZATIONS)}, with onnx.")
+    if format == "onnx" and (missing := [m for m in ("onnx", "onnxscript", "onnxruntime") if find_spec(m) is None]):
+        raise UsageError(f"exporting to ONNX needs {', '.join(missing)}: pip install 'headstart[export]'.")
     if max_images < 1 or not 0 < tolerance < 1:
         raise UsageError(f"the parity check needs at least one image and a tolerance in (0, 1), got {max_images} "
                          f"and {tolerance}.")

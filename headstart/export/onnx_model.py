@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from headstart.core.errors import PathNotFoundError, WeightsError
+from headstart.core.errors import PathNotFoundError, UsageError, WeightsError
 from headstart.core.preprocessing import Preprocessing
 from headstart.data.images import BadImageError, as_rgb_image
 from headstart.export.metadata import INPUT, ExportMetadata
@@ -75,11 +75,14 @@ class OnnxModel:
     Raises:
         PathNotFoundError: no such file.
         WeightsError: not an ONNX model, or one without headstart's metadata.
+        UsageError: onnxruntime is not installed (the ``export`` extra).
     """
 
     def __init__(self, path: str | Path, threads: int | None = None):
-        import onnxruntime as ort
-
+        try:
+            import onnxruntime as ort
+        except ModuleNotFoundError:
+            raise UsageError(f"reading {path} needs ONNX Runtime: pip install 'headstart[export]'.") from None
         self.path = Path(path)
         if not self.path.is_file():
             raise PathNotFoundError(f"{self.path} does not exist; pass an .onnx file made by `headstart export`.")
