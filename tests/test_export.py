@@ -268,6 +268,23 @@ def test_failed_parity_writes_nothing(exported, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+def test_moved_data_is_checked_on_synthetic_images(exported, tmp_path, monkeypatch):
+    import shutil
+
+    from headstart.export import exporter
+
+    _, run = exported
+    monkeypatch.setattr(exporter, "_save_onnx", lambda module, example, path, meta: shutil.copy(run / "model.onnx",
+                                                                                                 path))
+    monkeypatch.setattr(exporter, "_parity_samples", lambda rd, n: ([("/gone/a.png", 0), ("/gone/b.png", 1)],
+                                                                     {"val": 2}))
+    lines = []
+    record = exporter.export_run(run, "onnx", out=tmp_path / "m.onnx", log=lines.append)
+    assert record["images_from"] == {"synthetic": 2} and record["unreadable"] == 2 and record["parity"]["passed"]
+    assert "accuracy_run" not in record["parity"] and "synthetic" in lines[-1]
+
+
+@pytest.mark.slow
 def test_pt2_round_trip(exported):
     import torch
 

@@ -55,9 +55,9 @@ def run(args) -> int:
     agree = f"{round(p['top1_agreement'] * n)}/{n}"
     print(f"wrote {record['file']} ({record['bytes'] / 1e6:.1f} MB) in {record['seconds']:.0f} s")
     if args.quantize:
-        print(f"int8: the same top-1 as the run on {agree} images, accuracy {p['accuracy_change'] * 100:+.1f} points "
-              f"(fp32 graph within {record['tolerance']:g}: max probability difference "
-              f"{record['fp32_parity']['max_prob_diff']:.1g})")
+        change = f", accuracy {p['accuracy_change'] * 100:+.1f} points" if "accuracy_change" in p else ""
+        print(f"int8: the same top-1 as the run on {agree} images{change} (fp32 graph within {record['tolerance']:g}: "
+              f"max probability difference {record['fp32_parity']['max_prob_diff']:.1g})")
         if p["top1_agreement"] < 0.99:
             print(f"note: int8 changes {p['top1_disagreements']} of {n} predictions; keep the fp32 model unless "
                   "that is acceptable.", file=sys.stderr)
