@@ -6,16 +6,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
 
-from headstart.core.errors import PathNotFoundError, UsageError
 from headstart.core.preprocessing import Preprocessing
 from headstart.core.runtime import Runtime, make_runtime
 from headstart.data.dataset import ImageFiles, flagged_collate, make_loader
-from headstart.data.images import BadImageError, is_image_file, load_image, to_rgb
-from headstart.data.sources import list_images
+from headstart.data.images import BadImageError, as_rgb_image, is_image_file
+from headstart.data.sources import expand_paths
 from headstart.data.transforms import eval_transform
 from headstart.model import TransferModel, build_model
 from headstart.rundir import RunDir
@@ -72,24 +69,6 @@ class LoadedRun:
         return results[0] if single else results
 
 
-def as_rgb_image(item) -> Image.Image:
-    """A PIL RGB image from a PIL image, a numpy array or a path (:func:`headstart.data.images.load_image`)."""
-    if isinstance(item, Image.Image):
-        return to_rgb(ImageOps.exif_transpose(item))
-    if isinstance(item, np.ndarray):
-        if item.ndim not in (2, 3) or (item.ndim == 3 and item.shape[2] not in (1, 3, 4)) or min(item.shape[:2]) < 1:
-            raise BadImageError("array", f"an array of shape {item.shape} is not an image (H x W, or H x W x 1/3/4)",
-                                "not-image")
-        arr = item[..., 0] if item.ndim == 3 and item.shape[2] == 1 else item
-        if arr.dtype != np.uint8:
-            arr = (np.clip(arr.astype(np.float64), 0, 1) * 255).round().astype(np.uint8)
-        return to_rgb(Image.fromarray(arr))
-    if isinstance(item, (str, Path)):
-        return load_image(item)
-    raise BadImageError(type(item).__name__, f"a {type(item).__name__} is not an image (pass a PIL image, a numpy "
-                        "array or a path)", "not-image")
-
-
 def _top(probs: torch.Tensor, classes: list[str], topk: int) -> dict:
     k = max(1, min(topk, len(classes)))
     scores, idx = probs.topk(k)
@@ -119,22 +98,6 @@ def shipped_backbone_is_frozen(config: dict, summary: dict) -> bool:
         return False
     phase = next((p for p in config.get("strategy_phases") or [] if p.get("name") == summary["best_phase"]), None)
     return phase is not None and phase.get("fit") == "features" and phase.get("bn") != "adabn"
-
-
-def expand_paths(paths: list[str | Path]) -> list[str]:
-    """Files as given, folders expanded recursively to their image files."""
-    out = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = list_images(p)
-            if not found:
-                raise UsageError(f"{p} holds no image files.")
-            out += found
-        elif p.is_file():
-            out.append(str(p))
-        else:
-            raise PathNotFoundError(f"{p} does not exist.")
-    return out
 
 
 @torch.no_grad()

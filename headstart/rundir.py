@@ -20,6 +20,7 @@ it and need nothing else. Every file is written atomically (:mod:`headstart.core
 ``adapt.json``              what ``headstart adapt`` changed (adapted runs only)
 ``report.html``             ``headstart report``: the run on one self-contained page
 ``tensorboard/``            TensorBoard's event files (``train --tensorboard``)
+``model.onnx``, ``.pt2``    ``headstart export``'s files (``model.int8.onnx`` quantized), ``export.json`` their parity
 =========================== ==========================================================================
 """
 
@@ -70,9 +71,14 @@ class RunDir:
     LR_FIND_PLOT = "lr_find.png"
     REPORT = "report.html"
     TENSORBOARD = "tensorboard"  # a folder: TensorBoard's event files (``train --tensorboard``)
+    ONNX = "model.onnx"
+    ONNX_INT8 = "model.int8.onnx"
+    PT2 = "model.pt2"
+    EXPORT = "export.json"
     # Everything a run of headstart writes here; --overwrite removes these (and only these) first.
     OWNED = (CONFIG, CLASSES, SPLIT, SKIPPED, LEAKAGE, FINGERPRINTS, METRICS, BEST, PHASE_BEST, LAST, SUMMARY,
-             TEST_METRICS, EVALUATION, CONFUSION, ADAPT, LR_FIND, LR_FIND_PLOT, REPORT, TENSORBOARD)
+             TEST_METRICS, EVALUATION, CONFUSION, ADAPT, LR_FIND, LR_FIND_PLOT, REPORT, TENSORBOARD, ONNX, ONNX_INT8,
+             PT2, EXPORT)
 
     def __init__(self, path: str | Path):
         self.path = Path(path)

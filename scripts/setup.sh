@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up headstart on a fresh Debian/Ubuntu machine: Fashion-MNIST and Chromium (Debian packages; Chromium for the
-# browser test of `headstart serve`), a virtualenv with the pinned torch/torchvision, and headstart with its test and
-# serve extras. Safe to run again.
+# browser test of `headstart serve`), a virtualenv with the pinned torch/torchvision, and headstart with its test,
+# serve and export extras. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -d /usr/share/datasets/fashion-mnist ]; then
@@ -20,5 +20,5 @@ command -v "$PY" >/dev/null || PY=python3
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 python -m pip install -q -c constraints.txt torch torchvision
-python -m pip install -q -c constraints.txt -e '.[test,serve]'
+python -m pip install -q -c constraints.txt -e '.[test,serve,export]'
 echo "headstart is installed in .venv (activate with: . .venv/bin/activate)"

@@ -14,7 +14,7 @@ import sys
 from headstart import __version__
 
 COMMANDS = ["check", "train", "evaluate", "predict", "models", "compare", "demo", "embed", "lr-find", "adapt", "cache",
-            "serve", "report"]
+            "serve", "report", "export"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,7 +1,8 @@
-"""headstart predict RUN PATH... [--topk K] [--format table|csv|json]
+"""headstart predict RUN|MODEL.onnx PATH... [--topk K] [--format table|csv|json]
 
 stdout holds only the predictions (one JSON array, or CSV with a header); every message goes to stderr. The exit
-code is 1 when any input could not be predicted (its row carries the error), 0 when all were."""
+code is 1 when any input could not be predicted (its row carries the error), 0 when all were. An ``.onnx`` file
+made by ``headstart export`` predicts the same way through ONNX Runtime, without importing torch."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import sys
 
 def add_parser(sub):
     p = sub.add_parser("predict", help="predict the class of image files or folders with a trained run",
-                       epilog="example:\n  headstart predict runs/photos new_photos/ --topk 3 --format csv > "
-                              "predictions.csv", formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", help="run directory made by `headstart train`")
+                       epilog="examples:\n  headstart predict runs/photos new_photos/ --topk 3 --format csv > "
+                              "predictions.csv\n  headstart predict runs/photos/model.onnx new_photos/ --format json",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", metavar="RUN", help="run directory made by `headstart train`, or an .onnx file made by "
+                                              "`headstart export` (run by ONNX Runtime, without torch)")
     p.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
     p.add_argument("--topk", type=int, default=1, help="how many classes to list per image (default 1; at most the "
                                                        "number of classes)")
@@ -23,7 +26,8 @@ def add_parser(sub):
                    help="csv and json print only the predictions on stdout (messages go to stderr); the exit code "
                         "is 1 when any image could not be predicted")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
-    p.add_argument("--device", default="auto", help="auto (default: CUDA when present), cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto", help="auto (default: CUDA when present), cpu, cuda or cuda:N; an "
+                                                                 ".onnx file runs on the CPU")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average over each image and its mirror")
     return p
 
@@ -35,15 +39,11 @@ def run(args) -> int:
         raise UsageError(f"--topk must be at least 1, got {args.topk}.")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}.")
-    from headstart.inference import expand_paths, load_run, predict_paths
-
-    loaded = load_run(args.run, device=args.device)
-    if args.topk > len(loaded.classes):
-        print(f"--topk {args.topk}: the model has {len(loaded.classes)} classes; listing all of them.",
-              file=sys.stderr)
-        args.topk = len(loaded.classes)
-    results = predict_paths(loaded, expand_paths(args.paths), topk=args.topk, batch_size=args.batch_size,
-                             tta=args.tta)
+    classes, predict = _load(args)
+    if args.topk > len(classes):
+        print(f"--topk {args.topk}: the model has {len(classes)} classes; listing all of them.", file=sys.stderr)
+        args.topk = len(classes)
+    results = predict(args.paths)
     if args.format == "json":
         print(json.dumps(results, indent=1))
     elif args.format == "csv":
@@ -70,3 +70,28 @@ def run(args) -> int:
         print(f"headstart predict: {len(failed)} of {len(results)} images could not be predicted: {shown}",
               file=sys.stderr)
     return 1 if failed else 0
+
+
+def _load(args):
+    """The model's classes and a function from the paths given to the results: a run (torch), or an exported
+    .onnx file (ONNX Runtime; torch is not imported)."""
+    from pathlib import Path
+
+    from headstart.core.errors import UsageError
+    from headstart.data.sources import expand_paths
+
+    suffix = Path(args.run).suffix.lower()
+    if suffix == ".onnx":
+        from headstart.export.onnx_model import OnnxModel
+
+        model = OnnxModel(args.run)
+        return model.classes, lambda paths: model.predict_paths(expand_paths(paths), topk=args.topk,
+                                                                batch_size=args.batch_size, tta=args.tta)
+    if suffix in (".pt2", ".pt", ".pth", ".safetensors") and Path(args.run).is_file():
+        raise UsageError(f"{args.run} is a weights or .pt2 file; predict takes a run directory or an .onnx file "
+                         "made by `headstart export` (a .pt2 loads in Python with torch.export.load).")
+    from headstart.inference import load_run, predict_paths
+
+    loaded = load_run(args.run, device=args.device)
+    return loaded.classes, lambda paths: predict_paths(loaded, expand_paths(paths), topk=args.topk,
+                                                       batch_size=args.batch_size, tta=args.tta)

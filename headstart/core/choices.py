@@ -18,3 +18,8 @@ HEADS = {
     "ncm": "nearest class mean on centred, L2-normalised features (SimpleShot): no training, strong with few labels",
     "sgd": "linear layer trained on the cached features with label smoothing and mixup",
 }
+EXPORT_FORMATS = {
+    "onnx": "ONNX (opset of torch's exporter, dynamic batch): ONNX Runtime, and `headstart predict MODEL.onnx`",
+    "pt2": "torch.export's ExportedProgram (torch.export.load): for PyTorch runtimes, AOTInductor, ExecuTorch",
+}
+QUANTIZATIONS = ("int8",)

@@ -38,3 +38,7 @@ class TrainingDiverged(HeadstartError, RuntimeError):
 
 class OutputError(HeadstartError, PermissionError):
     """An output folder cannot be written, or would mix a run with files that are not one."""
+
+
+class ParityError(WeightsError):
+    """An exported model does not give the run's outputs within the stated tolerance; it was not written."""

@@ -72,6 +72,24 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB") if im.mode != "RGB" else im
 
 
+def as_rgb_image(item) -> Image.Image:
+    """A PIL RGB image from a PIL image, a numpy array or a path (:func:`load_image`)."""
+    if isinstance(item, Image.Image):
+        return to_rgb(ImageOps.exif_transpose(item))
+    if isinstance(item, np.ndarray):
+        if item.ndim not in (2, 3) or (item.ndim == 3 and item.shape[2] not in (1, 3, 4)) or min(item.shape[:2]) < 1:
+            raise BadImageError("array", f"an array of shape {item.shape} is not an image (H x W, or H x W x 1/3/4)",
+                                "not-image")
+        arr = item[..., 0] if item.ndim == 3 and item.shape[2] == 1 else item
+        if arr.dtype != np.uint8:
+            arr = (np.clip(arr.astype(np.float64), 0, 1) * 255).round().astype(np.uint8)
+        return to_rgb(Image.fromarray(arr))
+    if isinstance(item, (str, Path)):
+        return load_image(item)
+    raise BadImageError(type(item).__name__, f"a {type(item).__name__} is not an image (pass a PIL image, a numpy "
+                        "array or a path)", "not-image")
+
+
 def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Opens an image as RGB with its EXIF orientation applied.
 

@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from headstart.core.errors import DataError, PathNotFoundError
+from headstart.core.errors import DataError, PathNotFoundError, UsageError
 from headstart.data.images import is_image_file
 
 Sample = tuple[str, int]  # (path, class index)
@@ -52,6 +52,22 @@ def list_images(folder: Path) -> list[str]:
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         out.extend(str(Path(root) / f) for f in sorted(files) if is_image_file(f))
+    return out
+
+
+def expand_paths(paths: list[str | Path]) -> list[str]:
+    """Files as given, folders expanded recursively to their image files."""
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = list_images(p)
+            if not found:
+                raise UsageError(f"{p} holds no image files.")
+            out += found
+        elif p.is_file():
+            out.append(str(p))
+        else:
+            raise PathNotFoundError(f"{p} does not exist.")
     return out
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from headstart.core.errors import PathNotFoundError, UsageError
+from headstart.export.metadata import headline_test_metrics as _test_metrics
 from headstart.rundir import RunDir
 
 
@@ -66,17 +67,3 @@ class RunModel:
                 "classes": list(self.classes), "preprocessing": self.run.preprocessing.describe(),
                 "temperature": self.run.temperature,
                 "test_metrics": _test_metrics(run.read_json(RunDir.TEST_METRICS), summary)}
-
-
-def _test_metrics(metrics: dict | None, summary: dict) -> dict | None:
-    """The headline figures of ``test_metrics.json`` (the confusion matrix and calibration curves stay in the run);
-    runs without it fall back to ``summary.json``; runs without a test split have none."""
-    if metrics:
-        keep = ("accuracy", "balanced_accuracy", "num_images", "per_class")
-        out = {k: metrics[k] for k in keep if k in metrics}
-        if (ece := (metrics.get("calibration") or {}).get("ece_after")) is not None:
-            out["ece"] = ece
-        return out
-    if "test_acc" in summary:
-        return {"accuracy": summary["test_acc"], "balanced_accuracy": summary.get("test_balanced_acc")}
-    return None
