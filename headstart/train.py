@@ -32,6 +32,7 @@ from headstart.engine.calibration import calibration_summary, run_temperature
 from headstart.engine.loop import FitState, fit, predict_logits
 from headstart.evaluation.metrics import classification_metrics
 from headstart.features.probe import ProbeOptions, cached_logits
+from headstart.inference import LoadedRun
 from headstart.model import TransferModel, build_model
 from headstart.report import TensorBoardLogger, write_report
 from headstart.rundir import RunDir
@@ -398,7 +399,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     if tensorboard is not None:
         tensorboard.close(summary, run.read_json(run.TEST_METRICS))
     if cfg.report:
-        _report(run, frozen=summary["frozen_backbone"])
+        _report(run, plan, summary, replace(runtime, rank=0, world_size=1))
     return summary
 
 
@@ -410,13 +411,17 @@ def _tensorboard(cfg: TrainConfig, run: RunDir, data: _Data):
     return TensorBoardLogger(run / run.TENSORBOARD, purge_step=resumed + 1 if resumed is not None else None)
 
 
-def _report(run: RunDir, frozen: bool) -> None:
+def _report(run: RunDir, plan: _Plan, summary: dict, alone: Runtime) -> None:
     """``report.html``; the trained model stands even if the page cannot be made (it says why, once). Its top
     losses take a frozen backbone's features from the cache; a trained backbone predicts at most 500 held-out
-    images again for them (``headstart report RUN`` looks at up to 2,000)."""
+    images again for them (``headstart report RUN`` looks at up to 2,000). The model in memory is used, on rank 0
+    alone (under torchrun the other ranks have returned)."""
     t0 = time.time()
+    frozen = summary["frozen_backbone"]
+    loaded = LoadedRun(plan.model, run.classes(), plan.preprocessing, run.config(), alone, run.path,
+                       summary["temperature"], frozen_backbone=frozen)
     try:
-        path = write_report(run.path, max_images=2000 if frozen else 500)
+        path = write_report(run.path, max_images=2000 if frozen else 500, loaded=loaded)
         log(f"report: {path} ({time.time() - t0:.0f} s)")
     except (HeadstartError, OSError) as exc:
         log(f"could not write the report ({exc}); the run is complete. Try `headstart report {run.path}`.")
