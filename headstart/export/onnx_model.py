@@ -129,21 +129,9 @@ class OnnxModel:
         return probs
 
     def predict(self, images, topk: int = 1, tta: bool = False, batch_size: int = 64) -> dict | list[dict]:
-        """Top-k predictions, as :meth:`headstart.inference.LoadedRun.predict` gives them.
-
-        Args:
-            images: one image or a list of them: PIL images (any mode: converted as training converts files),
-                numpy arrays (``H x W`` greyscale or ``H x W x 3/4`` RGB(A), uint8, or floats in [0, 1]), or
-                paths. An image that cannot be used gets ``label`` None and an ``error`` instead of stopping
-                the others.
-            topk: how many classes per image (at most the number of classes).
-            tta: average over each image and its mirror image.
-            batch_size: images per ONNX Runtime call.
-
-        Returns:
-            For a list, one dict per image, in order; for a single image, its dict: ``label``, ``score`` (calibrated
-            probability) and ``topk`` (``label``, ``score`` pairs), or ``label`` and ``score`` None and ``error``.
-        """
+        """Top-k predictions, exactly as :meth:`headstart.inference.LoadedRun.predict` takes and gives them (PIL
+        images, numpy arrays or paths; one dict per image, or ``error`` for one that cannot be used), with
+        ``batch_size`` images per ONNX Runtime call."""
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
         results: list[dict | None] = [None] * len(items)
