@@ -14,6 +14,7 @@ from headstart.data.dataset import ImageFiles, flagged_collate, make_loader
 from headstart.data.images import BadImageError, as_rgb_image, is_image_file
 from headstart.data.sources import expand_paths
 from headstart.data.transforms import eval_transform
+from headstart.features.probe import cached_logits
 from headstart.model import TransferModel, build_model
 from headstart.rundir import RunDir
 
@@ -170,8 +171,6 @@ def predict_paths(run: LoadedRun, paths: list[str], topk: int = 1, batch_size: i
 
 def _predict_cached(run: LoadedRun, paths: list[str], topk: int, batch_size: int, workers) -> list[dict]:
     """:func:`predict_paths` for a run whose backbone is frozen: features from the cache, then the head."""
-    from headstart.features.probe import cached_logits
-
     logits, positions, bad = cached_logits(run.model, paths, run.preprocessing, run.runtime, batch_size, workers,
                                            desc="predict")
     probs = probs_from_logits(logits[None], run.temperature)
