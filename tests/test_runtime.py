@@ -42,3 +42,16 @@ def test_progress_off_a_terminal_is_periodic_lines_on_stderr(capsys):
     quiet = progress(range(3), "x", enabled=False)
     quiet.set_postfix(loss="0.1")  # callers may update a bar that is not shown
     assert list(quiet) == [0, 1, 2] and capsys.readouterr().err == ""
+
+
+def test_the_command_line_sets_a_passive_omp_wait_policy_unless_the_user_chose(monkeypatch):
+    import os
+
+    from headstart.cli import main
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    main(["cache", "info", "--json"])
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    main(["cache", "info", "--json"])
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from headstart import __version__
@@ -31,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before torch loads OpenMP: idle threads sleep instead of spinning. Measured (benchmarks/omp_wait.py, Lite0
+    # 224 px, 2 cores): 1.03x idle, 1.31x beside one busy process (a loader worker, another job); never slower.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from headstart.core.errors import HeadstartError
 
     args = build_parser().parse_args(argv)
