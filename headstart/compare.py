@@ -161,10 +161,10 @@ def setup_lines(rows: list[dict], cfg: CompareConfig) -> list[str]:
     return lines
 
 
-def accuracy_text(row: dict) -> str:
-    """Mean test accuracy in percent, with the spread over seeds when there was more than one (one seed has
-    none to show: "± 0.0" would claim a precision nobody measured)."""
-    mean = f"{100 * row['test_acc_mean']:.1f}"
+def accuracy_text(row: dict, sign: str = "") -> str:
+    """Mean test accuracy in percent (``sign``: "%" or nothing), with the spread over seeds when there was more than
+    one (one seed has none to show: "± 0.0" would claim a precision nobody measured)."""
+    mean = f"{100 * row['test_acc_mean']:.1f}{sign}"
     return f"{mean} ± {100 * row['test_acc_std']:.1f}" if row.get("seeds", 1) > 1 else f"{mean} (1 seed)"
 
 

@@ -98,14 +98,15 @@ def print_table(result: dict) -> None:
     from headstart.cli.console import console
     from headstart.compare import accuracy_text
 
-    table = Table(title=f"test accuracy on {result['test_images']} held-out images (mean ± std over seeds)")
+    table = Table(title=f"test accuracy on {result['test_images']} held-out images"
+                  + (" (mean ± std over seeds)" if any(r.get("seeds", 1) > 1 for r in result["rows"]) else ""))
     for col in ("labels/class", "strategy", "model", "px", "test acc", "balanced acc", "wall time", "lr",
                 "trainable params"):
         table.add_column(col, justify="left" if col in ("strategy", "model", "lr") else "right")
     for r in result["rows"]:
         lrs = ",".join(f"{lr:g}" for lr in r["lrs"]) if any(lr is not None for lr in r["lrs"]) else "default"
         table.add_row(str(r["labels_per_class"]), r["strategy"], r["model"], str(r["image_size"]),
-                      accuracy_text(r),
+                      accuracy_text(r, "%"),
                       f"{100 * r['test_balanced_acc_mean']:.1f}%", f"{r['seconds_mean']:.0f} s", lrs,
                       f"{r['trainable_params']:,}")
     console().print(table)
