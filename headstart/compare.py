@@ -21,7 +21,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from headstart.config import CompareConfig
+from headstart.config import COMPARE_PLOTS, COMPARE_RESULTS, COMPARE_TABLE, CompareConfig
 from headstart.core.errors import HeadstartError, UsageError
 from headstart.core.io import write_json, write_text
 from headstart.core.preprocessing import Preprocessing
@@ -32,11 +32,6 @@ from headstart.report import write_report
 from headstart.rundir import RunDir
 from headstart.train import TrainConfig, log, train
 from headstart.zoo import get_spec
-
-# compare's output folder: the results (resumable: finished runs are kept), the table, the two plots.
-RESULTS = "compare.json"
-TABLE = "compare.md"
-PLOTS = ("accuracy_vs_labels.png", "accuracy_vs_time.png")
 
 
 def _draw(samples, per_class: int, rng: random.Random, exclude: set[str]) -> list:
@@ -121,7 +116,7 @@ def plot(rows: list[dict], results: list[dict], out: Path) -> list[str]:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / PLOTS[0], dpi=120)
+    fig.savefig(out / COMPARE_PLOTS[0], dpi=120)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
@@ -134,9 +129,9 @@ def plot(rows: list[dict], results: list[dict], out: Path) -> list[str]:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / PLOTS[1], dpi=120)
+    fig.savefig(out / COMPARE_PLOTS[1], dpi=120)
     plt.close(fig)
-    return list(PLOTS)
+    return list(COMPARE_PLOTS)
 
 
 def _lrs(lrs) -> str:
@@ -194,7 +189,7 @@ def markdown(rows: list[dict], results: list[dict], cfg: CompareConfig, n_test: 
             lines.append(f"| {r['labels_per_class']} | {r['seed']} | {c['lr']:g} | {c['best_val_loss']:.3f} | "
                          f"{100 * c['val_acc']:.1f} | {100 * c['test_acc']:.1f} | {c['epochs_run']} | "
                          f"{c['best_epoch']} | {'yes' if c['lr'] == r['lr'] else ''} |")
-    return "\n".join(lines + ["", f"![accuracy vs labels]({PLOTS[0]})", ""])
+    return "\n".join(lines + ["", f"![accuracy vs labels]({COMPARE_PLOTS[0]})", ""])
 
 
 def _run_facts(run_dir: Path) -> dict:
@@ -249,7 +244,7 @@ def compare(cfg: CompareConfig) -> dict:
     scratch_model = cfg.scratch_model or ("resnet20" if side <= 64 else cfg.model)
     get_spec(cfg.model), get_spec(scratch_model)  # fail early on a wrong name
     t_start, results = time.time(), []
-    done_path = out / RESULTS
+    done_path = out / COMPARE_RESULTS
     for seed in range(cfg.seeds):
         rng = random.Random(1000 + seed)
         val = _draw(data.train, cfg.val_per_class, rng, set())
@@ -288,7 +283,7 @@ def compare(cfg: CompareConfig) -> dict:
                                        "runs": results})
     rows = summarise(results)
     figures = plot(rows, results, out)
-    write_text(out / TABLE, markdown(rows, results, cfg, len(data.test)))
+    write_text(out / COMPARE_TABLE, markdown(rows, results, cfg, len(data.test)))
     write_json(done_path, {"config": cfg.__dict__, "test_images": len(data.test), "rows": rows, "runs": results,
                            "figures": figures})
     try:

@@ -12,6 +12,11 @@ from dataclasses import dataclass, field, fields
 from headstart.core.choices import AUGMENTATIONS, BALANCE, BN_POLICIES, DEFAULT_MODEL, HEADS, PRECISIONS
 from headstart.core.errors import UsageError
 
+# What ``headstart compare`` writes into its folder: the results (resumable: finished runs are kept), the table,
+# the two plots. ``compare`` writes them and ``report`` reads them.
+COMPARE_RESULTS = "compare.json"
+COMPARE_TABLE = "compare.md"
+COMPARE_PLOTS = ("accuracy_vs_labels.png", "accuracy_vs_time.png")
 MIN_IMAGE_SIZE = 32  # below this every backbone here ends in a 1x1 map after its first stages: chance accuracy
 
 

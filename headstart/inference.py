@@ -11,7 +11,8 @@ import torch
 from headstart.core.preprocessing import Preprocessing
 from headstart.core.runtime import Runtime, make_runtime
 from headstart.data.dataset import ImageFiles, flagged_collate, make_loader
-from headstart.data.images import BadImageError, as_rgb_image, is_image_file
+from headstart.data.images import as_rgb_image, is_image_file
+from headstart.data.predictions import predict_images, top_classes
 from headstart.data.sources import expand_paths
 from headstart.data.transforms import eval_transform
 from headstart.features.probe import cached_logits
@@ -45,36 +46,10 @@ class LoadedRun:
             One dict per image, in order: ``label``, ``score`` (calibrated probability) and ``topk`` (``label``,
             ``score`` pairs), or ``error``.
         """
-        single = not isinstance(images, (list, tuple))
-        items = [images] if single else list(images)
         transform = eval_transform(self.preprocessing)
-        tensors, errors = [], []
-        for item in items:
-            try:
-                tensors.append(transform(as_rgb_image(item)))
-                errors.append("")
-            except BadImageError as exc:
-                tensors.append(None)
-                errors.append(exc.reason)
-        results = [None] * len(items)
-        good = [i for i, t in enumerate(tensors) if t is not None]
-        for start in range(0, len(good), batch_size):
-            chunk = good[start:start + batch_size]
-            probs = predict_probs(self.model, torch.stack([tensors[i] for i in chunk]), self.runtime, tta,
-                                  self.temperature)
-            for i, row in zip(chunk, probs):
-                results[i] = _top(row, self.classes, topk)
-        for i, reason in enumerate(errors):
-            if reason:
-                results[i] = {"label": None, "score": None, "error": reason}
-        return results[0] if single else results
-
-
-def _top(probs: torch.Tensor, classes: list[str], topk: int) -> dict:
-    k = max(1, min(topk, len(classes)))
-    scores, idx = probs.topk(k)
-    top = [{"label": classes[j], "score": round(float(v), 6)} for v, j in zip(scores, idx)]
-    return {"label": top[0]["label"], "score": top[0]["score"], "topk": top}
+        return predict_images(images, transform, lambda ready: predict_probs(
+            self.model, torch.stack(ready), self.runtime, tta, self.temperature).numpy(), self.classes, topk,
+            batch_size)
 
 
 def load_run(run_dir: str | Path, device: str = "auto", precision: str = "auto") -> LoadedRun:
@@ -165,7 +140,7 @@ def predict_paths(run: LoadedRun, paths: list[str], topk: int = 1, batch_size: i
                 print(f"cannot predict {path}: {errors[row]}", file=sys.stderr)
                 results.append({"path": path, "label": None, "score": None, "error": errors[row]})
                 continue
-            results.append({"path": path, **_top(probs[row], run.classes, topk)})
+            results.append({"path": path, **top_classes(probs[row].numpy(), run.classes, topk)})
     return results
 
 
@@ -176,7 +151,7 @@ def _predict_cached(run: LoadedRun, paths: list[str], topk: int, batch_size: int
     probs = probs_from_logits(logits[None], run.temperature)
     results: list[dict | None] = [None] * len(paths)
     for row, i in enumerate(positions):
-        results[i] = {"path": paths[i], **_top(probs[row], run.classes, topk)}
+        results[i] = {"path": paths[i], **top_classes(probs[row].numpy(), run.classes, topk)}
     reasons = dict(bad)
     for i, path in enumerate(paths):
         if results[i] is None:

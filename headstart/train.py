@@ -14,8 +14,6 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import torch
-
 from headstart.auto import choose_strategy
 from headstart.config import TrainConfig
 from headstart.core.distributed import EpochSampler, barrier
@@ -24,15 +22,15 @@ from headstart.core.preprocessing import Preprocessing
 from headstart.core.runtime import Runtime, make_runtime, seed_everything
 from headstart.data.balance import SKEW_HINT, BalancedSampler, class_weights, skew
 from headstart.data.check import check_splits
-from headstart.data.dataset import ImageFiles, make_loader
+from headstart.data.dataset import ImageFiles, broke_since_check, make_loader
 from headstart.data.leakage import drop_leaked, duplicate_groups, fingerprints, leak_proof_split
 from headstart.data.sources import DataSplits, discover, validate
 from headstart.data.transforms import eval_transform, train_transform
 from headstart.engine.calibration import calibration_summary, run_temperature
 from headstart.engine.loop import FitState, fit, predict_logits
 from headstart.evaluation.metrics import classification_metrics
-from headstart.features.probe import ProbeOptions, cached_logits
-from headstart.inference import LoadedRun
+from headstart.features.probe import ProbeOptions, cached_logits_of
+from headstart.inference import LoadedRun, shipped_backbone_is_frozen
 from headstart.model import TransferModel, build_model
 from headstart.report import TensorBoardLogger, write_report
 from headstart.rundir import RunDir
@@ -155,13 +153,11 @@ def _logits(model, loader, runtime, frozen: Preprocessing | None, desc: str):
     (``frozen``: the preprocessing to look features up with), so those images cross the backbone once per run."""
     if frozen is None:
         return predict_logits(model, loader, runtime, desc=desc)
-    samples = loader.dataset.samples
-    logits, positions, bad = cached_logits(model, [p for p, _ in samples], frozen, runtime,
-                                           loader.batch_size or 64, loader.num_workers, desc=desc)
+    logits, labels, bad = cached_logits_of(model, loader.dataset.samples, frozen, runtime, loader.batch_size or 64,
+                                           loader.num_workers, desc=desc)
     if bad:
-        raise DataError(f"{bad[0][0]} could not be read ({bad[0][1]}); it was readable when the images were checked. "
-                        "Restore or remove it and run again.")
-    return logits, torch.as_tensor([samples[i][1] for i in positions])
+        raise broke_since_check(*bad[0])
+    return logits, labels
 
 
 def _calibrate(model, val_loader, runtime, summary: dict, frozen: Preprocessing | None) -> tuple[float, dict]:
@@ -221,7 +217,7 @@ def _new_data(run: RunDir, cfg: TrainConfig, runtime: Runtime) -> _Data:
     """Finds the images, makes the run folder, checks every image and splits leak-proof; records what was left out."""
     splits = discover(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed)
     if runtime.is_main:  # checked before the images are: a wrong --out fails at once
-        RunDir(run.path).prepare(cfg.overwrite, inside=Path(cfg.data), dry_run=True)
+        run.prepare(cfg.overwrite, inside=Path(cfg.data), dry_run=True)
     splits, bad, leakage, train_fingerprints = check_and_split(splits, cfg)
     if runtime.is_main:  # made only once the data is known to be usable
         run.prepare(cfg.overwrite, inside=Path(cfg.data))
@@ -338,7 +334,7 @@ def _finish(cfg: TrainConfig, run: RunDir, plan: _Plan, data: _Data, state: FitS
                "trainable_params": shipped["trainable_params"], "train_images": len(splits.train),
                "val_images": len(splits.val), "skipped_files": len(data.bad), "world_size": runtime.world_size,
                "leakage": leakage_counts(data.leakage)}
-    frozen = summary["frozen_backbone"] = shipped.get("fit") == "features"
+    frozen = summary["frozen_backbone"] = shipped_backbone_is_frozen(run.config(), summary)
     temperature, summary["calibration"] = _calibrate(model, loaders["val_all"], alone, summary,
                                                      plan.preprocessing if frozen else None)
     refit = None

@@ -47,12 +47,17 @@ class ImageFiles(Dataset):
         return self._blank
 
 
+def broke_since_check(path: str, reason: str) -> DataError:
+    """The error for a file that was readable when the images were checked and is not now."""
+    return DataError(f"{path} could not be read ({reason}); it was readable when the images were checked. "
+                     "Restore or remove it and run again.")
+
+
 def checked_collate(items: list[tuple[torch.Tensor, int, str, str]]) -> tuple[torch.Tensor, torch.Tensor]:
     """``(images, labels)``; a file that could not be decoded is an error that names it."""
     for _, _, path, reason in items:
         if reason:
-            raise DataError(f"{path} could not be read ({reason}); it was readable when the images were checked. "
-                            "Restore or remove it and run again.")
+            raise broke_since_check(path, reason)
     return torch.stack([x for x, *_ in items]), torch.as_tensor([y for _, y, *_ in items])
 
 

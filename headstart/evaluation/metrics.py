@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 from headstart.core.errors import PathNotFoundError, UsageError
@@ -17,7 +15,7 @@ from headstart.data.leakage import duplicates_of
 from headstart.data.sources import read_class_folders
 from headstart.data.transforms import eval_transform
 from headstart.engine.calibration import compare_calibration
-from headstart.features.probe import cached_logits
+from headstart.features.probe import cached_logits_of
 from headstart.inference import LoadedRun, predict_loader, probs_from_logits
 from headstart.rundir import RunDir
 
@@ -83,9 +81,9 @@ def evaluate_run(run: LoadedRun, data: str | Path, batch_size: int = 64, workers
         raise UsageError(f"no readable images in {data}" + (" that are not copies of training images." if leaked
                                                             else "."))
     if run.frozen_backbone and not tta:  # the features train computed (or an earlier evaluate) are reused
-        found, positions, _ = cached_logits(run.model, [p for p, _ in samples], run.preprocessing, run.runtime,
-                                         batch_size, workers, desc="evaluate")
-        logits, labels = found[None], torch.as_tensor([samples[i][1] for i in positions])
+        found, labels, _ = cached_logits_of(run.model, samples, run.preprocessing, run.runtime, batch_size, workers,
+                                            desc="evaluate")
+        logits = found[None]
     else:
         loader = make_loader(ImageFiles(samples, eval_transform(run.preprocessing)), batch_size, shuffle=False,
                              workers=workers)
@@ -106,7 +104,5 @@ def evaluate_run(run: LoadedRun, data: str | Path, batch_size: int = 64, workers
 def _copies_of_training_images(run: LoadedRun, facts: dict) -> set[str]:
     """Paths among ``facts`` that duplicate one of the run's training images (runs from before fingerprints were
     recorded: none can be found)."""
-    path = RunDir(run.path) / RunDir.FINGERPRINTS
-    if not path.is_file():
-        return set()
-    return duplicates_of(json.loads(path.read_text()), facts)
+    recorded = RunDir(run.path).read_json(RunDir.FINGERPRINTS)
+    return set() if recorded is None else duplicates_of(recorded, facts)

@@ -24,7 +24,7 @@ from PIL import Image
 
 from headstart.core.errors import PathNotFoundError, UsageError, WeightsError
 from headstart.core.preprocessing import Preprocessing
-from headstart.data.images import BadImageError, as_rgb_image
+from headstart.data.predictions import predict_images
 from headstart.export.metadata import INPUT, ExportMetadata
 
 _PIL_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
@@ -132,21 +132,8 @@ class OnnxModel:
         """Top-k predictions, exactly as :meth:`headstart.inference.LoadedRun.predict` takes and gives them (PIL
         images, numpy arrays or paths; one dict per image, or ``error`` for one that cannot be used), with
         ``batch_size`` images per ONNX Runtime call."""
-        single = not isinstance(images, (list, tuple))
-        items = [images] if single else list(images)
-        results: list[dict | None] = [None] * len(items)
-        for start in range(0, len(items), batch_size):
-            arrays, where = [], []
-            for i in range(start, min(start + batch_size, len(items))):
-                try:
-                    arrays.append(preprocess(as_rgb_image(items[i]), self.preprocessing))
-                    where.append(i)
-                except BadImageError as exc:
-                    results[i] = {"label": None, "score": None, "error": exc.reason}
-            if arrays:
-                for i, row in zip(where, self.probabilities(np.stack(arrays), tta)):
-                    results[i] = _top(row, self.classes, topk)
-        return results[0] if single else results
+        return predict_images(images, lambda image: preprocess(image, self.preprocessing),
+                              lambda ready: self.probabilities(np.stack(ready), tta), self.classes, topk, batch_size)
 
     def predict_paths(self, paths: list[str], topk: int = 1, batch_size: int = 64, tta: bool = False) -> list[dict]:
         """:meth:`predict` on files, each result with its ``path`` first, as :func:`headstart.inference.predict_paths`
@@ -169,10 +156,3 @@ class OnnxModel:
 
     def __repr__(self) -> str:
         return f"OnnxModel({str(self.path)!r}, model={self.metadata.model!r}, classes={len(self.classes)})"
-
-
-def _top(probs: np.ndarray, classes: list[str], topk: int) -> dict:
-    k = max(1, min(topk, len(classes)))
-    idx = np.argsort(-probs, kind="stable")[:k]
-    top = [{"label": classes[j], "score": round(float(probs[j]), 6)} for j in idx]
-    return {"label": top[0]["label"], "score": top[0]["score"], "topk": top}

@@ -42,6 +42,16 @@ def cached_logits(model: TransferModel, paths: list[str], preprocessing: Preproc
     return model.head(x).float().cpu(), feats.positions, feats.bad
 
 
+def cached_logits_of(model: TransferModel, samples: list[tuple[str, int]], preprocessing: Preprocessing,
+                     runtime: Runtime, batch_size: int = 64, workers: int | None = None,
+                     desc: str = "features") -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
+    """:func:`cached_logits` of labelled ``(path, label)`` samples: the logits, the labels of the images that could
+    be decoded (in order), and ``(path, reason)`` for the others."""
+    logits, positions, bad = cached_logits(model, [p for p, _ in samples], preprocessing, runtime, batch_size,
+                                           workers, desc=desc)
+    return logits, torch.as_tensor([samples[i][1] for i in positions], dtype=torch.long), bad
+
+
 @torch.inference_mode()
 def features_from_loader(model: TransferModel, loader: DataLoader, runtime: Runtime, desc: str = "features"):
     """Pooled features (float32 numpy) and labels of every batch of ``loader``, not cached: for datasets that are
@@ -98,7 +108,8 @@ def fit_linear_probe(model: TransferModel, train_loader: DataLoader, val_loader:
 
 
 def refit_linear_probe(model: TransferModel, loaders: list[DataLoader], runtime: Runtime, chosen: dict,
-                       head: str = "logreg", preprocessing: Preprocessing | None = None, cache_dir: str | Path | None = None,
+                       head: str = "logreg", preprocessing: Preprocessing | None = None,
+                       cache_dir: str | Path | None = None,
                        class_weights: torch.Tensor | None = None) -> dict:
     """Fits ``model.head`` again on the features of every image in ``loaders`` (train and validation) with the
     settings the first fit chose on validation (``chosen``: its info), so the shipped head has seen every label.

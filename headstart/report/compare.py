@@ -13,23 +13,21 @@ from datetime import datetime
 from pathlib import Path
 
 import headstart
+from headstart.config import COMPARE_PLOTS, COMPARE_RESULTS, COMPARE_TABLE
 from headstart.report.html import card, cards, details, duration, esc, figure, kv, page, para, pct, table
 
-RESULTS = "compare.json"
-MARKDOWN = "compare.md"
-FIGURES = {"accuracy_vs_labels.png": "Test accuracy against labelled images per class (mean ± std over seeds; "
-                                     "log scale).",
-           "accuracy_vs_time.png": "Test accuracy against wall time, one point per run (log scale)."}
+FIGURES = dict(zip(COMPARE_PLOTS, ("Test accuracy against labelled images per class (mean ± std over seeds; log "
+                                   "scale).", "Test accuracy against wall time, one point per run (log scale).")))
 
 
 def is_compare_folder(folder: str | Path) -> bool:
-    return (Path(folder) / RESULTS).is_file()
+    return (Path(folder) / COMPARE_RESULTS).is_file()
 
 
 def compare_report(folder: str | Path) -> str:
     """The HTML of a compare folder's report (see :func:`headstart.report.write_report`)."""
     folder = Path(folder)
-    results = json.loads((folder / RESULTS).read_text())
+    results = json.loads((folder / COMPARE_RESULTS).read_text())
     rows, runs, cfg = results.get("rows", []), results.get("runs", []), results.get("config", {})
     sections = [("plots", "Data efficiency", _plots(folder, results)),
                 ("table", "Results", _results(folder, rows)),
@@ -37,7 +35,7 @@ def compare_report(folder: str | Path) -> str:
                 ("settings", "Settings", kv([(k, f"<code>{esc(v)}</code>") for k, v in cfg.items()]))]
     title = f"headstart compare: {Path(str(cfg.get('data', folder))).name or folder.name}"
     subtitle = (f"<code>{esc(folder.resolve())}</code> · data <code>{esc(cfg.get('data', '?'))}</code> · "
-                f"{datetime.fromtimestamp((folder / RESULTS).stat().st_mtime):%Y-%m-%d %H:%M}")
+                f"{datetime.fromtimestamp((folder / COMPARE_RESULTS).stat().st_mtime):%Y-%m-%d %H:%M}")
     footer = (f"Made by headstart {esc(headstart.__version__)} (<code>headstart report</code>) from compare.json, "
               "compare.md and the plots of this folder. Self-contained: it opens offline.")
     return page(title, subtitle, sections, lead=_lead(results), footer=footer)
@@ -75,7 +73,7 @@ def _plots(folder: Path, results: dict) -> str:
 
 def _results(folder: Path, rows: list[dict]) -> str:
     """compare.md as HTML (its setup notes and tables), or the rows of compare.json when it is not written yet."""
-    md = folder / MARKDOWN
+    md = folder / COMPARE_TABLE
     if md.is_file():
         return f'<div class="md">{markdown_html(md.read_text())}</div>'
     if not rows:

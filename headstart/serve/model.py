@@ -28,24 +28,15 @@ def load_model(path: str | Path, device: str = "auto") -> ServableModel:
     if path.suffix.lower() == ".onnx":
         if not path.is_file():
             raise PathNotFoundError(f"{path} does not exist; pass an exported .onnx file or a run directory.")
-        return _onnx_model(path)
+        from headstart.export.onnx_model import OnnxModel
+
+        return OnnxModel(path)
     if path.is_file():
         raise UsageError(f"{path} is a file, not a run directory; pass the folder of a `headstart train` run or an "
                          "exported .onnx model.")
     from headstart.inference import load_run
 
     return RunModel(load_run(path, device=device))
-
-
-def _onnx_model(path: Path) -> ServableModel:
-    try:
-        from headstart.export.onnx_model import OnnxModel
-    except ModuleNotFoundError as exc:
-        if not (exc.name or "").startswith("headstart"):
-            raise
-        raise UsageError(f"cannot serve {path}: this version of headstart cannot read .onnx models yet; serve the run "
-                         "directory it was exported from.") from None
-    return OnnxModel(path)
 
 
 class RunModel:
