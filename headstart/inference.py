@@ -15,6 +15,7 @@ from headstart.data.images import as_rgb_image, is_image_file
 from headstart.data.predictions import predict_images, top_classes
 from headstart.data.sources import expand_paths
 from headstart.data.transforms import eval_transform
+from headstart.engine.forward import model_forward
 from headstart.features.probe import cached_logits
 from headstart.model import TransferModel, build_model
 from headstart.rundir import RunDir
@@ -47,9 +48,21 @@ class LoadedRun:
             ``score`` pairs), or ``error``.
         """
         transform = eval_transform(self.preprocessing)
-        return predict_images(images, transform, lambda ready: predict_probs(
-            self.model, torch.stack(ready), self.runtime, tta, self.temperature).numpy(), self.classes, topk,
-            batch_size)
+        count = len(images) if isinstance(images, (list, tuple)) else 1
+        forward = None
+
+        def probs(ready: list[torch.Tensor]):
+            nonlocal forward
+            x = torch.stack(ready)
+            forward = forward or self.forward_for(x, count * (2 if tta else 1))
+            return predict_probs(forward, x, self.runtime, tta, self.temperature).numpy()
+
+        return predict_images(images, transform, probs, self.classes, topk, batch_size)
+
+    def forward_for(self, images: torch.Tensor, count: int):
+        """The model's eval forward for a pass over ``count`` images like ``images`` (BatchNorm folded, or ONNX
+        Runtime for large CPU passes: :func:`headstart.engine.forward.model_forward`)."""
+        return model_forward(self.model, self.runtime, self.runtime.to_input(images[:1]), count)
 
 
 def load_run(run_dir: str | Path, device: str = "auto", precision: str = "auto") -> LoadedRun:
@@ -77,9 +90,10 @@ def shipped_backbone_is_frozen(config: dict, summary: dict) -> bool:
 
 
 @torch.no_grad()
-def view_logits(model: torch.nn.Module, images: torch.Tensor, runtime: Runtime, tta: bool = False) -> torch.Tensor:
+def view_logits(model, images: torch.Tensor, runtime: Runtime, tta: bool = False) -> torch.Tensor:
     """Logits (float32, CPU) of a batch of eval-transformed images, one row of views per image: (views, n, classes).
-    With ``tta`` the views are the image and its mirror image."""
+    With ``tta`` the views are the image and its mirror image. ``model``: the module, or any callable on input
+    batches (:meth:`LoadedRun.forward_for`)."""
     x = runtime.to_input(images)
     views = [x, x.flip(-1)] if tta else [x]
     with runtime.autocast():
@@ -111,9 +125,10 @@ def predict_loader(run: LoadedRun, loader, tta: bool = False,
     from headstart.core.progress import progress
 
     run.model.eval()
-    logits, labels = [], []
+    logits, labels, forward = [], [], None
     for images, y in progress(loader, desc):
-        logits.append(view_logits(run.model, images, run.runtime, tta))
+        forward = forward or run.forward_for(images, len(loader.dataset) * (2 if tta else 1))
+        logits.append(view_logits(forward, images, run.runtime, tta))
         labels.append(torch.as_tensor(y))
     return torch.cat(logits, dim=1), torch.cat(labels)
 
@@ -130,9 +145,10 @@ def predict_paths(run: LoadedRun, paths: list[str], topk: int = 1, batch_size: i
         return _predict_cached(run, paths, topk, batch_size, workers)
     loader = make_loader(ImageFiles(paths, eval_transform(run.preprocessing)), batch_size, shuffle=False,
                          workers=workers, collate_fn=flagged_collate)
-    results, i = [], 0
+    results, i, forward = [], 0, None
     for images, _, errors in loader:
-        probs = predict_probs(run.model, images, run.runtime, tta, run.temperature)
+        forward = forward or run.forward_for(images, len(paths) * (2 if tta else 1))
+        probs = predict_probs(forward, images, run.runtime, tta, run.temperature)
         for row in range(len(images)):
             path = paths[i]
             i += 1

@@ -29,6 +29,7 @@ from headstart.core.progress import progress
 from headstart.core.runtime import Runtime
 from headstart.engine.batchnorm import adapt_batchnorm
 from headstart.engine.calibration import fit_temperature
+from headstart.engine.forward import model_forward
 from headstart.engine.losses import L2SP, make_criterion, make_mixer
 from headstart.model import TransferModel
 from headstart.strategy import Phase, Strategy, enter_phase
@@ -120,12 +121,15 @@ def _correct(logits: torch.Tensor, targets: torch.Tensor) -> float:
 
 @torch.no_grad()
 def predict_logits(model, loader: DataLoader, runtime: Runtime, desc: str = "eval") -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (float32, CPU) and labels for every image in ``loader``, in order (this rank's shard under DDP)."""
+    """Logits (float32, CPU) and labels for every image in ``loader``, in order (this rank's shard under DDP), by
+    the fastest eval forward for a pass of this size (:func:`headstart.engine.forward.model_forward`)."""
     model.eval()
-    all_logits, all_labels = [], []
+    all_logits, all_labels, forward = [], [], None
     for images, labels in progress(loader, desc, runtime.is_main):
+        x = runtime.to_input(images)
+        forward = forward or model_forward(model, runtime, x[:1], len(loader.dataset))
         with runtime.autocast():
-            all_logits.append(model(runtime.to_input(images)).float().cpu())
+            all_logits.append(forward(x).float().cpu())
         all_labels.append(torch.as_tensor(labels))
     if not all_logits:
         return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)

@@ -1,8 +1,10 @@
 """Frozen-backbone features for a list of image files: computed once, fast, then read from the cache.
 
 The pipeline keeps the backbone the bottleneck. Decoding, resizing and cropping give uint8 images; each is turned
-to float and normalised while it sits in cache, written straight into a channels-last batch, and the backbone runs
-under the runtime's autocast (bf16 on CPU, AMP on CUDA; for CUDA the uint8 batch is normalised on the GPU). The
+to float and normalised while it sits in cache, written straight into the batch (channels-last for PyTorch), and
+the backbone runs in the fastest eval form the machine has (:mod:`headstart.engine.forward`: ONNX Runtime for
+large fp32 CPU passes, else BatchNorm folded into the convolutions, under the runtime's autocast: bf16 on CPUs
+that have it natively, AMP on CUDA, where the uint8 batch is normalised on the GPU). The
 numbers are exactly those of :func:`headstart.data.transforms.eval_transform`: the same kernels and float ops.
 
 Where the data work runs: in loader workers when there are more than two cores; in the main process otherwise
@@ -29,6 +31,7 @@ from headstart.core.progress import progress
 from headstart.core.runtime import Runtime
 from headstart.data.dataset import ImageFiles, default_workers, make_loader
 from headstart.data.transforms import eval_resize_crop
+from headstart.engine.forward import choose_engine, eval_forward
 from headstart.features.cache import FeatureCache, content_hashes, weights_fingerprint
 from headstart.model import TransferModel
 
@@ -102,7 +105,8 @@ def _threads(n: int | None):
 def iter_features(model: TransferModel, paths: Sequence[str], preprocessing: Preprocessing | dict, runtime: Runtime,
                   batch_size: int = 64, workers: int | None = None,
                   desc: str = "features") -> Iterator[tuple[int, np.ndarray, list[str]]]:
-    """Computes features batch by batch, without a cache.
+    """Computes features batch by batch, without a cache, through the fastest eval forward this machine has for
+    a pass of this size (:mod:`headstart.engine.forward`: ONNX Runtime or BatchNorm folded into the convolutions).
 
     Yields:
         (index of the batch's first path, float32 features (n, dim), reason per image: '' when it decoded).
@@ -110,23 +114,27 @@ def iter_features(model: TransferModel, paths: Sequence[str], preprocessing: Pre
     model.eval()
     preprocessing = Preprocessing.of(preprocessing)
     on_cpu = runtime.device.type == "cpu"
+    engine = choose_engine(runtime, len(paths), preprocessing.crop, preprocessing.crop)
     workers = default_workers() if workers is None else workers
+    channels_last = runtime.channels_last and engine == "torch"
     loader = make_loader(ImageFiles(paths, eval_resize_crop(preprocessing)), batch_size, shuffle=False, workers=workers,
-                         collate_fn=_Collate(preprocessing, to_float=on_cpu, channels_last=runtime.channels_last))
+                         collate_fn=_Collate(preprocessing, to_float=on_cpu, channels_last=channels_last))
     if not on_cpu:
         mean, std = (torch.tensor(getattr(preprocessing, k), dtype=torch.float32, device=runtime.device).view(-1, 1, 1)
                      for k in ("mean", "std"))
-    batches = iter(progress(loader, desc, runtime.is_main))
-    start = 0
+    batches = iter(progress(loader, f"{desc} ({engine})" if engine != "torch" else desc, runtime.is_main))
+    forward, start = None, 0
     while True:
         with _threads(1 if workers == 0 and on_cpu else None):  # data work in this process: one thread
             batch = next(batches, None)
         if batch is None:
             return
         images, reasons = batch
-        x = runtime.to_input(images) if on_cpu else _normalize(runtime.to_input(images), mean, std)
+        x = (runtime.to_input(images) if engine == "torch" else images) if on_cpu else \
+            _normalize(runtime.to_input(images), mean, std)
+        forward = forward or eval_forward(model.backbone, runtime, x[:1], engine)
         with runtime.autocast():
-            feats = model.forward_features(x)
+            feats = forward(x)
         yield start, feats.float().cpu().numpy(), reasons
         start += len(images)
 

@@ -22,6 +22,7 @@ from headstart.core.preprocessing import Preprocessing
 from headstart.core.progress import progress
 from headstart.core.runtime import Runtime
 from headstart.engine.calibration import fit_temperature
+from headstart.engine.forward import choose_engine, eval_forward
 from headstart.features.extract import extract_features
 from headstart.features.heads import HEADS, fit_head, refit_head
 from headstart.model import TransferModel
@@ -57,10 +58,14 @@ def features_from_loader(model: TransferModel, loader: DataLoader, runtime: Runt
     """Pooled features (float32 numpy) and labels of every batch of ``loader``, not cached: for datasets that are
     not image files (tensors in memory, generated images)."""
     model.eval()
-    feats, labels = [], []
+    feats, labels, forward = [], [], None
     for images, y in progress(loader, desc, runtime.is_main):
+        x = runtime.to_input(images)
+        if forward is None:
+            engine = choose_engine(runtime, len(loader.dataset), x.shape[-2], x.shape[-1])
+            forward = eval_forward(model.backbone, runtime, x[:1], engine)
         with runtime.autocast():
-            feats.append(model.forward_features(runtime.to_input(images)).float().cpu())
+            feats.append(forward(x).float().cpu())
         labels.append(torch.as_tensor(y))
     return torch.cat(feats).numpy(), torch.cat(labels).numpy()
 

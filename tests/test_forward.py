@@ -1,0 +1,143 @@
+"""The fast eval forward: BatchNorm folded into the convolutions, ONNX Runtime, and the rule that picks one."""
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from headstart.core.errors import UsageError
+from headstart.core.runtime import Runtime
+from headstart.engine import forward as fwd
+from headstart.model import build_model
+
+CPU_FP32 = Runtime(torch.device("cpu"), None, channels_last=True)
+
+
+def _randomise_batchnorm(model: nn.Module) -> nn.Module:
+    """Statistics and affine parameters away from their defaults, so that a wrong fold shows."""
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, _BatchNorm):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name, expected", [("resnet18", 20), ("efficientnet_lite0", 49)])
+def test_folding_keeps_the_outputs_and_leaves_the_original_alone(name, expected):
+    torch.manual_seed(0)
+    backbone = _randomise_batchnorm(build_model(name, 3, pretrained=False).backbone)
+    backbone.train()  # the module being trained: the fold works on an eval copy
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        reference = backbone.eval()(x)
+    backbone.train()
+    folded, count = fwd.fold_batchnorm(backbone, x[:1])
+    assert count == expected
+    assert not any(isinstance(m, _BatchNorm) for m in folded.modules())
+    assert sum(isinstance(m, _BatchNorm) for m in backbone.modules()) == expected and backbone.training
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), reference, rtol=1e-4, atol=1e-4)
+
+
+class _ConvOutputUsedTwice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.bn(y) + y  # folding the BatchNorm into the conv would change the skip
+
+
+class _BatchNormNotAfterTheConv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)  # registered as a pair, but...
+
+    def forward(self, x):
+        return self.bn(torch.relu(self.conv(x)))  # ...a ReLU stands between them
+
+
+@pytest.mark.parametrize("cls, expected", [(_ConvOutputUsedTwice, 0), (_BatchNormNotAfterTheConv, 0)])
+def test_what_cannot_be_folded_is_left_as_it_was(cls, expected):
+    torch.manual_seed(0)
+    model = _randomise_batchnorm(cls())
+    x = torch.randn(2, 3, 8, 8)
+    folded, count = fwd.fold_batchnorm(model, x[:1])
+    assert count == expected
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x))
+
+
+def test_onnx_runtime_computes_what_pytorch_computes():
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    backbone = _randomise_batchnorm(build_model("efficientnet_lite0", 3, pretrained=False).backbone)
+    x = torch.randn(5, 3, 96, 96)
+    with torch.no_grad():
+        reference = backbone(x)
+    run = fwd.OnnxForward(backbone, x[:1])
+    torch.testing.assert_close(run(x), reference, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(run(x[:2, :, :64, :64]), backbone(x[:2, :, :64, :64]).detach(), rtol=1e-4, atol=1e-4)
+
+
+def test_the_engine_rule(monkeypatch):
+    monkeypatch.delenv("HEADSTART_ENGINE", raising=False)
+    monkeypatch.setattr(fwd, "_has_onnxruntime", lambda: True)
+    assert fwd.choose_engine(CPU_FP32, 1000, 224, 224) == "onnxruntime"
+    assert fwd.choose_engine(CPU_FP32, 10, 224, 224) == "torch"  # exporting would cost more than it saves
+    assert fwd.choose_engine(CPU_FP32, 1000, 32, 32) == "torch"
+    bf16 = Runtime(torch.device("cpu"), torch.bfloat16, channels_last=True)
+    assert fwd.choose_engine(bf16, 1000, 224, 224) == "torch"  # ONNX Runtime's CPU kernels are fp32
+    monkeypatch.setattr(fwd, "_has_onnxruntime", lambda: False)
+    assert fwd.choose_engine(CPU_FP32, 1000, 224, 224) == "torch"
+    with pytest.raises(UsageError, match="pip install onnxruntime"):
+        fwd.choose_engine(CPU_FP32, 10, 224, 224, engine="onnxruntime")
+    monkeypatch.setattr(fwd, "_has_onnxruntime", lambda: True)
+    monkeypatch.setenv("HEADSTART_ENGINE", "torch")
+    assert fwd.choose_engine(CPU_FP32, 1000, 224, 224) == "torch"
+    monkeypatch.setenv("HEADSTART_ENGINE", "onnxruntime")
+    assert fwd.choose_engine(CPU_FP32, 1, 8, 8) == "onnxruntime"
+    monkeypatch.setenv("HEADSTART_ENGINE", "tensorrt")
+    with pytest.raises(UsageError, match="HEADSTART_ENGINE must be one of auto, torch, onnxruntime"):
+        fwd.choose_engine(CPU_FP32, 1000, 224, 224)
+
+
+def test_a_failed_export_falls_back_to_pytorch_only_under_auto(monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise RuntimeError("Exporting the operator 'frobnicate' to ONNX is not supported")
+
+    monkeypatch.setattr(fwd, "OnnxForward", broken)
+    model = _randomise_batchnorm(build_model("resnet20", 3, pretrained=False).backbone)
+    x = torch.randn(2, 3, 32, 32)
+    monkeypatch.delenv("HEADSTART_ENGINE", raising=False)
+    run = fwd.eval_forward(model, CPU_FP32, x[:1], "onnxruntime")
+    assert "computing with PyTorch instead" in capsys.readouterr().err
+    with torch.no_grad():
+        torch.testing.assert_close(run(CPU_FP32.to_input(x)), model(x), rtol=1e-4, atol=1e-4)
+    monkeypatch.setenv("HEADSTART_ENGINE", "onnxruntime")
+    with pytest.raises(RuntimeError, match="frobnicate"):
+        fwd.eval_forward(model, CPU_FP32, x[:1], "onnxruntime")
+
+
+def test_features_through_either_engine_agree(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from headstart.data.sources import read_class_folders
+    from headstart.features import extract_features
+    from tests.conftest import make_class_folder
+
+    torch.manual_seed(0)
+    model = build_model("efficientnet_lite0", 3, pretrained=False)
+    _randomise_batchnorm(model.backbone)
+    pre = model.spec.preprocessing(64)
+    paths = [p for p, _ in read_class_folders(make_class_folder(tmp_path / "d", per_class=3, size=40))[1]]
+    out = {}
+    for engine in ("torch", "onnxruntime"):
+        monkeypatch.setenv("HEADSTART_ENGINE", engine)
+        out[engine] = extract_features(model, paths, pre, CPU_FP32, batch_size=4, workers=0,
+                                       cache_dir=tmp_path / f"cache-{engine}").array()
+    torch.testing.assert_close(torch.from_numpy(out["onnxruntime"]), torch.from_numpy(out["torch"]),
+                               rtol=1e-4, atol=1e-4)
