@@ -95,12 +95,13 @@ def test_predict_topk_must_be_positive(tmp_path, capsys):
     assert "--topk must be at least 1" in capsys.readouterr().err
 
 
-def test_help_version_and_usage_errors_do_not_load_torch():
+def test_help_version_usage_errors_and_models_do_not_load_torch():
     code = ("import sys; from headstart.cli import main\n"
             "for argv in (['--version'], ['--help'], ['train', '--help']):\n"
             "    try: main(argv)\n"
             "    except SystemExit: pass\n"
             "assert main(['train', 'd', '--out', 'o', '--lr', '-1']) == 2\n"
+            "assert main(['models', '--json']) == 0\n"
             "print(sorted(m for m in ('torch', 'torchvision', 'timm') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

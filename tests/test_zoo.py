@@ -141,3 +141,35 @@ def test_pickled_objects_are_refused(tmp_path):
     torch.save({"x": Evil()}, path)
     with pytest.raises(ValueError, match="plain state"):
         read_state_dict(path)
+
+
+def test_the_torch_free_catalog_matches_the_registry(tv_resnet18_file, tmp_path, monkeypatch):
+    """``headstart models`` reads core/catalog.json; regenerate it with ``python -m headstart.zoo`` after adding a
+    backbone."""
+    import json
+    from pathlib import Path
+
+    from headstart.core import catalog
+    from headstart.zoo import list_specs
+    from headstart.zoo.__main__ import catalog_entries
+    from headstart.zoo.weights import weights_available
+
+    assert json.loads(catalog.CATALOG.read_text()) == catalog_entries(), "run: python -m headstart.zoo"
+    for env in ({"TORCH_HOME": str(tmp_path / "th")}, {"XDG_CACHE_HOME": str(tmp_path / "xdg")}, {}):
+        for k in ("TORCH_HOME", "XDG_CACHE_HOME"):
+            monkeypatch.delenv(k, raising=False)
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        assert catalog.torch_hub_dir() == Path(torch.hub.get_dir())
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    cached = tmp_path / "th" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(tv_resnet18_file[1].read_bytes())
+    rows = {r["name"]: r for r in catalog.listing()}
+    for spec in list_specs():
+        found = weights_available(spec)
+        assert rows[spec.name]["available"] == bool(found), spec.name
+        if found:
+            assert rows[spec.name]["weights"] == found
+    assert rows["resnet18"]["available"] and not rows["resnet34"]["available"]
+    assert rows["resnet20"]["weights"].startswith("none")

@@ -15,18 +15,9 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from headstart.zoo import list_specs
-    from headstart.zoo.weights import weights_available
+    from headstart.core.catalog import listing  # no torch: the answer takes a fraction of a second
 
-    rows = []
-    for spec in list_specs():
-        where = weights_available(spec)
-        if not spec.sources:
-            status = "none (random init: scratch only)"
-        else:
-            status = where or "needs network or --weights FILE"
-        rows.append({"name": spec.name, "family": spec.family, "num_features": spec.num_features,
-                     "input_size": spec.input_size, "weights": status, "available": bool(where)})
+    rows = listing()
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0

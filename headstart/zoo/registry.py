@@ -15,6 +15,7 @@ from torch import nn
 
 from headstart.core.errors import UsageError
 from headstart.core.preprocessing import Preprocessing
+from headstart.core.catalog import find_weights
 
 StateDict = Mapping[str, torch.Tensor]
 
@@ -27,14 +28,22 @@ class WeightSource:
         kind: ``package`` (ships with a pip package, offline), ``cache`` (torchvision/timm download cache)
             or ``download`` (needs the network).
         describe: a short human sentence about where it is, used in listings and errors.
-        locate: returns the local file if it is present now (never touches the network), else None.
+        locate: returns the local file if it is present now (never touches the network), else None; by default
+            :func:`headstart.core.catalog.find_weights` of ``where``.
         fetch: downloads the file and returns its path (``download`` sources only).
+        where: a location :mod:`headstart.core.catalog` can check without torch: ``("package", module, class)``
+            or ``("torch_hub", file name)``.
     """
 
     kind: str
     describe: str
-    locate: Callable[[], str | None]
+    locate: Callable[[], str | None] | None = None
     fetch: Callable[[], str] | None = None
+    where: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.locate is None:
+            object.__setattr__(self, "locate", lambda: find_weights(self.where))
 
 
 @dataclass(frozen=True)

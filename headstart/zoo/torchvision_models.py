@@ -8,17 +8,13 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
+from headstart.core.catalog import find_weights
 from headstart.zoo.registry import BackboneSpec, WeightSource, register
-
-
-def _cache_file(url: str) -> str | None:
-    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
-    return str(path) if path.is_file() else None
 
 
 def _fetch(url: str) -> str:
     torch.hub.load_state_dict_from_url(url, progress=True, check_hash=True, map_location="cpu", weights_only=True)
-    path = _cache_file(url)
+    path = find_weights(("torch_hub", Path(url).name))
     assert path is not None, "torch.hub downloaded to an unexpected place"
     return path
 
@@ -26,7 +22,7 @@ def _fetch(url: str) -> str:
 def _sources(weights) -> tuple[WeightSource, ...]:
     url = weights.url
     return (
-        WeightSource("cache", f"torch hub cache {Path(url).name}", locate=lambda: _cache_file(url)),
+        WeightSource("cache", f"torch hub cache {Path(url).name}", where=("torch_hub", Path(url).name)),
         WeightSource("download", url, locate=lambda: None, fetch=lambda: _fetch(url)),
     )
 
