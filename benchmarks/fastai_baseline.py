@@ -2,7 +2,10 @@
 
 EfficientNet-Lite0 with headstart's offline ImageNet weights as the body; fastai's default head (concat pooling,
 BatchNorm, dropout, two linear layers); ``learn.freeze()`` (vision_learner's default for a pretrained body: body
-frozen except its BatchNorm layers, fastai's ``train_bn``); ``fit_one_cycle(epochs)``. Prints one JSON line last.
+frozen except its BatchNorm layers, fastai's ``train_bn``); ``fit_one_cycle(epochs)``, or with ``--fine-tune``
+fastai's ``fine_tune(epochs)`` (one frozen epoch, then ``epochs`` with the whole body unfrozen). Without a ``val/``
+folder, ``--valid-pct`` of ``train/`` is held out, as headstart holds out 20%. Then predicts ``test/``. Prints one
+JSON line last, with the seconds of the training and the training images per second (images x epochs / seconds).
 
 fastai is never a dependency of headstart: run this with the python of a separate venv that reuses headstart's
 torch 2.14.1 instead of downloading another (fastai 2.8.12 installs against it):
@@ -59,26 +62,35 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--valid-pct", type=float, default=0.2, help="held out of train/ when there is no val/ folder")
+    ap.add_argument("--fine-tune", action="store_true", help="fine_tune(epochs) instead of frozen fit_one_cycle")
     args = ap.parse_args()
 
     make_runtime("cpu", "fp32")  # the same thread setting as headstart
     data = Path(args.data)
-    dls = ImageDataLoaders.from_folder(data, train="train", valid="val", item_tfms=Resize(args.image_size),
+    split = {"valid": "val"} if (data / "val").is_dir() else {"valid_pct": args.valid_pct, "seed": 0}
+    dls = ImageDataLoaders.from_folder(data, train="train", item_tfms=Resize(args.image_size),
                                       batch_tfms=Normalize.from_stats([0.5] * 3, [0.5] * 3), bs=args.batch_size,
-                                      num_workers=args.workers, device=torch.device("cpu"))
+                                      num_workers=args.workers, device=torch.device("cpu"), **split)
     learn = vision_learner(dls, efficientnet_lite0, metrics=accuracy, pretrained=True)
     # fastai's mixed precision autocasts for CUDA only, so on CPU it trains in fp32; channels-last does apply.
     learn.to_channelslast(use_amp=False)
     t0 = time.perf_counter()
     with learn.no_bar(), learn.no_logging():
-        learn.fit_one_cycle(args.epochs)
+        if args.fine_tune:
+            learn.fine_tune(args.epochs, freeze_epochs=1)
+        else:
+            learn.fit_one_cycle(args.epochs)
     seconds = time.perf_counter() - t0
+    epochs = args.epochs + (1 if args.fine_tune else 0)
     with learn.no_bar():
         _, val_acc = learn.validate()
         preds, targets = learn.get_preds(dl=dls.test_dl(get_image_files(data / "test"), with_labels=True))
     test_acc = (preds.argmax(1) == targets).float().mean().item()
     print(json.dumps({"fastai": fastai.__version__, "seconds": seconds, "val_acc": float(val_acc),
-                      "test_acc": test_acc, "epochs": args.epochs, "image_size": args.image_size,
+                      "test_acc": test_acc, "epochs": epochs, "image_size": args.image_size,
+                      "mode": "fine_tune" if args.fine_tune else "fit_one_cycle (frozen)",
+                      "train_images": len(dls.train_ds), "train_images_per_second": len(dls.train_ds) * epochs / seconds,
                       "frozen_groups": len(learn.opt.param_groups) - 1 if learn.opt else None}))
 
 

@@ -110,3 +110,26 @@ def test_given_splits_leave_out_validation_copies_of_training_images(tmp_path):
     kept = train(TrainConfig(data=str(data), out=str(tmp_path / "run2"), strategy="linear-probe", image_size=32,
                              keep_leaked=True))
     assert kept["leakage"]["excluded_val"] == 0 and kept["val_images"] == 10
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_metrics_are_scikit_learns(seed, tmp_path):
+    """classification_metrics computes in numpy what scikit-learn defines (sklearn is not imported by evaluate)."""
+    from sklearn.metrics import balanced_accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+    from headstart.evaluation.metrics import classification_metrics, plot_confusion
+
+    rng = np.random.default_rng(seed)
+    classes = ["a", "b", "c", "d", "never"]  # 'never' is neither true nor predicted: zero_division=0
+    y_true, y_pred = rng.integers(0, 4, 200), rng.integers(0, 4, 200)
+    y_pred[:30] = y_true[:30]
+    y_true[y_true == 3] = 2  # class d is predicted but never true
+    m = classification_metrics(y_true, y_pred, classes)
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=range(5), zero_division=0)
+    for i, c in enumerate(classes):
+        assert m["per_class"][c] == pytest.approx({"precision": p[i], "recall": r[i], "f1": f[i], "support": s[i]})
+    assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y_true, y_pred))
+    assert m["confusion_matrix"] == confusion_matrix(y_true, y_pred, labels=range(5)).tolist()
+    assert m["accuracy"] == pytest.approx((y_true == y_pred).mean())
+    plot_confusion(m, tmp_path / "cm.png")
+    assert (tmp_path / "cm.png").read_bytes()[:4] == b"\x89PNG"
