@@ -6,16 +6,20 @@ Data: Fashion-MNIST as PNG files: 500 training images (50 per class; headstart h
 
 Measured:
 
-- ``headstart --help``, ``--version`` and a usage error (``--lr -1``): start-up, no torch import.
+- ``headstart --help``, ``--version``, a usage error (``--lr -1``) and ``headstart models``: start-up, no torch.
 - ``headstart train --strategy linear-probe``: cold cache, then the same command again into another run (warm).
 - ``headstart evaluate`` of that run on the 1,000 test images, twice (the first may already hit: ``train``'s own
   test pass cached them), and once with ``--tta`` (which cannot use the cache: the full model, twice per image).
-- the backbone's own throughput in this process (fp32 or bf16 as ``auto`` picks, channels-last, batch 32):
-  the ceiling for any command that must run the backbone.
+- ``headstart train --strategy fine-tune --epochs 3`` and its ``evaluate``: training throughput where it counts.
+- with ``--fastai-python``: ``benchmarks/fastai_baseline.py`` on the same folder, same weights, as whole commands:
+  frozen ``fit_one_cycle(5)`` and ``fine_tune(3)``, each with its prediction of the 1,000 test images.
+- in this process (``benchmarks/backbone_speed.py``): the backbone's eval forward each way (eager, BatchNorm
+  folded, ONNX Runtime, bf16), the extraction pipeline against it at 64 px and at the run's size, and training
+  steps of ``full`` and ``fine-tune`` in fp32 and bf16.
 
-Example (about 3 minutes idle on 2 CPU cores at 224 px):
+Example (about 25 minutes idle on 2 CPU cores at 224 px with fastai, 8 without):
 
-    python benchmarks/speed.py --out /tmp/speed
+    python benchmarks/speed.py --out /tmp/speed --fastai-python /tmp/fastai-venv/bin/python
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 
 def timed(cmd: list[str], env: dict) -> tuple[float, subprocess.CompletedProcess]:
     t0 = time.perf_counter()
@@ -35,28 +41,12 @@ def timed(cmd: list[str], env: dict) -> tuple[float, subprocess.CompletedProcess
     return time.perf_counter() - t0, done
 
 
-def backbone_throughput(image_size: int, batches: int = 6, batch: int = 32) -> dict:
-    import torch
-
-    from headstart.core.runtime import make_runtime
-    from headstart.model import build_model
-
-    runtime = make_runtime("cpu")
-    model = runtime.prepare(build_model("efficientnet_lite0", 10)).eval()
-    x = runtime.to_input(torch.randn(batch, 3, image_size, image_size))
-    with torch.inference_mode(), runtime.autocast():
-        model.forward_features(x)  # warm-up
-        t0 = time.perf_counter()
-        for _ in range(batches):
-            model.forward_features(x)
-    seconds = time.perf_counter() - t0
-    return {"images_per_second": batches * batch / seconds, "runtime": runtime.describe()}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="working folder (data, runs, cache, speed.json)")
     ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--fastai-python", default=None, help="python of a venv with fastai (benchmarks/fastai_baseline.py)")
+    ap.add_argument("--fine-tune-epochs", type=int, default=3)
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -75,34 +65,91 @@ def main() -> None:
         if done.returncode not in (0, 2):
             raise SystemExit(f"{name} failed:\n{done.stderr[-2000:]}")
         rows[name] = {"seconds": round(seconds, 2)}
-        print(f"{name:40s} {seconds:8.2f} s", flush=True)
+        print(f"{name:45s} {seconds:8.2f} s", flush=True)
         return done
 
     run("headstart --help", [*hs, "--help"])
     run("headstart --version", [*hs, "--version"])
     run("usage error (--lr -1)", [*hs, "train", str(data), "--out", str(out / "x"), "--lr", "-1"])
+    run("headstart models", [*hs, "models"])
     size = ["--image-size", str(args.image_size)]
     for name, run_dir in (("train linear-probe, cold cache", "cold"), ("train linear-probe, warm cache", "warm")):
         run(name, [*hs, "train", str(data / "train"), "--out", str(out / run_dir), "--strategy", "linear-probe",
                    "--overwrite", *size, "--json"])
-        summary = json.loads((out / run_dir / "summary.json").read_text())
-        rows[name]["val_acc"] = summary["val_acc"]
+        rows[name]["val_acc"] = json.loads((out / run_dir / "summary.json").read_text())["val_acc"]
     for name in ("evaluate (1st)", "evaluate (2nd)"):
         done = run(name, [*hs, "evaluate", str(out / "cold"), str(data / "test"), "--json"])
         rows[name]["accuracy"] = json.loads(done.stdout)["accuracy"]
+    # The same evaluate through folded PyTorch instead of ONNX Runtime, from an empty cache: the engines' parity.
+    env_torch = {**env, "HEADSTART_ENGINE": "torch", "HEADSTART_CACHE": str(cache) + "-torch"}
+    seconds, done = timed([*hs, "evaluate", str(out / "cold"), str(data / "test"), "--json", "--no-report"], env_torch)
+    rows["evaluate, HEADSTART_ENGINE=torch, empty cache"] = {"seconds": round(seconds, 2),
+                                                             "accuracy": json.loads(done.stdout)["accuracy"]}
+    print(f"{'evaluate, HEADSTART_ENGINE=torch, empty cache':45s} {seconds:8.2f} s", flush=True)
     done = run("evaluate --tta (full model)", [*hs, "evaluate", str(out / "cold"), str(data / "test"), "--json",
                                                 "--tta"])
     rows["evaluate --tta (full model)"]["accuracy"] = json.loads(done.stdout)["accuracy"]
-    rows["backbone alone"] = backbone_throughput(args.image_size)
-    cold = rows["train linear-probe, cold cache"]["seconds"]
-    rows["ratios"] = {"warm / cold train": rows["train linear-probe, warm cache"]["seconds"] / cold,
-                      "2nd / 1st evaluate": rows["evaluate (2nd)"]["seconds"] / rows["evaluate (1st)"]["seconds"],
-                      "1,000 test images at backbone speed (s)": 1000 / rows["backbone alone"]["images_per_second"]}
+    ft = f"train fine-tune, {args.fine_tune_epochs} epochs"
+    run(ft, [*hs, "train", str(data / "train"), "--out", str(out / "ft"), "--strategy", "fine-tune", "--overwrite",
+             "--epochs", str(args.fine_tune_epochs), *size, "--json"])
+    rows[ft].update(_sgd_throughput(out / "ft"))
+    done = run("evaluate fine-tune run", [*hs, "evaluate", str(out / "ft"), str(data / "test"), "--json"])
+    rows["evaluate fine-tune run"]["accuracy"] = json.loads(done.stdout)["accuracy"]
+    if args.fastai_python:
+        script = str(Path(__file__).with_name("fastai_baseline.py"))
+        common = ["--data", str(data), "--image-size", str(args.image_size), "--workers", "0"]
+        for name, extra in (("fastai frozen fit_one_cycle(5) + predict test", ["--epochs", "5"]),
+                            (f"fastai fine_tune({args.fine_tune_epochs}) + predict test",
+                             ["--epochs", str(args.fine_tune_epochs), "--fine-tune"])):
+            done = run(name, [args.fastai_python, script, *common, *extra])
+            rows[name]["fastai"] = json.loads(done.stdout.strip().splitlines()[-1])  # its own timing of the fit
+
+    import backbone_speed
+
+    for px in sorted({64, args.image_size}):
+        rows[f"{px} px forward"] = backbone_speed.forward_variants(px)
+        rows[f"{px} px extraction"] = backbone_speed.extraction(data / "test", px)
+    rows["training steps, 224 px"] = backbone_speed.training_steps(args.image_size)
+    rows["ratios"] = _ratios(rows, args, ft)
     rows["machine"] = {"cpus": os.cpu_count(), "load_average_at_end": os.getloadavg()}
     (out / "speed.json").write_text(json.dumps(rows, indent=1))
+    print(json.dumps({k: rows[k] for k in rows if "forward" in k or "extraction" in k or "steps" in k}, indent=1))
     print(json.dumps(rows["ratios"], indent=1))
-    print(f"backbone alone: {rows['backbone alone']['images_per_second']:.1f} img/s "
-          f"({rows['backbone alone']['runtime']}); written {out / 'speed.json'}")
+    print(f"written {out / 'speed.json'}")
+
+
+def _sgd_throughput(run_dir: Path) -> dict:
+    """Training images/s of a run's SGD epochs (the fine-tuning phase), from its metrics.jsonl and split.json."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    sgd = [r for r in records if "train_loss" in r]
+    images = len(json.loads((run_dir / "split.json").read_text())["train"])
+    seconds = sum(r["seconds"] for r in sgd)
+    return {"sgd_epochs": len(sgd), "sgd_seconds": round(seconds, 2), "train_images": images,
+            "train_images_per_second": images * len(sgd) / seconds if seconds else None,
+            "test_acc": json.loads((run_dir / "summary.json").read_text()).get("test_acc")}
+
+
+def _ratios(rows: dict, args, ft: str) -> dict:
+    size = args.image_size
+    best = max(rows[f"{size} px forward"].values())
+    cold = rows["train linear-probe, cold cache"]["seconds"]
+    out = {"warm / cold train": rows["train linear-probe, warm cache"]["seconds"] / cold,
+           "2nd / 1st evaluate": rows["evaluate (2nd)"]["seconds"] / rows["evaluate (1st)"]["seconds"],
+           "evaluate (1st), share of the backbone's speed": (1000 / best) / rows["evaluate (1st)"]["seconds"],
+           f"extraction / fastest forward, {size} px": rows[f"{size} px extraction"]["images_per_second"] / best,
+           "extraction / fastest forward, 64 px": rows["64 px extraction"]["images_per_second"]
+           / max(rows["64 px forward"].values())}
+    lp = "fastai frozen fit_one_cycle(5) + predict test"
+    if lp in rows:
+        ours = cold + rows["evaluate (1st)"]["seconds"]
+        out["linear probe end to end: fastai / headstart (train cold + evaluate)"] = rows[lp]["seconds"] / ours
+    fa = f"fastai fine_tune({args.fine_tune_epochs}) + predict test"
+    if fa in rows:
+        out["fine-tune whole commands: fastai / headstart (train + evaluate)"] = rows[fa]["seconds"] / (
+            rows[ft]["seconds"] + rows["evaluate fine-tune run"]["seconds"])
+        out["fine-tune training images/s: headstart / fastai"] = rows[ft]["train_images_per_second"] / rows[fa][
+            "fastai"]["train_images_per_second"]
+    return out
 
 
 if __name__ == "__main__":

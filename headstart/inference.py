@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -15,7 +15,7 @@ from headstart.data.images import as_rgb_image, is_image_file
 from headstart.data.predictions import predict_images, top_classes
 from headstart.data.sources import expand_paths
 from headstart.data.transforms import eval_transform
-from headstart.engine.forward import model_forward
+from headstart.engine.forward import choose_engine, model_forward
 from headstart.features.probe import cached_logits
 from headstart.model import TransferModel, build_model
 from headstart.rundir import RunDir
@@ -31,6 +31,7 @@ class LoadedRun:
     path: Path
     temperature: float = 1.0  # fitted on the run's validation images; probabilities are softmax(logits / T)
     frozen_backbone: bool = False  # the shipped weights' backbone is the pretrained one: features can be cached
+    _forwards: dict = field(default_factory=dict, repr=False)  # engine -> (state of the weights, eval forward)
 
     def predict(self, images, topk: int = 1, tta: bool = False, batch_size: int = 64) -> list[dict]:
         """Top-k predictions for images in memory or on disk, without writing anything: for a service's own code.
@@ -61,8 +62,18 @@ class LoadedRun:
 
     def forward_for(self, images: torch.Tensor, count: int):
         """The model's eval forward for a pass over ``count`` images like ``images`` (BatchNorm folded, or ONNX
-        Runtime for large CPU passes: :func:`headstart.engine.forward.model_forward`)."""
-        return model_forward(self.model, self.runtime, self.runtime.to_input(images[:1]), count)
+        Runtime for large CPU passes: :func:`headstart.engine.forward.model_forward`).
+
+        Made once per engine and kept while the weights stay as they are (a service calls :meth:`predict` for
+        every request): any change to ``model``'s tensors, in place or by assignment, makes a new one.
+        """
+        engine = choose_engine(self.runtime, count, images.shape[-2], images.shape[-1])
+        state = tuple((id(t), t._version) for t in self.model.state_dict(keep_vars=True).values())
+        kept = self._forwards.get(engine)
+        if kept is None or kept[0] != state:
+            kept = state, model_forward(self.model, self.runtime, self.runtime.to_input(images[:1]), count, engine)
+            self._forwards[engine] = kept
+        return kept[1]
 
 
 def load_run(run_dir: str | Path, device: str = "auto", precision: str = "auto") -> LoadedRun:

@@ -1,5 +1,6 @@
 """The fast eval forward: BatchNorm folded into the convolutions, ONNX Runtime, and the rule that picks one."""
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -141,3 +142,23 @@ def test_features_through_either_engine_agree(tmp_path, monkeypatch):
                                        cache_dir=tmp_path / f"cache-{engine}").array()
     torch.testing.assert_close(torch.from_numpy(out["onnxruntime"]), torch.from_numpy(out["torch"]),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_a_loaded_run_keeps_its_fast_forward_until_the_weights_change(tmp_path, monkeypatch):
+    """A service predicts per request: the folded copy is made once, and again only when the weights change."""
+    from headstart.core.preprocessing import Preprocessing
+    from headstart.inference import LoadedRun
+
+    monkeypatch.setenv("HEADSTART_ENGINE", "torch")
+    model = build_model("resnet20", 3, pretrained=False).eval()
+    run = LoadedRun(model, ["a", "b", "c"], Preprocessing(32, (0.5,) * 3, (0.5,) * 3, "bilinear", 1.0), {},
+                    CPU_FP32, tmp_path)
+    made = []
+    real = fwd.fold_batchnorm
+    monkeypatch.setattr(fwd, "fold_batchnorm", lambda *a: made.append(1) or real(*a))
+    images = [np.random.default_rng(i).integers(0, 255, (32, 32, 3), dtype=np.uint8) for i in range(3)]
+    first = run.predict(images, topk=3)
+    assert run.predict(images, topk=3) == first and len(made) == 1
+    with torch.no_grad():
+        model.head.bias.add_(torch.tensor([0.0, 0.0, 50.0]))  # in place: class c wins everywhere
+    assert [r["label"] for r in run.predict(images)] == ["c"] * 3 and len(made) == 2
