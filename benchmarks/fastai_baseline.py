@@ -4,7 +4,7 @@ EfficientNet-Lite0 with headstart's offline ImageNet weights as the body; fastai
 BatchNorm, dropout, two linear layers); ``learn.freeze()`` (vision_learner's default for a pretrained body: body
 frozen except its BatchNorm layers, fastai's ``train_bn``); ``fit_one_cycle(epochs)``, or with ``--fine-tune``
 fastai's ``fine_tune(epochs)`` (one frozen epoch, then ``epochs`` with the whole body unfrozen). Without a ``val/``
-folder, ``--valid-pct`` of ``train/`` is held out, as headstart holds out 20%. Then predicts ``test/``. Prints one
+folder (or an empty one), ``--valid-pct`` of ``train/`` is held out, as headstart holds out 20%. Then predicts ``test/``. Prints one
 JSON line last, with the seconds of the training and the training images per second (images x epochs / seconds).
 
 fastai is never a dependency of headstart: run this with the python of a separate venv that reuses headstart's
@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # headstart from t
 
 import fastai
 import torch
-from fastai.vision.all import ImageDataLoaders, Normalize, Resize, accuracy, get_image_files, vision_learner
+from fastai.vision.all import (ImageDataLoaders, Normalize, Resize, accuracy, get_image_files, parent_label,
+                               vision_learner)
 from torch import nn
 
 from headstart.core.runtime import make_runtime
@@ -68,15 +69,20 @@ def main() -> None:
 
     make_runtime("cpu", "fp32")  # the same thread setting as headstart
     data = Path(args.data)
-    split = {"valid": "val"} if (data / "val").is_dir() else {"valid_pct": args.valid_pct, "seed": 0}
-    dls = ImageDataLoaders.from_folder(data, train="train", item_tfms=Resize(args.image_size),
-                                      batch_tfms=Normalize.from_stats([0.5] * 3, [0.5] * 3), bs=args.batch_size,
-                                      num_workers=args.workers, device=torch.device("cpu"), **split)
+    loading = dict(item_tfms=Resize(args.image_size), batch_tfms=Normalize.from_stats([0.5] * 3, [0.5] * 3),
+                   bs=args.batch_size, num_workers=args.workers, device=torch.device("cpu"))
+    if (data / "val").is_dir() and any(p.is_file() for p in (data / "val").rglob("*")):
+        dls = ImageDataLoaders.from_folder(data, train="train", valid="val", **loading)
+    else:  # hold out a share of train/ only (from_folder's valid_pct would split every file under data/, test too)
+        dls = ImageDataLoaders.from_path_func(data, get_image_files(data / "train"), parent_label,
+                                              valid_pct=args.valid_pct, seed=0, **loading)
     learn = vision_learner(dls, efficientnet_lite0, metrics=accuracy, pretrained=True)
-    # fastai's mixed precision autocasts for CUDA only, so on CPU it trains in fp32; channels-last does apply.
-    learn.to_channelslast(use_amp=False)
+    # fastai's mixed precision autocasts for CUDA only, so on CPU it trains in fp32. Channels-last weights (the
+    # first convolution then gives channels-last activations); fastai 2.8.12's to_channelslast(use_amp=False) left
+    # every validation pass empty (loss None) on CPU.
+    learn.model.to(memory_format=torch.channels_last)
     t0 = time.perf_counter()
-    with learn.no_bar(), learn.no_logging():
+    with learn.no_bar():  # the epoch table still prints; the JSON line comes last
         if args.fine_tune:
             learn.fine_tune(args.epochs, freeze_epochs=1)
         else:
@@ -84,8 +90,9 @@ def main() -> None:
     seconds = time.perf_counter() - t0
     epochs = args.epochs + (1 if args.fine_tune else 0)
     with learn.no_bar():
-        _, val_acc = learn.validate()
+        val_preds, val_targets = learn.get_preds(dl=dls.valid)
         preds, targets = learn.get_preds(dl=dls.test_dl(get_image_files(data / "test"), with_labels=True))
+    val_acc = (val_preds.argmax(1) == val_targets).float().mean().item()
     test_acc = (preds.argmax(1) == targets).float().mean().item()
     print(json.dumps({"fastai": fastai.__version__, "seconds": seconds, "val_acc": float(val_acc),
                       "test_acc": test_acc, "epochs": epochs, "image_size": args.image_size,

@@ -197,6 +197,12 @@ def model_forward(model: nn.Module, runtime: Runtime, example: torch.Tensor, ima
     if not isinstance(net, TransferModel):
         return model
     net.eval()
-    chosen = choose_engine(runtime, images, example.shape[-2], example.shape[-1], engine)
-    backbone, head = eval_forward(net.backbone, runtime, example, chosen), net.head
+    backbone, head = fast_forward(net.backbone, runtime, example, images, engine), net.head
     return lambda x: head(backbone(x).to(head.weight.device))
+
+
+def fast_forward(module: nn.Module, runtime: Runtime, example: torch.Tensor, images: int,
+                 engine: str | None = None) -> Callable:
+    """:func:`eval_forward` by the engine :func:`choose_engine` picks for ``images`` images like ``example``."""
+    chosen = choose_engine(runtime, images, example.shape[-2], example.shape[-1], engine)
+    return eval_forward(module, runtime, example, chosen)

@@ -22,7 +22,7 @@ from headstart.core.preprocessing import Preprocessing
 from headstart.core.progress import progress
 from headstart.core.runtime import Runtime
 from headstart.engine.calibration import fit_temperature
-from headstart.engine.forward import choose_engine, eval_forward
+from headstart.engine.forward import fast_forward
 from headstart.features.extract import extract_features
 from headstart.features.heads import HEADS, fit_head, refit_head
 from headstart.model import TransferModel
@@ -61,9 +61,7 @@ def features_from_loader(model: TransferModel, loader: DataLoader, runtime: Runt
     feats, labels, forward = [], [], None
     for images, y in progress(loader, desc, runtime.is_main):
         x = runtime.to_input(images)
-        if forward is None:
-            engine = choose_engine(runtime, len(loader.dataset), x.shape[-2], x.shape[-1])
-            forward = eval_forward(model.backbone, runtime, x[:1], engine)
+        forward = forward or fast_forward(model.backbone, runtime, x[:1], len(loader.dataset))
         with runtime.autocast():
             feats.append(forward(x).float().cpu())
         labels.append(torch.as_tensor(y))
