@@ -107,6 +107,14 @@ def test_the_engine_rule(monkeypatch):
         fwd.choose_engine(CPU_FP32, 1000, 224, 224)
 
 
+def test_a_mistyped_engine_stops_the_command_at_once(monkeypatch, capsys, tmp_path):
+    from headstart.cli import main
+
+    monkeypatch.setenv("HEADSTART_ENGINE", "tensorrt")
+    assert main(["evaluate", str(tmp_path / "no-run"), str(tmp_path)]) == 2  # before the run is even looked for
+    assert "HEADSTART_ENGINE must be one of auto, torch, onnxruntime, got 'tensorrt'" in capsys.readouterr().err
+
+
 def test_a_failed_export_falls_back_to_pytorch_only_under_auto(monkeypatch, capsys):
     def broken(*args, **kwargs):
         raise RuntimeError("Exporting the operator 'frobnicate' to ONNX is not supported")

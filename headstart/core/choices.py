@@ -23,3 +23,18 @@ EXPORT_FORMATS = {
     "pt2": "torch.export's ExportedProgram (torch.export.load): for PyTorch runtimes, AOTInductor, ExecuTorch",
 }
 QUANTIZATIONS = ("int8",)
+
+# How eval passes run the network (headstart/engine/forward.py), from the HEADSTART_ENGINE environment variable.
+ENGINES = ("auto", "torch", "onnxruntime")
+
+
+def engine_setting(value: str | None = None) -> str:
+    """``HEADSTART_ENGINE`` (or ``value``): auto (default), torch or onnxruntime; checked when the command starts."""
+    import os
+
+    from headstart.core.errors import UsageError
+
+    value = (value or os.environ.get("HEADSTART_ENGINE") or "auto").strip().lower()
+    if value not in ENGINES:
+        raise UsageError(f"HEADSTART_ENGINE must be one of {', '.join(ENGINES)}, got '{value}'; unset it for auto.")
+    return value

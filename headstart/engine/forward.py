@@ -30,10 +30,10 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from headstart.core.choices import ENGINES, engine_setting  # noqa: F401 (re-exported)
 from headstart.core.errors import UsageError
 from headstart.core.runtime import Runtime
 
-ENGINES = ("auto", "torch", "onnxruntime")
 ORT_MIN_PIXELS = 6_000_000  # images x height x width from which exporting to ONNX Runtime pays (see above)
 
 
@@ -134,14 +134,6 @@ class OnnxForward:
         x = x.detach().float().contiguous().cpu().numpy()
         return torch.from_numpy(np.concatenate([self.session.run(None, {"x": x[i:i + self.CHUNK]})[0]
                                                 for i in range(0, len(x), self.CHUNK)]))
-
-
-def engine_setting(value: str | None = None) -> str:
-    """``HEADSTART_ENGINE`` (or ``value``): auto, torch or onnxruntime."""
-    value = (value or os.environ.get("HEADSTART_ENGINE") or "auto").strip().lower()
-    if value not in ENGINES:
-        raise UsageError(f"HEADSTART_ENGINE must be one of {', '.join(ENGINES)}, got '{value}'.")
-    return value
 
 
 def choose_engine(runtime: Runtime, images: int, height: int, width: int, engine: str | None = None) -> str:
