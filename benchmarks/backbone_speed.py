@@ -90,8 +90,8 @@ def training_steps(size: int = 224, batch: int = 32, steps: int = 3) -> dict[str
             x = torch.randn(n, 3, size, size).contiguous(memory_format=torch.channels_last)
             y = torch.randint(0, 10, (n,))
 
-            def step():
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            def step(model=model, opt=opt, x=x, y=y, bf16=precision == "bf16"):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                     loss = torch.nn.functional.cross_entropy(model(x), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -32,8 +32,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # headstart from t
 
 import fastai
 import torch
-from fastai.vision.all import (ImageDataLoaders, Normalize, Resize, accuracy, get_image_files, parent_label,
-                               vision_learner)
+from fastai.vision.all import (
+    ImageDataLoaders,
+    Normalize,
+    Resize,
+    accuracy,
+    get_image_files,
+    parent_label,
+    vision_learner,
+)
 from torch import nn
 
 from headstart.core.runtime import make_runtime
