@@ -170,3 +170,19 @@ def test_a_loaded_run_keeps_its_fast_forward_until_the_weights_change(tmp_path, 
     with torch.no_grad():
         model.head.bias.add_(torch.tensor([0.0, 0.0, 50.0]))  # in place: class c wins everywhere
     assert [r["label"] for r in run.predict(images)] == ["c"] * 3 and len(made) == 2
+
+
+def test_an_operator_onnx_lacks_is_one_line_and_the_answer_is_unchanged(monkeypatch, capfd):
+    """VGG's adaptive pooling to 7x7 cannot be exported from a 10x10 map: the exporter prints its whole graph; the
+    user sees one line and gets PyTorch's numbers."""
+    pytest.importorskip("onnxruntime")
+    monkeypatch.delenv("HEADSTART_ENGINE", raising=False)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(7), nn.Flatten()).eval()
+    x = torch.randn(2, 3, 12, 12)
+    run = fwd.eval_forward(net, CPU_FP32, x[:1], "onnxruntime")
+    out, err = capfd.readouterr()
+    assert "note: ONNX Runtime could not run this network" in err and "adaptive_avg_pool2d" in err
+    assert "Torch IR graph" not in out + err and len(err.strip().splitlines()) == 1
+    with torch.no_grad():
+        torch.testing.assert_close(run(CPU_FP32.to_input(x)), net(x))

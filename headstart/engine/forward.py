@@ -18,8 +18,10 @@ to ~1e-5 (float rounding), which is why the feature cache does not tell them apa
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
+import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -107,32 +109,61 @@ class OnnxForward:
     """A module's eval forward run by ONNX Runtime on the CPU, in fp32: torch tensors in (any layout), out.
 
     Exported with the TorchScript exporter (about 1 s for EfficientNet-Lite0; torch's newer exporter took 16 s),
-    batch, height and width left free. The session uses as many threads as PyTorch and does not spin between
-    calls, so the decoding between batches gets the cores.
+    the batch size free and the image size fixed (VGG's adaptive pooling exports only for a known size): a pass
+    has one size, and another size gets its own export. The session uses as many threads as PyTorch and does not
+    spin between calls, so the decoding between batches gets the cores.
     """
-
-    def __init__(self, module: nn.Module, example: torch.Tensor, threads: int | None = None):
-        import onnxruntime as ort
-
-        model = copy.deepcopy(module).eval().float().to(memory_format=torch.contiguous_format)
-        buffer = io.BytesIO()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
-            torch.onnx.export(model, (example[:1].float().contiguous().cpu(),), buffer, input_names=["x"],
-                              output_names=["y"], dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}, "y": {0: "n"}},
-                              dynamo=False)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
 
     CHUNK = 16  # images per session call: ~10% more img/s than 64 at 64 and 224 px (benchmarks/backbone_speed.py)
 
+    def __init__(self, module: nn.Module, example: torch.Tensor, threads: int | None = None):
+        self.model = copy.deepcopy(module).eval().float().to(memory_format=torch.contiguous_format)
+        self.threads = threads or torch.get_num_threads()
+        self.sessions: dict[tuple[int, ...], object] = {}
+        self._session(example[:1].detach().float().contiguous().cpu())
+
+    def _session(self, example: torch.Tensor):
+        size = tuple(example.shape[1:])
+        if size not in self.sessions:
+            import onnxruntime as ort
+
+            buffer = io.BytesIO()
+            with warnings.catch_warnings(), _silenced():
+                warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
+                torch.onnx.export(self.model, (example[:1],), buffer, input_names=["x"], output_names=["y"],
+                                  dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, dynamo=False)
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = self.threads
+            options.inter_op_num_threads = 1
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            self.sessions[size] = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+        return self.sessions[size]
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.detach().float().contiguous().cpu().numpy()
-        return torch.from_numpy(np.concatenate([self.session.run(None, {"x": x[i:i + self.CHUNK]})[0]
+        x = x.detach().float().contiguous().cpu()
+        session, x = self._session(x), x.numpy()
+        return torch.from_numpy(np.concatenate([session.run(None, {"x": x[i:i + self.CHUNK]})[0]
                                                 for i in range(0, len(x), self.CHUNK)]))
+
+
+@contextlib.contextmanager
+def _silenced():
+    """Standard output and error, at the file-descriptor level, go nowhere: the exporter prints its whole graph
+    when an operator cannot be exported, and the caller says in one line what happened instead."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, copy_of in zip((1, 2), saved):
+            os.dup2(copy_of, fd)
+            os.close(copy_of)
 
 
 def choose_engine(runtime: Runtime, images: int, height: int, width: int, engine: str | None = None) -> str:
@@ -171,7 +202,8 @@ def eval_forward(module: nn.Module, runtime: Runtime, example: torch.Tensor, eng
         except Exception as exc:
             if engine_setting() == "onnxruntime":
                 raise
-            print(f"note: ONNX Runtime could not run this network ({type(exc).__name__}: {str(exc)[:200]}); "
+            print(f"note: ONNX Runtime could not run this network ({type(exc).__name__}: "
+                  f"{str(exc).split('Torch IR graph')[0].strip()[:200]}); "
                   "computing with PyTorch instead (same results, slower).", file=sys.stderr)
     folded, _ = fold_batchnorm(module, runtime.to_input(example[:1].float()))
     return runtime.prepare(folded)
