@@ -152,7 +152,11 @@ def _silenced():
     when an operator cannot be exported, and the caller says in one line what happened instead."""
     sys.stdout.flush()
     sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
+    try:
+        saved = [os.dup(1), os.dup(2)]
+    except OSError:  # no standard streams to silence (a daemon with them closed)
+        yield
+        return
     try:
         with open(os.devnull, "w") as null:
             os.dup2(null.fileno(), 1)
