@@ -62,7 +62,19 @@ class _BatchNormNotAfterTheConv(nn.Module):
         return self.bn(torch.relu(self.conv(x)))  # ...a ReLU stands between them
 
 
-@pytest.mark.parametrize("cls, expected", [(_ConvOutputUsedTwice, 0), (_BatchNormNotAfterTheConv, 0)])
+class _SharedModules(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.bn = nn.Conv2d(3, 3, 3, padding=1), nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3)
+        self.c, self.bn_c = nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        x = self.bn(self.a(x)) + self.bn(self.b(x))  # one BatchNorm after two convolutions
+        return self.bn_c(self.c(self.bn_c(self.c(x))))  # one pair run twice: left alone too (conservative)
+
+
+@pytest.mark.parametrize("cls, expected", [(_ConvOutputUsedTwice, 0), (_BatchNormNotAfterTheConv, 0),
+                                           (_SharedModules, 0)])
 def test_what_cannot_be_folded_is_left_as_it_was(cls, expected):
     torch.manual_seed(0)
     model = _randomise_batchnorm(cls())

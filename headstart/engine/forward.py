@@ -24,6 +24,7 @@ import io
 import os
 import sys
 import warnings
+from collections import Counter
 from collections.abc import Callable
 
 import numpy as np
@@ -56,9 +57,12 @@ def fold_batchnorm(module: nn.Module, example: torch.Tensor) -> tuple[nn.Module,
     pairs: list[tuple[str, str]] = []
     keep: list[torch.Tensor] = []  # outputs stay alive during the pass, so no id is reused
 
+    calls_of: list[str] = []  # each convolution's name, once per call
+
     def on_conv(m, _, out):
         keep.append(out)
         produced[id(out)] = names[m]
+        calls_of.append(names[m])
 
     def on_bn(m, inputs, _):
         conv = produced.pop(id(inputs[0]), None)
@@ -74,6 +78,9 @@ def fold_batchnorm(module: nn.Module, example: torch.Tensor) -> tuple[nn.Module,
     finally:
         for h in hooks:
             h.remove()
+    # A convolution or BatchNorm that runs more than once (shared weights) belongs to no single pair: left alone.
+    calls = Counter(name for pair in pairs for name in pair) + Counter(calls_of)
+    pairs = [(conv, bn) for conv, bn in pairs if calls[conv] == 2 and calls[bn] == 1]
     if not pairs:
         return model, 0
     unfolded = copy.deepcopy(model)
