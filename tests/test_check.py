@@ -249,3 +249,26 @@ def test_an_empty_class_folder_is_listed_among_the_other_findings(tmp_path, caps
     text = out.out + out.err
     assert code != 0 and "purple" in text and "Traceback" not in text
     assert "truncated" in text or "corrupt" in text or "empty" in text  # the other findings are still there
+
+
+def test_big_jpegs_are_checked_at_reduced_scale_and_truncation_is_still_found(tmp_path):
+    """The check decodes JPEGs with PIL's draft mode (1/2..1/8 scale): a file cut short is still found, and the
+    perceptual hash stays within a few bits of the full decode's."""
+    import imagehash
+
+    from headstart.data.check import inspect_file
+    from headstart.data.images import decode_image
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)
+    big = tmp_path / "big.jpg"
+    Image.fromarray(base).resize((1600, 1200), Image.Resampling.BICUBIC).save(big, quality=92)
+    assert decode_image(big, draft=256).image.size == (400, 300)  # 1/4 scale: the sides stay >= 256
+    facts = inspect_file(str(big))
+    full = decode_image(big).image.resize((64, 64), Image.Resampling.BOX, reducing_gap=2.0)
+    full_bits = int.from_bytes(np.packbits(imagehash.phash(full).hash.ravel()).tobytes(), "big")
+    assert facts.error is None and facts.phash_ok
+    assert bin(facts.phash ^ full_bits).count("1") <= 4
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(big.read_bytes()[: int(big.stat().st_size * 0.95)])
+    assert "truncated" in inspect_file(str(cut)).error.reason

@@ -76,6 +76,10 @@ class FileFacts:
 
 
 MIN_PHASH_SIDE = 64  # pixels on the longest side below which only exact duplicates are looked for
+# The check decodes JPEGs at reduced scale (sides >= 256 px): the perceptual hash needs 32 px, and the one full
+# decode of each image is the training's own. On five 12-megapixel photos: 27-32 ms instead of 171-374 ms per
+# image, perceptual hashes within 0-2 of 64 bits of the full decode's.
+CHECK_DRAFT = 256
 
 
 def inspect_file(path: str, max_pixels: int = MAX_PIXELS, hashes: bool = True) -> FileFacts:
@@ -88,7 +92,7 @@ def inspect_file(path: str, max_pixels: int = MAX_PIXELS, hashes: bool = True) -
         except OSError:
             data = None  # decode_image reads it again and names the failure
     try:
-        decoded = decode_image(path, max_pixels, data=data)
+        decoded = decode_image(path, max_pixels, data=data, draft=CHECK_DRAFT)
     except BadImageError as exc:
         return FileFacts(path, error=exc)
     facts = FileFacts(path, None, decoded.format, decoded.mode, decoded.transparency, decoded.orientation)
