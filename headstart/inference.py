@@ -65,7 +65,8 @@ class LoadedRun:
         Runtime for large CPU passes: :func:`headstart.engine.forward.model_forward`).
 
         Made once per engine and kept while the weights stay as they are (a service calls :meth:`predict` for
-        every request): any change to ``model``'s tensors, in place or by assignment, makes a new one.
+        every request): any change to ``model``'s tensors, in place or by assignment, makes a new one. Changes
+        through ``.data`` bypass autograd's version counter and are not seen: clear ``_forwards`` after them.
         """
         engine = choose_engine(self.runtime, count, images.shape[-2], images.shape[-1])
         state = tuple((id(t), t._version) for t in self.model.state_dict(keep_vars=True).values())

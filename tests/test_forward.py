@@ -73,8 +73,18 @@ class _SharedModules(nn.Module):
         return self.bn_c(self.c(self.bn_c(self.c(x))))  # one pair run twice: left alone too (conservative)
 
 
+class _WeightNormConv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.utils.parametrizations.weight_norm(nn.Conv2d(3, 4, 3, padding=1))
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.bn(self.conv(x))
+
+
 @pytest.mark.parametrize("cls, expected", [(_ConvOutputUsedTwice, 0), (_BatchNormNotAfterTheConv, 0),
-                                           (_SharedModules, 0)])
+                                           (_SharedModules, 0), (_WeightNormConv, 0)])
 def test_what_cannot_be_folded_is_left_as_it_was(cls, expected):
     torch.manual_seed(0)
     model = _randomise_batchnorm(cls())
@@ -151,7 +161,7 @@ def test_features_through_either_engine_agree(tmp_path, monkeypatch):
     from tests.conftest import make_class_folder
 
     torch.manual_seed(0)
-    model = build_model("efficientnet_lite0", 3, pretrained=False)
+    model = CPU_FP32.prepare(build_model("efficientnet_lite0", 3, pretrained=False))  # channels-last weights
     _randomise_batchnorm(model.backbone)
     pre = model.spec.preprocessing(64)
     paths = [p for p, _ in read_class_folders(make_class_folder(tmp_path / "d", per_class=3, size=40))[1]]
