@@ -62,7 +62,7 @@ def fold_batchnorm(module: nn.Module, example: torch.Tensor) -> tuple[nn.Module,
             _fold(model, conv, bn)
         with torch.no_grad(), torch.autocast(example.device.type, enabled=False):
             out = model(example.float())
-    except Exception:  # a model that cannot be copied or refolded: the unfolded network computes the same
+    except Exception:  # noqa: BLE001 (cannot be copied or refolded: the unfolded network computes the same)
         return module, 0
     # The check is for a wrong pairing (errors of the order of the values); TF32 convolutions on GPUs round more.
     scale = max(1.0, reference.abs().max().item()) * (1e-4 if example.device.type == "cpu" else 1e-2)
