@@ -50,24 +50,23 @@ class LoadedRun:
         """
         transform = eval_transform(self.preprocessing)
         count = len(images) if isinstance(images, (list, tuple)) else 1
-        forward = None
 
         def probs(ready: list[torch.Tensor]):
-            nonlocal forward
             x = torch.stack(ready)
-            forward = forward or self.forward_for(x, count * (2 if tta else 1))
-            return predict_probs(forward, x, self.runtime, tta, self.temperature).numpy()
+            return predict_probs(self.forward_for(x, count, tta), x, self.runtime, tta, self.temperature).numpy()
 
         return predict_images(images, transform, probs, self.classes, topk, batch_size)
 
-    def forward_for(self, images: torch.Tensor, count: int):
-        """The model's eval forward for a pass over ``count`` images like ``images`` (BatchNorm folded, or ONNX
-        Runtime for large CPU passes: :func:`headstart.engine.forward.model_forward`).
+    def forward_for(self, images: torch.Tensor, count: int, tta: bool = False):
+        """The model's eval forward for a pass over ``count`` images like ``images`` (twice as many views with
+        ``tta``): BatchNorm folded, or ONNX Runtime for large CPU passes
+        (:func:`headstart.engine.forward.model_forward`).
 
         Made once per engine and kept while the weights stay as they are (a service calls :meth:`predict` for
         every request): any change to ``model``'s tensors, in place or by assignment, makes a new one. Changes
         through ``.data`` bypass autograd's version counter and are not seen: clear ``_forwards`` after them.
         """
+        count *= 2 if tta else 1
         engine = choose_engine(self.runtime, count, images.shape[-2], images.shape[-1])
         state = tuple((id(t), t._version) for t in self.model.state_dict(keep_vars=True).values())
         kept = self._forwards.get(engine)
@@ -137,10 +136,9 @@ def predict_loader(run: LoadedRun, loader, tta: bool = False,
     from headstart.core.progress import progress
 
     run.model.eval()
-    logits, labels, forward = [], [], None
+    logits, labels = [], []
     for images, y in progress(loader, desc):
-        forward = forward or run.forward_for(images, len(loader.dataset) * (2 if tta else 1))
-        logits.append(view_logits(forward, images, run.runtime, tta))
+        logits.append(view_logits(run.forward_for(images, len(loader.dataset), tta), images, run.runtime, tta))
         labels.append(torch.as_tensor(y))
     return torch.cat(logits, dim=1), torch.cat(labels)
 
@@ -157,10 +155,9 @@ def predict_paths(run: LoadedRun, paths: list[str], topk: int = 1, batch_size: i
         return _predict_cached(run, paths, topk, batch_size, workers)
     loader = make_loader(ImageFiles(paths, eval_transform(run.preprocessing)), batch_size, shuffle=False,
                          workers=workers, collate_fn=flagged_collate)
-    results, i, forward = [], 0, None
+    results, i = [], 0
     for images, _, errors in loader:
-        forward = forward or run.forward_for(images, len(paths) * (2 if tta else 1))
-        probs = predict_probs(forward, images, run.runtime, tta, run.temperature)
+        probs = predict_probs(run.forward_for(images, len(paths), tta), images, run.runtime, tta, run.temperature)
         for row in range(len(images)):
             path = paths[i]
             i += 1

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from headstart.core.choices import ENGINES, engine_setting  # noqa: F401 (re-exported)
+from headstart.core.choices import engine_setting
 from headstart.core.errors import UsageError
 from headstart.core.runtime import Runtime
 

@@ -75,14 +75,14 @@ class OnnxModel:
     Raises:
         PathNotFoundError: no such file.
         WeightsError: not an ONNX model, or one without headstart's metadata.
-        UsageError: onnxruntime is not installed (the ``export`` extra).
+        UsageError: onnxruntime is not installed (a dependency of headstart since eval passes use it).
     """
 
     def __init__(self, path: str | Path, threads: int | None = None):
         try:
             import onnxruntime as ort
         except ModuleNotFoundError:
-            raise UsageError(f"reading {path} needs ONNX Runtime: pip install 'headstart[export]'.") from None
+            raise UsageError(f"reading {path} needs ONNX Runtime: pip install onnxruntime.") from None
         self.path = Path(path)
         if not self.path.is_file():
             raise PathNotFoundError(f"{self.path} does not exist; pass an .onnx file made by `headstart export`.")

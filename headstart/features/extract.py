@@ -119,32 +119,26 @@ def iter_features(model: TransferModel, paths: Sequence[str], preprocessing: Pre
     channels_last = runtime.channels_last and engine == "torch"
     loader = make_loader(ImageFiles(paths, eval_resize_crop(preprocessing)), batch_size, shuffle=False, workers=workers,
                          collate_fn=_Collate(preprocessing, to_float=on_cpu, channels_last=channels_last))
-    mean_std = None if on_cpu else tuple(
-        torch.tensor(getattr(preprocessing, k), dtype=torch.float32, device=runtime.device).view(-1, 1, 1)
-        for k in ("mean", "std"))
-    batches = progress(loader, f"{desc} ({engine})" if engine != "torch" else desc, runtime.is_main)
+    if not on_cpu:
+        mean, std = (torch.tensor(getattr(preprocessing, k), dtype=torch.float32, device=runtime.device).view(-1, 1, 1)
+                     for k in ("mean", "std"))
+    batches = iter(progress(loader, f"{desc} ({engine})" if engine != "torch" else desc, runtime.is_main))
     # Decoding is not overlapped with the network: measured on 2 cores, a thread that decoded the next batch during
     # ONNX Runtime's pass gained nothing (0.98x to 1.05x): the pass keeps both cores busy, and the data work is
     # 1.5 ms of the ~19 ms each 224 px image costs. With more cores, loader workers decode in parallel.
-    yield from _features(_one_thread_each(iter(batches), workers == 0 and on_cpu), model, runtime, engine, mean_std)
-
-
-def _one_thread_each(batches: Iterator, one_thread: bool) -> Iterator:
-    """Data work in this process on one thread (PyTorch's per-image ops are too small to split), the network's on
-    all of them."""
+    forward, start = None, 0
     while True:
-        with _threads(1 if one_thread else None):
+        with _threads(1 if workers == 0 and on_cpu else None):  # data work in this process: one thread
             batch = next(batches, None)
         if batch is None:
             return
-        yield batch
-
-
-def _features(batches, model: TransferModel, runtime: Runtime, engine: str, mean_std=None):
-    forward, start = None, 0
-    for images, reasons in batches:
-        x = (runtime.to_input(images) if engine == "torch" else images) if mean_std is None else \
-            _normalize(runtime.to_input(images), *mean_std)
+        images, reasons = batch
+        if not on_cpu:
+            x = _normalize(runtime.to_input(images), mean, std)  # the uint8 batch is normalised on the GPU
+        elif engine == "torch":
+            x = runtime.to_input(images)
+        else:
+            x = images  # ONNX Runtime takes the contiguous batch as the collate made it
         forward = forward or eval_forward(model.backbone, runtime, x[:1], engine)
         with runtime.autocast():
             feats = forward(x)
