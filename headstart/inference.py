@@ -18,7 +18,7 @@ from headstart.data.transforms import eval_transform
 from headstart.engine.forward import choose_engine, model_forward
 from headstart.features.probe import cached_logits
 from headstart.model import TransferModel, build_model
-from headstart.rundir import RunDir
+from headstart.rundir import RunDir, shipped_backbone_is_frozen
 
 
 @dataclass
@@ -88,16 +88,6 @@ def load_run(run_dir: str | Path, device: str = "auto", precision: str = "auto")
     temperature = float(run.weights_metadata(run.BEST).get("temperature", 1.0))
     return LoadedRun(model, classes, Preprocessing.of(config["preprocessing"]), config, runtime, run.path, temperature,
                      frozen_backbone=shipped_backbone_is_frozen(config, run.summary()))
-
-
-def shipped_backbone_is_frozen(config: dict, summary: dict) -> bool:
-    """Whether the shipped weights come from a phase that fitted only the head on frozen features (a linear probe,
-    or the head phase of a recipe when it won), and nothing adapted the backbone since: then ``evaluate`` and
-    ``predict`` take the features from the cache ``train`` filled. Adapted runs and runs without a summary: no."""
-    if config.get("adapted") or not summary.get("best_phase"):
-        return False
-    phase = next((p for p in config.get("strategy_phases") or [] if p.get("name") == summary["best_phase"]), None)
-    return phase is not None and phase.get("fit") == "features" and phase.get("bn") != "adabn"
 
 
 @torch.no_grad()

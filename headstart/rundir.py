@@ -273,3 +273,13 @@ def _within(path: Path, folder: Path) -> bool:
         return True
     except ValueError:
         return False
+
+
+def shipped_backbone_is_frozen(config: dict, summary: dict) -> bool:
+    """Whether the shipped weights come from a phase that fitted only the head on frozen features (a linear probe,
+    or the head phase of a recipe when it won), and nothing adapted the backbone since: then ``evaluate`` and
+    ``predict`` take the features from the cache ``train`` filled. Adapted runs and runs without a summary: no."""
+    if config.get("adapted") or not summary.get("best_phase"):
+        return False
+    phase = next((p for p in config.get("strategy_phases") or [] if p.get("name") == summary["best_phase"]), None)
+    return phase is not None and phase.get("fit") == "features" and phase.get("bn") != "adabn"

@@ -20,7 +20,7 @@ LAYERS = [
     {"strategy"},
     {"engine"},
     {"features"},
-    {"inference", "rundir", "auto", "evaluation", "resnet_transfer"},
+    {"inference", "cached_run", "rundir", "auto", "evaluation", "resnet_transfer"},
     {"export", "report"},
     {"adapt", "train"},
     {"compare", "serve"},

@@ -4,23 +4,24 @@ from __future__ import annotations
 
 import torch
 
+from headstart.core import hardware
 from headstart.core import runtime as rt
 
 
 def test_a_cpu_without_native_bf16_gets_fp32(monkeypatch):
-    monkeypatch.setattr(rt, "cpu_flags", lambda: {"avx2", "avx512f", "avx512bw", "avx512vl", "fma"})
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx2", "avx512f", "avx512bw", "avx512vl", "fma"})
     r = rt.make_runtime("cpu", "auto")
     assert r.amp_dtype is None and "fp32" in r.describe()
 
 
 def test_a_cpu_with_avx512_bf16_or_amx_gets_bf16(monkeypatch):
     for flags in ({"avx512f", "avx512_bf16"}, {"amx_bf16", "amx_tile"}):
-        monkeypatch.setattr(rt, "cpu_flags", lambda flags=flags: flags)
+        monkeypatch.setattr(hardware, "cpu_flags", lambda flags=flags: flags)
         assert rt.make_runtime("cpu", "auto").amp_dtype == torch.bfloat16
 
 
 def test_explicit_precision_wins_and_fp16_scales_gradients_only_on_cuda(monkeypatch):
-    monkeypatch.setattr(rt, "cpu_flags", lambda: set())
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: set())
     assert rt.make_runtime("cpu", "bf16").amp_dtype == torch.bfloat16
     cpu = rt.make_runtime("cpu", "fp16")
     assert not cpu.scales_gradients and not cpu.grad_scaler().is_enabled()
@@ -29,8 +30,8 @@ def test_explicit_precision_wins_and_fp16_scales_gradients_only_on_cuda(monkeypa
 
 
 def test_this_machine_reads_its_own_flags():
-    flags = rt.cpu_flags()
-    assert rt.cpu_has_native_bf16(flags) == bool(flags & {"avx512_bf16", "amx_bf16"})
+    flags = hardware.cpu_flags()
+    assert hardware.cpu_has_native_bf16(flags) == bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def test_progress_off_a_terminal_is_periodic_lines_on_stderr(capsys):

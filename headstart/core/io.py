@@ -12,12 +12,15 @@ import json
 import os
 import tempfile
 from pathlib import Path
-
-import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING
 
 from headstart.core.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
+
+# torch and safetensors.torch are imported where tensors are written or read: reading a run's JSON and YAML (the
+# report, ``evaluate`` from cached features) must not cost torch's import, four seconds on a small machine.
 
 
 def _umask() -> int:
@@ -80,25 +83,42 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 def save_weights(path: str | Path, model: torch.nn.Module, metadata: dict | None = None) -> None:
     """Model weights as safetensors (no pickle), with JSON metadata in the header."""
+    from safetensors.torch import save_file
+
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def load_weights_numpy(path: str | Path) -> dict:
+    """The tensors of a safetensors file as numpy arrays, without importing torch."""
+    from safetensors.numpy import load_file
+
     return load_file(str(path))
 
 
 def weights_metadata(path: str | Path) -> dict:
     """The JSON metadata ``save_weights`` put in a safetensors header (without reading the tensors)."""
-    with safe_open(str(path), framework="pt") as f:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
         return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
 
 
 def save_state(path: str | Path, state: dict) -> None:
     """Training state (model, optimizer, scheduler, counters, RNG) for resuming; only tensors and plain types."""
+    import torch
+
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_state(path: str | Path) -> dict:
+    import torch
+
     return torch.load(path, map_location="cpu", weights_only=True)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from headstart.core import hardware
 from headstart.core.errors import UsageError
 
 
@@ -18,7 +19,7 @@ class Runtime:
     """How tensors are computed on this machine.
 
     On CPUs with native bf16, bf16 autocast with channels-last runs convolutions several times faster than fp32;
-    elsewhere fp32 (:func:`cpu_has_native_bf16`). On CUDA, bf16 or fp16 AMP, fp16 with :meth:`grad_scaler`.
+    elsewhere fp32 (:func:`headstart.core.hardware.cpu_has_native_bf16`). On CUDA, bf16 or fp16 AMP, fp16 with :meth:`grad_scaler`.
     ``autocast()`` is the one context the loop enters.
     """
 
@@ -59,27 +60,6 @@ class Runtime:
         return f"{self.device.type}, {amp}{', channels-last' if self.channels_last else ''}"
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags (Linux ``/proc/cpuinfo``); empty where they cannot be read."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def cpu_has_native_bf16(flags: set[str] | None = None) -> bool:
-    """Whether the CPU computes bf16 in hardware (AVX-512 BF16 or AMX). Measured: with it, bf16 autocast ran
-    EfficientNet-Lite0 3x faster than fp32; without it oneDNN emulates bf16 and the same model ran 10x slower
-    (3 against 32 img/s on a 2-core AMD EPYC). So ``auto`` picks bf16 only here, never because oneDNN can
-    emulate it."""
-    flags = cpu_flags() if flags is None else flags
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
-
-
 def cuda_amp_dtype(device: torch.device) -> torch.dtype:
     """bf16 where the GPU has it natively (Ampere and later), else fp16 (with a gradient scaler)."""
     return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
@@ -105,7 +85,7 @@ def make_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
         if dev.type == "cuda":
             amp = cuda_amp_dtype(dev)
         else:
-            amp = torch.bfloat16 if cpu_has_native_bf16() else None
+            amp = torch.bfloat16 if hardware.cpu_has_native_bf16() else None
     else:
         amp = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}.get(precision, "bad")
         if amp == "bad":

@@ -9,11 +9,16 @@ the sampler repeats the rare images, which with augmentation is often the better
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-from torch.utils.data import Sampler
 
 from headstart.core.choices import BALANCE  # noqa: F401 (re-exported)
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where a tensor is made: the report reads only the class counts (``skew``), without torch.
 
 SKEW_HINT = 3.0  # max/min class count above which training suggests --balance
 
@@ -26,6 +31,8 @@ def class_weights(labels, num_classes: int) -> torch.Tensor:
     """``n / (C * n_c)`` per class; a class without images gets weight 0 (it never appears as a target)."""
     counts = class_counts(labels, num_classes).astype(np.float64)
     w = np.where(counts > 0, counts.sum() / (num_classes * np.maximum(counts, 1)), 0.0)
+    import torch
+
     return torch.tensor(w, dtype=torch.float32)
 
 
@@ -36,11 +43,14 @@ def skew(labels, num_classes: int) -> float:
     return float(counts.max() / counts.min()) if len(counts) else 1.0
 
 
-class BalancedSampler(Sampler):
+class BalancedSampler:
     """Draws ``len(labels)`` indices per epoch with replacement, every class equally likely; the draw depends only
-    on (seed, epoch), and each rank takes its own equal share, so a resumed or distributed run replays it."""
+    on (seed, epoch), and each rank takes its own equal share, so a resumed or distributed run replays it. A
+    sampler for ``DataLoader(sampler=...)``, which needs only ``__iter__`` and ``__len__``."""
 
     def __init__(self, labels, seed: int = 0, rank: int = 0, world_size: int = 1):
+        import torch
+
         labels = np.asarray(labels, dtype=np.int64)
         counts = np.bincount(labels)
         self.weights = torch.as_tensor(1.0 / counts[labels], dtype=torch.float64)
@@ -51,6 +61,8 @@ class BalancedSampler(Sampler):
         self.epoch = epoch
 
     def __iter__(self):
+        import torch
+
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist()
         return iter(order[self.rank::self.world][: len(self)])

@@ -80,6 +80,7 @@ MIN_PHASH_SIDE = 64  # pixels on the longest side below which only exact duplica
 # decode of each image is the training's own. On five 12-megapixel photos: 27-32 ms instead of 171-374 ms per
 # image, perceptual hashes within 0-2 of 64 bits of the full decode's.
 CHECK_DRAFT = 256
+INSPECT_CHUNK = 8  # files per thread-pool task (see inspect_files)
 
 
 def inspect_file(path: str, max_pixels: int = MAX_PIXELS, hashes: bool = True) -> FileFacts:
@@ -109,11 +110,20 @@ def inspect_file(path: str, max_pixels: int = MAX_PIXELS, hashes: bool = True) -
 
 def inspect_files(paths: list[str], max_pixels: int = MAX_PIXELS, workers: int | None = None,
                   hashes: bool = True) -> dict[str, FileFacts]:
-    """:func:`inspect_file` for each distinct path, in a thread pool (PIL releases the GIL while decoding)."""
+    """:func:`inspect_file` for each distinct path, in a thread pool (PIL releases the GIL while decoding).
+
+    Each task is a few files: one task per file made 1,000 Fashion-MNIST thumbnails (where Python, not decoding,
+    is the cost and threads fight over the GIL) 1.5-2x slower than a plain loop on 2 cores; chunks of 8 are as
+    fast as the loop there and keep the pool's 2x on photos."""
     unique = list(dict.fromkeys(paths))
     workers = workers or min(8, (os.cpu_count() or 1) * 2)
+
+    def some(chunk: list[str]) -> list[FileFacts]:
+        return [inspect_file(p, max_pixels, hashes) for p in chunk]
+
     with ThreadPoolExecutor(workers) as pool:
-        return dict(zip(unique, pool.map(lambda p: inspect_file(p, max_pixels, hashes), unique)))
+        parts = pool.map(some, [unique[i:i + INSPECT_CHUNK] for i in range(0, len(unique), INSPECT_CHUNK)])
+        return dict(zip(unique, (f for part in parts for f in part)))
 
 
 def scan(samples: Sequence[Sample], workers: int | None = None,

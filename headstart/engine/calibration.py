@@ -17,11 +17,15 @@ of per-image losses: under DDP each rank sums its shard and one all-reduce per g
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported by the functions that fit: the scores of an evaluation (ECE, reliability) are numpy, and an
+# ``evaluate`` answered from cached features never imports torch (four seconds on a small machine).
 
 T_MIN, T_MAX = 0.05, 20.0
 BINS = 15
@@ -29,6 +33,9 @@ BINS = 15
 
 def _nll_sums(logits: torch.Tensor, labels: torch.Tensor, temperatures: torch.Tensor) -> torch.Tensor:
     """Summed cross-entropy of ``logits / T`` for each T (float64)."""
+    import torch
+    import torch.nn.functional as F
+
     z = logits.double()
     y = labels.long()
     out = torch.empty(len(temperatures), dtype=torch.float64)
@@ -49,6 +56,8 @@ def fit_temperature(logits: torch.Tensor | np.ndarray, labels: torch.Tensor | np
     Returns:
         ``(T, mean loss at T)``; ``(1.0, nan)`` when there are no images.
     """
+    import torch
+
     logits, labels = torch.as_tensor(logits), torch.as_tensor(labels)
     reduce = reduce or (lambda t: t)
     n = float(reduce(torch.tensor([float(len(labels))], dtype=torch.float64))[0])
@@ -70,6 +79,8 @@ def run_temperature(logits, labels) -> float:
     """The temperature a run ships: :func:`fit_temperature`'s, except when every validation image is classified
     correctly. Then any sharper temperature lowers the loss, the fit runs to its bound and would make every score
     1.0; nothing can be estimated from such a validation set, so the scores stay as the model gives them (T = 1)."""
+    import torch
+
     logits, labels = torch.as_tensor(logits), torch.as_tensor(labels)
     if len(labels) == 0 or bool((logits.argmax(1) == labels).all()):
         return 1.0
@@ -116,7 +127,10 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
 
 
 def softmax(logits, temperature: float = 1.0) -> np.ndarray:
-    return torch.as_tensor(logits, dtype=torch.float64).div(temperature).softmax(1).numpy()
+    """The softmax of ``logits / temperature`` over the last axis, in float64 (numpy; a tensor is accepted)."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z = np.exp(z - z.max(-1, keepdims=True))
+    return z / z.sum(-1, keepdims=True)
 
 
 def calibration_summary(logits, labels, temperature: float, bins: int = BINS) -> dict:

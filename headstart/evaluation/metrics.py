@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from headstart.core.errors import PathNotFoundError, UsageError
 from headstart.data.check import inspect_files
-from headstart.data.dataset import ImageFiles, make_loader
 from headstart.data.leakage import duplicates_of
 from headstart.data.sources import read_class_folders
-from headstart.data.transforms import eval_transform
-from headstart.engine.calibration import compare_calibration
-from headstart.features.probe import cached_logits_of
-from headstart.inference import LoadedRun, predict_loader, probs_from_logits
+from headstart.engine.calibration import compare_calibration, softmax
+from headstart.cached_run import CachedRun
 from headstart.rundir import RunDir
+
+if TYPE_CHECKING:
+    from headstart.inference import LoadedRun
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
@@ -47,15 +48,13 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list
 
 
 def plot_confusion(metrics: dict, path: str | Path, title: str = "") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: no global state, and half a second less to import
 
     cm = np.array(metrics["confusion_matrix"])
     classes = metrics["classes"]
     n = len(classes)
-    fig, ax = plt.subplots(figsize=(max(5, 0.6 * n + 2), max(4, 0.6 * n + 1.5)))
+    fig = Figure(figsize=(max(5, 0.6 * n + 2), max(4, 0.6 * n + 1.5)))
+    ax = fig.subplots()
     ax.imshow(cm, cmap="Blues", interpolation="nearest")
     threshold = cm.max() / 2 if cm.size else 0
     for i in range(n):
@@ -67,10 +66,9 @@ def plot_confusion(metrics: dict, path: str | Path, title: str = "") -> None:
     ax.set_title(title or f"accuracy {metrics['accuracy']:.3f} on {metrics['num_images']} images")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
-def evaluate_run(run: LoadedRun, data: str | Path, batch_size: int = 64, workers: int | None = None,
+def evaluate_run(run: LoadedRun | CachedRun, data: str | Path, batch_size: int = 64, workers: int | None = None,
                  tta: bool = False, keep_leaked: bool = False) -> dict:
     """Evaluates a trained run on a folder of class subfolders named like the run's classes.
 
@@ -79,6 +77,10 @@ def evaluate_run(run: LoadedRun, data: str | Path, batch_size: int = 64, workers
     Images that duplicate one of the run's training images (exact or near copies) are left out of the scores and
     counted (``leaked_excluded``), unless ``keep_leaked``. With ``tta`` the predictions average the softmax over each
     image and its mirror image.
+
+    ``run`` is a :class:`~headstart.inference.LoadedRun`, or a
+    :class:`~headstart.cached_run.CachedRun` (a frozen-backbone run, answered from the feature cache
+    without torch when every image is there, else loaded).
     """
     data = Path(data)
     if not data.is_dir():
@@ -90,7 +92,7 @@ def evaluate_run(run: LoadedRun, data: str | Path, batch_size: int = 64, workers
     for path, reason in bad:
         print(f"skipping {path}: {reason}", file=sys.stderr)
     samples = [s for s in samples if facts[s[0]].error is None]
-    leaked = _copies_of_training_images(run, {p: facts[p] for p, _ in samples})
+    leaked = _copies_of_training_images(run.path, {p: facts[p] for p, _ in samples})
     if leaked and not keep_leaked:
         print(f"left out {len(leaked)} image(s) that duplicate a training image of {run.path} (listed in "
               "evaluation.json; --keep-leaked scores them)", file=sys.stderr)
@@ -98,19 +100,12 @@ def evaluate_run(run: LoadedRun, data: str | Path, batch_size: int = 64, workers
     if not samples:
         raise UsageError(f"no readable images in {data}" + (" that are not copies of training images." if leaked
                                                             else "."))
-    if run.frozen_backbone and not tta:  # the features train computed (or an earlier evaluate) are reused
-        found, labels, _ = cached_logits_of(run.model, samples, run.preprocessing, run.runtime, batch_size, workers,
-                                            desc="evaluate")
-        logits = found[None]
-    else:
-        loader = make_loader(ImageFiles(samples, eval_transform(run.preprocessing)), batch_size, shuffle=False,
-                             workers=workers)
-        logits, labels = predict_loader(run, loader, tta=tta, desc="evaluate")
-    probs = probs_from_logits(logits, run.temperature)
-    metrics = classification_metrics(labels.numpy(), probs.argmax(1).numpy(), run.classes)
+    logits, labels = _view_logits(run, samples, batch_size, workers, tta)
+    raw = softmax(logits).mean(0)
+    probs = softmax(logits, run.temperature).mean(0)
+    metrics = classification_metrics(labels, probs.argmax(1), run.classes)
     metrics.update({"data": str(data), "tta": tta, "skipped": [{"path": p, "reason": r} for p, r in bad],
-                    "calibration": compare_calibration(probs_from_logits(logits).numpy(), probs.numpy(),
-                                                       labels.numpy(), run.temperature),
+                    "calibration": compare_calibration(raw, probs, labels, run.temperature),
                     "leaked_excluded": 0 if keep_leaked else len(leaked), "leaked_kept": len(leaked) if keep_leaked
                     else 0, "leaked": sorted(leaked)})
     rundir = RunDir(run.path)
@@ -119,8 +114,35 @@ def evaluate_run(run: LoadedRun, data: str | Path, batch_size: int = 64, workers
     return metrics
 
 
-def _copies_of_training_images(run: LoadedRun, facts: dict) -> set[str]:
+def _view_logits(run: LoadedRun | CachedRun, samples: list[tuple[str, int]], batch_size: int, workers: int | None,
+                 tta: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Logits of every view, ``(views, n, classes)`` float32, and the labels of the n images scored."""
+    if isinstance(run, CachedRun):
+        got = None if tta else run.logits([p for p, _ in samples])
+        if got is not None:  # every image's features were in the cache: no torch at all
+            logits, positions, unreadable = got
+            for path, reason in unreadable:  # changed on disk since the check read it
+                print(f"skipping {path}: {reason}", file=sys.stderr)
+            return logits[None], np.array([samples[i][1] for i in positions], dtype=np.int64)
+        run = run.load()
+    if run.frozen_backbone and not tta:  # the features train computed (or an earlier evaluate) are reused
+        from headstart.features.probe import cached_logits_of
+
+        found, labels, _ = cached_logits_of(run.model, samples, run.preprocessing, run.runtime, batch_size, workers,
+                                            desc="evaluate")
+        return found[None].numpy(), labels.numpy()
+    from headstart.data.dataset import ImageFiles, make_loader
+    from headstart.data.transforms import eval_transform
+    from headstart.inference import predict_loader
+
+    loader = make_loader(ImageFiles(samples, eval_transform(run.preprocessing)), batch_size, shuffle=False,
+                         workers=workers)
+    logits, labels = predict_loader(run, loader, tta=tta, desc="evaluate")
+    return logits.numpy(), labels.numpy()
+
+
+def _copies_of_training_images(run_dir: Path, facts: dict) -> set[str]:
     """Paths among ``facts`` that duplicate one of the run's training images (runs from before fingerprints were
     recorded: none can be found)."""
-    recorded = RunDir(run.path).read_json(RunDir.FINGERPRINTS)
+    recorded = RunDir(run_dir).read_json(RunDir.FINGERPRINTS)
     return set() if recorded is None else duplicates_of(recorded, facts)

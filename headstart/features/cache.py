@@ -25,15 +25,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from headstart.core.errors import OutputError, UsageError
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_ROOT = Path.home() / ".cache" / "headstart" / "features"
 DEFAULT_LIMIT_GB = 20.0  # $HEADSTART_CACHE_MAX_GB; past it the least recently used namespaces are removed
@@ -82,12 +86,69 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
     records the pretrained checksum in its config but holds different backbone weights. Hashing the 13 MB of
     EfficientNet-Lite0 takes ~20 ms; memory format (channels-last) does not change the result.
     """
+    import torch
+
+    return _fingerprint((name, str(t.dtype), tuple(t.shape),
+                         t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+                        for name, t in module.state_dict().items())
+
+
+def arrays_fingerprint(arrays: dict[str, np.ndarray]) -> str:
+    """:func:`weights_fingerprint` of the module whose ``state_dict`` these arrays are (as a safetensors file
+    holds it, read with ``safetensors.numpy``), without torch: the same digest to the bit (a test checks)."""
+    return _fingerprint((name, f"torch.{a.dtype.name}", tuple(a.shape),
+                         np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).reshape(-1).view(np.uint8))
+                        for name, a in arrays.items())
+
+
+def _fingerprint(tensors: Iterable[tuple[str, str, tuple, np.ndarray]]) -> str:
+    """blake2b over ``(name, dtype, shape, bytes as uint8)`` in name order."""
     h = hashlib.blake2b(digest_size=16)
-    for name, t in sorted(module.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else b"")
+    for name, dtype, shape, data in sorted(tensors, key=lambda t: t[0]):
+        h.update(f"{name}:{dtype}:{shape};".encode())
+        h.update(data.data if data.size else b"")
     return h.hexdigest()
+
+
+def feature_key(backbone: str, weights: str, preprocessing, precision: str, view: str = "eval") -> dict:
+    """Everything a feature row depends on besides the image: backbone, its weights' fingerprint
+    (:func:`weights_fingerprint`), the torch and timm versions, preprocessing and the precision it ran in (bf16 and
+    fp32 features differ in the third digit). Torch-free, so a cached run's key is found without loading it."""
+    from headstart.core.preprocessing import Preprocessing
+
+    return {"backbone": backbone, "weights": weights, **library_versions(),
+            "preprocessing": dict(sorted(Preprocessing.of(preprocessing).to_dict().items())),
+            "precision": precision, "view": view}
+
+
+def library_versions() -> dict[str, str]:
+    """torch's and timm's versions: a new release may change a kernel or an architecture's details, and with them
+    the features. torch's is its ``__version__`` (with the build, e.g. ``+cpu``), read from its ``version.py`` when
+    torch is not imported."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    torch = sys.modules.get("torch")
+    out = {"torch": torch.__version__ if torch is not None else torch_version()}
+    try:
+        out["timm"] = version("timm")
+    except PackageNotFoundError:
+        pass
+    return out
+
+
+def torch_version() -> str:
+    """``torch.__version__`` without importing torch (four seconds): the string its ``version.py`` sets."""
+    import importlib.util
+    import re
+
+    spec = importlib.util.find_spec("torch")
+    try:
+        text = Path(spec.origin).with_name("version.py").read_text()
+        return re.search(r"""^__version__\s*=\s*['"]([^'"]+)['"]""", text, re.M).group(1)
+    except (AttributeError, TypeError, OSError):  # an unusual install: ask torch itself
+        import torch
+
+        return torch.__version__
 
 
 class ShardWriter:
@@ -151,8 +212,7 @@ class FeatureCache:
 
     def __init__(self, key: dict, root: str | Path | None = None):
         self.key = key
-        text = json.dumps(key, sort_keys=True)
-        self.dir = Path(root or cache_root()) / hashlib.blake2b(text.encode(), digest_size=10).hexdigest()
+        self.dir = self.folder(key, root)
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -162,6 +222,18 @@ class FeatureCache:
             _atomic_bytes(self.dir / "key.json", json.dumps(key, indent=1, sort_keys=True).encode())
         os.utime(self.dir / "key.json")  # "last used", for eviction
         self.refresh()
+
+    @staticmethod
+    def folder(key: dict, root: str | Path | None = None) -> Path:
+        """The namespace folder of ``key`` under ``root`` (default :func:`cache_root`)."""
+        text = json.dumps(key, sort_keys=True)
+        return Path(root or cache_root()) / hashlib.blake2b(text.encode(), digest_size=10).hexdigest()
+
+    @classmethod
+    def existing(cls, key: dict, root: str | Path | None = None) -> FeatureCache | None:
+        """The namespace of ``key`` when something has been computed into it before, else None (and nothing is
+        created)."""
+        return cls(key, root) if (cls.folder(key, root) / "key.json").is_file() else None
 
     def refresh(self) -> None:
         """Re-reads which shards exist (another process may have added some).

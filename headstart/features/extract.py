@@ -32,30 +32,16 @@ from headstart.core.runtime import Runtime
 from headstart.data.dataset import ImageFiles, default_workers, make_loader
 from headstart.data.transforms import eval_resize_crop
 from headstart.engine.forward import choose_engine, eval_forward
-from headstart.features.cache import FeatureCache, content_hashes, weights_fingerprint
+from headstart.features.cache import (  # noqa: F401 (library_versions: imported from here too)
+    FeatureCache, content_hashes, feature_key, library_versions, weights_fingerprint)
 from headstart.model import TransferModel
 
 
 def cache_key(model: TransferModel, preprocessing: Preprocessing | dict, runtime: Runtime, view: str = "eval") -> dict:
-    """Everything a feature row depends on besides the image: backbone, its current weights, the torch and timm
-    versions, preprocessing and the precision it ran in (bf16 and fp32 features differ in the third digit)."""
-    return {"backbone": model.spec.name, "weights": weights_fingerprint(model.backbone), **library_versions(),
-            "preprocessing": dict(sorted(Preprocessing.of(preprocessing).to_dict().items())),
-            "precision": str(runtime.amp_dtype).removeprefix("torch.") if runtime.amp_dtype else "fp32",
-            "view": view}
-
-
-def library_versions() -> dict[str, str]:
-    """torch's and timm's versions: a new release may change a kernel or an architecture's details, and with them
-    the features."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"torch": torch.__version__}
-    try:
-        out["timm"] = version("timm")
-    except PackageNotFoundError:
-        pass
-    return out
+    """Everything a feature row depends on besides the image (:func:`headstart.features.cache.feature_key`), for
+    ``model``'s backbone as its weights are now and the precision ``runtime`` computes in."""
+    precision = str(runtime.amp_dtype).removeprefix("torch.") if runtime.amp_dtype else "fp32"
+    return feature_key(model.spec.name, weights_fingerprint(model.backbone), preprocessing, precision, view)
 
 
 def _normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
