@@ -24,6 +24,7 @@ import io
 import os
 import sys
 import warnings
+import weakref
 from collections import Counter
 from collections.abc import Callable
 
@@ -37,6 +38,7 @@ from headstart.core.errors import UsageError
 from headstart.core.runtime import Runtime
 
 ORT_MIN_PIXELS = 6_000_000  # images x height x width from which exporting to ONNX Runtime pays (see above)
+_EXPORT_FAILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> input sizes it cannot export at
 
 
 def fold_batchnorm(module: nn.Module, example: torch.Tensor) -> tuple[nn.Module, int]:
@@ -228,12 +230,14 @@ def eval_forward(module: nn.Module, runtime: Runtime, example: torch.Tensor, eng
     ONNX Runtime where asked; if the export fails under ``auto`` (an operator it lacks), the folded PyTorch copy,
     with a line on stderr that says so: the numbers agree to float rounding either way.
     """
-    if engine == "onnxruntime":
+    size = tuple(example.shape[1:])
+    if engine == "onnxruntime" and size not in _EXPORT_FAILED.get(module, ()):
         try:
             return OnnxForward(module, example)
         except Exception as exc:
             if engine_setting() == "onnxruntime":
                 raise
+            _EXPORT_FAILED.setdefault(module, set()).add(size)  # said once; the next passes go straight to PyTorch
             print(f"note: ONNX Runtime could not run this network ({type(exc).__name__}: "
                   f"{str(exc).split('Torch IR graph')[0].strip()[:200]}); "
                   "computing with PyTorch instead (same results, slower).", file=sys.stderr)
