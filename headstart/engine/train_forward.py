@@ -148,7 +148,7 @@ class _Chain(nn.Module):
             x = type(m).forward(m, x) if "forward" in m.__dict__ else m(x)
         return x
 
-    def train(self, mode: bool = True) -> "_Chain":
+    def train(self, mode: bool = True) -> _Chain:
         self.training = mode
         return self
 
