@@ -230,12 +230,12 @@ def eval_forward(module: nn.Module, runtime: Runtime, example: torch.Tensor, eng
     ONNX Runtime where asked; if the export fails under ``auto`` (an operator it lacks), the folded PyTorch copy,
     with a line on stderr that says so: the numbers agree to float rounding either way.
     """
-    size = tuple(example.shape[1:])
-    if engine == "onnxruntime" and size not in _EXPORT_FAILED.get(module, ()):
+    size, forced = tuple(example.shape[1:]), engine_setting() == "onnxruntime"
+    if engine == "onnxruntime" and (forced or size not in _EXPORT_FAILED.get(module, ())):
         try:
             return OnnxForward(module, example)
         except Exception as exc:
-            if engine_setting() == "onnxruntime":
+            if forced:
                 raise
             _EXPORT_FAILED.setdefault(module, set()).add(size)  # said once; the next passes go straight to PyTorch
             print(f"note: ONNX Runtime could not run this network ({type(exc).__name__}: "
