@@ -18,7 +18,7 @@ from headstart.strategy import Phase, enter_phase
 
 CPU_FP32 = Runtime(torch.device("cpu"), None, channels_last=True)
 MANY = 10**6  # images per epoch: ONNX Runtime pays for the frozen prefix
-FEW = 1  # too few to export: the folded PyTorch copy
+FEW = 1000  # at 64 px: enough for the fast path, too few to export (the folded PyTorch copy)
 
 
 def _randomise_batchnorm(model: nn.Module) -> nn.Module:
@@ -179,3 +179,11 @@ def test_a_ddp_wrapped_model_trains_the_same(tmp_path):
     finally:
         dist.destroy_process_group()
     assert plan.prefix and plan.pairs
+
+
+def test_a_short_epoch_stays_eager():
+    """Preparing costs about half a second: an epoch of a few small images would be slower for it."""
+    model = _fine_tune("efficientnet_lite0", pretrained=True)
+    _, _, plan = _train(model, fast=True, images=100, size=64)
+    assert plan is not None and not plan.prefix and not plan.pairs and not any(
+        "forward" in m.__dict__ for m in model.modules())

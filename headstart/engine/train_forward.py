@@ -42,6 +42,12 @@ from headstart.core.runtime import Runtime
 from headstart.engine.forward import _conv_bn_pairs, choose_engine, eval_forward
 
 
+# Images x height x width per epoch from which preparing (seeing the model, checking a step against eager: about
+# 0.5 s for Lite0) pays. Below it the epoch is short and stays eager: at 32 px, 128 images, preparing made an epoch
+# 1.6x slower; at 64 px, 256 images it was a wash (in-process A/B, /tmp script).
+FAST_MIN_PIXELS = 3_000_000
+
+
 @contextlib.contextmanager
 def fast_training_forward(model: nn.Module, runtime: Runtime, images: int) -> Iterator[Callable]:
     """Yields ``forward(images) -> logits`` for one training epoch of ``model`` (a TransferModel or its DDP
@@ -79,10 +85,11 @@ class _FastForward:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.plan is None:
             self.plan = _Plan()
-            try:
-                self.plan = self._prepare(x[:2])
-            except Exception:  # noqa: BLE001 (a model the fast path cannot follow trains as it is, only slower)
-                self.remove()
+            if self.images * x.shape[-2] * x.shape[-1] >= FAST_MIN_PIXELS:
+                try:
+                    self.plan = self._prepare(x[:2])
+                except Exception:  # noqa: BLE001 (a model the fast path cannot follow trains as it is, only slower)
+                    self.remove()
         return self.model(x)
 
     def remove(self) -> None:
