@@ -30,8 +30,8 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from headstart.evaluation.metrics import evaluate_run
     from headstart.cached_run import open_cached_run
+    from headstart.evaluation.metrics import evaluate_run
 
     # A frozen-backbone run whose features are cached is answered without torch; any other is loaded.
     loaded = None if args.tta else open_cached_run(args.run, device=args.device)

@@ -17,7 +17,8 @@ of per-image losses: under DDP each rank sums its shard and one all-reduce per g
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 

@@ -41,7 +41,6 @@ from torch.overrides import TorchFunctionMode
 from headstart.core.runtime import Runtime
 from headstart.engine.forward import _conv_bn_pairs, choose_engine, eval_forward
 
-
 # Images x height x width per epoch from which preparing (seeing the model, checking a step against eager: about
 # 0.5 s for Lite0) pays. Below it the epoch is short and stays eager: at 32 px, 128 images, preparing made an epoch
 # 1.6x slower; at 64 px, 256 images it was a wash (in-process A/B, /tmp script).

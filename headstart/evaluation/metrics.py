@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from headstart.cached_run import CachedRun
 from headstart.core.errors import PathNotFoundError, UsageError
 from headstart.data.check import inspect_files
 from headstart.data.leakage import duplicates_of
 from headstart.data.sources import read_class_folders
 from headstart.engine.calibration import compare_calibration, softmax
-from headstart.cached_run import CachedRun
 from headstart.rundir import RunDir
 
 if TYPE_CHECKING:

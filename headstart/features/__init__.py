@@ -23,4 +23,5 @@ def __getattr__(name: str):
     return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
 
 
-__all__ = sorted(_WHERE)
+__all__ = ["HEADS", "FeatureCache", "Features", "LinearHead", "cache_key", "cache_root", "content_hashes",
+           "extract_features", "file_hash", "fit_head", "iter_features", "weights_fingerprint"]

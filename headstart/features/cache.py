@@ -144,7 +144,7 @@ def torch_version() -> str:
     spec = importlib.util.find_spec("torch")
     try:
         text = Path(spec.origin).with_name("version.py").read_text()
-        return re.search(r"""^__version__\s*=\s*['"]([^'"]+)['"]""", text, re.M).group(1)
+        return re.search(r"""^__version__\s*=\s*['"]([^'"]+)['"]""", text, re.MULTILINE).group(1)
     except (AttributeError, TypeError, OSError):  # an unusual install: ask torch itself
         import torch
 
