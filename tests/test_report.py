@@ -93,6 +93,25 @@ def test_report_of_a_run_has_every_section_and_is_self_contained(run_with_test, 
     assert html.count("<img ") == html.count('<img src="data:image/')
 
 
+
+def test_an_unchanged_figure_is_not_drawn_again(run_with_test, monkeypatch):
+    """``evaluate`` refreshes the report: the figures whose data did not change come from the run's .figures."""
+    from headstart.report import figures, write_report
+
+    run, _ = run_with_test
+    write_report(run)
+    first = (run / "report.html").read_text(encoding="utf-8")
+
+    def reliability_diagrams(panels):  # same name, so the same key: must not be called
+        raise AssertionError("drawn again")
+
+    monkeypatch.setattr(figures, "reliability_diagrams", reliability_diagrams)
+    write_report(run)
+    again = (run / "report.html").read_text(encoding="utf-8")
+    pictures = [part.split('"')[0] for part in first.split('src="data:image/png;base64,')[1:]]
+    assert pictures and pictures == [part.split('"')[0] for part in again.split('src="data:image/png;base64,')[1:]]
+    assert any(p.name.startswith("reliability_diagrams-") for p in (run / ".figures").iterdir())
+
 @pytest.mark.slow
 def test_run_report_renders_in_headless_chromium(run_with_test):
     from headstart.inference import load_run

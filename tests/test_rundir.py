@@ -122,3 +122,25 @@ def test_run_split_finds_old_relative_paths_from_another_folder(tmp_path, monkey
     monkeypatch.chdir(tmp_path)  # not where train ran
     train = RunDir(run).split().train
     assert all(os.path.isabs(p) and os.path.isfile(p) for p, _ in train)
+
+
+def test_remembered_bytes_are_made_once_per_key_and_the_folder_stays_small(tmp_path):
+    from headstart.core.io import remembered_bytes
+
+    made = []
+
+    def make(value):
+        made.append(value)
+        return value.encode()
+
+    folder = tmp_path / ".figures"
+    assert remembered_bytes(folder, "a.png", {"x": 1}, lambda: make("one")) == b"one"
+    assert remembered_bytes(folder, "a.png", {"x": 1}, lambda: make("two")) == b"one" and made == ["one"]
+    assert remembered_bytes(folder, "a.png", {"x": 2}, lambda: make("three")) == b"three"
+    for i in range(5):
+        remembered_bytes(folder, "b.png", i, lambda i=i: make(str(i)), keep=3)
+    assert len(list(folder.iterdir())) == 3 and all(p.suffix == ".png" for p in folder.iterdir())
+    assert remembered_bytes(None, "a.png", {"x": 1}, lambda: make("four")) == b"four"
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")  # cannot hold anything: made every time, no error
+    assert remembered_bytes(blocked, "a.png", 1, lambda: make("five")) == b"five"

@@ -64,6 +64,39 @@ def write_yaml(path: str | Path, obj) -> None:
     write_text(path, yaml.safe_dump(obj, sort_keys=False))
 
 
+def remembered_bytes(folder: str | Path | None, name: str, key, make, keep: int = 32) -> bytes:
+    """``make()``, or what it made before for the same ``key`` (anything JSON can write), kept in ``folder``.
+
+    For drawings that are a function of their data alone: every ``evaluate`` refreshes the run's report, and
+    drawing its unchanged figures again cost a second, most of it importing matplotlib. The ``keep`` files written
+    last are kept; a folder that cannot be written is not an error (the bytes are made every time).
+    """
+    if folder is None:
+        return make()
+    import hashlib
+
+    digest = hashlib.blake2b(json.dumps(key, sort_keys=True, default=str).encode(), digest_size=12).hexdigest()
+    stem, dot, suffix = name.partition(".")
+    path = Path(folder) / f"{stem}-{digest}{dot}{suffix}"
+    try:
+        return path.read_bytes()
+    except OSError:
+        pass
+    data = make()
+    try:
+        write_bytes(path, data)
+        kept = sorted((p for p in Path(folder).iterdir() if p.is_file()), key=lambda p: p.stat().st_mtime_ns)
+        for old in kept[:-keep]:
+            old.unlink(missing_ok=True)
+    except OSError:
+        pass
+    return data
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     """One dict per line; a torn last line (a crash while it was appended) is left out, any other bad line is an
     error naming the file and line."""

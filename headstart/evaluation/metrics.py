@@ -10,6 +10,7 @@ import numpy as np
 
 from headstart.cached_run import CachedRun
 from headstart.core.errors import PathNotFoundError, UsageError
+from headstart.core.io import remembered_bytes, write_bytes
 from headstart.data.check import inspect_files
 from headstart.data.leakage import duplicates_of
 from headstart.data.sources import read_class_folders
@@ -47,7 +48,23 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list
     }
 
 
-def plot_confusion(metrics: dict, path: str | Path, title: str = "") -> None:
+def plot_confusion(metrics: dict, path: str | Path, title: str = "", remember_in: str | Path | None = None) -> None:
+    """Draws the confusion matrix of ``metrics`` as a PNG into ``path`` (a file name or a binary file object).
+    With ``remember_in`` (a run's ``.figures`` folder) an unchanged matrix is not drawn again."""
+    from importlib.metadata import version
+
+    title = title or f"accuracy {metrics['accuracy']:.3f} on {metrics['num_images']} images"
+    key = ["confusion", version("matplotlib"), metrics["confusion_matrix"], metrics["classes"], title]
+    data = remembered_bytes(remember_in, "confusion.png", key, lambda: _draw_confusion(metrics, title))
+    if hasattr(path, "write"):
+        path.write(data)
+    else:
+        write_bytes(path, data)
+
+
+def _draw_confusion(metrics: dict, title: str) -> bytes:
+    import io
+
     from matplotlib.figure import Figure  # not pyplot: no global state, and half a second less to import
 
     cm = np.array(metrics["confusion_matrix"])
@@ -63,9 +80,11 @@ def plot_confusion(metrics: dict, path: str | Path, title: str = "") -> None:
     ax.set(xticks=range(n), yticks=range(n), xlabel="Predicted label", ylabel="True label")
     ax.set_xticklabels(classes, rotation=45, ha="right", rotation_mode="anchor")
     ax.set_yticklabels(classes)
-    ax.set_title(title or f"accuracy {metrics['accuracy']:.3f} on {metrics['num_images']} images")
+    ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    return buf.getvalue()
 
 
 def evaluate_run(run: LoadedRun | CachedRun, data: str | Path, batch_size: int = 64, workers: int | None = None,
@@ -110,7 +129,7 @@ def evaluate_run(run: LoadedRun | CachedRun, data: str | Path, batch_size: int =
                     else 0, "leaked": sorted(leaked)})
     rundir = RunDir(run.path)
     rundir.write_json(rundir.EVALUATION, metrics)
-    plot_confusion(metrics, rundir / rundir.CONFUSION)
+    plot_confusion(metrics, rundir / rundir.CONFUSION, remember_in=rundir / rundir.FIGURES)
     return metrics
 
 

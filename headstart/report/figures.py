@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from headstart.core.io import remembered_bytes
 from headstart.data.images import load_image
 
 DPI = 144  # drawn at twice the size shown: sharp on high-density screens and in print
@@ -22,6 +23,15 @@ def figure(**kwargs):
     from matplotlib.figure import Figure
 
     return Figure(**kwargs)
+
+
+def remembered(folder: str | Path | None, draw, *args) -> bytes:
+    """``draw(*args)``, one of the figures below, or the PNG it drew for the same data before, kept in ``folder``
+    (the run's ``.figures``): ``evaluate`` refreshes the report, and most of its figures have not changed."""
+    from importlib.metadata import version
+
+    return remembered_bytes(folder, f"{draw.__name__}.png", [draw.__name__, DPI, version("matplotlib"), args],
+                            lambda: draw(*args))
 
 
 def png(fig) -> bytes:

@@ -56,6 +56,7 @@ class RunReport:
         self.leakage = self.run.read_json(self.run.LEAKAGE, {})
         self.skipped = self.run.skipped()
         self.top_losses, self.max_images, self.device, self.loaded = top_losses, max_images, device, loaded
+        self.figures = self.run.path / RunDir.FIGURES  # drawn figures by their data (figures.remembered)
         try:
             self.splits = self.run.split()
         except HeadstartError:
@@ -284,7 +285,7 @@ class RunReport:
         best = self.summary.get("best_epoch")
         body = ""
         if any("train_loss" in r for r in self.records):
-            curves = figures.training_curves(self.records, best)
+            curves = figures.remembered(self.figures, figures.training_curves, self.records, best)
             body += figure(curves,
                            "training curves: loss, accuracy and learning rate by epoch",
                            "Phases are shaded and named; the dashed green line is the epoch whose weights ship. A "
@@ -361,7 +362,7 @@ class RunReport:
         body += table(["images", "count", "T", "ECE raw", "ECE with T", "NLL raw", "NLL with T"], rows)
         drawn = [(n, c) for n, c in panels if c.get("reliability_after")]
         if drawn:
-            diagrams = figures.reliability_diagrams(drawn)
+            diagrams = figures.remembered(self.figures, figures.reliability_diagrams, drawn)
             body += figure(diagrams, "reliability diagrams",
                            "Each point is one bin of top-1 confidence: its mean confidence against its accuracy; its "
                            "area is the bin's share of the images. On the dashed diagonal a score means what it says.",
