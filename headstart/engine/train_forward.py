@@ -102,6 +102,9 @@ class _FastForward:
         net = self.net
         if not any(p.requires_grad for p in net.parameters()):
             return _Plan()
+        frozen = any(not p.requires_grad for p in net.parameters())
+        if not frozen and not any(isinstance(m, _BatchNorm) and not m.training for m in net.modules()):
+            return _Plan()  # training from scratch: every layer learns, every BatchNorm too; nothing to do
         modes = {m: m.training for m in net.modules()}
         example = example.float()
         try:

@@ -30,8 +30,20 @@ def remembered(folder: str | Path | None, draw, *args) -> bytes:
     (the run's ``.figures``): ``evaluate`` refreshes the report, and most of its figures have not changed."""
     from importlib.metadata import version
 
-    return remembered_bytes(folder, f"{draw.__name__}.png", [draw.__name__, DPI, version("matplotlib"), args],
-                            lambda: draw(*args))
+    key = [draw.__name__, DPI, version("matplotlib"), _drawn_precision(args)]
+    return remembered_bytes(folder, f"{draw.__name__}.png", key, lambda: draw(*args))
+
+
+def _drawn_precision(value):
+    """``value`` with every float to 4 significant digits, more than a figure shows: the calibration of the same
+    images computed from cached features and through the network differs in the 8th digit, and is one picture."""
+    if isinstance(value, float):
+        return float(f"{value:.4g}")
+    if isinstance(value, dict):
+        return {k: _drawn_precision(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_drawn_precision(v) for v in value]
+    return value
 
 
 def png(fig) -> bytes:
