@@ -49,3 +49,19 @@ def _feature_cache_in_tmp(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HEADSTART_CACHE", str(tmp_path_factory.mktemp("feature-cache")))
         yield
+
+
+def randomise_batchnorm(model):
+    """Statistics and affine parameters of every BatchNorm away from their defaults, so that a wrong fold shows."""
+    import torch
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, _BatchNorm):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.5)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+    return model

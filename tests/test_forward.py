@@ -10,20 +10,13 @@ from headstart.core.errors import UsageError
 from headstart.core.runtime import Runtime
 from headstart.engine import forward as fwd
 from headstart.model import build_model
+from tests.conftest import randomise_batchnorm
 
 CPU_FP32 = Runtime(torch.device("cpu"), None, channels_last=True)
 
 
 def _randomise_batchnorm(model: nn.Module) -> nn.Module:
-    """Statistics and affine parameters away from their defaults, so that a wrong fold shows."""
-    g = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, _BatchNorm):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.5)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.2)
-    return model.eval()
+    return randomise_batchnorm(model).eval()
 
 
 @pytest.mark.parametrize("name, expected", [("resnet18", 20), ("efficientnet_lite0", 49)])

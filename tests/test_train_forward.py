@@ -15,22 +15,13 @@ from headstart.engine.forward import OnnxForward
 from headstart.engine.train_forward import fast_training_forward
 from headstart.model import build_model
 from headstart.strategy import Phase, enter_phase
+from tests.conftest import randomise_batchnorm
 
 CPU_FP32 = Runtime(torch.device("cpu"), None, channels_last=True)
 MANY = 10**6  # images per epoch: ONNX Runtime pays for the frozen prefix
 FEW = 1000  # at 64 px: enough for the fast path, too few to export (the folded PyTorch copy)
 
 
-def _randomise_batchnorm(model: nn.Module) -> nn.Module:
-    """Statistics and affine parameters away from their defaults, so that a wrong fold shows."""
-    g = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, _BatchNorm):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.5)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.2)
-    return model
 
 
 def _train(model: nn.Module, fast: bool, steps: int = 3, images: int = MANY, size: int = 64, classes: int = 3):
@@ -76,7 +67,7 @@ def _fine_tune(name: str, pretrained: bool, bn: str = "frozen", train_from: floa
     torch.manual_seed(0)
     model = build_model(name, 3, pretrained=pretrained).to(memory_format=torch.channels_last)
     if not pretrained:
-        _randomise_batchnorm(model)
+        randomise_batchnorm(model)
     enter_phase(model, Phase("fine-tune", epochs=1, lr=1e-3, train_from=train_from, bn=bn))
     return model
 
@@ -121,7 +112,7 @@ class _Net(nn.Module):
         self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
         self.conv_read_twice = conv_read_twice
         self.head = nn.Linear(8, 3)
-        _randomise_batchnorm(self)
+        randomise_batchnorm(self)
         for m in (self.conv1, self.bn1, self.middle):
             m.requires_grad_(False)
 
