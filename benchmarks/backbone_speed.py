@@ -6,7 +6,7 @@ EfficientNet-Lite0 (ImageNet weights, offline), fp32 unless said, images/s of ``
 - BatchNorm folded into the convolutions (:func:`headstart.engine.forward.fold_batchnorm`), channels-last;
 - ONNX Runtime (:class:`headstart.engine.forward.OnnxForward`);
 - bf16 autocast, folded, channels-last (what ``--precision bf16`` would run; ``auto`` takes it only on CPUs with
-  native bf16, :func:`headstart.core.runtime.cpu_has_native_bf16`);
+  native bf16, :func:`headstart.core.hardware.cpu_has_native_bf16`);
 
 then :func:`headstart.features.extract.iter_features` on image files (decode, resize, crop, normalise, the engine
 ``auto`` picks) as a share of the fastest of the above. Training steps (forward, backward, AdamW) of ``full`` and

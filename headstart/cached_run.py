@@ -16,15 +16,15 @@ None or :meth:`CachedRun.logits` does, and the caller loads the run the usual wa
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from headstart.core import hardware
+from headstart.core.io import load_weights_numpy
 from headstart.core.preprocessing import Preprocessing
-from headstart.data.predictions import top_classes
+from headstart.data.predictions import path_records
 from headstart.features.cache import FeatureCache, arrays_fingerprint, content_hashes, feature_key
 from headstart.rundir import RunDir, shipped_backbone_is_frozen
 
@@ -84,16 +84,7 @@ class CachedRun:
         if got is None:
             return None
         logits, positions, bad = got
-        probs = self.probabilities(logits)
-        results: list[dict | None] = [None] * len(paths)
-        for row, i in enumerate(positions):
-            results[i] = {"path": paths[i], **top_classes(probs[row], self.classes, topk)}
-        for path, reason in bad:
-            print(f"cannot predict {path}: {reason}", file=sys.stderr)
-        reasons = dict(bad)
-        return [r if r is not None else {"path": p, "label": None, "score": None,
-                                         "error": reasons.get(p, "could not be decoded")}
-                for p, r in zip(paths, results)]
+        return path_records(paths, positions, self.probabilities(logits), bad, self.classes, topk)
 
     def load(self):
         """The run loaded through torch (:func:`headstart.inference.load_run`), once."""
@@ -120,11 +111,9 @@ def open_cached_run(run_dir: str | Path, device: str = "auto", precision: str = 
     if amp is None:
         return None
     try:
-        from safetensors.numpy import load_file
-
-        tensors = load_file(str(run / run.BEST))
+        tensors = load_weights_numpy(run / run.BEST)
         metadata = run.weights_metadata(run.BEST)
-    except (OSError, ValueError, TypeError):  # bf16 weights, a damaged file: the torch path says what is wrong
+    except (OSError, TypeError):  # unreadable, or bf16 weights numpy cannot hold: the torch path decides
         return None
     weight, bias = tensors.pop("head.weight", None), tensors.pop("head.bias", None)
     backbone = {k.removeprefix("backbone."): v for k, v in tensors.items() if k.startswith("backbone.")}
@@ -150,5 +139,6 @@ def _cpu_precision(device: str, precision: str) -> str | None:
 
 
 def _may_have_gpu() -> bool:
-    """Whether a GPU driver's device files are present (torch might then pick CUDA for ``--device auto``)."""
-    return any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd"))
+    """Whether a GPU driver's device files are present (NVIDIA, AMD ROCm, WSL2's ``/dev/dxg``): torch might then
+    pick the GPU for ``--device auto``, in another precision."""
+    return any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg"))

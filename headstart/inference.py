@@ -12,7 +12,7 @@ from headstart.core.preprocessing import Preprocessing
 from headstart.core.runtime import Runtime, make_runtime
 from headstart.data.dataset import ImageFiles, flagged_collate, make_loader
 from headstart.data.images import as_rgb_image, is_image_file
-from headstart.data.predictions import predict_images, top_classes
+from headstart.data.predictions import path_records, predict_images, top_classes
 from headstart.data.sources import expand_paths
 from headstart.data.transforms import eval_transform
 from headstart.engine.forward import choose_engine, model_forward
@@ -164,16 +164,7 @@ def _predict_cached(run: LoadedRun, paths: list[str], topk: int, batch_size: int
     logits, positions, bad = cached_logits(run.model, paths, run.preprocessing, run.runtime, batch_size, workers,
                                            desc="predict")
     probs = probs_from_logits(logits[None], run.temperature)
-    results: list[dict | None] = [None] * len(paths)
-    for row, i in enumerate(positions):
-        results[i] = {"path": paths[i], **top_classes(probs[row].numpy(), run.classes, topk)}
-    reasons = dict(bad)
-    for i, path in enumerate(paths):
-        if results[i] is None:
-            reason = reasons.get(path, "could not be decoded")
-            print(f"cannot predict {path}: {reason}", file=sys.stderr)
-            results[i] = {"path": path, "label": None, "score": None, "error": reason}
-    return results
+    return path_records(paths, positions, probs.numpy(), bad, run.classes, topk)
 
 
 __all__ = ["LoadedRun", "as_rgb_image", "expand_paths", "is_image_file", "load_run", "predict_loader", "predict_paths",

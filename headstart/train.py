@@ -30,10 +30,10 @@ from headstart.engine.calibration import calibration_summary, run_temperature
 from headstart.engine.loop import FitState, fit, predict_logits
 from headstart.evaluation.metrics import classification_metrics
 from headstart.features.probe import ProbeOptions, cached_logits_of
-from headstart.inference import LoadedRun, shipped_backbone_is_frozen
+from headstart.inference import LoadedRun
 from headstart.model import TransferModel, build_model
 from headstart.report import TensorBoardLogger, write_report
-from headstart.rundir import RunDir
+from headstart.rundir import RunDir, shipped_backbone_is_frozen
 from headstart.strategy import Strategy, get_strategy, make_strategy, uses_pretrained_weights
 from headstart.zoo import get_spec
 

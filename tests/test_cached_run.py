@@ -110,3 +110,16 @@ def test_a_cached_evaluate_and_predict_never_import_torch(probe):
     verdict = json.loads(done.stderr.strip().splitlines()[-1])
     assert verdict == {"rc": [0, 0], "torch": False}, done.stderr[-2000:]
     assert json.loads(done.stdout.split("\n[")[0])["num_images"] == 12
+
+
+def test_a_damaged_weights_file_is_one_sentence(probe, tmp_path, capsys):
+    from headstart.cli import main
+
+    run, test = probe
+    damaged = shutil.copytree(run, tmp_path / "damaged")
+    data = (damaged / "best.safetensors").read_bytes()
+    (damaged / "best.safetensors").write_bytes(data[: len(data) // 3])
+    for argv in (["evaluate", str(damaged), str(test)], ["predict", str(damaged), str(test)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "best.safetensors is not a readable safetensors file" in err and "Traceback" not in err

@@ -78,7 +78,7 @@ def test_cache_info_and_clear_commands(tmp_path, monkeypatch, capsys):
 
 
 def test_the_cache_key_holds_the_library_versions():
-    from headstart.features.extract import library_versions
+    from headstart.features.cache import library_versions
 
     v = library_versions()
     assert v["torch"] == torch.__version__ and "timm" in v

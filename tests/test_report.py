@@ -275,3 +275,12 @@ def test_train_writes_the_report_and_tensorboard_events_when_asked(tmp_path):
     assert any("val" in t and "loss" in t for t in tags) and any("lr" in t for t in tags)
     record = [line for line in (run / "metrics.jsonl").read_text().splitlines() if '"lrs"' in line]
     assert record  # every layer group's learning rate is recorded for the SGD epochs
+
+
+def test_a_remembered_figure_is_keyed_by_what_it_prints():
+    from headstart.report.figures import _as_drawn
+
+    # the same calibration through cached features and through the network: one picture
+    assert _as_drawn({"ece": 0.0347754628604, "t": [1.2]}) == _as_drawn({"ece": 0.0347754631, "t": [1.2]})
+    # a legend printed with 3 decimals reads 0.123 for one and 0.124 for the other: two pictures
+    assert _as_drawn(0.12349999) != _as_drawn(0.12350001)

@@ -178,3 +178,29 @@ def test_a_short_epoch_stays_eager():
     _, _, plan = _train(model, fast=True, images=100, size=64)
     assert plan is not None and not plan.prefix and not plan.pairs and not any(
         "forward" in m.__dict__ for m in model.modules())
+
+
+def test_headstart_train_forward_eager_turns_it_off(monkeypatch):
+    monkeypatch.setenv("HEADSTART_TRAIN_FORWARD", "eager")
+    _, _, plan = _train(_fine_tune("efficientnet_lite0", pretrained=True), fast=True)
+    assert not plan.prefix and not plan.pairs
+    monkeypatch.setenv("HEADSTART_TRAIN_FORWARD", "quick")
+    from headstart.core.choices import train_forward_setting
+    from headstart.core.errors import UsageError
+
+    with pytest.raises(UsageError, match="HEADSTART_TRAIN_FORWARD must be fast or eager"):
+        train_forward_setting()
+
+
+def test_a_prefix_onnx_cannot_export_is_tried_and_said_once(monkeypatch, capsys):
+    from headstart.engine import forward as fwd
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Exporting the operator 'frobnicate' to ONNX is not supported")
+
+    monkeypatch.delenv("HEADSTART_ENGINE", raising=False)
+    monkeypatch.setattr(fwd, "OnnxForward", broken)
+    model = _fine_tune("efficientnet_lite0", pretrained=True)
+    plans = [_train(model, fast=True)[2] for _ in range(2)]  # two epochs, each with its own context
+    assert all(p.prefix for p in plans)  # the folded copy ran the prefix instead
+    assert capsys.readouterr().err.count("could not run this network") == 1

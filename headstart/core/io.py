@@ -126,22 +126,35 @@ def save_weights(path: str | Path, model: torch.nn.Module, metadata: dict | None
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    return load_file(str(path))
+    return _read_safetensors(path, load_file)
 
 
 def load_weights_numpy(path: str | Path) -> dict:
     """The tensors of a safetensors file as numpy arrays, without importing torch."""
     from safetensors.numpy import load_file
 
-    return load_file(str(path))
+    return _read_safetensors(path, load_file)
+
+
+def _read_safetensors(path: str | Path, load_file) -> dict:
+    try:
+        return load_file(str(path))
+    except (OSError, TypeError):
+        raise  # cannot be read, or a dtype numpy lacks (bf16): the caller knows what to do
+    except Exception as exc:  # noqa: BLE001 (safetensors raises its own error for a damaged or cut file)
+        raise DataError(f"{path} is not a readable safetensors file ({exc}); it was damaged or cut short. Restore "
+                        "it, or train the run again.") from None
 
 
 def weights_metadata(path: str | Path) -> dict:
     """The JSON metadata ``save_weights`` put in a safetensors header (without reading the tensors)."""
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="numpy") as f:
-        return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+    def read(name):
+        with safe_open(name, framework="numpy") as f:
+            return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+
+    return _read_safetensors(path, read)
 
 
 def save_state(path: str | Path, state: dict) -> None:

@@ -19,7 +19,8 @@ class Runtime:
     """How tensors are computed on this machine.
 
     On CPUs with native bf16, bf16 autocast with channels-last runs convolutions several times faster than fp32;
-    elsewhere fp32 (:func:`headstart.core.hardware.cpu_has_native_bf16`). On CUDA, bf16 or fp16 AMP, fp16 with :meth:`grad_scaler`.
+    elsewhere fp32 (:func:`headstart.core.hardware.cpu_has_native_bf16`). On CUDA, bf16 or fp16 AMP, fp16 with
+    :meth:`grad_scaler`.
     ``autocast()`` is the one context the loop enters.
     """
 

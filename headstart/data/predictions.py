@@ -44,3 +44,21 @@ def predict_images(images, prepare: Callable[[Any], Any], probabilities: Callabl
             for i, row in zip(where, probabilities(ready)):
                 results[i] = top_classes(row, classes, topk)
     return results[0] if single else results
+
+
+def path_records(paths: Sequence[str], positions: Sequence[int], probs, bad: Sequence[tuple[str, str]],
+                 classes: Sequence[str], topk: int) -> list[dict]:
+    """One record per path, in order: top-k of ``probs`` (one row per position in ``positions``, the paths that
+    could be used), or ``error`` (the reason in ``bad``, said on stderr)."""
+    import sys
+
+    results: list[dict | None] = [None] * len(paths)
+    for row, i in enumerate(positions):
+        results[i] = {"path": paths[i], **top_classes(probs[row], classes, topk)}
+    reasons = dict(bad)
+    for i, path in enumerate(paths):
+        if results[i] is None:
+            reason = reasons.get(path, "could not be decoded")
+            print(f"cannot predict {path}: {reason}", file=sys.stderr)
+            results[i] = {"path": path, "label": None, "score": None, "error": reason}
+    return results

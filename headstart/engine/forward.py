@@ -224,20 +224,24 @@ def _has_onnxruntime() -> bool:
     return find_spec("onnxruntime") is not None and find_spec("onnx") is not None
 
 
-def eval_forward(module: nn.Module, runtime: Runtime, example: torch.Tensor, engine: str) -> Callable:
+def eval_forward(module: nn.Module, runtime: Runtime, example: torch.Tensor, engine: str,
+                 known_as: nn.Module | None = None) -> Callable:
     """``module``'s eval forward by ``engine`` (:func:`choose_engine`), as a callable on input batches.
 
     ONNX Runtime where asked; if the export fails under ``auto`` (an operator it lacks), the folded PyTorch copy,
-    with a line on stderr that says so: the numbers agree to float rounding either way.
+    with a line on stderr that says so: the numbers agree to float rounding either way. The failure is remembered
+    for ``known_as`` (default ``module``; a wrapper made anew for each pass names a module that lasts) and that
+    input size, so it is tried and said once.
     """
     size, forced = tuple(example.shape[1:]), engine_setting() == "onnxruntime"
-    if engine == "onnxruntime" and (forced or size not in _EXPORT_FAILED.get(module, ())):
+    known_as = module if known_as is None else known_as
+    if engine == "onnxruntime" and (forced or size not in _EXPORT_FAILED.get(known_as, ())):
         try:
             return OnnxForward(module, example)
         except Exception as exc:
             if forced:
                 raise
-            _EXPORT_FAILED.setdefault(module, set()).add(size)  # said once; the next passes go straight to PyTorch
+            _EXPORT_FAILED.setdefault(known_as, set()).add(size)  # said once; the next passes go straight to PyTorch
             print(f"note: ONNX Runtime could not run this network ({type(exc).__name__}: "
                   f"{str(exc).split('Torch IR graph')[0].strip()[:200]}); "
                   "computing with PyTorch instead (same results, slower).", file=sys.stderr)

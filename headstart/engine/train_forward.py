@@ -22,7 +22,8 @@ Nothing is replaced: the changes are ``forward`` attributes set on module instan
 exits, so parameters, state dicts and checkpoints are the eager ones. Which BatchNorm reads which convolution and
 where the prefix ends are seen in one pass over the first batch (hooks, and every op's inputs), and a training
 step on two of its images is compared with eager PyTorch, outputs and gradients; whatever does not agree is left
-to eager PyTorch. ``HEADSTART_ENGINE=torch`` keeps ONNX Runtime out, as for evaluation.
+to eager PyTorch. ``HEADSTART_ENGINE=torch`` keeps ONNX Runtime out, as for evaluation;
+``HEADSTART_TRAIN_FORWARD=eager`` turns all of this off (to compare, or to rule it out of a bug report).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.overrides import TorchFunctionMode
 
+from headstart.core.choices import train_forward_setting
 from headstart.core.runtime import Runtime
 from headstart.engine.forward import _conv_bn_pairs, choose_engine, eval_forward
 
@@ -84,7 +86,7 @@ class _FastForward:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.plan is None:
             self.plan = _Plan()
-            if self.images * x.shape[-2] * x.shape[-1] >= FAST_MIN_PIXELS:
+            if self.images * x.shape[-2] * x.shape[-1] >= FAST_MIN_PIXELS and train_forward_setting() == "fast":
                 try:
                     self.plan = self._prepare(x[:2])
                 except Exception:  # noqa: BLE001 (a model the fast path cannot follow trains as it is, only slower)
@@ -129,7 +131,8 @@ class _FastForward:
     def _prefix_forward(self, prefix: list[nn.Module], example: torch.Tensor) -> Callable:
         size = example.shape[-2:]
         engine = choose_engine(self.runtime, self.images, size[0], size[1])
-        return eval_forward(_Chain(prefix), self.runtime, example, engine)
+        # An export that failed is remembered for the prefix's last module (the chain is new every epoch).
+        return eval_forward(_Chain(prefix), self.runtime, example, engine, known_as=prefix[-1])
 
     def _install(self, plan: _Plan) -> None:
         if plan.prefix:

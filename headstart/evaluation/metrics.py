@@ -54,7 +54,10 @@ def plot_confusion(metrics: dict, path: str | Path, title: str = "", remember_in
     from importlib.metadata import version
 
     title = title or f"accuracy {metrics['accuracy']:.3f} on {metrics['num_images']} images"
-    key = ["confusion", version("matplotlib"), metrics["confusion_matrix"], metrics["classes"], title]
+    import headstart
+
+    key = ["confusion", version("matplotlib"), headstart.__version__, metrics["confusion_matrix"], metrics["classes"],
+           title]
     data = remembered_bytes(remember_in, "confusion.png", key, lambda: _draw_confusion(metrics, title))
     if hasattr(path, "write"):
         path.write(data)
@@ -119,7 +122,10 @@ def evaluate_run(run: LoadedRun | CachedRun, data: str | Path, batch_size: int =
     if not samples:
         raise UsageError(f"no readable images in {data}" + (" that are not copies of training images." if leaked
                                                             else "."))
-    logits, labels = _view_logits(run, samples, batch_size, workers, tta)
+    logits, labels, unreadable = _view_logits(run, samples, batch_size, workers, tta)
+    for path, reason in unreadable:  # readable when checked, not when its features were computed
+        print(f"skipping {path}: {reason}", file=sys.stderr)
+    bad += unreadable
     raw = softmax(logits).mean(0)
     probs = softmax(logits, run.temperature).mean(0)
     metrics = classification_metrics(labels, probs.argmax(1), run.classes)
@@ -134,22 +140,21 @@ def evaluate_run(run: LoadedRun | CachedRun, data: str | Path, batch_size: int =
 
 
 def _view_logits(run: LoadedRun | CachedRun, samples: list[tuple[str, int]], batch_size: int, workers: int | None,
-                 tta: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Logits of every view, ``(views, n, classes)`` float32, and the labels of the n images scored."""
+                 tta: bool) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+    """Logits of every view, ``(views, n, classes)`` float32, the labels of the n images scored, and ``(path,
+    reason)`` of the images that could not be used after all."""
     if isinstance(run, CachedRun):
         got = None if tta else run.logits([p for p, _ in samples])
         if got is not None:  # every image's features were in the cache: no torch at all
             logits, positions, unreadable = got
-            for path, reason in unreadable:  # changed on disk since the check read it
-                print(f"skipping {path}: {reason}", file=sys.stderr)
-            return logits[None], np.array([samples[i][1] for i in positions], dtype=np.int64)
+            return logits[None], np.array([samples[i][1] for i in positions], dtype=np.int64), unreadable
         run = run.load()
     if run.frozen_backbone and not tta:  # the features train computed (or an earlier evaluate) are reused
         from headstart.features.probe import cached_logits_of
 
-        found, labels, _ = cached_logits_of(run.model, samples, run.preprocessing, run.runtime, batch_size, workers,
-                                            desc="evaluate")
-        return found[None].numpy(), labels.numpy()
+        found, labels, unreadable = cached_logits_of(run.model, samples, run.preprocessing, run.runtime, batch_size,
+                                                     workers, desc="evaluate")
+        return found[None].numpy(), labels.numpy(), unreadable
     from headstart.data.dataset import ImageFiles, make_loader
     from headstart.data.transforms import eval_transform
     from headstart.inference import predict_loader
@@ -157,7 +162,7 @@ def _view_logits(run: LoadedRun | CachedRun, samples: list[tuple[str, int]], bat
     loader = make_loader(ImageFiles(samples, eval_transform(run.preprocessing)), batch_size, shuffle=False,
                          workers=workers)
     logits, labels = predict_loader(run, loader, tta=tta, desc="evaluate")
-    return logits.numpy(), labels.numpy()
+    return logits.numpy(), labels.numpy(), []
 
 
 def _copies_of_training_images(run_dir: Path, facts: dict) -> set[str]:

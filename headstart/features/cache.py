@@ -22,6 +22,7 @@ Writers never modify a committed file, so concurrent runs at worst compute the s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -220,7 +221,8 @@ class FeatureCache:
                                   "to a folder you can write to.") from None
         if not (self.dir / "key.json").exists():
             _atomic_bytes(self.dir / "key.json", json.dumps(key, indent=1, sort_keys=True).encode())
-        os.utime(self.dir / "key.json")  # "last used", for eviction
+        with contextlib.suppress(OSError):  # a read-only (shared) cache is still read
+            os.utime(self.dir / "key.json")  # "last used", for eviction
         self.refresh()
 
     @staticmethod

@@ -32,7 +32,7 @@ from headstart.core.runtime import Runtime
 from headstart.data.dataset import ImageFiles, default_workers, make_loader
 from headstart.data.transforms import eval_resize_crop
 from headstart.engine.forward import choose_engine, eval_forward
-from headstart.features.cache import FeatureCache, content_hashes, feature_key, library_versions, weights_fingerprint  # noqa: F401 (library_versions: imported from here too)
+from headstart.features.cache import FeatureCache, content_hashes, feature_key, weights_fingerprint
 from headstart.model import TransferModel
 
 

@@ -30,19 +30,22 @@ def remembered(folder: str | Path | None, draw, *args) -> bytes:
     (the run's ``.figures``): ``evaluate`` refreshes the report, and most of its figures have not changed."""
     from importlib.metadata import version
 
-    key = [draw.__name__, DPI, version("matplotlib"), _drawn_precision(args)]
+    import headstart
+
+    key = [draw.__name__, DPI, version("matplotlib"), headstart.__version__, _as_drawn(args)]
     return remembered_bytes(folder, f"{draw.__name__}.png", key, lambda: draw(*args))
 
 
-def _drawn_precision(value):
-    """``value`` with every float to 4 significant digits, more than a figure shows: the calibration of the same
-    images computed from cached features and through the network differs in the 8th digit, and is one picture."""
+def _as_drawn(value):
+    """``value`` with every float as a figure can show it: to 4 significant digits (positions) and as the 2- and
+    3-decimal labels the figures print. The calibration of the same images computed from cached features and
+    through the network differs in the 8th digit and is one picture; values that print differently are two."""
     if isinstance(value, float):
-        return float(f"{value:.4g}")
+        return [f"{value:.4g}", f"{value:.2f}", f"{value:.3f}"]
     if isinstance(value, dict):
-        return {k: _drawn_precision(v) for k, v in value.items()}
+        return {k: _as_drawn(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_drawn_precision(v) for v in value]
+        return [_as_drawn(v) for v in value]
     return value
 
 
