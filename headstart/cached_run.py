@@ -25,6 +25,7 @@ from headstart.core import hardware
 from headstart.core.io import load_weights_numpy
 from headstart.core.preprocessing import Preprocessing
 from headstart.data.predictions import path_records
+from headstart.engine.calibration import softmax
 from headstart.features.cache import FeatureCache, arrays_fingerprint, content_hashes, feature_key
 from headstart.rundir import RunDir, shipped_backbone_is_frozen
 
@@ -49,11 +50,14 @@ class CachedRun:
     frozen_backbone: bool = True
     _loaded: object = field(default=None, repr=False)
 
-    def logits(self, paths: list[str]) -> tuple[np.ndarray, list[int], list[tuple[str, str]]] | None:
+    def logits(self, paths: list[str], hashes: list[str] | None = None
+               ) -> tuple[np.ndarray, list[int], list[tuple[str, str]]] | None:
         """``(logits (n, classes) float32, positions in paths of the n decodable images, (path, reason) of the
         others)`` when the cache holds every image (or knows it cannot be decoded); None when any must be computed.
+        ``hashes``: the files' content hashes when the caller has them (the check's ``FileFacts.sha``), so the
+        files are not read again.
         """
-        hashes = content_hashes(paths)
+        hashes = content_hashes(paths) if hashes is None else hashes
         good, bad, keys = [], [], []
         located = self.cache.locate([h for h in hashes if isinstance(h, str)])
         found = iter(located[:, 0] >= 0)
@@ -71,12 +75,6 @@ class CachedRun:
         features = self.cache.read(keys) if keys else np.empty((0, self.weight.shape[1]), dtype=np.float32)
         return features @ self.weight.T + self.bias, good, bad
 
-    def probabilities(self, logits: np.ndarray) -> np.ndarray:
-        """Calibrated class probabilities (float32) of ``logits``: the softmax of ``logits / temperature``."""
-        z = logits.astype(np.float64) / self.temperature
-        z = np.exp(z - z.max(1, keepdims=True))
-        return (z / z.sum(1, keepdims=True)).astype(np.float32)
-
     def predict_paths(self, paths: list[str], topk: int = 1) -> list[dict] | None:
         """:func:`headstart.inference.predict_paths`'s records from cached features, or None when an image is not
         in the cache."""
@@ -84,7 +82,7 @@ class CachedRun:
         if got is None:
             return None
         logits, positions, bad = got
-        return path_records(paths, positions, self.probabilities(logits), bad, self.classes, topk)
+        return path_records(paths, positions, softmax(logits, self.temperature), bad, self.classes, topk)
 
     def load(self):
         """The run loaded through torch (:func:`headstart.inference.load_run`), once."""
@@ -142,3 +140,27 @@ def _may_have_gpu() -> bool:
     """Whether a GPU driver's device files are present (NVIDIA, AMD ROCm, WSL2's ``/dev/dxg``): torch might then
     pick the GPU for ``--device auto``, in another precision."""
     return any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg"))
+
+
+def open_run(run_dir: str | Path, device: str = "auto", tta: bool = False):
+    """The run as a :class:`CachedRun` where the feature cache can answer for it (not with ``tta``), else loaded
+    through torch (:func:`headstart.inference.load_run`)."""
+    cached = None if tta else open_cached_run(run_dir, device=device)
+    if cached is not None:
+        return cached
+    from headstart.inference import load_run
+
+    return load_run(run_dir, device=device)
+
+
+def predict_paths_of(run, paths: list[str], topk: int = 1, batch_size: int = 64, tta: bool = False) -> list[dict]:
+    """:func:`headstart.inference.predict_paths` for a run :func:`open_run` gave: from the cache when it holds every
+    image, else through the network (a :class:`CachedRun` loads itself once)."""
+    if isinstance(run, CachedRun):
+        results = None if tta else run.predict_paths(paths, topk)
+        if results is not None:
+            return results
+        run = run.load()
+    from headstart.inference import predict_paths
+
+    return predict_paths(run, paths, topk=topk, batch_size=batch_size, tta=tta)

@@ -203,3 +203,22 @@ def test_an_operator_onnx_lacks_is_one_line_and_the_answer_is_unchanged(monkeypa
         torch.testing.assert_close(run(CPU_FP32.to_input(x)), net(x))
     fwd.eval_forward(net, CPU_FP32, x[:1], "onnxruntime")  # the next pass: not tried again, not said again
     assert capfd.readouterr().err == ""
+
+
+def test_silenced_closes_the_copy_it_made_when_the_second_fails(monkeypatch):
+    import os
+
+    made, real_dup = [], os.dup
+
+    def dup(fd):
+        if fd == 2:
+            raise OSError("no standard error")
+        made.append(real_dup(fd))
+        return made[-1]
+
+    monkeypatch.setattr(fwd.os, "dup", dup)
+    with fwd._silenced():
+        pass
+    assert len(made) == 1
+    with pytest.raises(OSError):
+        os.fstat(made[0])  # closed, not leaked

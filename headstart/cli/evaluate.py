@@ -30,15 +30,11 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from headstart.cached_run import open_cached_run
+    from headstart.cached_run import open_run
     from headstart.evaluation.metrics import evaluate_run
 
     # A frozen-backbone run whose features are cached is answered without torch; any other is loaded.
-    loaded = None if args.tta else open_cached_run(args.run, device=args.device)
-    if loaded is None:
-        from headstart.inference import load_run
-
-        loaded = load_run(args.run, device=args.device)
+    loaded = open_run(args.run, device=args.device, tta=args.tta)
     m = evaluate_run(loaded, args.data, batch_size=args.batch_size, tta=args.tta, keep_leaked=args.keep_leaked)
     if args.report:
         from headstart.report import write_report

@@ -90,26 +90,10 @@ def _load(args):
     if suffix in (".pt2", ".pt", ".pth", ".safetensors") and Path(args.run).is_file():
         raise UsageError(f"{args.run} is a weights or .pt2 file; predict takes a run directory or an .onnx file "
                          "made by `headstart export` (a .pt2 loads in Python with torch.export.load).")
-    from headstart.cached_run import open_cached_run
+    from headstart.cached_run import open_run, predict_paths_of
 
     # A frozen-backbone run answers images whose features are cached without torch; anything else loads it (and
     # errors about the run come before any image is read).
-    cached = None if args.tta else open_cached_run(args.run, device=args.device)
-    loaded = None
-    if cached is None:
-        from headstart.inference import load_run
-
-        loaded = load_run(args.run, device=args.device)
-
-    def predict(paths):
-        nonlocal loaded
-        paths = expand_paths(paths)
-        results = cached.predict_paths(paths, topk=args.topk) if cached is not None else None
-        if results is None:
-            from headstart.inference import predict_paths
-
-            loaded = loaded or cached.load()
-            results = predict_paths(loaded, paths, topk=args.topk, batch_size=args.batch_size, tta=args.tta)
-        return results
-
-    return (cached or loaded).classes, predict
+    run = open_run(args.run, device=args.device, tta=args.tta)
+    return run.classes, lambda paths: predict_paths_of(run, expand_paths(paths), topk=args.topk,
+                                                       batch_size=args.batch_size, tta=args.tta)

@@ -180,8 +180,9 @@ def _silenced():
             stream.flush()
     saved: list[int] = []
     try:
-        saved = [os.dup(1), os.dup(2)]
-    except OSError:  # no standard streams to silence (a daemon with them closed)
+        for fd in (1, 2):
+            saved.append(os.dup(fd))
+    except OSError:  # no standard streams to silence (a daemon with them closed); the one dup made is closed
         for fd in saved:
             os.close(fd)
         yield

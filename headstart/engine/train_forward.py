@@ -250,7 +250,7 @@ def _frozen_prefix(net: nn.Module, example: torch.Tensor) -> list[nn.Module]:
         return []
     clock, calls, keep = [0], [], []
     count: Counter = Counter()
-    devices = [example.device.index or 0] if example.device.type == "cuda" else []
+    devices = _cuda_devices(example)
 
     def rng_state():
         return [torch.get_rng_state()] + [torch.cuda.get_rng_state(d) for d in devices]
@@ -305,6 +305,11 @@ def _trainable_pairs(net: nn.Module, example: torch.Tensor, prefix: list[nn.Modu
 
 # Checking ------------------------------------------------------------------------------------------------------
 
+def _cuda_devices(example: torch.Tensor) -> list[int]:
+    """The CUDA device whose random generator a pass over ``example`` may draw from (none on the CPU)."""
+    return [example.device.index or 0] if example.device.type == "cuda" else []
+
+
 @contextlib.contextmanager
 def _unchanged_state(net: nn.Module, devices: list[int]):
     """The random number generators and every buffer (BatchNorm statistics in train mode move) as they were."""
@@ -321,9 +326,8 @@ def _unchanged_state(net: nn.Module, devices: list[int]):
 
 def _training_step(net: nn.Module, example: torch.Tensor) -> list[torch.Tensor]:
     """Output and gradients of the trainable parameters for a fixed random loss, dropout masks seeded."""
-    devices = [example.device.index or 0] if example.device.type == "cuda" else []
     params = [p for p in net.parameters() if p.requires_grad]
-    with _unchanged_state(net, devices):
+    with _unchanged_state(net, _cuda_devices(example)):
         torch.manual_seed(0)
         out = net(example)
         weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out.device)

@@ -53,9 +53,9 @@ def plot_confusion(metrics: dict, path: str | Path, title: str = "", remember_in
     With ``remember_in`` (a run's ``.figures`` folder) an unchanged matrix is not drawn again."""
     from importlib.metadata import version
 
-    title = title or f"accuracy {metrics['accuracy']:.3f} on {metrics['num_images']} images"
     import headstart
 
+    title = title or f"accuracy {metrics['accuracy']:.3f} on {metrics['num_images']} images"
     key = ["confusion", version("matplotlib"), headstart.__version__, metrics["confusion_matrix"], metrics["classes"],
            title]
     data = remembered_bytes(remember_in, "confusion.png", key, lambda: _draw_confusion(metrics, title))
@@ -122,7 +122,8 @@ def evaluate_run(run: LoadedRun | CachedRun, data: str | Path, batch_size: int =
     if not samples:
         raise UsageError(f"no readable images in {data}" + (" that are not copies of training images." if leaked
                                                             else "."))
-    logits, labels, unreadable = _view_logits(run, samples, batch_size, workers, tta)
+    logits, labels, unreadable = _view_logits(run, samples, [facts[p].sha for p, _ in samples], batch_size,
+                                              workers, tta)
     for path, reason in unreadable:  # readable when checked, not when its features were computed
         print(f"skipping {path}: {reason}", file=sys.stderr)
     bad += unreadable
@@ -139,12 +140,12 @@ def evaluate_run(run: LoadedRun | CachedRun, data: str | Path, batch_size: int =
     return metrics
 
 
-def _view_logits(run: LoadedRun | CachedRun, samples: list[tuple[str, int]], batch_size: int, workers: int | None,
-                 tta: bool) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+def _view_logits(run: LoadedRun | CachedRun, samples: list[tuple[str, int]], hashes: list[str], batch_size: int,
+                 workers: int | None, tta: bool) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
     """Logits of every view, ``(views, n, classes)`` float32, the labels of the n images scored, and ``(path,
-    reason)`` of the images that could not be used after all."""
+    reason)`` of the images that could not be used after all. ``hashes``: the samples' content hashes (the check's)."""
     if isinstance(run, CachedRun):
-        got = None if tta else run.logits([p for p, _ in samples])
+        got = None if tta else run.logits([p for p, _ in samples], hashes)
         if got is not None:  # every image's features were in the cache: no torch at all
             logits, positions, unreadable = got
             return logits[None], np.array([samples[i][1] for i in positions], dtype=np.int64), unreadable

@@ -59,11 +59,11 @@ def held_out_predictions(run_dir: str, max_images: int = 2000, device: str = "au
     Raises:
         RunNotFoundError: the run has no model or no ``split.json``.
     """
-    from headstart.cached_run import CachedRun, open_cached_run
+    from headstart.cached_run import open_run, predict_paths_of
 
     run = RunDir(run_dir)
     splits = run.split()
-    loaded = loaded if loaded is not None else open_cached_run(run.path, device=device) or _load(run.path, device)
+    loaded = loaded if loaded is not None else open_run(run.path, device=device)
     chosen = []
     for name in ("test", "val"):
         chosen += [(p, y, name) for p, y in getattr(splits, name)][: max(0, max_images - len(chosen))]
@@ -71,15 +71,9 @@ def held_out_predictions(run_dir: str, max_images: int = 2000, device: str = "au
     predictions, unreadable = [], []
     for start in range(0, len(chosen), CHUNK):
         part = chosen[start:start + CHUNK]
-        paths = [p for p, _, _ in part]
         # A frozen backbone's features come from the cache train filled (the head only runs), without torch when
         # they are all there.
-        results = loaded.predict_paths(paths, topk=len(loaded.classes)) if isinstance(loaded, CachedRun) else None
-        if results is None:
-            from headstart.inference import predict_paths
-
-            loaded = loaded.load() if isinstance(loaded, CachedRun) else loaded
-            results = predict_paths(loaded, paths, topk=len(loaded.classes), batch_size=batch_size)
+        results = predict_paths_of(loaded, [p for p, _, _ in part], topk=len(loaded.classes), batch_size=batch_size)
         for (path, y, split), r in zip(part, results):
             if r.get("error"):
                 unreadable.append((path, r["error"]))
@@ -90,8 +84,3 @@ def held_out_predictions(run_dir: str, max_images: int = 2000, device: str = "au
                                           scores.get(true, 0.0) if true in index else 0.0))
     return HeldOutPredictions(predictions, {"test": len(splits.test), "val": len(splits.val)}, unreadable)
 
-
-def _load(path, device: str):
-    from headstart.inference import load_run
-
-    return load_run(path, device=device)
