@@ -31,10 +31,12 @@ its pretrained weights by ``alpha/2 * ||w - w0||^2`` instead of decaying towards
 ImageNet; the head keeps plain weight decay), and ``bn``: ``frozen`` (the default: every BatchNorm keeps its
 pretrained statistics), ``train`` (statistics of trainable groups follow the new data) or ``adabn`` (Li et al. 2016,
 "Revisiting Batch Normalization for Practical Domain Adaptation": before the first phase the statistics are
-recomputed on the run's train and validation images, then kept frozen, so head and backbone train on features
-normalised for this data rather than for ImageNet). Measured on Fashion-MNIST (``benchmarks/recipes.py``), ``adabn``
-cost 9 points in distribution: channels nearly silent on these images are scaled up to unit variance. To prepare
-for a domain shift, train with the default and use ``headstart adapt`` (aligned AdaBN) on the new domain instead.
+recomputed on the run's training images, then kept frozen, so head and backbone train on features normalised for
+this data rather than for ImageNet). Never on the validation images: they choose and score, so nothing fitted may
+see them; only ``headstart adapt`` uses target images, and only when asked. Measured on Fashion-MNIST
+(``benchmarks/recipes.py``, when the statistics still took the validation images too), ``adabn`` cost 9 points in
+distribution: channels nearly silent on these images are scaled up to unit variance. To prepare for a domain
+shift, train with the default and use ``headstart adapt`` (aligned AdaBN) on the new domain instead.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ class Phase:
             towards their pretrained values w0 (and replaces their weight decay). 0 is off.
         bn: BatchNorm policy: ``frozen`` (every BatchNorm keeps its statistics; affine weights of trainable groups
             still learn), ``train`` (statistics of trainable groups adapt to the new data) or ``adabn`` (statistics
-            recomputed on the train and validation images when the phase starts, then frozen).
+            recomputed on the training images alone when the phase starts, then frozen).
         fit: ``sgd`` (the training loop) or ``features`` (fit the head in closed form on frozen features).
         warmup_epochs: linear warm-up before the cosine decay.
     """

@@ -1,6 +1,7 @@
 """Fine-tuning recipes: layer-wise rates, gradual unfreezing, LP-FT, L2-SP, AdaBN, lr-find, mixup, balance, TTA and
 auto; then each through the command line on small folders the tests write."""
 
+import copy
 import json
 
 import numpy as np
@@ -207,6 +208,30 @@ def test_aligned_adabn_maps_the_target_onto_the_training_images_even_with_foreig
     with torch.no_grad():
         classic = model(target)
     assert (classic - expected).abs().max() > 100 * (aligned - expected).abs().max()
+
+
+def test_bn_adabn_phase_takes_its_statistics_from_the_training_images_alone(model):
+    """Validation images chose and score; nothing fitted may see them. A validation set far from the training
+    images (mean 20, sd 5) must leave every running mean and variance as the training images alone give them."""
+    loaders = tensor_loaders()
+    g = torch.Generator().manual_seed(7)
+    far = DataLoader(TensorDataset(torch.randn(24, 3, 32, 32, generator=g) * 5 + 20, torch.arange(24) % 3),
+                     batch_size=12)
+    loaders["val"] = loaders["val_all"] = far
+    train_only, with_val = copy.deepcopy(model), copy.deepcopy(model)
+    adapt_batchnorm(train_only, [loaders["train_eval"]], RUNTIME)
+    adapt_batchnorm(with_val, [loaders["train_eval"], far], RUNTIME)
+
+    loop.fit(model, make_strategy("linear-probe", bn="adabn"), loaders, RUNTIME, probe=ProbeOptions())
+    stats = {n: m for n, m in model.named_modules() if isinstance(m, _BatchNorm)}
+    expected = {n: m for n, m in train_only.named_modules() if isinstance(m, _BatchNorm)}
+    mixed = {n: m for n, m in with_val.named_modules() if isinstance(m, _BatchNorm)}
+    assert stats.keys() == expected.keys() and stats
+    for name, bn in stats.items():
+        torch.testing.assert_close(bn.running_mean, expected[name].running_mean)
+        torch.testing.assert_close(bn.running_var, expected[name].running_var)
+    stem = next(iter(stats))  # the check can fail: with the validation images the stem's statistics move far
+    assert (mixed[stem].running_mean - expected[stem].running_mean).abs().max() > 1.0
 
 
 # lr-find, losses, balance, TTA, auto ------------------------------------------------------------------------------

@@ -74,8 +74,8 @@ def add_parser(sub):
                    help="L2-SP: pull the backbone towards its pretrained weights by ALPHA/2 ||w - w0||^2 instead of "
                         "weight decay (Li et al. 2018; e.g. 0.01)")
     r.add_argument("--bn", default=d("bn"), choices=BN_POLICIES,
-                   help="BatchNorm statistics: frozen (default), train, or adabn (recomputed on the train and val "
-                        "images before training, then frozen)")
+                   help="BatchNorm statistics: frozen (default), train, or adabn (recomputed on the training images "
+                        "alone before training, then frozen)")
     r.add_argument("--unfreeze-every", type=int, default=d("unfreeze_every"), metavar="N",
                    help="gradual: epochs between unfreezing one more layer group (default 1)")
     r.add_argument("--label-smoothing", type=float, default=d("label_smoothing"), metavar="EPS",

@@ -194,7 +194,8 @@ def fit(
         model: the transfer model (already on ``runtime.device``).
         strategy: the phases to run.
         loaders: ``train`` (augmented; its sampler has ``set_epoch``), ``val``; ``train_eval`` (train images, eval
-            transform) for phases that fit the head on features.
+            transform, unsharded) for phases that fit the head on features and for ``bn="adabn"``, which measures
+            its statistics on these alone.
         runtime: device, precision and rank.
         patience: epochs without a better validation loss (after temperature scaling) before a phase stops.
         weight_decay: AdamW weight decay on weights (not on norms and biases).
@@ -226,8 +227,9 @@ def fit(
             state.phase_done, phase_best_state = False, None
         enter_phase(model, phase)
         if phase.bn == "adabn" and not resuming_here and not state.phase_done:
-            # Unsharded loaders: every rank computes the same statistics.
-            adapt_batchnorm(model, [loaders["train_eval"], loaders.get("val_all", loaders["val"])], runtime)
+            # The training images only: validation chooses and scores, so nothing fitted may see it. Unsharded
+            # loader: every rank computes the same statistics.
+            adapt_batchnorm(model, [loaders["train_eval"]], runtime)
         if state.phase_done:
             pass
         elif phase.fit == "features":
