@@ -54,9 +54,11 @@ def main(argv=None) -> int:
     p.add_argument("--scratch-epochs", type=int, default=50)
     p.add_argument("--scratch-patience", type=int, default=10)
     p.add_argument("--scratch-lrs", default="1e-3,3e-3")
+    p.add_argument("--lr-extensions", type=int, default=3,
+                   help="widen a learning-rate grid past an edge that wins, at most this many steps")
     p.add_argument("--scratch-image-size", type=int, default=32)
     p.add_argument("--test-images", type=int, default=2000)
-    p.add_argument("--docs", default=str(Path(__file__).resolve().parents[1] / "docs"),
+    p.add_argument("--docs", default=str(Path(__file__).resolve().parents[1] / "docs" / "measurements"),
                    help="where the plot and the numbers are copied ('' to skip)")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -69,6 +71,7 @@ def main(argv=None) -> int:
                           labels_per_class=budgets, seeds=args.seeds, val_per_class=20, epochs=args.epochs,
                           patience=3, scratch_epochs=args.scratch_epochs, scratch_patience=args.scratch_patience,
                           scratch_lrs=[float(x) for x in args.scratch_lrs.split(",")],
+                          lr_extensions=args.lr_extensions,
                           scratch_image_size=args.scratch_image_size, image_size=args.image_size))
     print((out / "compare.md").read_text())
     if args.docs:

@@ -158,6 +158,10 @@ class CompareConfig:
         scratch_model: default resnet20 for images of 64 px or less, else ``model`` (from random weights).
         scratch_image_size: default ``image_size``, so that both sides see the same pixels.
         image_size: input size of the pretrained model (default: its own).
+        lrs: the same kind of grid for every pretrained strategy that trains by gradient descent (``linear-probe``
+            fits its head in closed form and chooses its own C); None runs each at its default rate, not swept.
+        lr_extensions: while a grid's winner is its lowest or highest rate, one more rate a step beyond that edge
+            is run, at most this many times; compare.md says when the winner stayed at the edge.
         budget_minutes: stop starting runs after this long.
     """
 
@@ -178,6 +182,8 @@ class CompareConfig:
     scratch_model: str | None = None
     scratch_image_size: int | None = None
     image_size: int | None = None
+    lrs: list[float] | None = None
+    lr_extensions: int = 3
     budget_minutes: float | None = None
     batch_size: int = 32
     workers: int | None = None

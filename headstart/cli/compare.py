@@ -27,6 +27,12 @@ def _floats(text: str) -> list[float]:
     return values
 
 
+def _extensions(n: int) -> int:
+    if n < 0:
+        raise UsageError(f"--lr-extensions must be 0 (the grid as given) or more, e.g. 3, got {n}.")
+    return n
+
+
 def _csv(values) -> str:
     return ",".join(f"{v:g}" for v in values)
 
@@ -64,6 +70,13 @@ def add_arguments(p, labels: str = _csv(_DEFAULTS.labels_per_class), seeds: int 
     p.add_argument("--budget-minutes", type=float, default=d.budget_minutes,
                    help="start no new run after this many minutes (default: no limit)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
+    p.add_argument("--lrs", default=None,
+                   help="learning-rate grid of the pretrained strategies that train by gradient descent, e.g. "
+                        "3e-4,1e-3 (one full run each, the lowest validation loss wins; linear-probe chooses its "
+                        "own C). Default: each strategy's own rate, not swept")
+    p.add_argument("--lr-extensions", type=int, default=d.lr_extensions,
+                   help=f"while the winner of a grid is its lowest or highest rate, run one more rate a step beyond "
+                        f"that edge, at most this many times (default {d.lr_extensions}; 0: the grid as given)")
     s = p.add_argument_group("scratch", "the baseline from random weights")
     s.add_argument("--scratch-model", default=d.scratch_model,
                    help="default: resnet20 for images of 64 px or less, else --model")
@@ -71,7 +84,8 @@ def add_arguments(p, labels: str = _csv(_DEFAULTS.labels_per_class), seeds: int 
     s.add_argument("--scratch-patience", type=int, default=d.scratch_patience,
                    help=f"scratch's early-stopping patience (default {d.scratch_patience})")
     s.add_argument("--scratch-lrs", default=_csv(d.scratch_lrs),
-                   help="learning rates tried, one full run each; the lowest validation loss wins")
+                   help="learning rates tried, one full run each; the lowest validation loss wins (widened "
+                        "past an edge that wins, see --lr-extensions)")
     s.add_argument("--scratch-image-size", type=int, default=d.scratch_image_size,
                    help="default: --image-size, so both sides see the same pixels")
 
@@ -88,6 +102,7 @@ def config_from_args(args) -> CompareConfig:
                          val_per_class=args.val_per_class, max_test=args.max_test, epochs=args.epochs,
                          patience=args.patience, scratch_epochs=args.scratch_epochs,
                          scratch_patience=args.scratch_patience, scratch_lrs=_floats(args.scratch_lrs),
+                         lrs=_floats(args.lrs) if args.lrs else None, lr_extensions=_extensions(args.lr_extensions),
                          scratch_model=args.scratch_model, scratch_image_size=args.scratch_image_size,
                          image_size=args.image_size, budget_minutes=args.budget_minutes, batch_size=args.batch_size)
 
@@ -96,7 +111,7 @@ def print_table(result: dict) -> None:
     from rich.table import Table
 
     from headstart.cli.console import console
-    from headstart.compare import accuracy_text
+    from headstart.compare import accuracy_text, edge_warnings, lr_text
 
     table = Table(title=f"test accuracy on {result['test_images']} held-out images"
                   + (" (mean ± std over seeds)" if any(r.get("seeds", 1) > 1 for r in result["rows"]) else ""))
@@ -104,12 +119,13 @@ def print_table(result: dict) -> None:
                 "trainable params"):
         table.add_column(col, justify="left" if col in ("strategy", "model", "lr") else "right")
     for r in result["rows"]:
-        lrs = ",".join(f"{lr:g}" for lr in r["lrs"]) if any(lr is not None for lr in r["lrs"]) else "default"
         table.add_row(str(r["labels_per_class"]), r["strategy"], r["model"], str(r["image_size"]),
                       accuracy_text(r, "%"),
-                      f"{100 * r['test_balanced_acc_mean']:.1f}%", f"{r['seconds_mean']:.0f} s", lrs,
+                      f"{100 * r['test_balanced_acc_mean']:.1f}%", f"{r['seconds_mean']:.0f} s", lr_text(r),
                       f"{r['trainable_params']:,}")
     console().print(table)
+    for warning in edge_warnings(result["runs"]):
+        console().print(f"[yellow]at the edge of the grid:[/] {warning}; a better rate may lie beyond it")
 
 
 def run(args) -> int:

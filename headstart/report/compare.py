@@ -57,8 +57,13 @@ def _lead(results: dict) -> str:
     items.append(card("runs", f"{len(runs):,}",
                       f"{duration(sum(r.get('seconds') or 0.0 for r in runs))} of training in all", small=True))
     text = para("Every strategy trained on the same labelled subsets, validated on the same images and was tested "
-                "on the same held-out images; scratch chose its own learning rate. The lead figures are the largest "
-                "budget's." if rows else "No run has finished yet.")
+                "on the same held-out images; scratch chose its own learning rate (so did every strategy given a "
+                "grid). The lead figures are the largest budget's." if rows else "No run has finished yet.")
+    edges = [r for r in runs if r.get("lr_edge")]
+    if edges:
+        text += para(f"Warning: in {len(edges)} run(s) the chosen learning rate is at the edge of the grid (the "
+                     "lowest or highest rate tried, after widening): a better rate may lie beyond it. compare.md "
+                     "below lists them.", "note")
     if not results.get("figures"):
         text += para("This comparison has not finished (or was stopped): the plots and compare.md are written at "
                      "its end; the tables show the runs so far.", "note")
