@@ -37,6 +37,11 @@ def test_the_key_read_from_the_weights_file_is_the_loaded_models(probe):
     cached = open_cached_run(run, device="cpu")
     assert cached is not None
     assert cached.cache.key == cache_key(loaded.model, loaded.preprocessing, loaded.runtime)
+    import PIL
+    import torchvision
+
+    # torchvision and Pillow decode and resize the pixels: a new version is a new key
+    assert (cached.cache.key["torchvision"], cached.cache.key["pillow"]) == (torchvision.__version__, PIL.__version__)
     np.testing.assert_array_equal(cached.weight, loaded.model.head.weight.detach().numpy())
     assert cached.temperature == loaded.temperature and cached.classes == loaded.classes
 
@@ -48,6 +53,25 @@ def test_numpy_fingerprint_and_torch_version_match_torchs():
     arrays["1.running_mean"] = arrays["1.running_mean"] + 1
     assert arrays_fingerprint(arrays) != weights_fingerprint(module)
     assert torch_version() == torch.__version__
+
+
+def test_the_torch_free_key_holds_the_same_library_versions():
+    """The cached path computes the key before (and without) importing torch, torchvision or Pillow; the versions it
+    reads must be the ones the loaded libraries report, or every cached evaluate would miss."""
+    import PIL
+    import torchvision
+
+    from headstart.features.cache import library_versions
+
+    code = ("import json, sys; from headstart.features.cache import library_versions; v = library_versions(); "
+            "print(json.dumps({'versions': v, 'imported': sorted(m for m in ('torch', 'torchvision', 'PIL') "
+            "if m in sys.modules)}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    fresh = json.loads(done.stdout)
+    assert fresh["imported"] == []
+    assert fresh["versions"] == library_versions()
+    assert {k: fresh["versions"][k] for k in ("torch", "torchvision", "pillow")} == {
+        "torch": torch.__version__, "torchvision": torchvision.__version__, "pillow": PIL.__version__}
 
 
 def test_evaluate_and_predict_from_the_cache_equal_the_loaded_run(probe):

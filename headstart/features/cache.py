@@ -26,7 +26,6 @@ import contextlib
 import hashlib
 import json
 import os
-import sys
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -113,8 +112,9 @@ def _fingerprint(tensors: Iterable[tuple[str, str, tuple, np.ndarray]]) -> str:
 
 def feature_key(backbone: str, weights: str, preprocessing, precision: str, view: str = "eval") -> dict:
     """Everything a feature row depends on besides the image: backbone, its weights' fingerprint
-    (:func:`weights_fingerprint`), the torch and timm versions, preprocessing and the precision it ran in (bf16 and
-    fp32 features differ in the third digit). Torch-free, so a cached run's key is found without loading it."""
+    (:func:`weights_fingerprint`), the library versions (:func:`library_versions`), preprocessing and the precision
+    it ran in (bf16 and fp32 features differ in the third digit). Torch-free, so a cached run's key is found
+    without loading it."""
     from headstart.core.preprocessing import Preprocessing
 
     return {"backbone": backbone, "weights": weights, **library_versions(),
@@ -123,13 +123,17 @@ def feature_key(backbone: str, weights: str, preprocessing, precision: str, view
 
 
 def library_versions() -> dict[str, str]:
-    """torch's and timm's versions: a new release may change a kernel or an architecture's details, and with them
-    the features. torch's is its ``__version__`` (with the build, e.g. ``+cpu``), read from its ``version.py`` when
-    torch is not imported."""
+    """The versions of what turns an image into features: torch and timm (a new release may change a kernel or an
+    architecture's details), torchvision and Pillow (they decode and resize the pixels; Pillow-SIMD resizes
+    differently under the same import name). Each module's own ``__version__`` (torch's and torchvision's with the
+    build, e.g. ``+cpu``), read from its version file (:func:`module_version`), so the torch-free path gets the same."""
     from importlib.metadata import PackageNotFoundError, version
 
-    torch = sys.modules.get("torch")
-    out = {"torch": torch.__version__ if torch is not None else torch_version()}
+    out = {"torch": torch_version()}
+    for key, module, file in (("torchvision", "torchvision", "version.py"), ("pillow", "PIL", "_version.py")):
+        found = module_version(module, file)
+        if found is not None:
+            out[key] = found
     try:
         out["timm"] = version("timm")
     except PackageNotFoundError:
@@ -139,17 +143,23 @@ def library_versions() -> dict[str, str]:
 
 def torch_version() -> str:
     """``torch.__version__`` without importing torch (four seconds): the string its ``version.py`` sets."""
+    return module_version("torch", "version.py")
+
+
+def module_version(module: str, file: str) -> str | None:
+    """``module.__version__`` without importing it: the string its version ``file`` (next to its ``__init__``)
+    sets, read the same way whether or not it is imported, so both paths give one key; None when not installed."""
     import importlib.util
     import re
 
-    spec = importlib.util.find_spec("torch")
+    spec = importlib.util.find_spec(module)
+    if spec is None:
+        return None
     try:
-        text = Path(spec.origin).with_name("version.py").read_text()
+        text = Path(spec.origin).with_name(file).read_text()
         return re.search(r"""^__version__\s*=\s*['"]([^'"]+)['"]""", text, re.MULTILINE).group(1)
-    except (AttributeError, TypeError, OSError):  # an unusual install: ask torch itself
-        import torch
-
-        return torch.__version__
+    except (AttributeError, TypeError, OSError):  # an unusual install: ask the module itself
+        return importlib.import_module(module).__version__
 
 
 class ShardWriter:
