@@ -12,7 +12,6 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -223,15 +222,17 @@ def test_the_options_are_checked(model):
 
 
 class _SlowModel:
-    """Predicts each 'image' (an int) as its own label; the first pass waits until released."""
+    """Predicts each 'image' (an int) as its own label; the first pass says it has started, then waits until
+    released, so the test knows the model thread is busy (no sleeping and hoping)."""
 
     classes = ("a", "b", "c")
 
     def __init__(self):
-        self.release, self.batches = threading.Event(), []
+        self.entered, self.release, self.batches = threading.Event(), threading.Event(), []
 
     def predict(self, images, topk=1):
-        self.release.wait(10)
+        self.entered.set()
+        assert self.release.wait(10), "the test never released the model"
         self.batches.append(list(images))
         if -1 in images:
             raise RuntimeError("boom")
@@ -242,14 +243,16 @@ def test_batcher_joins_waiting_requests_and_keeps_each_answer_with_its_request()
     model = _SlowModel()
     batcher = Batcher(model, max_batch=8)
     first = batcher.submit([0], topk=1)
-    time.sleep(0.2)  # the first pass is now running (held by the event): the next ones queue up
-    later = [batcher.submit([i, 10 * i], topk=1 + i % 2) for i in range(1, 5)]
+    assert model.entered.wait(10)  # the first pass is running, held by the event: the next ones queue up
+    later = [batcher.submit([i, 10 * i], topk=1 + i % 2) for i in range(1, 6)]
     model.release.set()
     assert first.result(10)[0]["label"] == "0"
     for i, f in enumerate(later, start=1):
         got = f.result(10)
         assert [r["label"] for r in got] == [str(i), str(10 * i)] and len(got[0]["topk"]) == 1 + i % 2
-    assert model.batches == [[0], [1, 10, 2, 20, 3, 30, 4, 40]]
+    # Everything that queued shares the next pass, up to max_batch images; the fifth request takes the one after.
+    assert model.batches == [[0], [1, 10, 2, 20, 3, 30, 4, 40], [5, 50]]
+    assert (batcher.passes, batcher.images) == (3, 11)
     # An error reaches the requests of its batch; the thread goes on.
     with pytest.raises(RuntimeError, match="boom"):
         batcher.submit([-1], topk=1).result(10)
@@ -277,23 +280,32 @@ def test_serve_cli_errors_are_one_line(tmp_path, trained, capsys):
 
 
 @pytest.fixture(scope="module")
-def server(trained, tmp_path_factory):
-    """``headstart serve RUN --port 0`` in a subprocess; yields its base URL and process."""
-    log = tmp_path_factory.mktemp("server") / "serve.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "headstart", "serve", str(trained[0]), "--port", "0",
-                                 "--max-upload-mb", "1", "--device", "cpu"], cwd=REPO, stdout=out, stderr=out)
+def server(trained):
+    """``headstart serve RUN --port 0`` in a subprocess; yields its base URL and process once it has said both its
+    address and uvicorn's "startup complete". Its output is read line by line as it comes (no polling)."""
+    proc = subprocess.Popen([sys.executable, "-m", "headstart", "serve", str(trained[0]), "--port", "0",
+                             "--max-upload-mb", "1", "--device", "cpu"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    said, up = [], threading.Event()
+
+    def read():  # drains the pipe for the server's whole life, so it never blocks writing its log
+        for line in proc.stdout:
+            said.append(line)
+            if "startup complete" in line:
+                up.set()
+        up.set()  # it exited: stop waiting
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
-        deadline = time.time() + 120
-        while not (m := re.search(r"on (http://127\.0\.0\.1:\d+/)", log.read_text())) \
-                or "startup complete" not in log.read_text():
-            assert proc.poll() is None, log.read_text()
-            assert time.time() < deadline, log.read_text()
-            time.sleep(0.2)
-        yield m.group(1), proc
+        assert up.wait(120), "".join(said)
+        url = re.search(r"on (http://127\.0\.0\.1:\d+/)", "".join(said))  # printed before uvicorn starts
+        assert url and proc.poll() is None, "".join(said)
+        yield url.group(1), proc
     finally:
         proc.terminate()
         proc.wait(30)
+        reader.join(30)
 
 
 def test_the_server_answers_concurrent_requests_each_with_its_own_images(server, trained, model):
