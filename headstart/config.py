@@ -9,7 +9,7 @@ import importlib.util
 import math
 from dataclasses import dataclass, field, fields
 
-from headstart.core.choices import AUGMENTATIONS, BALANCE, BN_POLICIES, DEFAULT_MODEL, HEADS, PRECISIONS
+from headstart.core.choices import AUGMENTATIONS, BALANCE, BN_POLICIES, DEFAULT_MODEL, DUPLICATE_MODES, HEADS, PRECISIONS
 from headstart.core.errors import UsageError
 
 # What ``headstart compare`` writes into its folder: the results (resumable: finished runs are kept), the table,
@@ -51,6 +51,7 @@ class TrainConfig:
         head: how phases with ``fit="features"`` fit the head (:data:`headstart.core.choices.HEADS`).
         refit: refit a head fitted on features on train + val with the settings validation chose.
         keep_leaked: keep val/test images that duplicate a training image (given splits).
+        duplicates: what counts as a copy (``near``: confirmed near copies too; ``exact``: the same bytes; ``off``).
         max_pixels: images with more pixels are left out (decompression bombs); ``headstart check`` has the same.
         tensorboard: log each epoch (losses, accuracies, every layer group's learning rate) and the test confusion
             matrix to ``RUN/tensorboard`` (needs ``pip install 'headstart[tensorboard]'``).
@@ -85,6 +86,7 @@ class TrainConfig:
     head: str = "logreg"
     refit: bool = True
     keep_leaked: bool = False
+    duplicates: str = "near"
     max_pixels: int | None = None
     tensorboard: bool = False
     report: bool = True
@@ -129,7 +131,8 @@ class TrainConfig:
             raise UsageError("--tensorboard needs TensorBoard: pip install 'headstart[tensorboard]'.")
         for name, value, allowed in (("--augment", self.augment, AUGMENTATIONS), ("--balance", self.balance, BALANCE),
                                      ("--head", self.head, tuple(HEADS)), ("--precision", self.precision, PRECISIONS),
-                                     ("--bn", self.bn, (None, *BN_POLICIES))):
+                                     ("--bn", self.bn, (None, *BN_POLICIES)),
+                                     ("--duplicates", self.duplicates, DUPLICATE_MODES)):
             if value not in allowed:
                 raise UsageError(f"{name} must be one of {', '.join(a for a in allowed if a)}, got '{value}'.")
         return self
@@ -155,13 +158,13 @@ class CompareConfig:
         scratch_lrs: scratch's learning-rate grid; each rate is a full run, and the lowest validation loss wins.
             1e-3 and 3e-3 (AdamW) each won about half the time on Fashion-MNIST at 5 and 10 labels per class;
             1e-2 sometimes never left chance there (``benchmarks/data_efficiency.py``).
-        scratch_model: default resnet20 for images of 64 px or less, else ``model`` (from random weights).
-        scratch_image_size: default ``image_size``, so that both sides see the same pixels.
-        image_size: input size of the pretrained model (default: its own).
         lrs: the same kind of grid for every pretrained strategy that trains by gradient descent (``linear-probe``
             fits its head in closed form and chooses its own C); None runs each at its default rate, not swept.
         lr_extensions: while a grid's winner is its lowest or highest rate, one more rate a step beyond that edge
             is run, at most this many times; compare.md says when the winner stayed at the edge.
+        scratch_model: default resnet20 for images of 64 px or less, else ``model`` (from random weights).
+        scratch_image_size: default ``image_size``, so that both sides see the same pixels.
+        image_size: input size of the pretrained model (default: its own).
         budget_minutes: stop starting runs after this long.
     """
 
@@ -179,11 +182,11 @@ class CompareConfig:
     scratch_epochs: int = 50
     scratch_patience: int = 10
     scratch_lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3])
+    lrs: list[float] | None = None
+    lr_extensions: int = 3
     scratch_model: str | None = None
     scratch_image_size: int | None = None
     image_size: int | None = None
-    lrs: list[float] | None = None
-    lr_extensions: int = 3
     budget_minutes: float | None = None
     batch_size: int = 32
     workers: int | None = None

@@ -9,7 +9,8 @@ it and need nothing else. Every file is written atomically (:mod:`headstart.core
 ``split.json``              which image went where (absolute paths)
 ``skipped.json``            files left out, and why
 ``leakage.json``            duplicate groups and the val/test images left out because they copy a train image
-``train_fingerprints.json`` the training images' hashes: ``evaluate`` leaves out copies of them
+``train_fingerprints.json`` hashes and thumbnails of the train and val images, and which of them the shipped weights
+                            were fitted on (train; val too after a refit): ``evaluate`` leaves out copies of those
 ``metrics.jsonl``           one line per epoch
 ``best.safetensors``        the shipped weights (lowest calibrated validation loss), metadata in the header
 ``phase_best.safetensors``  the current phase's best weights (for resuming, and when an earlier phase won)
@@ -215,6 +216,16 @@ class RunDir:
 
     def write_skipped(self, bad: list[tuple[str, str]]) -> None:
         write_json(self.path / self.SKIPPED, [{"path": p, "reason": r} for p, r in bad])
+
+    def fitted_fingerprints(self) -> dict[str, dict] | None:
+        """Fingerprints of the images whose labels the shipped weights were fitted on (``fitted_on``), by path;
+        None for runs from before fingerprints were kept. Runs that kept a flat ``{path: record}`` of training
+        images read as that."""
+        recorded = self.read_json(self.FINGERPRINTS)
+        if recorded is None or "images" not in recorded:
+            return recorded
+        fitted = set(recorded.get("fitted_on", ["train"]))
+        return {p: r for p, r in recorded["images"].items() if r.get("split", "train") in fitted}
 
     def read_json(self, name: str, default: Any = None) -> Any:
         """A JSON file of the run (``summary.json``, ``leakage.json``...), or ``default`` when it is absent."""

@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from headstart.core.choices import MAX_PIXELS
+from headstart.core.choices import DUPLICATE_MODES, MAX_PIXELS, NEAR_BITS
 from headstart.core.errors import UsageError
 
 ROWS_PER_KIND = 10  # the table stays readable on large datasets; --json lists everything
@@ -33,9 +33,12 @@ def add_parser(sub):
     p.add_argument("--min-images", type=int, default=5, help="warn about training classes with fewer (default 5)")
     p.add_argument("--max-imbalance", type=float, default=10.0,
                    help="warn when the largest training class is this many times the smallest (default 10)")
-    p.add_argument("--near", type=int, default=6, metavar="BITS",
-                   help="near duplicates: perceptual hashes at most this many of 64 bits apart (default 6; 0: only "
-                        "identical pictures)")
+    p.add_argument("--duplicates", choices=DUPLICATE_MODES, default="near",
+                   help="what counts as a copy: near (default: re-encoded, resized or brightened copies, each pair "
+                        "confirmed on thumbnails), exact (the same bytes) or off")
+    p.add_argument("--near", type=int, default=NEAR_BITS, metavar="BITS",
+                   help=f"near copies: candidates whose perceptual hashes are at most this many of 64 bits apart "
+                        f"(default {NEAR_BITS}; each is confirmed on thumbnails)")
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help=f"pixel limit (default {MAX_PIXELS:,})")
     p.add_argument("--val-fraction", type=float, default=0.2, help="share held out when there is no val/ folder, "
                                                                    "as in train")
@@ -46,12 +49,13 @@ def add_parser(sub):
 def run(args) -> int:
     from headstart.data.check import check, quarantine
 
-    if not 0 <= args.near <= 32:
-        raise UsageError(f"--near {args.near} is out of range; pass a number of bits from 0 to 32, e.g. --near 4.")
+    if not 0 <= args.near <= 16:
+        raise UsageError(f"--near {args.near} is out of range; pass a number of bits from 0 to 16, e.g. --near 8.")
     if args.min_images < 1 or args.max_imbalance < 1 or args.max_pixels < 1:
         raise UsageError("--min-images, --max-imbalance and --max-pixels must be at least 1, e.g. --min-images 5.")
     report = check(args.data, val_fraction=args.val_fraction, seed=args.seed, max_pixels=args.max_pixels,
-                   min_images=args.min_images, max_imbalance=args.max_imbalance, near=args.near)
+                   min_images=args.min_images, max_imbalance=args.max_imbalance, duplicates=args.duplicates,
+                   near=args.near)
     moved = quarantine(report, args.quarantine) if args.quarantine else None
     if args.json:
         out = report.to_json()

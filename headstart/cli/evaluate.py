@@ -26,6 +26,9 @@ def add_parser(sub):
                    help="do not refresh RUN/report.html with this evaluation")
     p.add_argument("--keep-leaked", action="store_true",
                    help="score images that duplicate one of the run's training images (left out by default)")
+    p.add_argument("--duplicates", choices=("near", "exact", "off"), default="near",
+                   help="what counts as a copy of a training image: near (default; confirmed on thumbnails), exact "
+                        "(the same bytes) or off")
     return p
 
 
@@ -35,7 +38,8 @@ def run(args) -> int:
 
     # A frozen-backbone run whose features are cached is answered without torch; any other is loaded.
     loaded = open_run(args.run, device=args.device, tta=args.tta)
-    m = evaluate_run(loaded, args.data, batch_size=args.batch_size, tta=args.tta, keep_leaked=args.keep_leaked)
+    m = evaluate_run(loaded, args.data, batch_size=args.batch_size, tta=args.tta, keep_leaked=args.keep_leaked,
+                     duplicates=args.duplicates)
     if args.report:
         from headstart.report import write_report
 

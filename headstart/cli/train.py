@@ -64,6 +64,9 @@ def add_parser(sub):
     p.add_argument("--keep-leaked", action="store_true",
                    help="keep validation/test images that duplicate a training image (left out by default: they "
                         "inflate the selection and the reported accuracy)")
+    p.add_argument("--duplicates", choices=("near", "exact", "off"), default=d("duplicates"),
+                   help="what counts as a copy of a training image: near (default: re-encoded, resized or brightened "
+                        "copies, each confirmed on thumbnails), exact (the same bytes) or off")
     p.add_argument("--no-refit", dest="refit", action="store_false",
                    help="do not refit a head fitted on features on train + validation images after validation has "
                         "chosen its settings (refitting is the default: the shipped head sees every label)")

@@ -12,6 +12,10 @@ MAX_PIXELS = 89_478_485
 AUGMENTATIONS = ("none", "light", "strong")
 BALANCE = ("none", "weights", "sampler")
 BN_POLICIES = ("frozen", "train", "adabn")
+# What counts as a copy of an image (headstart/data/leakage.py): near copies confirmed on thumbnails, the same bytes
+# only, or nothing. NEAR_BITS: perceptual-hash distance of the candidates that thumbnails then confirm.
+DUPLICATE_MODES = ("near", "exact", "off")
+NEAR_BITS = 10
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 HEADS = {
     "logreg": "multinomial logistic regression (L-BFGS), regularisation chosen on the validation images",

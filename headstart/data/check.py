@@ -1,8 +1,9 @@
 """Checking a dataset before training: broken files, duplicates and leakage across splits, odd modes, class balance.
 
 Every file is read and decoded once, in a thread pool (PIL releases the GIL). The same pass gives the content hash
-(exact duplicates) and a 64-bit perceptual hash of a downscaled copy (near duplicates: re-encoded, resized or
-brightened copies), so ``train`` runs it on every start at little more than the cost of a plain decode.
+(exact duplicates), a 64-bit perceptual hash of a downscaled copy (which nominates near duplicates: re-encoded,
+resized or brightened copies) and a 32x32 grey thumbnail (which confirms them, see ``leakage``), so ``train`` runs it
+on every start at little more than the cost of a plain decode.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from PIL import Image
 
 from headstart.core.errors import DataError
 from headstart.data.images import MAX_PIXELS, BadImageError, decode_image
-from headstart.data.leakage import group_duplicates, near_pairs  # noqa: F401 (near_pairs: imported from here too)
+from headstart.data.leakage import NEAR_BITS, THUMB_SIDE, group_duplicates, near_pairs  # noqa: F401 (near_pairs: imported from here too)
 from headstart.data.sources import DataSplits, Sample, discover, validate
 
 SPLITS = ("train", "val", "test")
@@ -38,6 +39,7 @@ KINDS = {
     "not-image": ("error", "not an image"),
     "corrupt": ("error", "truncated or corrupt"),
     "too-large": ("error", "over the pixel limit"),
+    "label-conflict": ("warning", "copies labelled differently"),
     "leak": ("warning", "same image in two splits"),
     "duplicate": ("warning", "duplicate within a split"),
     "few-images": ("warning", "class with few images"),
@@ -46,7 +48,7 @@ KINDS = {
     "unusual-mode": ("warning", "unusual mode (converted)"),
     "exif-rotated": ("info", "EXIF rotation (applied)"),
 }
-DATA_WARNINGS = ("leak", "duplicate", "few-images", "imbalance")  # the ones train mentions; file quirks it handles
+DATA_WARNINGS = ("label-conflict", "leak", "duplicate", "few-images", "imbalance")  # the ones train mentions; file quirks it handles
 
 # Modes headstart converts correctly but that often surprise: what happens to them, in a few words.
 UNUSUAL_MODES = {
@@ -72,10 +74,11 @@ class FileFacts:
     orientation: int = 1
     sha: str = ""  # of the file's bytes
     phash: int = 0  # 64-bit perceptual hash of the decoded, upright image
-    phash_ok: bool = False  # big enough for the perceptual hash to mean something
+    phash_ok: bool = False  # big enough for near copies to be looked for
+    thumb: bytes = b""  # THUMB_SIDE x THUMB_SIDE grey levels of the upright image: confirms near copies
 
 
-MIN_PHASH_SIDE = 64  # pixels on the longest side below which only exact duplicates are looked for
+MIN_PHASH_SIDE = 16  # pixels on the longest side below which only exact duplicates are looked for
 # The check decodes JPEGs at reduced scale (sides >= 256 px): the perceptual hash needs 32 px, and the one full
 # decode of each image is the training's own. On five 12-megapixel photos: 27-32 ms instead of 171-374 ms per
 # image, perceptual hashes within 0-2 of 64 bits of the full decode's.
@@ -103,7 +106,9 @@ def inspect_file(path: str, max_pixels: int = MAX_PIXELS, hashes: bool = True) -
         bits = imagehash.phash(small).hash.ravel()
         facts.sha = hashlib.blake2b(data, digest_size=16).hexdigest()
         facts.phash = int.from_bytes(np.packbits(bits).tobytes(), "big")
-        # Thumbnails (Fashion-MNIST's 28 px) carry too little detail: different garments share hashes.
+        facts.thumb = decoded.image.convert("L").resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BILINEAR,
+                                                        reducing_gap=2.0).tobytes()
+        # An 8 px image (scikit-learn's digits) has too little detail to tell a copy from a look-alike.
         facts.phash_ok = max(decoded.image.size) >= MIN_PHASH_SIDE
     return facts
 
@@ -186,7 +191,9 @@ class CheckReport:
             found = [i for i in self.issues if i.kind == kind]
             if not found:
                 continue
-            if kind == "leak":
+            if kind == "label-conflict":
+                parts.append(f"{len(found)} copied picture(s) labelled differently")
+            elif kind == "leak":
                 parts.append(f"{sum(len(i.files) for i in found)} images in more than one split (leakage)")
             elif kind == "duplicate":
                 parts.append(f"{len(found)} group(s) of duplicate images")
@@ -207,19 +214,27 @@ class CheckReport:
                 "issues": [i.to_json() for i in self.issues], "seconds": round(self.seconds, 3)}
 
 
-def _duplicate_issues(entries: list[dict], facts: list[FileFacts], near: int) -> list[Issue]:
-    """Exact (same bytes) and near (perceptual hash within ``near`` bits) duplicates, grouped."""
+def _duplicate_issues(entries: list[dict], facts: list[FileFacts], mode: str, near: int) -> list[Issue]:
+    """Copies, grouped: exact (same bytes) and near (perceptual hash within ``near`` bits, confirmed on thumbnails).
+    A confirmed pair labelled differently is also a label conflict."""
     issues = []
-    for group in group_duplicates(facts, near):
+    groups, pairs = group_duplicates(facts, mode, near)
+    lowest: dict[int, float] = {}
+    for i, j, sim in pairs:
+        lowest[i] = min(lowest.get(i, 1.0), sim)
+        if entries[i]["class"] != entries[j]["class"]:
+            issues.append(Issue("label-conflict", f"the same picture labelled {entries[i]['class']} and "
+                                                  f"{entries[j]['class']} (similarity {sim:.3f}): one label is wrong",
+                                [entries[i], entries[j]]))
+    for group in groups:
         files = [entries[i] for i in group]
         splits = sorted({f["split"] for f in files}, key=SPLITS.index)
         labels = sorted({f["class"] for f in files})
         if len({facts[i].sha for i in group}) == 1:
             what = "the same file" if len({f["path"] for f in files}) == 1 else "identical files"
         else:
-            x = np.unique(np.array([facts[i].phash for i in group], np.uint64))
-            worst = int(np.bitwise_count(x[:, None] ^ x[None, :]).max())
-            what = f"near-identical images (perceptual hash {worst} of 64 bits apart)"
+            worst = min(lowest.get(i, 1.0) for i in group)
+            what = f"near-identical images (thumbnail similarity {worst:.3f} or more)"
         where = f"in {' and '.join(splits)}" if len(splits) > 1 else f"within {splits[0]}"
         conflict = f"; labelled differently: {', '.join(labels)}" if len(labels) > 1 else ""
         issues.append(Issue("leak" if len(splits) > 1 else "duplicate",
@@ -269,7 +284,8 @@ def _class_issues(counts: dict[str, dict[str, int]], min_images: int, max_imbala
 
 
 def check_splits(splits: DataSplits, data: str | Path = "", *, max_pixels: int = MAX_PIXELS, min_images: int = 5,
-                 max_imbalance: float = 10.0, near: int = 6, workers: int | None = None) -> CheckReport:
+                 max_imbalance: float = 10.0, duplicates: str = "near", near: int = NEAR_BITS,
+                 workers: int | None = None) -> CheckReport:
     """Checks the files of ``splits`` (which it leaves as they are).
 
     Args:
@@ -278,9 +294,10 @@ def check_splits(splits: DataSplits, data: str | Path = "", *, max_pixels: int =
         max_pixels: larger images are errors (decompression bombs).
         min_images: training classes with fewer usable images are warned about.
         max_imbalance: largest over smallest training class above this is warned about.
-        near: images whose perceptual hashes differ in at most this many of 64 bits are near duplicates; 0 finds only
-            exact copies and identical pictures. Re-encoded or brightened copies of a photo are usually 0-4 apart,
-            unrelated photos 20 or more; crops and flips are not found.
+        duplicates: what counts as a copy (``leakage.DUPLICATE_MODES``): ``near`` (default; confirmed on
+            thumbnails), ``exact`` (same bytes) or ``off``.
+        near: perceptual hashes at most this many of 64 bits apart are candidate near copies (each confirmed on
+            thumbnails); crops and flips are not found.
         workers: decoding threads (default: twice the cores, at most 8).
     """
     t0 = time.time()
@@ -290,7 +307,7 @@ def check_splits(splits: DataSplits, data: str | Path = "", *, max_pixels: int =
     for e in entries:
         issues += _file_issues(e, facts_by_path[e["path"]])
     good = [(e, facts_by_path[e["path"]]) for e in entries if facts_by_path[e["path"]].error is None]
-    issues += _duplicate_issues([e for e, _ in good], [f for _, f in good], near)
+    issues += _duplicate_issues([e for e, _ in good], [f for _, f in good], duplicates, near)
 
     usable = {e["path"] for e, _ in good}
     kept = DataSplits(splits.classes, *([s for s in getattr(splits, n) if s[0] in usable] for n in SPLITS),

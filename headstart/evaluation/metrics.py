@@ -12,7 +12,7 @@ from headstart.cached_run import CachedRun
 from headstart.core.errors import PathNotFoundError, UsageError
 from headstart.core.io import remembered_bytes, write_bytes
 from headstart.data.check import inspect_files
-from headstart.data.leakage import duplicates_of
+from headstart.data.leakage import copies_of
 from headstart.data.sources import read_class_folders
 from headstart.engine.calibration import compare_calibration, softmax
 from headstart.rundir import RunDir
@@ -91,13 +91,14 @@ def _draw_confusion(metrics: dict, title: str) -> bytes:
 
 
 def evaluate_run(run: LoadedRun | CachedRun, data: str | Path, batch_size: int = 64, workers: int | None = None,
-                 tta: bool = False, keep_leaked: bool = False) -> dict:
+                 tta: bool = False, keep_leaked: bool = False, duplicates: str = "near") -> dict:
     """Evaluates a trained run on a folder of class subfolders named like the run's classes.
 
     Writes ``evaluation.json`` and ``confusion_matrix.png`` into the run directory and returns the metrics. Scores
     use the run's calibration temperature; ``calibration`` holds the expected calibration error before and after it.
-    Images that duplicate one of the run's training images (exact or near copies) are left out of the scores and
-    counted (``leaked_excluded``), unless ``keep_leaked``. With ``tta`` the predictions average the softmax over each
+    Images that are themselves a confirmed copy of an image whose label the shipped weights were fitted on (the
+    training images, and the validation images after a refit; ``duplicates`` says what counts as a copy) are left
+    out of the scores and counted (``leaked_excluded``, with ``leaked_label_conflicts``), unless ``keep_leaked``. With ``tta`` the predictions average the softmax over each
     image and its mirror image.
 
     ``run`` is a :class:`~headstart.inference.LoadedRun`, or a
@@ -114,10 +115,18 @@ def evaluate_run(run: LoadedRun | CachedRun, data: str | Path, batch_size: int =
     for path, reason in bad:
         print(f"skipping {path}: {reason}", file=sys.stderr)
     samples = [s for s in samples if facts[s[0]].error is None]
-    leaked = _copies_of_training_images(run.path, {p: facts[p] for p, _ in samples})
+    copies = _copies_of_fitted_images(run.path, {p: facts[p] for p, _ in samples}, duplicates)
+    leaked = set(copies)
+    fitted_labels = _fitted_labels(run.path, run.classes)
+    conflicts = [{"path": p, "label": run.classes[y], "copy_of": copies[p]["copy_of"],
+                  "copy_label": fitted_labels.get(copies[p]["copy_of"])}
+                 for p, y in samples if p in copies and fitted_labels.get(copies[p]["copy_of"], run.classes[y])
+                 != run.classes[y]]
     if leaked and not keep_leaked:
-        print(f"left out {len(leaked)} image(s) that duplicate a training image of {run.path} (listed in "
-              "evaluation.json; --keep-leaked scores them)", file=sys.stderr)
+        print(f"left out {len(leaked)} image(s) that are copies of images {run.path} was fitted on (listed in "
+              "evaluation.json; --keep-leaked scores them)"
+              + (f"; {len(conflicts)} of them labelled differently from their copy" if conflicts else ""),
+              file=sys.stderr)
         samples = [s for s in samples if s[0] not in leaked]
     if not samples:
         raise UsageError(f"no readable images in {data}" + (" that are not copies of training images." if leaked
@@ -132,8 +141,10 @@ def evaluate_run(run: LoadedRun | CachedRun, data: str | Path, batch_size: int =
     metrics = classification_metrics(labels, probs.argmax(1), run.classes)
     metrics.update({"data": str(data), "tta": tta, "skipped": [{"path": p, "reason": r} for p, r in bad],
                     "calibration": compare_calibration(raw, probs, labels, run.temperature),
+                    "duplicates": duplicates,
                     "leaked_excluded": 0 if keep_leaked else len(leaked), "leaked_kept": len(leaked) if keep_leaked
-                    else 0, "leaked": sorted(leaked)})
+                    else 0, "leaked": sorted(leaked), "leaked_copy_of": {p: c["copy_of"] for p, c in copies.items()},
+                    "leaked_label_conflicts": conflicts})
     rundir = RunDir(run.path)
     rundir.write_json(rundir.EVALUATION, metrics)
     plot_confusion(metrics, rundir / rundir.CONFUSION, remember_in=rundir / rundir.FIGURES)
@@ -166,8 +177,17 @@ def _view_logits(run: LoadedRun | CachedRun, samples: list[tuple[str, int]], has
     return logits.numpy(), labels.numpy(), []
 
 
-def _copies_of_training_images(run_dir: Path, facts: dict) -> set[str]:
-    """Paths among ``facts`` that duplicate one of the run's training images (runs from before fingerprints were
-    recorded: none can be found)."""
-    recorded = RunDir(run_dir).read_json(RunDir.FINGERPRINTS)
-    return set() if recorded is None else duplicates_of(recorded, facts)
+def _copies_of_fitted_images(run_dir: Path, facts: dict, duplicates: str) -> dict[str, dict]:
+    """:func:`~headstart.data.leakage.copies_of` the images the run's shipped weights were fitted on (runs from
+    before fingerprints were recorded: none can be found)."""
+    recorded = RunDir(run_dir).fitted_fingerprints()
+    return {} if recorded is None else copies_of(recorded, facts, duplicates)
+
+
+def _fitted_labels(run_dir: Path, classes: list[str]) -> dict[str, str]:
+    """The label of each train and val image of the run (from ``split.json``), by path."""
+    rundir = RunDir(run_dir)
+    if not rundir.has(rundir.SPLIT):
+        return {}
+    splits = rundir.split()
+    return {p: splits.classes[y] for name in ("train", "val") for p, y in getattr(splits, name)}
