@@ -1,11 +1,10 @@
-"""A run killed with SIGKILL mid-epoch and resumed ends where an uninterrupted run ends."""
+"""A run killed with SIGKILL mid-epoch, at a known batch, and resumed ends where an uninterrupted run ends."""
 
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -27,28 +26,62 @@ def _metrics(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def _kill_then_resume_matches_uninterrupted(tmp_path, extra: list[str], kill_after_lines: int, epochs: int):
+# ``headstart train`` in a process that SIGKILLs itself at a known point: in its ``epoch``-th training epoch (counted
+# over every phase's epochs), just before the batch numbered ``batch`` (0-based), so ``batch`` optimizer steps of that
+# epoch have run and nothing of it is saved. Every earlier epoch has finished its metrics line and checkpoints.
+_DIES_MID_EPOCH = """
+import os, signal, sys
+from headstart.cli import main
+from headstart.engine import loop
+
+epoch, batch = int(os.environ["DIE_IN_EPOCH"]), int(os.environ["DIE_BEFORE_BATCH"])
+real, calls = loop.train_one_epoch, []
+
+
+class DiesMidEpoch:
+    def __init__(self, loader):
+        self.loader, self.dataset = loader, loader.dataset
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for i, b in enumerate(self.loader):
+            if i == batch:
+                os.kill(os.getpid(), signal.SIGKILL)
+            yield b
+
+
+def train_one_epoch(model, loader, *args, **kwargs):
+    calls.append(1)
+    return real(model, DiesMidEpoch(loader) if len(calls) == epoch else loader, *args, **kwargs)
+
+
+loop.train_one_epoch = train_one_epoch
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _kill_then_resume_matches_uninterrupted(tmp_path, extra: list[str], die_in_epoch: int, lines_before: int,
+                                            epochs: int):
+    """Kills run b two optimizer steps into its ``die_in_epoch``-th training epoch, after ``lines_before`` metrics
+    lines, resumes it, and compares it with run a, never interrupted."""
     data = make_class_folder(tmp_path / "d", per_class=12, size=32)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(_train_cmd(data, tmp_path / "a", *extra), check=True, env=env, capture_output=True)
 
     run_b = tmp_path / "b"
-    proc = subprocess.Popen(_train_cmd(data, run_b, *extra), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if (run_b / "metrics.jsonl").exists() and \
-                len((run_b / "metrics.jsonl").read_text().splitlines()) >= kill_after_lines:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert len(_metrics(run_b)) < epochs
+    cmd = [sys.executable, "-c", _DIES_MID_EPOCH, *_train_cmd(data, run_b, *extra)[3:]]
+    log = tmp_path / "b.log"  # a file, not a pipe: a loader worker outliving its parent must not hold the test
+    with open(log, "w") as err:
+        killed = subprocess.run(cmd, env={**env, "DIE_IN_EPOCH": str(die_in_epoch), "DIE_BEFORE_BATCH": "2"},
+                                stdout=subprocess.DEVNULL, stderr=err, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, log.read_text()[-2000:]  # it died where it was told, not before
+    assert len(_metrics(run_b)) == lines_before
     done = subprocess.run([sys.executable, "-m", "headstart", "train", "--resume", str(run_b)], env=env,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert "resuming after epoch" in done.stderr
+    assert f"resuming after epoch {lines_before}" in done.stderr
 
     a, b = _metrics(tmp_path / "a"), _metrics(run_b)
     assert [m["global_epoch"] for m in b] == list(range(1, epochs + 1))
@@ -64,7 +97,7 @@ def _kill_then_resume_matches_uninterrupted(tmp_path, extra: list[str], kill_aft
 
 
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
-    _kill_then_resume_matches_uninterrupted(tmp_path, [], kill_after_lines=2, epochs=5)
+    _kill_then_resume_matches_uninterrupted(tmp_path, [], die_in_epoch=3, lines_before=2, epochs=5)
 
 
 def test_sigkill_in_the_second_phase_with_a_loader_worker_then_resume_matches(tmp_path):
@@ -75,7 +108,7 @@ def test_sigkill_in_the_second_phase_with_a_loader_worker_then_resume_matches(tm
     torch.save(create_backbone("resnet20", pretrained=False)[0].state_dict(), weights)
     metrics = _kill_then_resume_matches_uninterrupted(
         tmp_path, ["--strategy", "fine-tune", "--weights", str(weights), "--workers", "1", "--epochs", "4"],
-        kill_after_lines=3, epochs=5)
+        die_in_epoch=3, lines_before=3, epochs=5)  # the head's line, then two fine-tune epochs
     assert [m["phase"] for m in metrics] == ["head"] + ["fine-tune"] * 4
 
 
