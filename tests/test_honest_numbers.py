@@ -53,8 +53,11 @@ def test_linear_probe_run_ships_refit_head_and_temperature(probe_run):
     run = root / "run"
     assert summary["refit"]["refit_images"] == summary["train_images"] + summary["val_images"] == 30
     meta = weights_metadata(run / "best.safetensors")
-    # A refitted head has seen the validation images, which cannot calibrate it any more: it ships T = 1.
-    assert meta["refit"] is True and meta["temperature"] == summary["temperature"] == 1.0
+    # A refitted head has seen the validation images, which cannot calibrate it any more: its temperature is
+    # cross-fitted on train + validation (tests/test_refit_calibration.py) and described as such.
+    assert meta["refit"] is True and meta["temperature"] == summary["temperature"]
+    assert summary["temperature"] == summary["calibration"]["cross_fitted"]["temperature"]
+    assert summary["temperature_source"].startswith("cross-fitted")
     cal = summary["calibration"]["val"]
     assert {"ece_before", "ece_after", "reliability_before", "reliability_after"} <= set(cal)
     assert sum(cal["reliability_after"]["count"]) == summary["val_images"]

@@ -93,6 +93,27 @@ def calibrated_nll(logits, labels, reduce=None) -> float:
     return fit_temperature(logits, labels, reduce)[1]
 
 
+def selection_loss(logits, labels, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) \
+        -> tuple[float, float, bool]:
+    """The figure that chooses between epochs and phases: ``(T, loss, every image right)``.
+
+    The validation loss after the best temperature (:func:`fit_temperature`), except when every validation image is
+    classified correctly: then the fit runs to its bound ``T_MIN`` and the loss is the margins times 1 / T_MIN, a
+    figure of how sharp the model is, not of what it knows. Then it is the raw loss (T = 1), as for
+    :func:`run_temperature`. ``reduce`` sums across ranks (DDP), so every rank takes the same branch.
+    """
+    import torch
+
+    logits, labels = torch.as_tensor(logits), torch.as_tensor(labels)
+    reduce = reduce or (lambda t: t)
+    wrong = int(logits.argmax(1).ne(labels).sum()) if len(labels) else 0
+    n, wrong = (int(v) for v in reduce(torch.tensor([float(len(labels)), float(wrong)], dtype=torch.float64)))
+    if n and not wrong:
+        loss = reduce(torch.tensor([float(_nll_sums(logits, labels, torch.ones(1))[0])], dtype=torch.float64))
+        return 1.0, float(loss[0]) / n, True
+    return (*fit_temperature(logits, labels, reduce), False)
+
+
 def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = BINS) -> dict:
     """Confidence against accuracy in equal-width bins of top-1 confidence (a reliability diagram's data).
 

@@ -6,15 +6,18 @@ up linearly and then decays by a cosine, and stops early when the validation los
 ``patience`` epochs (restoring the phase's best weights). The loss is built once (:mod:`headstart.engine.losses`).
 
 Every epoch, and every phase, is judged by one figure: the validation cross-entropy after temperature scaling
-(:func:`headstart.engine.calibration.calibrated_nll`). A head fitted by logistic regression is calibrated by
+(:func:`headstart.engine.calibration.selection_loss`). A head fitted by logistic regression is calibrated by
 construction and a fine-tuned network is over-confident, so their raw losses would favour the probe even at lower
-accuracy (measured: ``fine-tune`` shipped its probe in 2 of 3 seeds). The raw loss is recorded beside it.
+accuracy (measured: ``fine-tune`` shipped its probe in 2 of 3 seeds). The raw loss is recorded beside it. When every
+validation image is right no temperature can be fitted (it runs to its bound and the figure becomes the margins
+times 20), so that epoch is judged on its raw loss; its record says so (``val_all_correct``) and so does a line.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -28,7 +31,7 @@ from headstart.core.errors import TrainingDiverged, UsageError
 from headstart.core.progress import progress
 from headstart.core.runtime import Runtime
 from headstart.engine.batchnorm import adapt_batchnorm
-from headstart.engine.calibration import fit_temperature
+from headstart.engine.calibration import T_MIN, selection_loss
 from headstart.engine.forward import model_forward
 from headstart.engine.losses import L2SP, make_criterion, make_mixer
 from headstart.engine.train_forward import fast_training_forward
@@ -140,16 +143,17 @@ def predict_logits(model, loader: DataLoader, runtime: Runtime, desc: str = "eva
 
 
 def evaluate(model, loader: DataLoader, runtime: Runtime, desc: str = "val") -> dict:
-    """Loss, accuracy, and the loss after the best temperature (``loss_calibrated``, with that ``temperature``:
-    :mod:`headstart.engine.calibration`) over the whole loader, summed across ranks when distributed."""
+    """Loss, accuracy, and the selection figure over the whole loader, summed across ranks when distributed: the loss
+    after the best temperature (``loss_calibrated``, with that ``temperature``), or the raw loss at T = 1 when every
+    image is right (``all_correct``; :func:`headstart.engine.calibration.selection_loss`)."""
     logits, labels = predict_logits(model, loader, runtime, desc)
     loss_sum = F.cross_entropy(logits, labels, reduction="sum").item() if len(labels) else 0.0
     correct = (logits.argmax(1) == labels).sum().item() if len(labels) else 0
     loss_sum, correct, n = all_reduce_sum([loss_sum, correct, len(labels)], runtime.device)
-    temperature, calibrated = fit_temperature(
+    temperature, calibrated, all_correct = selection_loss(
         logits, labels, reduce=lambda t: torch.tensor(all_reduce_sum(t.tolist(), runtime.device), dtype=t.dtype))
     return {"loss": loss_sum / max(1, n), "acc": correct / max(1, n), "loss_calibrated": calibrated,
-            "temperature": temperature}
+            "temperature": temperature, "all_correct": all_correct}
 
 
 @dataclass
@@ -254,9 +258,11 @@ def _run_features_phase(model, phase: Phase, loaders, runtime: Runtime, state: F
     info = probe(model, loaders["train_eval"], loaders.get("val_all", loaders["val"]), runtime)
     # The head was scored on the validation features already: no second pass through the backbone.
     val = {"loss": info["probe_val_loss"], "acc": info["probe_val_acc"],
-           "loss_calibrated": info["probe_val_loss_calibrated"], "temperature": info["probe_temperature"]}
+           "loss_calibrated": info["probe_val_loss_calibrated"], "temperature": info["probe_temperature"],
+           "all_correct": info.get("probe_val_all_correct", False)}
     improved, phase_improved = _end_epoch(state, val["loss_calibrated"], patience=0)
-    record = {"phase": phase.name, "epoch": 1, "global_epoch": state.global_epoch, **_val_record(val),
+    record = {"phase": phase.name, "epoch": 1, "global_epoch": state.global_epoch,
+              **_val_record(val, phase.name, runtime),
               "trainable_params": model.head.weight.numel() + model.head.bias.numel(),
               "seconds": time.time() - t0, **info}
     if on_epoch:
@@ -264,9 +270,14 @@ def _run_features_phase(model, phase: Phase, loaders, runtime: Runtime, state: F
     return copy.deepcopy(model.state_dict())
 
 
-def _val_record(val: dict) -> dict:
+def _val_record(val: dict, where: str, runtime: Runtime) -> dict:
+    """The validation figures of an epoch's record; says so when the epoch is ranked on its raw loss."""
+    if val["all_correct"] and runtime.is_main:
+        print(f"note: every validation image is right after {where}: a temperature fitted on them would run to its "
+              f"bound ({T_MIN}), so this epoch is ranked on its raw validation loss (T = 1, {val['loss']:.4g})",
+              file=sys.stderr, flush=True)
     return {"val_loss": val["loss"], "val_loss_calibrated": val["loss_calibrated"], "val_acc": val["acc"],
-            "val_temperature": val["temperature"]}
+            "val_temperature": val["temperature"], "val_all_correct": val["all_correct"]}
 
 
 def _end_epoch(state: FitState, val_loss: float, patience: int, max_epochs: int = 1) -> tuple[bool, bool]:
@@ -320,7 +331,8 @@ def _run_sgd_phase(model, phase: Phase, loaders, runtime: Runtime, state: FitSta
         if phase_improved:
             phase_best_state = copy.deepcopy(model.state_dict())
         record = {"phase": phase.name, "epoch": state.epoch, "global_epoch": state.global_epoch, **train,
-                  **_val_record(val), "lr": optimizer.param_groups[-1]["lr"],
+                  **_val_record(val, f"{phase.name} epoch {state.epoch}", runtime),
+                  "lr": optimizer.param_groups[-1]["lr"],
                   "lrs": {g["name"]: g["lr"] for g in optimizer.param_groups},
                   "trainable_params": model.trainable_parameters(), "seconds": time.time() - t0}
         if on_epoch:

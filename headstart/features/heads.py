@@ -240,6 +240,33 @@ def refit_head(kind: str, x, y, num_classes: int, chosen: dict, class_weight: np
     return LinearHead(head.weight, head.bias, {"head": kind, **keep, "refit_images": int(len(y))})
 
 
+def cross_fitted_logits(kind: str, x, y, num_classes: int, chosen: dict, class_weight: np.ndarray | None = None,
+                        folds: int = 5, seed: int = 0) -> tuple[np.ndarray, int]:
+    """Out-of-fold logits of a refit: each image scored by a head refitted (:func:`refit_head`, the same settings)
+    on the other folds, so a temperature fitted on them describes the refitted head on images it has not seen.
+
+    Args:
+        kind, x, y, num_classes, chosen, class_weight: as in :func:`refit_head`.
+        folds: stratified folds; fewer when the smallest class has fewer images.
+        seed: the folds' shuffle.
+
+    Returns:
+        ``(logits (n, classes), folds used)``; ``(None, 0)`` when a class has a single image (no fold could hold it
+        out and train on it too).
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    x, y = np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.int64)
+    counts = np.bincount(y)
+    k = min(folds, int(counts[counts > 0].min())) if len(y) else 0
+    if k < 2:
+        return None, 0
+    out = np.zeros((len(y), num_classes))
+    for train, held in StratifiedKFold(k, shuffle=True, random_state=seed).split(x, y):
+        out[held] = refit_head(kind, x[train], y[train], num_classes, chosen, class_weight).logits(x[held])
+    return out, k
+
+
 @contextlib.contextmanager
 def _threads_for(elements: int, one_thread_below: int = 20_000_000):
     """One thread for small problems: there, OpenMP/BLAS synchronisation costs more than the work (logistic

@@ -113,11 +113,14 @@ class RunReport:
         if "seconds" in self.summary:
             items.append(card("time", duration(self.summary["seconds"]), esc(self.config.get("runtime", "")),
                               small=True))
-        cal = (self.summary.get("calibration") or {}).get("test") or (self.summary.get("calibration") or {}).get("val")
-        if cal and "ece_after" in cal:
+        rows = {key: (title, c) for key, _, title, c in self.calibration_rows()}
+        # After a refit the validation figures describe a head that is not shipped.
+        key = next((k for k in ("test", "cross_fitted", "val") if k in rows
+                    and not (k == "val" and self.summary.get("refit"))), None)
+        if key:
+            title, cal = rows[key]
             items.append(card("calibration error", num(cal["ece_after"]),
-                              f"ECE on {'test' if (self.summary['calibration'].get('test')) else 'validation'} "
-                              f"images · T = {cal.get('temperature', 1.0):.2f}", small=True))
+                              f"ECE, {esc(title)} · T = {cal.get('temperature', 1.0):.2f}", small=True))
         return cards(items) + self.headline()
 
     def headline(self) -> str:
@@ -134,6 +137,9 @@ class RunReport:
                 f"{s.get('train_images', '?'):,} training images of {len(self.classes)} classes; validation loss "
                 f"(after temperature scaling) chose phase <b>{esc(s.get('best_phase'))}</b>, epoch "
                 f"{s.get('best_epoch')}.")
+        if raw := sum(bool(r.get("val_all_correct")) for r in self.records):
+            text += (f" {raw} epoch(s) had every validation image right: no temperature can be fitted there, so "
+                     "they were ranked on their raw validation loss (T = 1).")
         if s.get("refit"):
             text += (f" The {esc(s['refit'].get('head', ''))} head was then refitted on all "
                      f"{s['refit'].get('refit_images', '?'):,} train and validation images.")
@@ -339,28 +345,50 @@ class RunReport:
             notes.append(f"{e['leaked_kept']} image(s) that copy a training image were kept: they inflate the score.")
         return "evaluation", "Evaluation", para(" ".join(notes)) + metrics_block(e)
 
-    def calibration(self):
+    def calibration_rows(self) -> list[tuple[str, str, str, dict]]:
+        """``(key, row label, short title, calibration)`` for each set of calibration figures, in the order the
+        weights came to be; label and title say which images and which weights the figures describe."""
         cal = self.summary.get("calibration") or {}
-        panels = [(name, c) for name, c in (("validation", cal.get("val")), ("test", cal.get("test")),
-                                            ("evaluate", (self.evaluation or {}).get("calibration")))
-                  if c and "ece_after" in c]
+        before = "the head before the refit" if self.summary.get("refit") else "the shipped weights"
+        rows = [("val", f"validation images, {before}", f"validation, {before.removeprefix('the ')}", cal.get("val")),
+                ("cross_fitted", "train + validation images out of fold, heads fitted as the shipped one (where the "
+                 "shipped T was fitted)", "cross-fitted, shipped settings", cal.get("cross_fitted")),
+                ("test", "test images, the shipped weights", "test, shipped weights", cal.get("test")),
+                ("evaluate", "evaluate's images, the shipped weights", "evaluate, shipped weights",
+                 (self.evaluation or {}).get("calibration"))]
+        return [row for row in rows if row[-1] and "ece_after" in row[-1]]
+
+    def calibration(self):
+        panels = self.calibration_rows()
         if not panels:
             return "calibration", "Calibration", para(
                 "This run records no calibration (runs from before headstart fitted a temperature): its scores are "
                 "the raw softmax.", "note")
-        body = para("Scores are <code>softmax(logits / T)</code>, T fitted on the validation images, so that a "
-                    "score of 0.8 is right about 80% of the time. The expected calibration error (ECE) is the "
-                    "average gap between confidence and accuracy, weighted by the images in each bin; lower is "
-                    "better.")
+        shipped_t = self.summary.get("temperature")
+        source = self.summary.get("temperature_source")
+        body = para("Scores are <code>softmax(logits / T)</code> with one temperature T, so that a score of 0.8 is "
+                    "right about 80% of the time. The expected calibration error (ECE) is the average gap between "
+                    "confidence and accuracy, weighted by the images in each bin; lower is better. Each row says "
+                    "which images and which weights it describes, and its T column the temperature its "
+                    "\"with T\" figures use.")
+        if isinstance(shipped_t, (int, float)):
+            body += para(f"Shipped: T = {shipped_t:.3g}" + (f", {esc(source)}." if source else "."))
         if self.summary.get("refit"):
-            body += callout("The head was refitted on train + validation images after calibration, so its scores "
-                            "are logistic regression's own (T = 1); the validation diagram describes the head before "
-                            "the refit, the test diagram the shipped one.", info=True)
-        rows = [[esc(name), f"{c.get('images', '?'):,}" if isinstance(c.get("images"), int) else "?",
-                 f"{c.get('temperature_applied', c.get('temperature', 1.0)):.3g}", num(c.get("ece_before")),
-                 num(c.get("ece_after")), num(c.get("nll_before")), num(c.get("nll_after"))] for name, c in panels]
-        body += table(["images", "count", "T", "ECE raw", "ECE with T", "NLL raw", "NLL with T"], rows)
-        drawn = [(n, c) for n, c in panels if c.get("reliability_after")]
+            if self.summary.get("calibration", {}).get("cross_fitted"):
+                body += callout("The head was refitted on train + validation images after validation chose its "
+                                "settings, so validation can no longer calibrate it: the validation row describes the "
+                                "head before the refit, and the shipped temperature is cross-fitted (each image "
+                                "scored by a head fitted as the shipped one without it).", info=True)
+            else:
+                body += callout("The head was refitted on train + validation images after calibration; the "
+                                "validation row describes the head before the refit, the test row the shipped one.",
+                                info=True)
+        rows = [[esc(label), f"{c.get('images', '?'):,}" if isinstance(c.get("images"), int) else "?",
+                 f"{c.get('temperature', 1.0):.3g}", num(c.get("ece_before")),
+                 num(c.get("ece_after")), num(c.get("nll_before")), num(c.get("nll_after"))]
+                for _, label, _, c in panels]
+        body += table(["images, weights", "count", "T", "ECE raw", "ECE with T", "NLL raw", "NLL with T"], rows)
+        drawn = [(title, c) for _, _, title, c in panels if c.get("reliability_after")]
         if drawn:
             diagrams = figures.remembered(self.figures, figures.reliability_diagrams, drawn)
             body += figure(diagrams, "reliability diagrams",
