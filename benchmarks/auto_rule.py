@@ -10,7 +10,9 @@ same validation images also pick ``full``'s epoch and the probe's regularisation
 
 Prints a table (mean ± std over seeds) and the smallest budget from which ``full`` beats the probe on validation at
 that budget and every larger one; writes ``auto_rule.json`` into ``--out``. ``--fashion-json`` adds a second opinion:
-the validation accuracies stored in ``headstart compare``'s JSON (e.g. ``docs/data_efficiency_fashion_mnist.json``).
+the validation accuracies stored in ``headstart compare``'s JSON (e.g. the withdrawn Fashion-MNIST one:
+``git show 4641c26:docs/data_efficiency_fashion_mnist.json > /tmp/f.json``). The figures behind ``headstart.auto``'s
+threshold, each labelled re-run or copied, are in ``docs/measurements/auto_rule_digits.json``.
 
     python benchmarks/auto_rule.py --out /tmp/auto-rule
 
@@ -139,9 +141,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--reuse", action="store_true", help="keep the runs in --out that finished (after a crash)")
-    p.add_argument("--fashion-json", default=str(Path(__file__).resolve().parents[1] / "docs" /
-                                                 "data_efficiency_fashion_mnist.json"),
-                   help="a `headstart compare` JSON whose validation accuracies are shown too ('' to skip)")
+    p.add_argument("--fashion-json", default="",
+                   help="a `headstart compare` JSON whose validation accuracies are shown too (default: none)")
     args = p.parse_args(argv)
     args.labels_per_class = [int(n) for n in args.labels_per_class.split(",")]
     runs = run_digits(args)
