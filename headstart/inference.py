@@ -29,7 +29,7 @@ class LoadedRun:
     config: dict
     runtime: Runtime
     path: Path
-    temperature: float = 1.0  # fitted on the run's validation images; probabilities are softmax(logits / T)
+    temperature: float = 1.0  # the run's (summary.json's temperature_source); probabilities are softmax(logits / T)
     frozen_backbone: bool = False  # the shipped weights' backbone is the pretrained one: features can be cached
     _forwards: dict = field(default_factory=dict, repr=False)  # engine -> (state of the weights, eval forward)
 

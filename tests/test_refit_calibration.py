@@ -198,3 +198,18 @@ def test_an_all_right_run_says_it_ranked_on_the_raw_loss(tmp_path, capfd):
     assert summary["val_acc"] == 1.0 and record["val_all_correct"] is True
     assert record["val_loss_calibrated"] == pytest.approx(record["val_loss"]) and record["val_temperature"] == 1.0
     assert "ranked on its raw validation loss" in capfd.readouterr().err
+
+
+def test_readme_prints_the_stored_refit_calibration_figures():
+    """The README's test ECE of the refitted head (T = 1 → cross-fitted T) is the stored measurement's mean."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    rows = json.loads((root / "docs/measurements/refit_calibration_160px.json").read_text())["rows"]
+    readme = " ".join((root / "README.md").read_text(encoding="utf-8").split())
+    for kind in ("logreg", "ncm", "sgd"):
+        pairs = []
+        for n in (5, 10, 50):
+            rs = [r for r in rows if r["head"] == kind and r["labels_per_class"] == n]
+            pairs.append(" → ".join(f"{np.mean([r[k] for r in rs]):.3f}" for k in ("ece_after_t1", "ece_after_t_cross")))
+        assert f"{kind} {', '.join(pairs)}" in readme, (kind, pairs)

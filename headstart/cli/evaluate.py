@@ -61,7 +61,8 @@ def run(args) -> int:
         table.add_row(name, f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", str(r["support"]))
     console().print(table)
     c = m["calibration"]
-    print(f"calibration: temperature {c['temperature']:.3g} (fitted on the run's validation images); expected "
+    print(f"calibration: the run's temperature {c['temperature']:.3g} (how it was fitted: summary.json's "
+          "temperature_source); expected "
           f"calibration error {c['ece_before']:.3f} without it, {c['ece_after']:.3f} with it")
     if m["leaked_excluded"]:
         print(f"left out {m['leaked_excluded']} image(s) that duplicate training images (--keep-leaked scores them)")

@@ -3,7 +3,9 @@
 Modern networks are over-confident: a fine-tuned model that says 0.99 is right far less than 99% of the time
 (Guo et al. 2017, "On Calibration of Modern Neural Networks"). Users in medicine and industry threshold these
 scores, so every run fits a temperature T on its validation images (the softmax of ``logits / T``; one number, so
-the predicted class never changes) and ``predict`` and ``evaluate`` use it.
+the predicted class never changes) and ``predict`` and ``evaluate`` use it. A head refitted on train + validation
+(:func:`headstart.features.probe.refit_linear_probe`) gets a cross-fitted T instead: fitted the same way, on the
+out-of-fold logits of heads refitted without each fold.
 
 The same fit puts phases on equal footing when a run chooses which weights to ship: a logistic-regression probe is
 calibrated by construction, a fine-tuned network is not, so comparing their raw validation losses favours the probe
