@@ -368,3 +368,11 @@ def test_a_refit_drops_test_copies_of_validation_images_from_the_figure(tmp_path
     assert plain["leakage"]["excluded_test_after_refit"] == 0
     assert json.loads((tmp_path / "plain" / "test_metrics.json").read_text())["num_images"] == 11
     assert evaluate_run(load_run(tmp_path / "plain"), data / "test")["leaked"] == []  # val only chose
+
+
+@pytest.mark.parametrize("ref_hash, query_hash", [(0b111, 0b011), (0b011, 0b111)])
+def test_a_copy_is_found_whichever_hash_sorts_first(ref_hash, query_hash):
+    thumb = np.random.default_rng(0).integers(0, 256, 1024).astype(np.uint8).tobytes()
+    ref = FileFacts("r", sha="r", phash=ref_hash, phash_ok=True, thumb=thumb)
+    query = FileFacts("q", sha="q", phash=query_hash, phash_ok=True, thumb=thumb)
+    assert copies_of(fingerprints({"r": ref}, ["r"]), {"q": query}) == {"q": {"copy_of": "r", "similarity": 1.0}}

@@ -152,8 +152,8 @@ def _candidates(prints: Prints, near: int) -> Iterable[tuple[np.ndarray, np.ndar
         ma, mb = np.array(members[a]), np.array(members[b])
         ii, jj = np.meshgrid(ma, mb, indexing="ij")
         keep = ii < jj if a == b else np.ones(ii.shape, bool)
-        block_i.append(ii[keep])
-        block_j.append(jj[keep])
+        block_i.append(np.minimum(ii, jj)[keep])
+        block_j.append(np.maximum(ii, jj)[keep])
         size += int(keep.sum())
         if size >= CHUNK:
             yield np.concatenate(block_i), np.concatenate(block_j)
