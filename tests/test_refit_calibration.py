@@ -211,5 +211,6 @@ def test_readme_prints_the_stored_refit_calibration_figures():
         pairs = []
         for n in (5, 10, 50):
             rs = [r for r in rows if r["head"] == kind and r["labels_per_class"] == n]
-            pairs.append(" → ".join(f"{np.mean([r[k] for r in rs]):.3f}" for k in ("ece_after_t1", "ece_after_t_cross")))
+            means = [np.mean([r[k] for r in rs]) for k in ("ece_after_t1", "ece_after_t_cross")]
+            pairs.append(" → ".join(f"{m:.3f}" for m in means))
         assert f"{kind} {', '.join(pairs)}" in readme, (kind, pairs)
