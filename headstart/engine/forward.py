@@ -262,7 +262,15 @@ def model_forward(model: nn.Module, runtime: Runtime, example: torch.Tensor, ima
         return model
     net.eval()
     backbone, head = fast_forward(net.backbone, runtime, example, images, engine), net.head
-    return lambda x: head(backbone(x).to(head.weight.device))
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        # The head in its own dtype, outside autocast, as on cached features (features.probe.cached_logits): a probe
+        # fitted in fp32 with large weights moves scores by ~1e-4 when its matmul runs in bf16.
+        feats = backbone(x).to(head.weight.device, head.weight.dtype)
+        with torch.autocast(feats.device.type, enabled=False):
+            return head(feats)
+
+    return forward
 
 
 def fast_forward(module: nn.Module, runtime: Runtime, example: torch.Tensor, images: int,
