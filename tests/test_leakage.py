@@ -376,3 +376,15 @@ def test_a_copy_is_found_whichever_hash_sorts_first(ref_hash, query_hash):
     ref = FileFacts("r", sha="r", phash=ref_hash, phash_ok=True, thumb=thumb)
     query = FileFacts("q", sha="q", phash=query_hash, phash_ok=True, thumb=thumb)
     assert copies_of(fingerprints({"r": ref}, ["r"]), {"q": query}) == {"q": {"copy_of": "r", "similarity": 1.0}}
+
+
+def test_check_reports_copies_between_val_and_test(tmp_path):
+    from headstart.data.check import check
+
+    write_pictures(tmp_path / "d" / "train", per_class=4)
+    write_pictures(tmp_path / "d" / "val", per_class=2, first_seed=30)
+    write_pictures(tmp_path / "d" / "test", per_class=2, first_seed=60)
+    reencoded(tmp_path / "d" / "val" / "bee" / "bee_00.png", tmp_path / "d" / "test" / "bee" / "from_val.jpg", 85)
+    leaks = [i for i in check(tmp_path / "d").issues if i.kind == "leak"]
+    assert [sorted(f["split"] for f in i.files) for i in leaks] == [["test", "val"]]
+    assert "in val and test" in leaks[0].message

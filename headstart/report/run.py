@@ -222,6 +222,12 @@ class RunReport:
                 text += (f"{n_excluded} validation/test image(s) copying a training image were "
                          + ("kept, as asked: the held-out figures are inflated by them." if lk.get("kept") else
                             "left out of selection and scoring."))
+            if conflicts := lk.get("label_conflicts"):
+                text += (f" {len(conflicts)} of them carry a different label from the image they copy (label "
+                         "conflicts: one of each pair's labels is wrong; `headstart check` lists them).")
+            if after := (lk.get("excluded_after_refit") or {}).get("test"):
+                text += (f" {len(after)} test image(s) copying a validation image were left out too, because the "
+                         "refit fitted the shipped head on the validation images.")
             parts.append(para(text))
             if n_excluded:
                 rows = [[esc(split), f"<code>{esc(p)}</code>"] for split, ps in excluded.items() for p in ps]
