@@ -388,3 +388,9 @@ def test_check_reports_copies_between_val_and_test(tmp_path):
     leaks = [i for i in check(tmp_path / "d").issues if i.kind == "leak"]
     assert [sorted(f["split"] for f in i.files) for i in leaks] == [["test", "val"]]
     assert "in val and test" in leaks[0].message
+
+
+def test_images_too_small_for_near_copies_match_exactly_only():
+    a, b = (FileFacts(n, sha="same", phash=1, phash_ok=False) for n in "ab")
+    c = FileFacts("c", sha="other", phash=1, phash_ok=False)
+    assert duplicate_groups({"a": a, "b": b, "c": c}) == [["a", "b"]]
