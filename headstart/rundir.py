@@ -102,7 +102,8 @@ class RunDir:
     def require_model(self) -> RunDir:
         """This run, checked to hold a model; otherwise an error that says what the folder is."""
         if not self.path.is_dir():
-            raise RunNotFoundError(f"{self.path} is not a headstart run directory (it does not exist); pass the --out "
+            what = "it is a file, not a folder" if self.path.exists() else "it does not exist"
+            raise RunNotFoundError(f"{self.path} is not a headstart run directory ({what}); pass the --out "
                                    "folder of a `headstart train` run.")
         if not self.is_run():
             raise RunNotFoundError(f"{self.path} is not a headstart run directory (no {self.CONFIG}); pass the "
@@ -277,6 +278,27 @@ class RunDir:
         if self.has(self.PHASE_BEST):
             state["phase_best_state"] = load_weights(self.path / self.PHASE_BEST)
         return state
+
+
+def refuse_run_files(targets, own: str | Path | None = None, allowed=()) -> None:
+    """Refuses to write any of ``targets`` where a run keeps one of its files (:attr:`RunDir.OWNED`, or anything
+    inside its owned folders), so that no output replaces a run's weights or records: only the names in ``allowed``,
+    in the run ``own`` (the command's own run), may be written there (``report.html`` for ``report``).
+
+    Raises:
+        OutputError: the first target that would replace a run's file, with the run it belongs to.
+    """
+    own_dir = Path(own).resolve() if own is not None else None
+    for target in map(Path, targets):
+        resolved = target.resolve()  # a symlink into a run is the run's file
+        for here in (resolved, *resolved.parents):
+            if here.name not in RunDir.OWNED or not RunDir(here.parent).is_run():
+                continue
+            if here == resolved and here.parent == own_dir and here.name in allowed:
+                break
+            whose = "this run's" if here.parent == own_dir else f"the run {here.parent}'s"
+            raise OutputError(f"{target} would replace {whose} own {here.name}; nothing is written over a run's "
+                              "files: pass a file outside the run, or another name.")
 
 
 def _within(path: Path, folder: Path) -> bool:

@@ -34,8 +34,11 @@ def add_parser(sub):
 
 def run(args) -> int:
     from headstart.cached_run import open_run
+    from headstart.core.errors import UsageError
     from headstart.evaluation.metrics import evaluate_run
 
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}.")
     # A frozen-backbone run whose features are cached is answered without torch; any other is loaded.
     loaded = open_run(args.run, device=args.device, tta=args.tta)
     m = evaluate_run(loaded, args.data, batch_size=args.batch_size, tta=args.tta, keep_leaked=args.keep_leaked,

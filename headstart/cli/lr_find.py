@@ -53,12 +53,15 @@ def run(args) -> int:
     from headstart.engine.lr_finder import lr_find, plot_lr_find
     from headstart.inference import load_run
     from headstart.model import build_model
-    from headstart.rundir import RunDir
+    from headstart.rundir import RunDir, refuse_run_files
     from headstart.strategy import make_strategy
 
     seed_everything(args.seed)
     source = Path(args.source)
     is_run = RunDir(source).is_run()
+    out = Path(args.out) if args.out else (source if is_run else Path("runs") / f"lr-find-{source.resolve().name}")
+    refuse_run_files([out / RunDir.LR_FIND, out / RunDir.LR_FIND_PLOT], own=source if is_run else None,
+                     allowed=(RunDir.LR_FIND, RunDir.LR_FIND_PLOT))  # another run's curve is that run's record
     if is_run:
         loaded = load_run(source, device=args.device)
         model, runtime, pre = loaded.model, loaded.runtime, loaded.preprocessing
@@ -96,7 +99,6 @@ def run(args) -> int:
                      steps=args.steps)
     # The swept rate is the phase's head rate; --lr sets it through the strategy's ratio (fine-tune: lr / 2).
     per_cli_lr = make_strategy(name, lr=1.0).phases[sgd_index].lr
-    out = Path(args.out) if args.out else (source if is_run else Path("runs") / f"lr-find-{source.resolve().name}")
     out.mkdir(parents=True, exist_ok=True)
     record = {"source": str(source), "strategy": name, "phase": phase.name, "suggested_cli_lr":
               result.suggested_lr / per_cli_lr, **result.to_dict()}

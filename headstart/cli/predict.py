@@ -51,7 +51,7 @@ def run(args) -> int:
         w.writerow(["path"] + [f"{k}{i + 1}" for i in range(args.topk) for k in ("label", "score")] + ["error"])
         for r in results:
             tops = [v for t in r.get("topk", []) for v in (t["label"], t["score"])]
-            w.writerow([r["path"]] + tops + [""] * (2 * args.topk - len(tops)) + [r.get("error", "")])
+            w.writerow(map(_inert, [r["path"]] + tops + [""] * (2 * args.topk - len(tops)) + [r.get("error", "")]))
     else:
         from rich.table import Table
 
@@ -70,6 +70,12 @@ def run(args) -> int:
         print(f"headstart predict: {len(failed)} of {len(results)} images could not be predicted: {shown}",
               file=sys.stderr)
     return 1 if failed else 0
+
+
+def _inert(cell):
+    """A CSV cell a spreadsheet shows as text: one that starts like a formula (``=HYPERLINK(...)`` as a file name)
+    gets a leading ``'``, as OWASP's CSV-injection guidance says. Numbers stay numbers."""
+    return "'" + cell if isinstance(cell, str) and cell[:1] in ("=", "+", "-", "@", "\t", "\r") else cell
 
 
 def _load(args):

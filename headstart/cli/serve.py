@@ -46,11 +46,15 @@ def run(args) -> int:
         import uvicorn
 
         from headstart.serve import create_app, load_model
+        from headstart.serve.app import check_limits
     except ModuleNotFoundError as exc:
         if exc.name not in ("uvicorn", "fastapi", "starlette", "python_multipart"):
             raise
         raise UsageError(f"serve needs {exc.name}, which is not installed: pip install 'headstart[serve]'.") from None
 
+    # Every limit is checked before the port is taken or the model loads: one sentence, not a traceback later.
+    check_limits(lambda name: "--" + name.replace("_", "-"), max_upload_mb=args.max_upload_mb,
+                 max_pixels=args.max_pixels, topk=args.topk, max_batch=args.max_batch)
     sock = _listen(args.host, args.port)  # first: a port in use fails before the model loads
     try:
         app = create_app(load_model(args.model, device=args.device), max_upload_mb=args.max_upload_mb,

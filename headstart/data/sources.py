@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import os
 import random
+import stat
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,29 +48,72 @@ class DataSplits:
                    layout=d["layout"], val_made=d.get("val_made", False))
 
 
-def list_images(folder: Path) -> list[str]:
-    """Image files below ``folder`` (recursively), in a stable order."""
+def list_images(folder: Path, passed: list[str] | None = None) -> list[str]:
+    """Image files below ``folder`` (recursively), in a stable order.
+
+    Only files: a pipe, socket or device named like an image is left out, because reading it would wait forever or
+    never end (a link that leads nowhere is kept, and fails as unreadable where it is read). With ``passed``, the
+    other files found there (not hidden ones) are added to it, for the caller to say what it left out.
+    """
     out = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        out.extend(str(Path(root) / f) for f in sorted(files) if is_image_file(f))
+        for name in sorted(files):
+            path = str(Path(root) / name)
+            if is_image_file(name) and not _is_special(path):
+                out.append(path)
+            elif passed is not None and not name.startswith("."):
+                passed.append(path)
     return out
+
+
+def _is_special(path: str) -> bool:
+    """A pipe, socket or device: something that exists and is not a file (or a folder)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def expand_paths(paths: list[str | Path]) -> list[str]:
-    """Files as given, folders expanded recursively to their image files."""
-    out = []
+    """Files as given, folders expanded recursively to their image files. What a folder holds besides them is said
+    on stderr (how many files, of which kinds), since a file named directly would be tried whatever its name."""
+    out, passed = [], []
     for p in map(Path, paths):
         if p.is_dir():
-            found = list_images(p)
+            found = list_images(p, passed)
             if not found:
-                raise UsageError(f"{p} holds no image files.")
+                raise UsageError(f"{p} holds no image files{_what_else(passed, ' (it holds ', ')')}; image files "
+                                 "end in .jpg, .png or another image extension.")
             out += found
         elif p.is_file():
             out.append(str(p))
+        elif p.exists():
+            raise UsageError(f"{p} is not a file (a pipe, socket or device), and reading it could wait forever; pass "
+                             "image files or folders.")
         else:
             raise PathNotFoundError(f"{p} does not exist.")
+    if passed:
+        print(f"left out{_what_else(passed, ' ', '')} in the folders given: from a folder, only files whose names "
+              "end in an image extension (.jpg, .png...) are read; name a file directly to try it anyway.",
+              file=sys.stderr)
     return out
+
+
+def _what_else(paths: list[str], before: str, after: str) -> str:
+    """``3 files (.txt x2, .heic)`` and ``1 pipe, socket or device``, for the files :func:`list_images` passed."""
+    special = sum(map(_is_special, paths))
+    kinds = Counter(Path(p).suffix.lower() or "no extension" for p in paths if not _is_special(p))
+    parts = []
+    if kinds:
+        n = sum(kinds.values())
+        listed = ", ".join(k if c == 1 else f"{k} x{c}" for k, c in kinds.most_common(6))
+        parts.append(f"{n} file{'s' if n > 1 else ''} ({listed}{', ...' if len(kinds) > 6 else ''})")
+    if special:
+        parts.append(f"{special} pipe{'s' if special > 1 else ''}, socket{'s' if special > 1 else ''} or device"
+                     f"{'s' if special > 1 else ''}")
+    return before + " and ".join(parts) + after if parts else ""
 
 
 def _class_dirs(folder: Path) -> list[Path]:

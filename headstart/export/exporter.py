@@ -49,7 +49,7 @@ from headstart.data.images import BadImageError, load_image
 from headstart.data.transforms import eval_transform
 from headstart.export.metadata import INPUT, OUTPUTS, PT2_EXTRA_FILE, ExportMetadata, headline_test_metrics
 from headstart.inference import LoadedRun, load_run, predict_probs
-from headstart.rundir import RunDir
+from headstart.rundir import RunDir, refuse_run_files
 
 DEFAULT_TOLERANCE = 1e-4
 DEFAULT_MAX_IMAGES = 256
@@ -100,6 +100,8 @@ def export_run(run: str | Path, format: str = "onnx", out: str | Path | None = N
     default = {"pt2": rd.PT2, "onnx": rd.ONNX_INT8 if quantize else rd.ONNX}[format]
     out = Path(out) if out is not None else rd / default
     _check_out(out)
+    refuse_run_files([out, out.with_name(rd.EXPORT)], own=rd.path,
+                     allowed=(rd.ONNX, rd.ONNX_INT8, rd.PT2, rd.EXPORT))
     if log is not None:
         log(f"exporting {rd.path} to {out} and checking it against the run on up to {max_images} of its images...")
     started = time.perf_counter()

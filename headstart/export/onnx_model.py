@@ -146,11 +146,13 @@ class OnnxModel:
         return results
 
     def info(self) -> dict[str, Any]:
-        """What the model is, with the keys ``headstart serve`` shows for a run (``source``, ``path``, ``model``,
+        """What the model is, with the keys ``headstart serve`` shows for a run (``source``, ``run``, ``model``,
         ``strategy``, ``classes``, ``preprocessing``, ``temperature``, ``test_metrics``) and the export's own
-        (``quantization``, ``headstart_version``, ``run``, ``outputs``, ``input``)."""
+        (``file``, ``quantization``, ``headstart_version``, ``outputs``, ``input``). Names only, no folders: a
+        service shows this to its clients."""
         shape = self.session.get_inputs()[0].shape
-        return {"source": "onnx", "path": str(self.path), **self.metadata.info(),
+        meta = self.metadata.info()
+        return {"source": "onnx", "file": self.path.name, **meta, "run": Path(meta["run"]).name if meta["run"] else "",
                 "input": {"name": INPUT, "shape": [d if isinstance(d, int) else str(d) for d in shape],
                           "dtype": "float32"}}
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from headstart.core.errors import OutputError, RunNotFoundError
 from headstart.core.io import atomic_write
 from headstart.report.tensorboard import TensorBoardLogger
-from headstart.rundir import RunDir
+from headstart.rundir import RunDir, refuse_run_files
 
 
 def write_report(path: str | Path, out: str | Path | None = None, *, top_losses: int = 24, max_images: int = 2000,
@@ -33,22 +33,25 @@ def write_report(path: str | Path, out: str | Path | None = None, *, top_losses:
 
     Raises:
         RunNotFoundError: ``path`` is neither.
+        OutputError: ``out`` is one of a run's own files (its weights, its records), or cannot be written.
     """
     from headstart.report.compare import compare_report, is_compare_folder
 
     path = Path(path)
     run = RunDir(path)
+    if not run.is_run() and not is_compare_folder(path):
+        what = ("does not exist" if not path.exists() else "is a file, not a run directory" if not path.is_dir()
+                else f"has neither {RunDir.CONFIG} nor compare.json")
+        raise RunNotFoundError(f"{path} {what}; pass the --out folder of a `headstart train` run or of a "
+                               "`headstart compare`.")
+    target = Path(out) if out is not None else path / RunDir.REPORT
+    refuse_run_files([target], own=path, allowed=(RunDir.REPORT,))  # before the work, not after it
     if run.is_run():
         from headstart.report.run import run_report
 
         html = run_report(path, top_losses=top_losses, max_images=max_images, device=device, loaded=loaded)
-    elif is_compare_folder(path):
-        html = compare_report(path)
     else:
-        what = "does not exist" if not path.exists() else f"has neither {RunDir.CONFIG} nor compare.json"
-        raise RunNotFoundError(f"{path} {what}; pass the --out folder of a `headstart train` run or of a "
-                               "`headstart compare`.")
-    target = Path(out) if out is not None else path / RunDir.REPORT
+        html = compare_report(path)
     try:
         atomic_write(target, lambda tmp: Path(tmp).write_text(html, encoding="utf-8"))
     except OSError as exc:

@@ -17,8 +17,11 @@ from typing import Any
 import python_multipart  # noqa: F401  (multipart parsing: missing, it fails here, not at the first upload)
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from PIL import Image
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from headstart.core.errors import UsageError
 from headstart.data.images import BadImageError, decode_image
@@ -27,12 +30,32 @@ from headstart.serve.batching import Batcher
 # The formats an upload may be in (PIL's names; JPEG includes the MPO files of many phones).
 FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
 FIELD = "files"
-STATUS = {"not-image": 415, "too-large": 413}  # other bad files (empty, truncated, corrupt): 400
+# other bad files (empty, truncated, corrupt): 400; a file the model fails on while it answers others: 422
+STATUS = {"not-image": 415, "too-large": 413, "unprocessable": 422}
 PAGE_FILES = {"index.html": "text/html; charset=utf-8", "style.css": "text/css; charset=utf-8",
               "app.js": "text/javascript; charset=utf-8"}
 # The page loads nothing from elsewhere: the browser is told so.
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; connect-src 'self'; "
        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+
+
+# The range each setting of create_app may take: beyond it a server refuses everything (1e-9 MB), or no limit is
+# left (inf) and one request can take the machine down.
+LIMITS = {"max_upload_mb": (0.1, 10_000), "max_pixels": (10_000, 1_000_000_000), "topk": (1, 1_000),
+          "max_files": (1, 10_000), "max_batch": (1, 1_024)}
+WHOLE = ("max_pixels", "topk", "max_files", "max_batch")
+
+
+def check_limits(spell=lambda name: name, **values) -> None:
+    """Refuses a setting of :func:`create_app` outside :data:`LIMITS` (or NaN, infinite, or a fraction where a count
+    is meant) with one sentence that names it as ``spell(name)`` does and gives its range."""
+    for name, value in values.items():
+        low, high = LIMITS[name]
+        whole = name in WHOLE
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
+        if not ok or (whole and value != int(value)):
+            kind = "a whole number" if whole else "a number"
+            raise UsageError(f"{spell(name)} must be {kind} from {low:,} to {high:,}, got {value}.")
 
 
 def create_app(model, *, max_upload_mb: float = 20, max_pixels: int = 50_000_000, topk: int = 3,
@@ -48,10 +71,8 @@ def create_app(model, *, max_upload_mb: float = 20, max_pixels: int = 50_000_000
         max_files: the most files in one request.
         max_batch: the most images in one forward pass when requests arrive together (1: one request per pass).
     """
-    for name, value in (("max_upload_mb", max_upload_mb), ("max_pixels", max_pixels), ("topk", topk),
-                        ("max_files", max_files), ("max_batch", max_batch)):
-        if not value > 0:
-            raise UsageError(f"{name} must be positive, got {value}.")
+    check_limits(max_upload_mb=max_upload_mb, max_pixels=max_pixels, topk=topk, max_files=max_files,
+                 max_batch=max_batch)
     max_bytes = int(max_upload_mb * 2**20)
     batcher = Batcher(model, max_batch)
     info = {**model.info(), "limits": {"max_upload_bytes": max_bytes, "max_pixels": int(max_pixels),
@@ -70,9 +91,11 @@ def create_app(model, *, max_upload_mb: float = 20, max_pixels: int = 50_000_000
                   docs_url=None, redoc_url=None)
     app.state.batcher = batcher
     app.add_middleware(BodyLimit, max_bytes=max_bytes)
+    _answer_errors_in_json(app)
 
     # The small endpoints are async: they answer at once, even while every worker thread is decoding uploads.
-    @app.get("/healthz")
+    # HEAD is answered where GET is (monitors and link checkers send it).
+    @app.api_route("/healthz", methods=["GET", "HEAD"])
     async def healthz() -> dict:
         return {"status": "ok"}
 
@@ -93,26 +116,111 @@ def create_app(model, *, max_upload_mb: float = 20, max_pixels: int = 50_000_000
             for _, upload in uploads:
                 await upload.close()
         if bad:  # one bad file fails the request, so that no caller mistakes a partial answer for a whole one
-            codes = {STATUS.get(kind, 400) for _, _, kind in bad}
-            head = "" if len(uploads) == 1 else f"{len(bad)} of {len(uploads)} files cannot be used: "
-            return JSONResponse({"detail": head + "; ".join(f"{n}: {r}" for n, r, _ in bad),
-                                 "files": [{"filename": n, "error": r, "kind": kind} for n, r, kind in bad]},
-                                status_code=codes.pop() if len(codes) == 1 else 400)
-        results = await asyncio.wrap_future(batcher.submit([im for _, im in images], min(k, len(model.classes))))
+            return _bad_files(bad, len(uploads))
+        results, bad = await _predict_or_blame(batcher, images, min(k, len(model.classes)))
         del images
+        if bad:
+            return _bad_files(bad, len(uploads))
         return {"predictions": [{"filename": name, **r} for (name, _), r in zip(uploads, results)]}
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def index() -> Response:
         return _page(page, "index.html")
 
-    @app.get("/static/{name}", include_in_schema=False)
+    @app.api_route("/static/{name}", methods=["GET", "HEAD"], include_in_schema=False)
     async def static(name: str) -> Response:
         if name not in PAGE_FILES or name == "index.html":
             raise HTTPException(404, f"no such file: {name}")
         return _page(page, name)
 
     return app
+
+
+def _bad_files(bad: list[tuple[str, str, str]], count: int) -> JSONResponse:
+    """The answer to a request with files that cannot be used: each named with its reason (``(name, reason, kind)``);
+    the status of their kind when they share one, else 400."""
+    codes = {STATUS.get(kind, 400) for _, _, kind in bad}
+    head = "" if count == 1 else f"{len(bad)} of {count} files cannot be used: "
+    return JSONResponse({"detail": head + "; ".join(f"{n}: {r}" for n, r, _ in bad),
+                         "files": [{"filename": n, "error": r, "kind": kind} for n, r, kind in bad]},
+                        status_code=codes.pop() if len(codes) == 1 else 400)
+
+
+# A plain image every model takes: when an image fails alone and this one passes, the image is to blame.
+_PROBE = Image.new("RGB", (64, 64), (128, 128, 128))
+
+
+async def _predict_or_blame(batcher: Batcher, images: list[tuple[str, Any]], topk: int) -> tuple[list, list]:
+    """The model's results for a request's ``(name, image)`` pairs, and the images it failed on (``(name, reason,
+    kind)``; then the results are empty).
+
+    A failed pass is tried again image by image, so that a pass shared with another request's bad image costs this
+    one nothing, and an image the model cannot take is named (a 4xx) rather than failing the server (a 500). When
+    even a plain image fails, the model itself is broken: that error is raised (a 500)."""
+    failure = None
+    try:
+        results = await asyncio.wrap_future(batcher.submit([im for _, im in images], topk))
+        if not any(r.get("error") for r in results):
+            return results, []
+    except Exception as exc:  # noqa: BLE001  (sorted out below: the image's fault or the model's)
+        failure = exc
+    results, bad = [], []
+    for name, im in images:
+        try:
+            [result] = await asyncio.wrap_future(batcher.submit([im], topk))
+        except Exception as exc:  # noqa: BLE001
+            kind = "too-large" if isinstance(exc, MemoryError) else "unprocessable"
+            bad.append((name, _model_failure(exc, im), kind))
+            continue
+        if result.get("error"):
+            bad.append((name, str(result["error"]), "unprocessable"))
+        results.append(result)
+    if not bad:
+        return results, []
+    try:
+        await asyncio.wrap_future(batcher.submit([_PROBE], 1))
+    except Exception:  # noqa: BLE001
+        raise failure or RuntimeError("the model fails even on a plain image") from None
+    return [], bad
+
+
+def _model_failure(exc: Exception, image) -> str:
+    size = f"{image.width}x{image.height} pixels" if hasattr(image, "width") else "this image"
+    if isinstance(exc, MemoryError):
+        return f"the model ran out of memory on it ({size}); send a smaller image."
+    return f"the model could not process it ({size}: {type(exc).__name__}); send an ordinary photo or scan."
+
+
+def _answer_errors_in_json(app: FastAPI) -> None:
+    """Every error the service gives is JSON with a ``detail`` sentence, as its own are: FastAPI's validation errors
+    (a list, with 422), Starlette's 404 and 405 (one word) and an unexpected exception (plain text) included."""
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = (f"there is nothing at {request.url.path}; the service answers POST /predict, GET /info, "
+                      "GET /healthz and its page at /.")
+        elif exc.status_code == 405 and detail == "Method Not Allowed":
+            allowed = (exc.headers or {}).get("Allow", "")
+            detail = f"{request.method} is not answered at {request.url.path}; send {allowed or 'another method'}."
+        return JSONResponse({"detail": str(detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        said = []
+        for error in exc.errors():
+            where = [str(part) for part in error.get("loc", ())]
+            name = " ".join(where[:1] + ["parameter"] + where[1:]) if len(where) > 1 else "the request"
+            got = f", got {error['input']!r}" if error.get("input") is not None else ""
+            said.append(f"the {name}: {str(error.get('msg', 'is not valid')).lower()}{got}")
+        return JSONResponse({"detail": "; ".join(said)[:1000] + "."}, status_code=400)
+
+    @app.exception_handler(Exception)
+    async def failed(request: Request, exc: Exception) -> JSONResponse:
+        # The traceback goes to the server's log; the client gets a sentence without the server's paths or code.
+        return JSONResponse({"detail": f"the server failed on this request ({type(exc).__name__}); it goes on "
+                                       "serving, and its log has the details."}, status_code=500)
 
 
 def _page(page: dict[str, bytes], name: str) -> Response:
@@ -130,15 +238,21 @@ async def _uploads(request: Request, max_files: int) -> list[tuple[str, UploadFi
             raise HTTPException(415, f"a request of type {kind} holds no files; {how}.")
         raise HTTPException(400, f"the request holds no image files; {how}.")
     form = await request.form(max_files=max_files, max_fields=max_files + 16)
-    uploads, wrong = [], []
+    uploads, wrong, elsewhere = [], [], []
     for key, value in form.multi_items():
         if isinstance(value, UploadFile):
-            if value.filename or value.size:  # a form's empty file input sends a nameless empty part: skip it
-                uploads.append((value.filename or "(unnamed)", value))
-            else:
+            if not (value.filename or value.size):  # a form's empty file input sends a nameless empty part: skip it
                 await value.close()
+            elif key != FIELD:  # one name for the field, as documented: a misspelt one is said, not guessed at
+                elsewhere.append(key)
+            else:
+                uploads.append((value.filename or "(unnamed)", value))
         elif key == FIELD:
             wrong.append(key)
+    if elsewhere:
+        await form.close()
+        names = ", ".join(f"'{key}'" for key in dict.fromkeys(elsewhere))
+        raise HTTPException(400, f"files were sent in the field {names}, which the service does not read; {how}.")
     if not uploads:
         got = f" (the field '{FIELD}' holds text, not a file)" if wrong else ""
         raise HTTPException(400, f"the request holds no image files{got}; {how}.")
@@ -157,6 +271,11 @@ def _decode_all(uploads: list[tuple[str, UploadFile]], max_pixels: int,
                 images.append((name, decode_image(name, max_pixels, data=upload.file.read(), formats=FORMATS).image))
             except BadImageError as exc:
                 bad.append((name, exc.reason, exc.kind))
+            except MemoryError:
+                bad.append((name, "it is too large to decode in the memory this server has; send a smaller image.",
+                            "too-large"))
+            except Exception as exc:  # noqa: BLE001  (a decoder's own error on a hostile file: the file's fault)
+                bad.append((name, f"it cannot be decoded ({type(exc).__name__}); it may be damaged.", "corrupt"))
     return images, bad
 
 

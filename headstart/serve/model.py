@@ -53,7 +53,8 @@ class RunModel:
     def info(self) -> dict[str, Any]:
         run = RunDir(self.run.path)
         summary = run.summary()
-        return {"source": "run", "path": str(self.run.path), "model": self.run.config.get("model"),
+        # The run's name, not its path: a client has no business knowing the server's folders.
+        return {"source": "run", "run": self.run.path.name, "model": self.run.config.get("model"),
                 "strategy": summary.get("strategy", self.run.config.get("strategy")),
                 "classes": list(self.classes), "preprocessing": self.run.preprocessing.describe(),
                 "temperature": self.run.temperature,
