@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from headstart.core.choices import MAX_PIXELS
 from headstart.core.preprocessing import Preprocessing
 from headstart.core.runtime import Runtime, make_runtime
 from headstart.data.dataset import ImageFiles, flagged_collate, make_loader
@@ -32,6 +33,7 @@ class LoadedRun:
     temperature: float = 1.0  # the run's (summary.json's temperature_source); probabilities are softmax(logits / T)
     frozen_backbone: bool = False  # the shipped weights' backbone is the pretrained one: features can be cached
     _forwards: dict = field(default_factory=dict, repr=False)  # engine -> (state of the weights, eval forward)
+    _transforms: dict = field(default_factory=dict, repr=False)  # max_pixels -> eval transform
 
     def predict(self, images, topk: int = 1, tta: bool = False, batch_size: int = 64) -> list[dict]:
         """Top-k predictions for images in memory or on disk, without writing anything: for a service's own code.
@@ -48,14 +50,28 @@ class LoadedRun:
             One dict per image, in order: ``label``, ``score`` (calibrated probability) and ``topk`` (``label``,
             ``score`` pairs), or ``error``.
         """
-        transform = eval_transform(self.preprocessing)
         count = len(images) if isinstance(images, (list, tuple)) else 1
+        return predict_images(images, self.prepare, lambda ready: self._probs(ready, count, tta), self.classes, topk,
+                              batch_size)
 
-        def probs(ready: list[torch.Tensor]):
-            x = torch.stack(ready)
-            return predict_probs(self.forward_for(x, count, tta), x, self.runtime, tta, self.temperature).numpy()
+    def prepare(self, image, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+        """One RGB PIL image as the network takes it (the eval transform, which refuses an image whose resize would
+        exceed ``max_pixels``): what :meth:`predict_prepared` batches. A service runs it as each upload is decoded,
+        so only the small result waits for the model."""
+        if max_pixels not in self._transforms:
+            self._transforms[max_pixels] = eval_transform(self.preprocessing, max_pixels)
+        return self._transforms[max_pixels](image)
 
-        return predict_images(images, transform, probs, self.classes, topk, batch_size)
+    def predict_prepared(self, ready: list[torch.Tensor], topk: int = 1, tta: bool = False,
+                         batch_size: int = 64) -> list[dict]:
+        """:meth:`predict` on images already through :meth:`prepare`, ``batch_size`` per forward pass: the same
+        records, number for number."""
+        return [top_classes(row, self.classes, topk) for start in range(0, len(ready), batch_size)
+                for row in self._probs(ready[start:start + batch_size], len(ready), tta)]
+
+    def _probs(self, ready: list[torch.Tensor], count: int, tta: bool):
+        x = torch.stack(ready)
+        return predict_probs(self.forward_for(x, count, tta), x, self.runtime, tta, self.temperature).numpy()
 
     def forward_for(self, images: torch.Tensor, count: int, tta: bool = False):
         """The model's eval forward for a pass over ``count`` images like ``images`` (twice as many views with

@@ -26,8 +26,10 @@ def add_parser(sub):
     p.add_argument("--max-upload-mb", type=float, default=20,
                    help="largest request, all its files together, in MB (default 20); larger ones get 413")
     p.add_argument("--max-pixels", type=int, default=50_000_000,
-                   help="images with more pixels are refused from their header, before decoding (default 50 "
-                        "million)")
+                   help="images with more pixels, or whose resize for the model would have more (a 20000x1 strip), "
+                        "are refused from their header, before decoding (default 50 million). This is the one "
+                        "limit: Pillow's own (89 million) does not apply. Images over 16.7 million pixels are "
+                        "decoded at a reduced scale")
     p.add_argument("--topk", type=int, default=3, help="classes returned per image unless a request asks with "
                                                        "?topk=K (default 3)")
     p.add_argument("--max-batch", type=int, default=16,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
-import warnings
+import math
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +16,11 @@ from headstart.core.choices import MAX_PIXELS
 from headstart.core.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-
+# Images with more pixels than this are decoded at a reduced scale (JPEG's DCT scaling, otherwise ``Image.reduce``,
+# a box filter) by the smallest integer factor that brings them under it: a 4096 x 4096 picture still has 4x the
+# sides of any model's input, and memory per image stays bounded (a 7000 x 7000 PNG kept whole is 147 MB as RGB,
+# several times that through the resize). Smaller images, 12-megapixel photos included, decode exactly as before.
+REDUCE_ABOVE = 4096 * 4096
 
 
 class BadImageError(DataError):
@@ -91,16 +97,78 @@ def as_rgb_image(item) -> Image.Image:
 
 
 def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Opens an image as RGB with its EXIF orientation applied.
+    """Opens an image as RGB with its EXIF orientation applied; one over :data:`REDUCE_ABOVE` pixels is reduced.
 
     Raises:
         BadImageError: the file is empty, not an image, truncated, or too large to decode safely.
     """
-    return decode_image(path, max_pixels).image
+    return decode_image(path, max_pixels, reduce_above=REDUCE_ABOVE).image
+
+
+def check_resize(path: str | Path, width: int, height: int, resize: int, max_pixels: int = MAX_PIXELS) -> None:
+    """Refuses an image whose eval resize (the shorter side to ``resize``, before the centre crop) would have more
+    than ``max_pixels`` pixels: a 20000 x 1 PNG of 140 bytes would become 5,120,000 x 256.
+
+    Raises:
+        BadImageError: of kind ``too-large``.
+    """
+    short, long = sorted((width, height))
+    resized = resize * int(resize * long / max(short, 1))  # torchvision's size: the longer side truncated
+    if resized > max_pixels:
+        raise BadImageError(path, f"{width}x{height} pixels is too elongated: resizing its shorter side to {resize} "
+                                  f"would make {resized:,} pixels, over the {max_pixels:,} pixel limit; crop it "
+                                  "first", "too-large")
+
+
+def reduction_factor(width: int, height: int, limit: int = REDUCE_ABOVE) -> int:
+    """The smallest integer factor that brings ``width x height`` (sides rounded up, as ``Image.reduce`` rounds
+    them) to at most ``limit`` pixels; 1 when it already is."""
+    factor = max(1, math.isqrt(width * height // max(limit, 1)))
+    while math.ceil(width / factor) * math.ceil(height / factor) > limit:
+        factor += 1
+    return factor
+
+
+def _reduce(im: Image.Image, limit: int) -> Image.Image:
+    factor = reduction_factor(im.width, im.height, limit)
+    if factor == 1:
+        return im
+    try:
+        return im.reduce(factor)
+    except ValueError:  # a mode reduce does not take (P, 1, 16-bit): converted first
+        return to_rgb(im).reduce(factor)
+
+
+# Pillow refuses images over its own limit (Image.MAX_IMAGE_PIXELS, 89 million) as it reads the header, whatever
+# the caller allows; ``max_pixels`` is the one limit here, so Pillow's is lifted while a header is read. The lock
+# keeps concurrent decodes from restoring each other's value (only the header read holds it, never decoding).
+_PILLOW_LIMIT = threading.Lock()
+
+
+@contextmanager
+def _without_pillow_limit():
+    with _PILLOW_LIMIT:
+        kept, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = kept
+
+
+def declared_size(data: bytes, formats: tuple[str, ...] | None = None) -> tuple[int, int]:
+    """The width and height an image's header declares, read without decoding (nor Pillow's pixel limit).
+
+    Raises:
+        PIL.UnidentifiedImageError, OSError: no header PIL can read (:func:`decode_image` says why in words).
+    """
+    with _without_pillow_limit():
+        with Image.open(io.BytesIO(data), formats=formats) as im:
+            return im.size
 
 
 def decode_image(path: str | Path, max_pixels: int = MAX_PIXELS, data: bytes | None = None,
-                 formats: tuple[str, ...] | None = None, draft: int | None = None) -> DecodedImage:
+                 formats: tuple[str, ...] | None = None, draft: int | None = None, *, resize: int | None = None,
+                 reduce_above: int | None = None) -> DecodedImage:
     """``load_image`` plus the file's format, mode and orientation.
 
     Args:
@@ -112,6 +180,10 @@ def decode_image(path: str | Path, max_pixels: int = MAX_PIXELS, data: bytes | N
         draft: for a check that needs no full-size picture: JPEGs are decoded at the smallest 1/2, 1/4 or 1/8
             scale whose sides stay at least ``draft`` pixels (the whole file is still read, so a truncated one is
             still found). Measured on 12-megapixel photos: 6 to 14x faster than the full decode.
+        resize: the shorter side the model's resize gives: an image whose resize would exceed ``max_pixels``
+            (:func:`check_resize`) is refused from its header too.
+        reduce_above: images with more pixels are decoded at a reduced scale (:data:`REDUCE_ABOVE`): JPEGs by the
+            decoder itself, others by ``Image.reduce`` as soon as they are decoded.
 
     Raises:
         BadImageError: the file is empty, not an image, truncated, or too large to decode safely.
@@ -124,20 +196,27 @@ def decode_image(path: str | Path, max_pixels: int = MAX_PIXELS, data: bytes | N
     if size == 0:
         raise BadImageError(path, "empty file (0 bytes)", "empty")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path if data is None else io.BytesIO(data), formats=formats) as im:
-                if im.width * im.height > max_pixels:
-                    raise BadImageError(path, f"{im.width}x{im.height} pixels is over the {max_pixels:,} pixel limit "
-                                              "(a decompression bomb, or an image to downscale first)", "too-large")
-                if draft and im.format == "JPEG":
-                    im.draft(im.mode, (draft, draft))
-                im.load()
-                mode, fmt = im.mode, im.format
-                transparency = "A" in mode or "transparency" in im.info
-                orientation = im.getexif().get(0x0112, 1)
-                im = ImageOps.exif_transpose(im)
-                return DecodedImage(to_rgb(im), fmt, mode, transparency, orientation)
+        with _without_pillow_limit():
+            opened = Image.open(path if data is None else io.BytesIO(data), formats=formats)
+        with opened as im:
+            if im.width * im.height > max_pixels:
+                raise BadImageError(path, f"{im.width}x{im.height} pixels is over the {max_pixels:,} pixel limit "
+                                          "(a decompression bomb, or an image to downscale first)", "too-large")
+            if resize:
+                check_resize(path, im.width, im.height, resize, max_pixels)
+            if draft and im.format == "JPEG":
+                im.draft(im.mode, (draft, draft))
+            elif reduce_above and im.format in ("JPEG", "MPO") and im.width * im.height > reduce_above:
+                factor = reduction_factor(im.width, im.height, reduce_above)
+                im.draft(im.mode, (math.ceil(im.width / factor), math.ceil(im.height / factor)))
+            im.load()
+            mode, fmt = im.mode, im.format
+            transparency = "A" in mode or "transparency" in im.info
+            orientation = im.getexif().get(0x0112, 1)
+            reduced = _reduce(im, reduce_above) if reduce_above else im
+            # exif_transpose copies: needed for the file's own image (closed on return), not for a reduced one
+            im = ImageOps.exif_transpose(reduced) if reduced is im or orientation != 1 else reduced
+            return DecodedImage(to_rgb(im), fmt, mode, transparency, orientation)
     except BadImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):

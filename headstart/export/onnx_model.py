@@ -22,21 +22,24 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from headstart.core.choices import MAX_PIXELS
 from headstart.core.errors import PathNotFoundError, UsageError, WeightsError
 from headstart.core.preprocessing import Preprocessing
-from headstart.data.predictions import predict_images
+from headstart.data.images import check_resize
+from headstart.data.predictions import predict_images, top_classes
 from headstart.export.metadata import INPUT, ExportMetadata
 
 _PIL_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
-def preprocess(image: Image.Image, pre: Preprocessing) -> np.ndarray:
+def preprocess(image: Image.Image, pre: Preprocessing, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """An RGB PIL image -> float32 ``3 x crop x crop``, as :func:`headstart.data.transforms.eval_transform` makes it.
 
     Sizes and the crop's position follow torchvision exactly (the long side truncated, the offset rounded half to
     even); ``nearest`` samples as torch's tensor kernel does (``floor(i * in / out)``), not as PIL does.
     """
     w, h = image.size
+    check_resize("image", w, h, pre.resize, max_pixels)  # a 20000 x 1 image would become 5,120,000 x 256
     new_w, new_h = _resized_size(w, h, pre.resize)
     if (new_w, new_h) != (w, h):
         if pre.interpolation == "nearest":
@@ -132,8 +135,18 @@ class OnnxModel:
         """Top-k predictions, exactly as :meth:`headstart.inference.LoadedRun.predict` takes and gives them (PIL
         images, numpy arrays or paths; one dict per image, or ``error`` for one that cannot be used), with
         ``batch_size`` images per ONNX Runtime call."""
-        return predict_images(images, lambda image: preprocess(image, self.preprocessing),
-                              lambda ready: self.probabilities(np.stack(ready), tta), self.classes, topk, batch_size)
+        return predict_images(images, self.prepare, lambda ready: self.probabilities(np.stack(ready), tta),
+                              self.classes, topk, batch_size)
+
+    def prepare(self, image: Image.Image, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+        """One RGB PIL image as the model takes it (:func:`preprocess`): what :meth:`predict_prepared` batches."""
+        return preprocess(image, self.preprocessing, max_pixels)
+
+    def predict_prepared(self, ready: list[np.ndarray], topk: int = 1, tta: bool = False,
+                         batch_size: int = 64) -> list[dict]:
+        """:meth:`predict` on images already through :meth:`prepare`, ``batch_size`` per ONNX Runtime call."""
+        return [top_classes(row, self.classes, topk) for start in range(0, len(ready), batch_size)
+                for row in self.probabilities(np.stack(ready[start:start + batch_size]), tta)]
 
     def predict_paths(self, paths: list[str], topk: int = 1, batch_size: int = 64, tta: bool = False) -> list[dict]:
         """:meth:`predict` on files, each result with its ``path`` first, as :func:`headstart.inference.predict_paths`

@@ -8,8 +8,6 @@ a decoder at all, and nothing is ever unpickled. A bad file gets a JSON error na
 from __future__ import annotations
 
 import asyncio
-import os
-import threading
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
@@ -24,8 +22,9 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from headstart.core.errors import UsageError
-from headstart.data.images import BadImageError, decode_image
+from headstart.data.images import BadImageError
 from headstart.serve.batching import Batcher
+from headstart.serve.decode import Decoder, batch_model
 
 # The formats an upload may be in (PIL's names; JPEG includes the MPO files of many phones).
 FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
@@ -65,8 +64,10 @@ def create_app(model, *, max_upload_mb: float = 20, max_pixels: int = 50_000_000
     Args:
         model: anything with ``classes``, ``predict(images, topk)`` and ``info()`` (:func:`headstart.serve.load_model`).
         max_upload_mb: the largest request body, all files together, in megabytes (1 MB = 2^20 bytes).
-        max_pixels: larger images are refused from their header, before decoding (50 million: a 48-megapixel photo
-            passes, a decompression bomb does not).
+        max_pixels: larger images, and those whose resize for the model would be larger (a 20000 x 1 strip), are
+            refused from their header, before decoding (50 million: a 48-megapixel photo passes, a decompression bomb
+            does not). The one limit: Pillow's own (89 million) does not apply. Images over 16.7 million pixels are
+            decoded at a reduced scale (:mod:`headstart.serve.decode`).
         topk: classes per image unless the request asks (``/predict?topk=K``).
         max_files: the most files in one request.
         max_batch: the most images in one forward pass when requests arrive together (1: one request per pass).
@@ -74,12 +75,11 @@ def create_app(model, *, max_upload_mb: float = 20, max_pixels: int = 50_000_000
     check_limits(max_upload_mb=max_upload_mb, max_pixels=max_pixels, topk=topk, max_files=max_files,
                  max_batch=max_batch)
     max_bytes = int(max_upload_mb * 2**20)
-    batcher = Batcher(model, max_batch)
+    batcher = Batcher(batch_model(model, max_batch), max_batch)
     info = {**model.info(), "limits": {"max_upload_bytes": max_bytes, "max_pixels": int(max_pixels),
                                        "max_files": max_files, "topk": topk, "formats": list(FORMATS)}}
     page = {name: (resources.files(__package__) / "static" / name).read_bytes() for name in PAGE_FILES}
-    # Decoded images are large (a 48-megapixel photo is 144 MB as RGB): no more decoding at once than cores.
-    decode_slots = threading.BoundedSemaphore(os.cpu_count() or 2)
+    decoder = Decoder(model, max_pixels, FORMATS)  # bounded memory per image, per request and at once
 
     @asynccontextmanager
     async def lifespan(app):
@@ -111,7 +111,7 @@ def create_app(model, *, max_upload_mb: float = 20, max_pixels: int = 50_000_000
             raise HTTPException(400, f"topk must be at least 1, got {k}.")
         uploads = await _uploads(request, max_files)
         try:
-            images, bad = await run_in_threadpool(_decode_all, uploads, max_pixels, decode_slots)
+            images, bad = await run_in_threadpool(_decode_all, uploads, decoder)
         finally:
             for _, upload in uploads:
                 await upload.close()
@@ -259,23 +259,22 @@ async def _uploads(request: Request, max_files: int) -> list[tuple[str, UploadFi
     return uploads
 
 
-def _decode_all(uploads: list[tuple[str, UploadFile]], max_pixels: int,
-                slots: threading.BoundedSemaphore) -> tuple[list, list]:
-    """Each upload decoded to an RGB image, or the reason it cannot be: ``(name, image)`` and
-    ``(name, reason, kind)`` lists. Runs in a worker thread, never on the event loop."""
+def _decode_all(uploads: list[tuple[str, UploadFile]], decoder: Decoder) -> tuple[list, list]:
+    """Each upload decoded and prepared for the model, one at a time, or the reason it cannot be: ``(name, input)``
+    and ``(name, reason, kind)`` lists. Runs in a worker thread, never on the event loop."""
     images, bad = [], []
-    for name, upload in uploads:
-        with slots:
-            try:
-                upload.file.seek(0)
-                images.append((name, decode_image(name, max_pixels, data=upload.file.read(), formats=FORMATS).image))
-            except BadImageError as exc:
-                bad.append((name, exc.reason, exc.kind))
-            except MemoryError:
-                bad.append((name, "it is too large to decode in the memory this server has; send a smaller image.",
-                            "too-large"))
-            except Exception as exc:  # noqa: BLE001  (a decoder's own error on a hostile file: the file's fault)
-                bad.append((name, f"it cannot be decoded ({type(exc).__name__}); it may be damaged.", "corrupt"))
+    for name, upload in uploads:  # the decoder bounds the decoding at once, over all requests
+        try:
+            upload.file.seek(0)
+            images.append((name, decoder(name, upload.file.read())))
+        except BadImageError as exc:
+            bad.append((name, exc.reason, exc.kind))
+        except MemoryError:
+            bad.append((name, "it is too large to decode in the memory this server has; send a smaller image.",
+                        "too-large"))
+        except Exception as exc:  # noqa: BLE001  (a decoder's own error on a hostile file: the file's fault)
+            bad.append((name, f"it cannot be decoded ({type(exc).__name__}); it may be damaged.", "corrupt"))
+    decoder.give_back()
     return images, bad
 
 

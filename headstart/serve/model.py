@@ -1,7 +1,9 @@
 """What ``serve`` serves: a run directory or an exported model, behind one small interface.
 
 Anything with ``classes``, ``predict(images, topk)`` (PIL images in, one dict per image out: ``label``, ``score``,
-``topk``, or ``label`` None and ``error``) and ``info()`` can be served; :func:`load_model` picks the loader.
+``topk``, or ``label`` None and ``error``) and ``info()`` can be served; :func:`load_model` picks the loader. A model
+that also has ``prepare(image, max_pixels)`` and ``predict_prepared(ready, topk, batch_size)`` (both loaders' do) is
+served with each upload prepared as soon as it is decoded, so a request never holds its full-size pictures.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
+from headstart.core.choices import MAX_PIXELS
 from headstart.core.errors import PathNotFoundError, UsageError
 from headstart.export.metadata import headline_test_metrics as _test_metrics
 from headstart.rundir import RunDir
@@ -49,6 +52,16 @@ class RunModel:
 
     def predict(self, images: list, topk: int = 1) -> list[dict]:
         return self.run.predict(list(images), topk=topk)
+
+    def prepare(self, image, max_pixels: int = MAX_PIXELS):
+        return self.run.prepare(image, max_pixels)
+
+    def predict_prepared(self, ready: list, topk: int = 1, batch_size: int = 64) -> list[dict]:
+        return self.run.predict_prepared(ready, topk=topk, batch_size=batch_size)
+
+    @property
+    def preprocessing(self):
+        return self.run.preprocessing
 
     def info(self) -> dict[str, Any]:
         run = RunDir(self.run.path)
