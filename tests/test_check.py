@@ -236,7 +236,7 @@ def test_same_picture_in_other_bytes_is_near_not_identical(tmp_path):
     Image.open(tmp_path / "d" / "red" / "red_00.png").save(buf, format="PNG", compress_level=1)
     (tmp_path / "d" / "red" / "resaved.png").write_bytes(buf.getvalue())
     [dup] = [i for i in check(tmp_path / "d", val_fraction=0.0).issues if i.kind == "duplicate"]
-    assert "similarity 1.000" in dup.message and "identical files" not in dup.message
+    assert "similarity 1.0000" in dup.message and "identical files" not in dup.message
 
 
 def test_an_empty_class_folder_is_listed_among_the_other_findings(tmp_path, capsys):

@@ -234,7 +234,7 @@ def _duplicate_issues(entries: list[dict], facts: list[FileFacts], mode: str, ne
             what = "the same file" if len({f["path"] for f in files}) == 1 else "identical files"
         else:
             worst = min(lowest.get(i, 1.0) for i in group)
-            what = f"near-identical images (thumbnail similarity {worst:.3f} or more)"
+            what = f"near-identical images (thumbnail similarity {'at least ' if len(group) > 2 else ''}{worst:.4f})"
         where = f"in {' and '.join(splits)}" if len(splits) > 1 else f"within {splits[0]}"
         conflict = f"; labelled differently: {', '.join(labels)}" if len(labels) > 1 else ""
         issues.append(Issue("leak" if len(splits) > 1 else "duplicate",
