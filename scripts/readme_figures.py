@@ -39,8 +39,13 @@ def _wrap(text: str, indent: str, width: int = 116) -> str:
                                    break_on_hyphens=False))
 
 
+def _rate(value: float) -> str:
+    mantissa, exponent = f"{value:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}" if float(f"{value:.0e}") == value else f"{value:g}"  # 1e-3, not 0.001
+
+
 def _rates(values) -> str:
-    return ", ".join(f"{v:g}" for v in values)
+    return ", ".join(_rate(v) for v in values)
 
 
 def _join(items: list[str]) -> str:
@@ -78,9 +83,10 @@ def data_efficiency(result: dict, source: str) -> str:
     def text(r: dict | None) -> str:
         if r is None:
             return "not run"
+        fewer = f" ({r['seeds']} of {len(seeds)} seeds)" if r["seeds"] < len(seeds) else ""
         if r["seeds"] == 1:
-            return f"{100 * r['test_acc_mean']:.1f}"
-        return f"{100 * r['test_acc_mean']:.1f} ± {100 * r['test_acc_std']:.1f}"
+            return f"{100 * r['test_acc_mean']:.1f}{fewer}"
+        return f"{100 * r['test_acc_mean']:.1f} ± {100 * r['test_acc_std']:.1f}{fewer}"
 
     lines = ["| labels per class | " + " | ".join(str(n) for n in budgets) + " |",
              "|---|" + "---:|" * len(budgets)]
@@ -97,7 +103,7 @@ def data_efficiency(result: dict, source: str) -> str:
     chosen = "; ".join(f"{n}: {_rates(r['lr'] for r in scratch if r['labels_per_class'] == n)}" for n in budgets
                        if any(r["labels_per_class"] == n for r in scratch))
     widened = "lr_edge" in (scratch[0] if scratch else {})
-    edges = [f"{r['labels_per_class']} labels, seed {r['seed']} ({r['lr']:g}, {r['lr_edge']} edge)"
+    edges = [f"{r['labels_per_class']} labels, seed {r['seed']} ({_rate(r['lr'])}, {r['lr_edge']} edge)"
              for r in runs if r.get("lr_edge")]
     grid = f"{{{_rates(cfg['scratch_lrs'])}}}"
     if widened:
@@ -110,7 +116,7 @@ def data_efficiency(result: dict, source: str) -> str:
                   if not cfg.get("lrs") else
                   f"the pretrained strategies' rates were swept from {{{_rates(cfg['lrs'])}}}")
     seed_text = (f"seed {seeds[0]} only" if len(seeds) == 1 else
-                 f"mean ± sd over seeds {_join([str(s) for s in seeds])}")
+                 f"mean ± sd (sample standard deviation) over seeds {_join([str(s) for s in seeds])}")
     facts = (f"Test accuracy %, {seed_text} (`{source}`), {result['test_images']:,} test images. Scratch's learning "
              f"rate, chosen per budget and seed by validation loss from {grid}; chosen, by budget (seeds in order): "
              f"{chosen}. {pretrained[0].upper() + pretrained[1:]}. Best transfer recipe minus scratch, in points: "
@@ -121,6 +127,7 @@ def data_efficiency(result: dict, source: str) -> str:
 # marker name -> (the stored result file it renders, the renderer)
 FIGURES = {
     "refit": ("refit_64px.json", refit_gains),
+    "data-efficiency": ("data_efficiency_fashion_mnist.json", data_efficiency),
 }
 
 
