@@ -12,15 +12,15 @@ Measured:
   and never imports torch), ``headstart predict`` of them from the cache, and ``evaluate --tta`` (which cannot use
   the cache: the full model, twice per image).
 - ``headstart train --strategy fine-tune --epochs 3`` and its ``evaluate``: training throughput where it counts.
-- with ``--fastai-python``: ``benchmarks/fastai_baseline.py`` on the same folder, same weights, as whole commands:
-  frozen ``fit_one_cycle(5)`` and ``fine_tune(3)``, each with its prediction of the 1,000 test images.
 - in this process (``benchmarks/backbone_speed.py``): the backbone's eval forward each way (eager, BatchNorm
   folded, ONNX Runtime, bf16), the extraction pipeline against it at 64 px and at the run's size, and training
   steps of ``full`` and ``fine-tune`` in fp32 and bf16.
 
-Example (about 25 minutes idle on 2 CPU cores at 224 px with fastai, 8 without):
+Example (about 8 minutes idle on 2 CPU cores at 224 px):
 
-    python benchmarks/speed.py --out /tmp/speed --fastai-python /tmp/fastai-venv/bin/python
+    python benchmarks/speed.py --out /tmp/speed
+
+fastai on the same labelled images, with its own recipes, is ``benchmarks/fastai_compare.py``.
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="working folder (data, runs, cache, speed.json)")
     ap.add_argument("--image-size", type=int, default=224)
-    ap.add_argument("--fastai-python", default=None, help="python of a venv with fastai (benchmarks/fastai_baseline.py)")
     ap.add_argument("--fine-tune-epochs", type=int, default=3)
     args = ap.parse_args()
     out = Path(args.out)
@@ -101,22 +100,13 @@ def main() -> None:
     rows[ft].update(_sgd_throughput(out / "ft"))
     done = run("evaluate fine-tune run", [*hs, "evaluate", str(out / "ft"), str(data / "test"), "--json"])
     rows["evaluate fine-tune run"]["accuracy"] = json.loads(done.stdout)["accuracy"]
-    if args.fastai_python:
-        script = str(Path(__file__).with_name("fastai_baseline.py"))
-        common = ["--data", str(data), "--image-size", str(args.image_size), "--workers", "0"]
-        for name, extra in (("fastai frozen fit_one_cycle(5) + predict test", ["--epochs", "5"]),
-                            (f"fastai fine_tune({args.fine_tune_epochs}) + predict test",
-                             ["--epochs", str(args.fine_tune_epochs), "--fine-tune"])):
-            done = run(name, [args.fastai_python, script, *common, *extra])
-            rows[name]["fastai"] = json.loads(done.stdout.strip().splitlines()[-1])  # its own timing of the fit
-
     import backbone_speed
 
     for px in sorted({64, args.image_size}):
         rows[f"{px} px forward"] = backbone_speed.forward_variants(px)
         rows[f"{px} px extraction"] = backbone_speed.extraction(data / "test", px)
     rows["training steps, 224 px"] = backbone_speed.training_steps(args.image_size)
-    rows["ratios"] = _ratios(rows, args, ft)
+    rows["ratios"] = _ratios(rows, args)
     rows["machine"] = {"cpus": os.cpu_count(), "load_average_at_end": os.getloadavg()}
     (out / "speed.json").write_text(json.dumps(rows, indent=1))
     print(json.dumps({k: rows[k] for k in rows if "forward" in k or "extraction" in k or "steps" in k}, indent=1))
@@ -135,7 +125,7 @@ def _sgd_throughput(run_dir: Path) -> dict:
             "test_acc": json.loads((run_dir / "summary.json").read_text()).get("test_acc")}
 
 
-def _ratios(rows: dict, args, ft: str) -> dict:
+def _ratios(rows: dict, args) -> dict:
     size = args.image_size
     best = max(rows[f"{size} px forward"].values())
     cold = rows["train linear-probe, cold cache"]["seconds"]
@@ -145,16 +135,6 @@ def _ratios(rows: dict, args, ft: str) -> dict:
            f"extraction / fastest forward, {size} px": rows[f"{size} px extraction"]["images_per_second"] / best,
            "extraction / fastest forward, 64 px": rows["64 px extraction"]["images_per_second"]
            / max(rows["64 px forward"].values())}
-    lp = "fastai frozen fit_one_cycle(5) + predict test"
-    if lp in rows:
-        ours = cold + rows["evaluate (1st)"]["seconds"]
-        out["linear probe end to end: fastai / headstart (train cold + evaluate)"] = rows[lp]["seconds"] / ours
-    fa = f"fastai fine_tune({args.fine_tune_epochs}) + predict test"
-    if fa in rows:
-        out["fine-tune whole commands: fastai / headstart (train + evaluate)"] = rows[fa]["seconds"] / (
-            rows[ft]["seconds"] + rows["evaluate fine-tune run"]["seconds"])
-        out["fine-tune training images/s: headstart / fastai"] = rows[ft]["train_images_per_second"] / rows[fa][
-            "fastai"]["train_images_per_second"]
     return out
 
 
