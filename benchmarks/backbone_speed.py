@@ -10,9 +10,7 @@ EfficientNet-Lite0 (ImageNet weights, offline), fp32 unless said, images/s of ``
 
 then :func:`headstart.features.extract.iter_features` on image files (decode, resize, crop, normalise, the engine
 ``auto`` picks) as a share of the fastest of the above. Training steps (forward, backward, AdamW) of ``full`` and
-``fine-tune`` (later half of the backbone trainable) in fp32 and bf16 autocast, channels-last, batch 32; then
-``fine-tune`` steps eager against the fast training forward (frozen prefix as an eval network, BatchNorm inside the
-convolutions: :mod:`headstart.engine.train_forward`), alternating.
+``fine-tune`` (later half of the backbone trainable) in fp32 and bf16 autocast, channels-last, batch 32.
 
     python benchmarks/backbone_speed.py --images /tmp/speed/data/test --sizes 64 224
 """
@@ -107,50 +105,6 @@ def training_steps(size: int = 224, batch: int = 32, steps: int = 3) -> dict[str
     return out
 
 
-def fine_tune_fast_path(size: int = 224, batch: int = 32, steps: int = 3, rounds: int = 3) -> dict:
-    """Images/s of ``fine-tune`` training steps (fp32, channels-last, AdamW), eager against the fast training forward
-    (:mod:`headstart.engine.train_forward`), alternating A, B, A, B, ... in one process on a shared machine; and
-    the seconds the fast path takes to prepare (once per epoch in the loop)."""
-    from headstart.core.runtime import Runtime
-    from headstart.engine.train_forward import fast_training_forward
-    from headstart.model import build_model
-    from headstart.strategy import Phase, enter_phase
-
-    runtime = Runtime(torch.device("cpu"), None, channels_last=True)
-    torch.manual_seed(0)
-    model = build_model("efficientnet_lite0", 10).to(memory_format=torch.channels_last)
-    enter_phase(model, Phase("fine-tune", epochs=1, lr=1e-4, train_from=0.5))  # as the fine-tune strategy does
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (batch,))
-
-    def rate(forward) -> float:
-        def step():
-            loss = torch.nn.functional.cross_entropy(forward(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-        step()  # warm-up (and, for the fast path, preparing)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-        return steps * batch / (time.perf_counter() - t0)
-
-    eager, fast, prepare = [], [], []
-    for _ in range(rounds):
-        eager.append(rate(model))
-        with fast_training_forward(model, runtime, images=10_000) as forward:
-            t0 = time.perf_counter()
-            forward(x[:2])
-            prepare.append(time.perf_counter() - t0)
-            fast.append(rate(forward))
-    median = sorted(fast)[rounds // 2] / sorted(eager)[rounds // 2]
-    return {"eager img/s": [round(r, 1) for r in eager], "fast img/s": [round(r, 1) for r in fast],
-            "fast / eager (medians)": round(median, 2), "prepare seconds": [round(t, 2) for t in prepare]}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=Path, help="a folder of class subfolders, for the extraction pipeline")
@@ -166,8 +120,6 @@ def main() -> None:
     if not args.no_training:
         rows["224 px training steps"] = training_steps()
         print(json.dumps(rows["224 px training steps"], indent=1))
-        rows["224 px fine-tune steps, eager / fast path"] = fine_tune_fast_path()
-        print(json.dumps(rows["224 px fine-tune steps, eager / fast path"], indent=1), flush=True)
 
 
 if __name__ == "__main__":

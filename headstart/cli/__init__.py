@@ -39,10 +39,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        from headstart.core.choices import engine_setting, train_forward_setting
+        from headstart.core.choices import engine_setting
 
         engine_setting()  # a mistyped HEADSTART_ENGINE is said now, not after the model has loaded
-        train_forward_setting()
         return args.handler(args) or 0
     except KeyboardInterrupt:
         print("interrupted; the last checkpoint is kept.", file=sys.stderr)

@@ -42,19 +42,3 @@ def engine_setting(value: str | None = None) -> str:
     if value not in ENGINES:
         raise UsageError(f"HEADSTART_ENGINE must be one of {', '.join(ENGINES)}, got '{value}'; unset it for auto.")
     return value
-
-
-TRAIN_FORWARDS = ("fast", "eager")
-
-
-def train_forward_setting(value: str | None = None) -> str:
-    """``HEADSTART_TRAIN_FORWARD`` (or ``value``): ``fast`` (default: :mod:`headstart.engine.train_forward`) or
-    ``eager`` (PyTorch's own forward, op by op: to compare, or to rule the fast one out of a bug report)."""
-    import os
-
-    from headstart.core.errors import UsageError
-
-    value = (value or os.environ.get("HEADSTART_TRAIN_FORWARD") or "fast").strip().lower()
-    if value not in TRAIN_FORWARDS:
-        raise UsageError(f"HEADSTART_TRAIN_FORWARD must be fast or eager, got '{value}'; unset it for fast.")
-    return value

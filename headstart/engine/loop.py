@@ -34,7 +34,6 @@ from headstart.engine.batchnorm import adapt_batchnorm
 from headstart.engine.calibration import T_MIN, selection_loss
 from headstart.engine.forward import model_forward
 from headstart.engine.losses import L2SP, make_criterion, make_mixer
-from headstart.engine.train_forward import fast_training_forward
 from headstart.model import TransferModel
 from headstart.strategy import Phase, Strategy, enter_phase
 
@@ -89,29 +88,27 @@ def train_one_epoch(model, loader: DataLoader, optimizer, scheduler, runtime: Ru
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
     bar = progress(loader, desc, runtime.is_main)
-    # The frozen prefix as an eval network, BatchNorm in eval mode inside its convolution; gone after the epoch.
-    with fast_training_forward(model, runtime, len(loader.dataset)) as forward:
-        for images, labels in bar:
-            targets = labels
-            if mix is not None:
-                images, targets = mix(images, labels)
-            images, labels, targets = runtime.to_input(images), labels.to(runtime.device), targets.to(runtime.device)
-            with runtime.autocast():
-                logits = forward(images)
-            data_loss = criterion(logits.float(), targets)
-            loss = data_loss + penalty() if penalty is not None else data_loss
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"the training loss became {loss.item()} in phase '{desc}'; the last good "
-                                       "checkpoint is kept. Lower the learning rate (--lr) and run again.")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            total_loss += data_loss.item() * len(labels)
-            correct += _correct(logits, targets)
-            seen += len(labels)
-            bar.set_postfix(loss=f"{total_loss / seen:.3f}")
+    for images, labels in bar:
+        targets = labels
+        if mix is not None:
+            images, targets = mix(images, labels)
+        images, labels, targets = runtime.to_input(images), labels.to(runtime.device), targets.to(runtime.device)
+        with runtime.autocast():
+            logits = model(images)
+        data_loss = criterion(logits.float(), targets)
+        loss = data_loss + penalty() if penalty is not None else data_loss
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"the training loss became {loss.item()} in phase '{desc}'; the last good "
+                                   "checkpoint is kept. Lower the learning rate (--lr) and run again.")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        total_loss += data_loss.item() * len(labels)
+        correct += _correct(logits, targets)
+        seen += len(labels)
+        bar.set_postfix(loss=f"{total_loss / seen:.3f}")
     total_loss, correct, seen = all_reduce_sum([total_loss, correct, seen], runtime.device)
     return {"train_loss": total_loss / max(1, seen), "train_acc": correct / max(1, seen)}
 
