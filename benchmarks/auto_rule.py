@@ -3,15 +3,15 @@
 On scikit-learn's handwritten digits (1,797 8x8 greyscale images, 10 classes; written as 32 px PNG class folders),
 not on Fashion-MNIST, whose test numbers the README reports. For each seed, ``--val-per-class`` validation images per
 class are drawn once; for each labels-per-class budget a training subset is drawn from the rest
-(``headstart.compare``'s draws), and ``linear-probe`` and ``full`` train on exactly those images (EfficientNet-Lite0,
-ImageNet weights, ``--image-size`` px; ``full`` for the epochs ``headstart.auto`` would give it). There is no test
+(``headstart.training.compare``'s draws), and ``linear-probe`` and ``full`` train on exactly those images (EfficientNet-Lite0,
+ImageNet weights, ``--image-size`` px; ``full`` for the epochs ``headstart.training.auto`` would give it). There is no test
 split: only each run's validation accuracy and loss (``summary.json``'s ``val_acc``, ``best_val_loss``) are read. The
 same validation images also pick ``full``'s epoch and the probe's regularisation, which flatters both a little.
 
 Prints a table (mean ± std over seeds) and the smallest budget from which ``full`` beats the probe on validation at
 that budget and every larger one; writes ``auto_rule.json`` into ``--out``. ``--fashion-json`` adds a second opinion:
 the validation accuracies stored in ``headstart compare``'s JSON (e.g. the withdrawn Fashion-MNIST one:
-``git show 4641c26:docs/data_efficiency_fashion_mnist.json > /tmp/f.json``). The figures behind ``headstart.auto``'s
+``git show 4641c26:docs/data_efficiency_fashion_mnist.json > /tmp/f.json``). The figures behind ``headstart.training.auto``'s
 threshold, each labelled re-run or copied, are in ``docs/measurements/auto_rule_digits.json``.
 
     python benchmarks/auto_rule.py --out /tmp/auto-rule
@@ -38,11 +38,11 @@ try:
 except ImportError:  # running from a checkout without headstart installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from headstart.auto import full_epochs
-from headstart.compare import _draw, _write_manifest
-from headstart.data.sources import read_class_folders
 from headstart.core.io import write_json
-from headstart.train import TrainConfig, train
+from headstart.data.sources import read_class_folders
+from headstart.training.auto import full_epochs
+from headstart.training.compare import _draw, _write_manifest
+from headstart.training.train import TrainConfig, train
 
 STRATEGIES = ("linear-probe", "full")
 

@@ -3,8 +3,8 @@
 EfficientNet-Lite0 (ImageNet weights, offline), fp32 unless said, images/s of ``forward_features`` on random input:
 
 - eager, contiguous and channels-last: the network as timm builds it;
-- BatchNorm folded into the convolutions (:func:`headstart.engine.forward.fold_batchnorm`), channels-last;
-- ONNX Runtime (:class:`headstart.engine.forward.OnnxForward`);
+- BatchNorm folded into the convolutions (:func:`headstart.features.forward.fold_batchnorm`), channels-last;
+- ONNX Runtime (:class:`headstart.features.forward.OnnxForward`);
 - bf16 autocast, folded, channels-last (what ``--precision bf16`` would run; ``auto`` takes it only on CPUs with
   native bf16, :func:`headstart.core.hardware.cpu_has_native_bf16`);
 
@@ -36,8 +36,8 @@ def _rate(fn, x, seconds: float = 6.0, min_calls: int = 2) -> float:
 
 
 def forward_variants(size: int, batch: int = 32, bf16: bool = True) -> dict[str, float]:
-    from headstart.engine.forward import OnnxForward, fold_batchnorm
-    from headstart.model import build_model
+    from headstart.features.forward import OnnxForward, fold_batchnorm
+    from headstart.zoo.model import build_model
 
     backbone = build_model("efficientnet_lite0", 10).backbone.eval()
     x = torch.randn(batch, 3, size, size)
@@ -60,9 +60,9 @@ def forward_variants(size: int, batch: int = 32, bf16: bool = True) -> dict[str,
 def extraction(images: Path, size: int, limit: int = 640) -> dict:
     from headstart.core.runtime import make_runtime
     from headstart.data.sources import read_class_folders
-    from headstart.engine.forward import choose_engine
     from headstart.features.extract import iter_features
-    from headstart.model import build_model
+    from headstart.features.forward import choose_engine
+    from headstart.zoo.model import build_model
 
     runtime = make_runtime("cpu")
     model = runtime.prepare(build_model("efficientnet_lite0", 10)).eval()
@@ -76,8 +76,8 @@ def extraction(images: Path, size: int, limit: int = 640) -> dict:
 
 def training_steps(size: int = 224, batch: int = 32, steps: int = 3) -> dict[str, float]:
     """Images/s of training steps, real loss and AdamW, on random images: the network's cost without the data."""
-    from headstart.model import build_model
-    from headstart.strategy import Phase, enter_phase
+    from headstart.training.strategy import Phase, enter_phase
+    from headstart.zoo.model import build_model
 
     out = {}
     for strategy, train_from in (("full", 0), ("fine-tune", 0.5)):

@@ -46,8 +46,8 @@ try:
 except ImportError:  # running from a checkout without headstart installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from headstart.compare import CompareConfig, compare
 from headstart.data.fashion_mnist import make_image_folder
+from headstart.training.compare import CompareConfig, compare
 
 
 def main(argv=None) -> int:

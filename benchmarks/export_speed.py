@@ -40,7 +40,7 @@ from headstart.data.transforms import eval_transform
 from headstart.export.exporter import CalibratedModel, _quantize_int8, _save_onnx
 from headstart.export.metadata import ExportMetadata
 from headstart.export.onnx_model import OnnxModel
-from headstart.model import build_model
+from headstart.zoo.model import build_model
 
 
 def fashion_images(split: str, per_class: int, seed: int) -> tuple[list[Image.Image], np.ndarray]:

@@ -77,7 +77,7 @@ def child(paths_file: Path, n: int, image_size: int, batch_size: int, cache: Pat
 
     from headstart.core.runtime import make_runtime
     from headstart.features import extract_features
-    from headstart.model import build_model
+    from headstart.zoo.model import build_model
 
     paths = paths_file.read_text().splitlines()[:n]
     runtime = make_runtime("auto", "auto")

@@ -30,14 +30,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from headstart.core.runtime import make_runtime
 from headstart.data.dataset import ImageFiles, default_workers, make_loader
 from headstart.data.images import load_image
 from headstart.data.transforms import eval_resize_crop, eval_transform, to_float_normalized
-from headstart.features.probe import features_from_loader
-from headstart.core.runtime import make_runtime
 from headstart.features import extract_features
 from headstart.features.extract import _Collate
-from headstart.model import build_model
+from headstart.training.probe import features_from_loader
+from headstart.zoo.model import build_model
 
 
 def write_fashion_mnist(folder: Path, n: int) -> list[str]:

@@ -8,7 +8,7 @@ from the official test set; EfficientNet-Lite0 (ImageNet weights, offline), froz
     and validation image goes through the frozen backbone at every epoch; the epoch with the best validation
     accuracy is kept. Same runtime as headstart (bf16 autocast, channels-last, same loader), so only the method
     differs. (The tutorial itself leaves BatchNorm in training mode; here the backbone is in eval mode.)
-  * ``headstart``: :func:`headstart.features.probe.fit_linear_probe`, exactly as ``headstart train --strategy
+  * ``headstart``: :func:`headstart.training.probe.fit_linear_probe`, exactly as ``headstart train --strategy
     linear-probe`` calls it: features of the training and validation images computed once into an empty cache,
     then the head fitted on them (``logreg``; ``ncm`` and ``sgd`` with the same number of epochs are fitted on the
     same cached features and reported too).
@@ -39,14 +39,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from headstart.core.runtime import make_runtime, seed_everything
 from headstart.data.dataset import ImageFiles, make_loader
 from headstart.data.sources import discover
 from headstart.data.transforms import eval_transform, train_transform
-from headstart.engine.loop import predict_logits
-from headstart.features.probe import fit_linear_probe
-from headstart.core.runtime import make_runtime, seed_everything
-from headstart.features import extract_features, fit_head
-from headstart.model import build_model
+from headstart.features import extract_features
+from headstart.training.heads import fit_head
+from headstart.training.loop import predict_logits
+from headstart.training.probe import fit_linear_probe
+from headstart.zoo.model import build_model
 
 
 def make_data(out: Path) -> Path:

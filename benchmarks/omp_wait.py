@@ -24,7 +24,7 @@ import time
 CHILD = """
 import time, torch
 from headstart.core.runtime import make_runtime
-from headstart.model import build_model
+from headstart.zoo.model import build_model
 r = make_runtime("cpu", "fp32")
 m = r.prepare(build_model("efficientnet_lite0", 10)).eval()
 x = r.to_input(torch.randn({batch}, 3, {size}, {size}))

@@ -3,7 +3,7 @@
 
 Uses the labelled subsets ``benchmarks/recipes.py`` writes (Fashion-MNIST, ``--per-class`` train and
 ``--val-per-class`` validation images per class, one subset per seed; the same balanced test images), and
-fine-tunes EfficientNet-Lite0 with ``headstart.train`` (``--strategy``, default ``full``: what ``auto`` picks here):
+fine-tunes EfficientNet-Lite0 with ``headstart.training.train`` (``--strategy``, default ``full``: what ``auto`` picks here):
 
 - the strategy alone, with ``--label-smoothing 0.1``, with ``--mixup 0.2`` and with ``--cutmix 1.0``, each tested
   with and without ``--tta`` (softmax averaged over the image and its mirror);
@@ -38,8 +38,8 @@ from recipes import add_common_arguments, mean_std, write_data  # noqa: E402  (t
 from headstart.data.dataset import ImageFiles, make_loader  # noqa: E402
 from headstart.data.sources import read_class_folders  # noqa: E402
 from headstart.data.transforms import eval_transform  # noqa: E402
-from headstart.inference import load_run, predict_loader, probs_from_logits  # noqa: E402
-from headstart.train import TrainConfig, train  # noqa: E402
+from headstart.predict.run import load_run, predict_loader, probs_from_logits  # noqa: E402
+from headstart.training.train import TrainConfig, train  # noqa: E402
 
 REGULARISERS = {
     "plain": {},

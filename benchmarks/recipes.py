@@ -3,10 +3,10 @@ shifted copy of the test images, and on that copy after AdaBN.
 
 For each seed one labelled subset (``--per-class`` train and ``--val-per-class`` validation images per class) is
 drawn from the training set; every recipe trains on exactly those images (EfficientNet-Lite0, ImageNet weights,
-``headstart.train``), and is tested on the same ``--test-images`` balanced test images and on a shifted copy of
+``headstart.training.train``), and is tested on the same ``--test-images`` balanced test images and on a shifted copy of
 them (``--shift``: ``blur-contrast`` blurs and halves the contrast, a washed-out camera; ``invert`` swaps
 foreground and background). The shifted copy is then tested again after AdaBN, transductively on the shifted test
-images themselves (``headstart.adapt.adapt_batchnorm``, what ``headstart adapt`` does): "classic" takes their
+images themselves (``headstart.training.adapt.adapt_batchnorm``, what ``headstart adapt`` does): "classic" takes their
 statistics as they are (Li et al.), "aligned" maps them onto the seed's training images' (the default of
 ``headstart adapt`` when the training images are at hand). ``auto`` picks its own strategy and epochs; every other
 recipe gets ``--epochs``.
@@ -40,14 +40,14 @@ try:
 except ImportError:  # running from a checkout without headstart installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from headstart.adapt import adapt_batchnorm
+from headstart.core.io import load_weights
 from headstart.data import fashion_mnist as fm
 from headstart.data.dataset import ImageFiles, make_loader
 from headstart.data.sources import read_class_folders
 from headstart.data.transforms import eval_transform
-from headstart.core.io import load_weights
-from headstart.inference import load_run, predict_loader, probs_from_logits
-from headstart.train import TrainConfig, train
+from headstart.predict.run import load_run, predict_loader, probs_from_logits
+from headstart.training.adapt import adapt_batchnorm
+from headstart.training.train import TrainConfig, train
 
 RECIPES = {
     "linear-probe": {"strategy": "linear-probe"},

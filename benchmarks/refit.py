@@ -32,14 +32,14 @@ try:
 except ImportError:  # running from a checkout without headstart installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from headstart.compare import _draw
+from headstart.core.runtime import make_runtime
 from headstart.data.fashion_mnist import make_image_folder
 from headstart.data.sources import discover
-from headstart.engine.calibration import calibration_summary, run_temperature
-from headstart.core.runtime import make_runtime
-from headstart.features import extract_features, fit_head
-from headstart.features.heads import refit_head
-from headstart.model import build_model
+from headstart.features import extract_features
+from headstart.predict.calibration import calibration_summary, run_temperature
+from headstart.training.compare import _draw
+from headstart.training.heads import fit_head, refit_head
+from headstart.zoo.model import build_model
 
 
 def features(model, samples, pre, runtime) -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,7 @@ validation with the settings validation chose, so no image is left to fit its te
 - ``T = 1``: the head's own probabilities (what headstart shipped after a refit before);
 - ``T val``: the temperature fitted on validation to the head *before* the refit;
 - ``T cross``: fitted on out-of-fold logits of train + validation: each image scored by the head refitted with the
-  same settings on the other folds (:func:`headstart.features.heads.cross_fitted_logits`; K head fits);
+  same settings on the other folds (:func:`headstart.training.heads.cross_fitted_logits`; K head fits);
 - ``T test``: fitted on the test logits themselves, the floor no honest method reaches.
 
 The demo's data and settings (``headstart demo``): Fashion-MNIST, EfficientNet-Lite0 features at 160 px, 20
@@ -36,14 +36,14 @@ try:
 except ImportError:  # running from a checkout without headstart installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from headstart.compare import _draw
 from headstart.core.runtime import make_runtime
 from headstart.data.fashion_mnist import make_image_folder
 from headstart.data.sources import discover
-from headstart.engine.calibration import expected_calibration_error, fit_temperature, run_temperature, softmax
-from headstart.features import extract_features, fit_head
-from headstart.features.heads import cross_fitted_logits, refit_head
-from headstart.model import build_model
+from headstart.features import extract_features
+from headstart.predict.calibration import expected_calibration_error, fit_temperature, run_temperature, softmax
+from headstart.training.compare import _draw
+from headstart.training.heads import cross_fitted_logits, fit_head, refit_head
+from headstart.zoo.model import build_model
 
 HEADS = ("logreg", "ncm", "sgd")
 

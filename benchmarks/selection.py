@@ -31,14 +31,14 @@ try:
 except ImportError:  # running from a checkout without headstart installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from headstart.core.io import load_weights
 from headstart.data.dataset import ImageFiles, make_loader
 from headstart.data.sources import DataSplits, read_class_folders
 from headstart.data.transforms import eval_transform
-from headstart.core.io import load_weights
 from headstart.features import extract_features, fit_head
-from headstart.features.heads import refit_head
-from headstart.engine.calibration import compare_calibration
-from headstart.inference import load_run, predict_loader, probs_from_logits
+from headstart.predict.calibration import compare_calibration
+from headstart.predict.run import load_run, predict_loader, probs_from_logits
+from headstart.training.heads import refit_head
 
 
 def _features(run, samples):

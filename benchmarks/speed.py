@@ -80,7 +80,7 @@ def main() -> None:
     for name in ("evaluate (1st)", "evaluate (2nd)"):
         done = run(name, [*hs, "evaluate", str(out / "cold"), str(data / "test"), "--json"])
         rows[name]["accuracy"] = json.loads(done.stdout)["accuracy"]
-    # Features all cached: answered without torch (headstart/cached_run.py).
+    # Features all cached: answered without torch (headstart/predict/cached.py).
     done = run("predict 1,000 test images (cached features)", [*hs, "predict", str(out / "cold"), str(data / "test"),
                                                                 "--format", "json"])
     rows["predict 1,000 test images (cached features)"]["labelled"] = sum(

@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 _WHERE = {
-    "load_run": "headstart.inference", "predict_paths": "headstart.inference", "LoadedRun": "headstart.inference",
-    "TransferModel": "headstart.model", "build_model": "headstart.model",
-    "fine_tune_resnet": "headstart.resnet_transfer", "freeze_pretrained_layers": "headstart.resnet_transfer",
-    "load_pretrained_resnet": "headstart.resnet_transfer",
-    "Phase": "headstart.strategy", "Strategy": "headstart.strategy", "make_strategy": "headstart.strategy",
-    "TrainConfig": "headstart.config", "train": "headstart.train",
+    "load_run": "headstart.predict.run", "predict_paths": "headstart.predict.run", "LoadedRun": "headstart.predict.run",
+    "TransferModel": "headstart.zoo.model", "build_model": "headstart.zoo.model",
+    "fine_tune_resnet": "headstart.training.resnet_transfer", "freeze_pretrained_layers": "headstart.training.resnet_transfer",
+    "load_pretrained_resnet": "headstart.training.resnet_transfer",
+    "Phase": "headstart.training.strategy", "Strategy": "headstart.training.strategy", "make_strategy": "headstart.training.strategy",
+    "TrainConfig": "headstart.training.config", "train": "headstart.training.train",
     "create_backbone": "headstart.zoo", "get_spec": "headstart.zoo", "list_specs": "headstart.zoo",
-    "RunDir": "headstart.rundir", "Preprocessing": "headstart.core.preprocessing",
+    "RunDir": "headstart.data.rundir", "Preprocessing": "headstart.core.preprocessing",
     "HeadstartError": "headstart.core.errors",
 }
 __all__ = ["HeadstartError", "LoadedRun", "Phase", "Preprocessing", "RunDir", "Strategy", "TrainConfig",  # noqa: RUF022
@@ -45,13 +45,13 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from headstart.config import TrainConfig
     from headstart.core.errors import HeadstartError
     from headstart.core.preprocessing import Preprocessing
-    from headstart.inference import LoadedRun, load_run, predict_paths
-    from headstart.model import TransferModel, build_model
-    from headstart.resnet_transfer import fine_tune_resnet, freeze_pretrained_layers, load_pretrained_resnet
-    from headstart.rundir import RunDir
-    from headstart.strategy import Phase, Strategy, make_strategy
-    from headstart.train import train
+    from headstart.data.rundir import RunDir
+    from headstart.predict.run import LoadedRun, load_run, predict_paths
+    from headstart.training.config import TrainConfig
+    from headstart.training.resnet_transfer import fine_tune_resnet, freeze_pretrained_layers, load_pretrained_resnet
+    from headstart.training.strategy import Phase, Strategy, make_strategy
+    from headstart.training.train import train
     from headstart.zoo import create_backbone, get_spec, list_specs
+    from headstart.zoo.model import TransferModel, build_model

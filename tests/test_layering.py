@@ -15,15 +15,15 @@ PACKAGE = Path(headstart.__file__).parent
 # Lowest first. A module may import its own layer and the ones below.
 LAYERS = [
     {"core"},
-    {"data", "zoo"},
-    {"model", "config"},
-    {"strategy"},
-    {"engine"},
+    {"data"},
+    {"zoo"},
     {"features"},
-    {"inference", "cached_run", "rundir", "auto", "evaluation", "resnet_transfer"},
-    {"export", "report"},
-    {"adapt", "train"},
-    {"compare", "serve"},
+    {"predict"},
+    {"evaluation"},
+    {"report"},
+    {"training"},
+    {"export"},
+    {"serve"},
     {"cli", "__main__", "__init__"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
@@ -72,15 +72,17 @@ def test_no_module_imports_a_layer_above_it():
 def test_the_named_rules_of_the_redesign():
     graph = imports()
     assert graph["core"] == set()
-    assert graph["data"] <= {"core"} and graph["zoo"] <= {"core"}
-    assert not graph["engine"] & {"features", "adapt", "train", "cli", "inference", "evaluation", "rundir"}
+    assert graph["data"] <= {"core"} and graph["zoo"] <= {"core", "data"}
+    assert graph["features"] <= {"core", "data", "zoo"}
+    assert not graph["predict"] & {"training", "evaluation", "report", "export", "serve", "cli"}
+    assert {p.name for p in PACKAGE.glob("*.py")} == {"__init__.py", "__main__.py"}, "the root holds packages only"
 
 
 def test_the_checker_sees_imports_inside_functions(tmp_path, monkeypatch):
     """The test above must be able to fail: a function-level upward import is found."""
     fake = tmp_path / "headstart"
-    (fake / "engine").mkdir(parents=True)
-    (fake / "engine" / "loop.py").write_text("def f():\n    from headstart.adapt import x\n")
-    (fake / "adapt.py").write_text("")
+    (fake / "features").mkdir(parents=True)
+    (fake / "features" / "extract.py").write_text("def f():\n    from headstart.training.adapt import x\n")
+    (fake / "training").mkdir()
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
-    assert imports()["engine"] == {"adapt"}
+    assert imports()["features"] == {"training"}

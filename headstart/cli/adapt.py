@@ -8,7 +8,7 @@ import argparse
 import json
 import sys
 
-METHODS = ("auto", "aligned", "classic")  # headstart.adapt.METHODS, without importing torch for --help
+METHODS = ("auto", "aligned", "classic")  # headstart.training.adapt.METHODS, without importing torch for --help
 
 
 def add_parser(sub):
@@ -40,7 +40,7 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from headstart.adapt import adapt_run
+    from headstart.training.adapt import adapt_run
 
     info = adapt_run(args.run, args.target, args.out, batch_size=args.batch_size, workers=args.workers,
                      device=args.device, overwrite=args.overwrite, method=args.method,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from headstart.config import CompareConfig
 from headstart.core.errors import UsageError
+from headstart.training.config import CompareConfig
 
 _DEFAULTS = CompareConfig(data="", out="")  # one source of defaults: the config's
 
@@ -91,7 +91,7 @@ def add_arguments(p, labels: str = _csv(_DEFAULTS.labels_per_class), seeds: int 
 
 
 def config_from_args(args) -> CompareConfig:
-    from headstart.strategy import STRATEGIES
+    from headstart.training.strategy import STRATEGIES
 
     strategies = [s for s in args.strategies.split(",") if s]
     unknown = [s for s in strategies if s not in STRATEGIES]
@@ -111,7 +111,7 @@ def print_table(result: dict) -> None:
     from rich.table import Table
 
     from headstart.cli.console import console
-    from headstart.compare import accuracy_text, edge_warnings, lr_text
+    from headstart.training.compare import accuracy_text, edge_warnings, lr_text
 
     table = Table(title=f"test accuracy on {result['test_images']} held-out images"
                   + (" (mean ± std over seeds)" if any(r.get("seeds", 1) > 1 for r in result["rows"]) else ""))
@@ -129,7 +129,7 @@ def print_table(result: dict) -> None:
 
 
 def run(args) -> int:
-    from headstart.compare import compare
+    from headstart.training.compare import compare
 
     result = compare(config_from_args(args))
     print_table(result)

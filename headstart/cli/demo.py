@@ -38,10 +38,10 @@ MARKER = ".made-by-headstart-demo"
 
 def run(args) -> int:
     from headstart.cli.compare import _ints, print_table
-    from headstart.compare import compare
-    from headstart.config import CompareConfig
     from headstart.core.errors import UsageError
     from headstart.data.fashion_mnist import make_image_folder
+    from headstart.training.compare import compare
+    from headstart.training.config import CompareConfig
 
     out = Path(args.out)
     labels = _ints(args.labels_per_class)

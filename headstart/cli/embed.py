@@ -85,11 +85,11 @@ def read_images(data: str | Path) -> dict:
 def _model(args):
     """(model, preprocessing, runtime, description) for a backbone name or a run directory."""
     from headstart.core.runtime import make_runtime
-    from headstart.model import build_model
+    from headstart.zoo.model import build_model
 
     path = Path(args.model)
     if path.is_dir():
-        from headstart.inference import load_run
+        from headstart.predict.run import load_run
 
         if args.weights or args.image_size:
             raise UsageError(f"{path} is a run: it keeps its own weights and image size; drop --weights and "

@@ -33,9 +33,9 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from headstart.cached_run import open_run
     from headstart.core.errors import UsageError
     from headstart.evaluation.metrics import evaluate_run
+    from headstart.predict.cached import open_run
 
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}.")

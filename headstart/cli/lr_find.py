@@ -8,7 +8,7 @@ from pathlib import Path
 
 from headstart.core.choices import AUGMENTATIONS, DEFAULT_MODEL
 from headstart.core.errors import PathNotFoundError
-from headstart.strategy import STRATEGIES
+from headstart.training.strategy import STRATEGIES
 
 
 def add_parser(sub):
@@ -48,13 +48,13 @@ def run(args) -> int:
     from headstart.core.runtime import make_runtime, seed_everything
     from headstart.data.check import scan
     from headstart.data.dataset import ImageFiles, make_loader
+    from headstart.data.rundir import RunDir, refuse_run_files
     from headstart.data.sources import discover
     from headstart.data.transforms import eval_transform, train_transform
-    from headstart.engine.lr_finder import lr_find, plot_lr_find
-    from headstart.inference import load_run
-    from headstart.model import build_model
-    from headstart.rundir import RunDir, refuse_run_files
-    from headstart.strategy import make_strategy
+    from headstart.predict.run import load_run
+    from headstart.training.lr_finder import lr_find, plot_lr_find
+    from headstart.training.strategy import make_strategy
+    from headstart.zoo.model import build_model
 
     seed_everything(args.seed)
     source = Path(args.source)
@@ -85,7 +85,7 @@ def run(args) -> int:
     sgd_index = next(i for i, p in enumerate(strategy.phases) if p.fit == "sgd")
     if not is_run and sgd_index > 0:
         # The swept phase starts from a head fitted on frozen features, as in training.
-        from headstart.features.probe import fit_linear_probe
+        from headstart.training.probe import fit_linear_probe
 
         def eval_loader(samples):
             return make_loader(ImageFiles(samples, eval_transform(pre)), args.batch_size * 2, shuffle=False,

@@ -96,7 +96,7 @@ def _load(args):
     if suffix in (".pt2", ".pt", ".pth", ".safetensors") and Path(args.run).is_file():
         raise UsageError(f"{args.run} is a weights or .pt2 file; predict takes a run directory or an .onnx file "
                          "made by `headstart export` (a .pt2 loads in Python with torch.export.load).")
-    from headstart.cached_run import open_run, predict_paths_of
+    from headstart.predict.cached import open_run, predict_paths_of
 
     # A frozen-backbone run answers images whose features are cached without torch; anything else loads it (and
     # errors about the run come before any image is read).

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from headstart.config import TrainConfig
 from headstart.core.choices import AUGMENTATIONS, BALANCE, BN_POLICIES, HEADS, PRECISIONS
-from headstart.strategy import STRATEGIES
+from headstart.training.config import TrainConfig
+from headstart.training.strategy import STRATEGIES
 
 EXAMPLE = """examples:
   headstart train photos/ --out runs/photos                # auto picks the strategy from the data
@@ -99,7 +99,7 @@ def run(args) -> int:
     from headstart.core.errors import UsageError
 
     if args.resume:
-        from headstart.rundir import RunDir
+        from headstart.data.rundir import RunDir
 
         run_dir = RunDir(args.resume)
         if not run_dir.is_run():
@@ -108,7 +108,7 @@ def run(args) -> int:
         cfg = TrainConfig.from_dict(run_dir.config())
         cfg.out = args.resume
         cfg.check()
-        from headstart.train import train
+        from headstart.training.train import train
 
         summary = train(cfg, resume=True)
     else:
@@ -116,7 +116,7 @@ def run(args) -> int:
             raise UsageError("train needs DATA and --out (e.g. `headstart train images/ --out runs/a`), or "
                              "--resume RUN.")
         cfg = TrainConfig.from_dict(vars(args)).check()  # a wrong option fails before torch is even loaded
-        from headstart.train import train
+        from headstart.training.train import train
 
         summary = train(cfg)
     if not summary:  # another rank under torchrun: rank 0 reports

@@ -28,7 +28,7 @@ EXPORT_FORMATS = {
 }
 QUANTIZATIONS = ("int8",)
 
-# How eval passes run the network (headstart/engine/forward.py), from the HEADSTART_ENGINE environment variable.
+# How eval passes run the network (headstart/features/forward.py), from the HEADSTART_ENGINE environment variable.
 ENGINES = ("auto", "torch", "onnxruntime")
 
 

@@ -8,17 +8,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from headstart.cached_run import CachedRun
 from headstart.core.errors import PathNotFoundError, UsageError
 from headstart.core.io import remembered_bytes, write_bytes
 from headstart.data.check import inspect_files
 from headstart.data.leakage import copies_of
+from headstart.data.rundir import RunDir
 from headstart.data.sources import read_class_folders
-from headstart.engine.calibration import compare_calibration, softmax
-from headstart.rundir import RunDir
+from headstart.predict.cached import CachedRun
+from headstart.predict.calibration import compare_calibration, softmax
 
 if TYPE_CHECKING:
-    from headstart.inference import LoadedRun
+    from headstart.predict.run import LoadedRun
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
@@ -101,8 +101,8 @@ def evaluate_run(run: LoadedRun | CachedRun, data: str | Path, batch_size: int =
     out of the scores and counted (``leaked_excluded``, with ``leaked_label_conflicts``), unless ``keep_leaked``. With ``tta`` the predictions average the softmax over each
     image and its mirror image.
 
-    ``run`` is a :class:`~headstart.inference.LoadedRun`, or a
-    :class:`~headstart.cached_run.CachedRun` (a frozen-backbone run, answered from the feature cache
+    ``run`` is a :class:`~headstart.predict.run.LoadedRun`, or a
+    :class:`~headstart.predict.cached.CachedRun` (a frozen-backbone run, answered from the feature cache
     without torch when every image is there, else loaded).
     """
     data = Path(data)
@@ -162,14 +162,14 @@ def _view_logits(run: LoadedRun | CachedRun, samples: list[tuple[str, int]], has
             return logits[None], np.array([samples[i][1] for i in positions], dtype=np.int64), unreadable
         run = run.load()
     if run.frozen_backbone and not tta:  # the features train computed (or an earlier evaluate) are reused
-        from headstart.features.probe import cached_logits_of
+        from headstart.predict.run import cached_logits_of
 
         found, labels, unreadable = cached_logits_of(run.model, samples, run.preprocessing, run.runtime, batch_size,
                                                      workers, desc="evaluate")
         return found[None].numpy(), labels.numpy(), unreadable
     from headstart.data.dataset import ImageFiles, make_loader
     from headstart.data.transforms import eval_transform
-    from headstart.inference import predict_loader
+    from headstart.predict.run import predict_loader
 
     loader = make_loader(ImageFiles(samples, eval_transform(run.preprocessing)), batch_size, shuffle=False,
                          workers=workers)

@@ -46,10 +46,10 @@ from headstart.core.choices import EXPORT_FORMATS, QUANTIZATIONS
 from headstart.core.errors import OutputError, ParityError, UsageError
 from headstart.core.io import write_json
 from headstart.data.images import BadImageError, load_image
+from headstart.data.rundir import RunDir, refuse_run_files
 from headstart.data.transforms import eval_transform
 from headstart.export.metadata import INPUT, OUTPUTS, PT2_EXTRA_FILE, ExportMetadata, headline_test_metrics
-from headstart.inference import LoadedRun, load_run, predict_probs
-from headstart.rundir import RunDir, refuse_run_files
+from headstart.predict.run import LoadedRun, load_run, predict_probs
 
 DEFAULT_TOLERANCE = 1e-4
 DEFAULT_MAX_IMAGES = 256

@@ -1,7 +1,7 @@
 """An exported ONNX model, used through ONNX Runtime with numpy and PIL only: no torch is imported.
 
 ``OnnxModel(path)`` reads the classes, preprocessing and temperature from the file's metadata
-(:mod:`headstart.export.metadata`) and answers the same small interface as :class:`headstart.inference.LoadedRun`:
+(:mod:`headstart.export.metadata`) and answers the same small interface as :class:`headstart.predict.run.LoadedRun`:
 ``classes``, ``preprocessing``, ``temperature``, ``predict(images, topk)`` and ``info()``. ``headstart predict
 MODEL.onnx`` and ``headstart serve MODEL.onnx`` use it; so can a service that ships without torch (about 60 MB of
 wheels instead of 1 GB).
@@ -122,7 +122,7 @@ class OnnxModel:
         """Calibrated class probabilities (``N x classes``) for a preprocessed float32 ``N x 3 x crop x crop`` batch.
 
         Args:
-            tta: the mean over each image and its mirror image, as :func:`headstart.inference.predict_probs`.
+            tta: the mean over each image and its mirror image, as :func:`headstart.predict.run.predict_probs`.
         """
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         probs = self.session.run(["probabilities"], {INPUT: batch})[0]
@@ -132,7 +132,7 @@ class OnnxModel:
         return probs
 
     def predict(self, images, topk: int = 1, tta: bool = False, batch_size: int = 64) -> dict | list[dict]:
-        """Top-k predictions, exactly as :meth:`headstart.inference.LoadedRun.predict` takes and gives them (PIL
+        """Top-k predictions, exactly as :meth:`headstart.predict.run.LoadedRun.predict` takes and gives them (PIL
         images, numpy arrays or paths; one dict per image, or ``error`` for one that cannot be used), with
         ``batch_size`` images per ONNX Runtime call."""
         return predict_images(images, self.prepare, lambda ready: self.probabilities(np.stack(ready), tta),
@@ -149,7 +149,7 @@ class OnnxModel:
                 for row in self.probabilities(np.stack(ready[start:start + batch_size]), tta)]
 
     def predict_paths(self, paths: list[str], topk: int = 1, batch_size: int = 64, tta: bool = False) -> list[dict]:
-        """:meth:`predict` on files, each result with its ``path`` first, as :func:`headstart.inference.predict_paths`
+        """:meth:`predict` on files, each result with its ``path`` first, as :func:`headstart.predict.run.predict_paths`
         gives them (a file that cannot be read is named on stderr and gets an ``error``)."""
         results = []
         for path, r in zip(paths, self.predict(list(paths), topk=topk, tta=tta, batch_size=batch_size)):

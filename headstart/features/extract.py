@@ -2,7 +2,7 @@
 
 The pipeline keeps the backbone the bottleneck. Decoding, resizing and cropping give uint8 images; each is turned
 to float and normalised while it sits in cache, written straight into the batch (channels-last for PyTorch), and
-the backbone runs in the fastest eval form the machine has (:mod:`headstart.engine.forward`: ONNX Runtime for
+the backbone runs in the fastest eval form the machine has (:mod:`headstart.features.forward`: ONNX Runtime for
 large fp32 CPU passes, else BatchNorm folded into the convolutions, under the runtime's autocast: bf16 on CPUs
 that have it natively, AMP on CUDA, where the uint8 batch is normalised on the GPU). The
 numbers are exactly those of :func:`headstart.data.transforms.eval_transform`: the same kernels and float ops.
@@ -31,9 +31,9 @@ from headstart.core.progress import progress
 from headstart.core.runtime import Runtime
 from headstart.data.dataset import ImageFiles, default_workers, make_loader
 from headstart.data.transforms import eval_resize_crop
-from headstart.engine.forward import choose_engine, eval_forward
 from headstart.features.cache import FeatureCache, content_hashes, feature_key, weights_fingerprint
-from headstart.model import TransferModel
+from headstart.features.forward import choose_engine, eval_forward
+from headstart.zoo.model import TransferModel
 
 
 def cache_key(model: TransferModel, preprocessing: Preprocessing | dict, runtime: Runtime, view: str = "eval") -> dict:
@@ -91,7 +91,7 @@ def iter_features(model: TransferModel, paths: Sequence[str], preprocessing: Pre
                   batch_size: int = 64, workers: int | None = None,
                   desc: str = "features") -> Iterator[tuple[int, np.ndarray, list[str]]]:
     """Computes features batch by batch, without a cache, through the fastest eval forward this machine has for
-    a pass of this size (:mod:`headstart.engine.forward`: ONNX Runtime or BatchNorm folded into the convolutions).
+    a pass of this size (:mod:`headstart.features.forward`: ONNX Runtime or BatchNorm folded into the convolutions).
 
     Yields:
         (index of the batch's first path, float32 features (n, dim), reason per image: '' when it decoded).

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from headstart.core.errors import OutputError, RunNotFoundError
 from headstart.core.io import atomic_write
+from headstart.data.rundir import RunDir, refuse_run_files
 from headstart.report.tensorboard import TensorBoardLogger
-from headstart.rundir import RunDir, refuse_run_files
 
 
 def write_report(path: str | Path, out: str | Path | None = None, *, top_losses: int = 24, max_images: int = 2000,
@@ -28,7 +28,7 @@ def write_report(path: str | Path, out: str | Path | None = None, *, top_losses:
             loaded).
         max_images: at most this many test and validation images are predicted to find them (test first).
         device: where the model predicts them (``auto``: CUDA when present).
-        loaded: the run's :class:`~headstart.inference.LoadedRun` when the caller has it (``evaluate``): not loaded
+        loaded: the run's :class:`~headstart.predict.run.LoadedRun` when the caller has it (``evaluate``): not loaded
             a second time.
 
     Raises:

@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 import headstart
-from headstart.config import COMPARE_PLOTS, COMPARE_RESULTS, COMPARE_TABLE
+from headstart.data.rundir import COMPARE_PLOTS, COMPARE_RESULTS, COMPARE_TABLE
 from headstart.report.html import card, cards, details, duration, esc, figure, kv, page, para, pct, table
 
 FIGURES = dict(zip(COMPARE_PLOTS, ("Test accuracy against labelled images per class (mean ± std over seeds; log "

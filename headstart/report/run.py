@@ -1,6 +1,6 @@
 """The report of one run: what was trained on what, how, how well, and where it goes wrong, as one HTML page.
 
-Every section reads the run's own files (:class:`~headstart.rundir.RunDir`); a file that is missing (a run
+Every section reads the run's own files (:class:`~headstart.data.rundir.RunDir`); a file that is missing (a run
 without a test split, a run from before calibration, an adapted run without training records) turns its section
 into a sentence saying so, never into an error. Only the top losses need the model: the run predicts its own
 held-out images.
@@ -15,6 +15,7 @@ from pathlib import Path
 import headstart
 from headstart.core.errors import HeadstartError
 from headstart.data.balance import SKEW_HINT, skew
+from headstart.data.rundir import RunDir
 from headstart.report import figures
 from headstart.report.html import (
     bar,
@@ -34,8 +35,6 @@ from headstart.report.html import (
     table,
 )
 from headstart.report.top_losses import held_out_predictions
-from headstart.rundir import RunDir
-from headstart.strategy import STRATEGIES
 
 TABLE_CLASSES = 40  # above this many classes the confusion matrix is a picture, not a table
 LIST_FILES = 50  # skipped or left-out files named in the page
@@ -247,8 +246,9 @@ class RunReport:
                                                f"crop {pre.get('crop_pct')}, mean {pre.get('mean')}, "
                                                f"std {pre.get('std')}")))
         strategy = s.get("strategy") or c.get("strategy_resolved")
-        if strategy:
-            pairs.append(("strategy", f"<b>{esc(strategy)}</b>: {esc(STRATEGIES.get(strategy, ''))}"))
+        if strategy:  # the description as the run recorded it (runs before it was recorded show the name only)
+            described = f": {esc(c['strategy_description'])}" if c.get("strategy_description") else ""
+            pairs.append(("strategy", f"<b>{esc(strategy)}</b>{described}"))
         choice = c.get("strategy_choice")
         if choice:
             pairs.append(("why", f"<code>--strategy auto</code> chose it: {esc(choice.get('reason', ''))}"))

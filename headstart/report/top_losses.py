@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from headstart.rundir import RunDir
+from headstart.data.rundir import RunDir
 
 CHUNK = 256  # images predicted per call
 
@@ -53,13 +53,13 @@ def held_out_predictions(run_dir: str, max_images: int = 2000, device: str = "au
                          loaded=None) -> HeldOutPredictions:
     """Predicts the run's test images, then its validation images, ``max_images`` at most in all.
 
-    ``loaded`` is the run already loaded (:class:`~headstart.inference.LoadedRun`, e.g. by ``evaluate``); by
+    ``loaded`` is the run already loaded (:class:`~headstart.predict.run.LoadedRun`, e.g. by ``evaluate``); by
     default it is loaded from ``run_dir`` on ``device``.
 
     Raises:
         RunNotFoundError: the run has no model or no ``split.json``.
     """
-    from headstart.cached_run import open_run, predict_paths_of
+    from headstart.predict.cached import open_run, predict_paths_of
 
     run = RunDir(run_dir)
     splits = run.split()

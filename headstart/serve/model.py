@@ -13,8 +13,8 @@ from typing import Any, Protocol
 
 from headstart.core.choices import MAX_PIXELS
 from headstart.core.errors import PathNotFoundError, UsageError
+from headstart.data.rundir import RunDir
 from headstart.export.metadata import headline_test_metrics as _test_metrics
-from headstart.rundir import RunDir
 
 
 class ServableModel(Protocol):
@@ -37,13 +37,13 @@ def load_model(path: str | Path, device: str = "auto") -> ServableModel:
     if path.is_file():
         raise UsageError(f"{path} is a file, not a run directory; pass the folder of a `headstart train` run or an "
                          "exported .onnx model.")
-    from headstart.inference import load_run
+    from headstart.predict.run import load_run
 
     return RunModel(load_run(path, device=device))
 
 
 class RunModel:
-    """A :class:`~headstart.inference.LoadedRun` with what ``GET /info`` shows: its model, classes, preprocessing,
+    """A :class:`~headstart.predict.run.LoadedRun` with what ``GET /info`` shows: its model, classes, preprocessing,
     calibration temperature and the run's test metrics."""
 
     def __init__(self, run):

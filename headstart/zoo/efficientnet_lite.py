@@ -7,7 +7,6 @@ naming (``_conv_stem``, ``_blocks.N...``, ``_fc``). Its tensors map in order, sh
 
 from __future__ import annotations
 
-
 import torch
 
 from headstart.core.errors import WeightsError

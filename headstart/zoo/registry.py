@@ -1,7 +1,7 @@
 """One registry of backbones by name, each with the metadata that travels with its weights.
 
 A backbone here is a module whose ``forward`` maps images to pooled features of shape ``(B, num_features)``:
-the pretrained classifier has been removed, and :class:`headstart.model.TransferModel` adds a new head.
+the pretrained classifier has been removed, and :class:`headstart.zoo.model.TransferModel` adds a new head.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
+from headstart.core.catalog import find_weights
 from headstart.core.errors import UsageError
 from headstart.core.preprocessing import Preprocessing
-from headstart.core.catalog import find_weights
 
 StateDict = Mapping[str, torch.Tensor]
 

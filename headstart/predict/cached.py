@@ -1,0 +1,166 @@
+"""A frozen-backbone run answered from the feature cache alone, without importing torch.
+
+A linear-probe run (or a recipe whose head phase won) ships the pretrained backbone unchanged and a new linear
+head. For an image the feature cache already holds, its logits are one matrix product away: the backbone's
+features are on disk, found by (backbone, weights fingerprint, preprocessing, precision) and the image's content
+hash. Loading the run through torch costs about 8 s on a 2-core machine (torch, torchvision and timm imports),
+more than the whole answer; so here the cache key is computed from ``best.safetensors`` itself (the fingerprint of
+the very tensors :func:`~headstart.predict.run.load_run` would load), the head is read with safetensors' numpy loader
+and the logits are ``features @ W.T + b``.
+
+Whenever this cannot answer exactly as the torch path would (a run that adapted its backbone, an image not in the
+cache, a GPU that would compute in another precision, weights numpy cannot read), :func:`open_cached_run` returns
+None or :meth:`CachedRun.logits` does, and the caller loads the run the usual way (:meth:`CachedRun.load`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from headstart.core import hardware
+from headstart.core.io import load_weights_numpy
+from headstart.core.preprocessing import Preprocessing
+from headstart.data.predictions import path_records
+from headstart.data.rundir import RunDir, shipped_backbone_is_frozen
+from headstart.features.cache import FeatureCache, arrays_fingerprint, content_hashes, feature_key
+from headstart.predict.calibration import softmax
+
+_PRECISIONS = {"fp32": "fp32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+@dataclass
+class CachedRun:
+    """The parts of a frozen-backbone run its predictions need: classes, calibration temperature, the head's
+    weights and the feature-cache namespace of its backbone. ``load()`` gives the full
+    :class:`~headstart.predict.run.LoadedRun` when an answer needs the backbone."""
+
+    path: Path
+    classes: list[str]
+    preprocessing: Preprocessing
+    temperature: float
+    weight: np.ndarray  # (classes, features), float32
+    bias: np.ndarray  # (classes,)
+    cache: FeatureCache
+    device: str = "auto"
+    precision: str = "auto"
+    frozen_backbone: bool = True
+    _loaded: object = field(default=None, repr=False)
+
+    def logits(self, paths: list[str], hashes: list[str] | None = None
+               ) -> tuple[np.ndarray, list[int], list[tuple[str, str]]] | None:
+        """``(logits (n, classes) float32, positions in paths of the n decodable images, (path, reason) of the
+        others)`` when the cache holds every image (or knows it cannot be decoded); None when any must be computed.
+        ``hashes``: the files' content hashes when the caller has them (the check's ``FileFacts.sha``), so the
+        files are not read again.
+        """
+        hashes = content_hashes(paths) if hashes is None else hashes
+        good, bad, keys = [], [], []
+        located = self.cache.locate([h for h in hashes if isinstance(h, str)])
+        found = iter(located[:, 0] >= 0)
+        for i, h in enumerate(hashes):
+            if not isinstance(h, str):
+                bad.append((paths[i], f"cannot be read ({h.strerror or h})"))
+            elif h in self.cache.bad:
+                next(found)
+                bad.append((paths[i], self.cache.bad[h]))
+            elif next(found):
+                good.append(i)
+                keys.append(h)
+            else:
+                return None
+        features = self.cache.read(keys) if keys else np.empty((0, self.weight.shape[1]), dtype=np.float32)
+        return features @ self.weight.T + self.bias, good, bad
+
+    def predict_paths(self, paths: list[str], topk: int = 1) -> list[dict] | None:
+        """:func:`headstart.predict.run.predict_paths`'s records from cached features, or None when an image is not
+        in the cache."""
+        got = self.logits(paths)
+        if got is None:
+            return None
+        logits, positions, bad = got
+        return path_records(paths, positions, softmax(logits, self.temperature), bad, self.classes, topk)
+
+    def load(self):
+        """The run loaded through torch (:func:`headstart.predict.run.load_run`), once."""
+        if self._loaded is None:
+            from headstart.predict.run import load_run
+
+            self._loaded = load_run(self.path, device=self.device, precision=self.precision)
+        return self._loaded
+
+
+def open_cached_run(run_dir: str | Path, device: str = "auto", precision: str = "auto",
+                    cache_dir: str | Path | None = None) -> CachedRun | None:
+    """The run at ``run_dir`` as a :class:`CachedRun` when its backbone is the frozen pretrained one and the feature
+    cache has a namespace for it in the precision this machine would compute; else None.
+
+    Raises:
+        RunNotFoundError: ``run_dir`` is not a run with a model (as :func:`~headstart.predict.run.load_run` does).
+    """
+    run = RunDir(run_dir).require_model()
+    config, summary = run.config(), run.summary()
+    if not shipped_backbone_is_frozen(config, summary):
+        return None
+    amp = _cpu_precision(device, precision)
+    if amp is None:
+        return None
+    try:
+        tensors = load_weights_numpy(run / run.BEST)
+        metadata = run.weights_metadata(run.BEST)
+    except (OSError, TypeError):  # unreadable, or bf16 weights numpy cannot hold: the torch path decides
+        return None
+    weight, bias = tensors.pop("head.weight", None), tensors.pop("head.bias", None)
+    backbone = {k.removeprefix("backbone."): v for k, v in tensors.items() if k.startswith("backbone.")}
+    if weight is None or bias is None or len(backbone) != len(tensors):
+        return None
+    key = feature_key(config["model"], arrays_fingerprint(backbone), config["preprocessing"], amp)
+    cache = FeatureCache.existing(key, cache_dir)
+    if cache is None or cache.dim not in (None, weight.shape[1]):
+        return None
+    return CachedRun(run.path, run.classes(), Preprocessing.of(config["preprocessing"]),
+                     float(metadata.get("temperature", 1.0)), weight.astype(np.float32), bias.astype(np.float32),
+                     cache, device, precision)
+
+
+def _cpu_precision(device: str, precision: str) -> str | None:
+    """The precision key the torch path would compute features in, when it would run on this CPU; None where it
+    would run on a GPU (or might: torch is not imported to ask)."""
+    if device not in ("auto", "cpu") or (device == "auto" and _may_have_gpu()):
+        return None
+    if precision == "auto":
+        return hardware.cpu_precision()
+    return _PRECISIONS.get(precision)
+
+
+def _may_have_gpu() -> bool:
+    """Whether a GPU driver's device files are present (NVIDIA, AMD ROCm, WSL2's ``/dev/dxg``): torch might then
+    pick the GPU for ``--device auto``, in another precision."""
+    return any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg"))
+
+
+def open_run(run_dir: str | Path, device: str = "auto", tta: bool = False):
+    """The run as a :class:`CachedRun` where the feature cache can answer for it (not with ``tta``), else loaded
+    through torch (:func:`headstart.predict.run.load_run`)."""
+    cached = None if tta else open_cached_run(run_dir, device=device)
+    if cached is not None:
+        return cached
+    from headstart.predict.run import load_run
+
+    return load_run(run_dir, device=device)
+
+
+def predict_paths_of(run, paths: list[str], topk: int = 1, batch_size: int = 64, tta: bool = False) -> list[dict]:
+    """:func:`headstart.predict.run.predict_paths` for a run :func:`open_run` gave: from the cache when it holds every
+    image, else through the network (a :class:`CachedRun` loads itself once)."""
+    if isinstance(run, CachedRun):
+        results = None if tta else run.predict_paths(paths, topk)
+        if results is not None:
+            return results
+        run = run.load()
+    from headstart.predict.run import predict_paths
+
+    return predict_paths(run, paths, topk=topk, batch_size=batch_size, tta=tta)
