@@ -38,8 +38,8 @@ from headstart.core.runtime import make_runtime
 from headstart.data import fashion_mnist
 from headstart.data.transforms import eval_transform
 from headstart.export.exporter import CalibratedModel, _quantize_int8, _save_onnx
-from headstart.export.metadata import ExportMetadata
-from headstart.export.onnx_model import OnnxModel
+from headstart.predict.metadata import ExportMetadata
+from headstart.predict.onnx import OnnxModel
 from headstart.zoo.model import build_model
 
 

@@ -21,6 +21,9 @@ def add_parser(sub):
                                                           "instead of a table")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     p.add_argument("--device", default="auto", help="auto (default: CUDA when present), cpu, cuda or cuda:N")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
+                   help="auto (default: bf16 on CPUs that compute it natively and on GPUs, else fp32); fp32 gives "
+                        "the numbers of the run's exported ONNX model")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average over each image and its mirror")
     p.add_argument("--no-report", dest="report", action="store_false",
                    help="do not refresh RUN/report.html with this evaluation")
@@ -35,12 +38,12 @@ def add_parser(sub):
 def run(args) -> int:
     from headstart.core.errors import UsageError
     from headstart.evaluation.metrics import evaluate_run
-    from headstart.predict.cached import open_run
+    from headstart.predict import open_predictor
 
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}.")
     # A frozen-backbone run whose features are cached is answered without torch; any other is loaded.
-    loaded = open_run(args.run, device=args.device, tta=args.tta)
+    loaded = open_predictor(args.run, device=args.device, precision=args.precision, tta=args.tta)
     m = evaluate_run(loaded, args.data, batch_size=args.batch_size, tta=args.tta, keep_leaked=args.keep_leaked,
                      duplicates=args.duplicates)
     if args.report:

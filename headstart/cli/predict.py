@@ -28,6 +28,9 @@ def add_parser(sub):
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     p.add_argument("--device", default="auto", help="auto (default: CUDA when present), cpu, cuda or cuda:N; an "
                                                                  ".onnx file runs on the CPU")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
+                   help="auto (default: bf16 on CPUs that compute it natively and on GPUs, else fp32); fp32 gives "
+                        "the numbers of the run's exported ONNX model")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average over each image and its mirror")
     return p
 
@@ -79,27 +82,17 @@ def _inert(cell):
 
 
 def _load(args):
-    """The model's classes and a function from the paths given to the results: a run (torch), or an exported
-    .onnx file (ONNX Runtime; torch is not imported)."""
+    """The model's classes and a function from the paths given to the results, through the predictor
+    :func:`headstart.predict.open_predictor` picks (errors about the run come before any image is read)."""
     from pathlib import Path
 
     from headstart.core.errors import UsageError
     from headstart.data.sources import expand_paths
+    from headstart.predict import open_predictor
 
-    suffix = Path(args.run).suffix.lower()
-    if suffix == ".onnx":
-        from headstart.export.onnx_model import OnnxModel
-
-        model = OnnxModel(args.run)
-        return model.classes, lambda paths: model.predict_paths(expand_paths(paths), topk=args.topk,
-                                                                batch_size=args.batch_size, tta=args.tta)
-    if suffix in (".pt2", ".pt", ".pth", ".safetensors") and Path(args.run).is_file():
+    if Path(args.run).suffix.lower() in (".pt2", ".pt", ".pth", ".safetensors") and Path(args.run).is_file():
         raise UsageError(f"{args.run} is a weights or .pt2 file; predict takes a run directory or an .onnx file "
                          "made by `headstart export` (a .pt2 loads in Python with torch.export.load).")
-    from headstart.predict.cached import open_run, predict_paths_of
-
-    # A frozen-backbone run answers images whose features are cached without torch; anything else loads it (and
-    # errors about the run come before any image is read).
-    run = open_run(args.run, device=args.device, tta=args.tta)
-    return run.classes, lambda paths: predict_paths_of(run, expand_paths(paths), topk=args.topk,
-                                                       batch_size=args.batch_size, tta=args.tta)
+    predictor = open_predictor(args.run, device=args.device, precision=args.precision, tta=args.tta)
+    return predictor.classes, lambda paths: predictor.predict_paths(expand_paths(paths), topk=args.topk,
+                                                                    batch_size=args.batch_size, tta=args.tta)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -14,11 +13,8 @@ from headstart.data.check import inspect_files
 from headstart.data.leakage import copies_of
 from headstart.data.rundir import RunDir
 from headstart.data.sources import read_class_folders
-from headstart.predict.cached import CachedRun
+from headstart.predict.base import Predictor
 from headstart.predict.calibration import compare_calibration, softmax
-
-if TYPE_CHECKING:
-    from headstart.predict.run import LoadedRun
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
@@ -90,7 +86,7 @@ def _draw_confusion(metrics: dict, title: str) -> bytes:
     return buf.getvalue()
 
 
-def evaluate_run(run: LoadedRun | CachedRun, data: str | Path, batch_size: int = 64, workers: int | None = None,
+def evaluate_run(run: Predictor, data: str | Path, batch_size: int = 64, workers: int | None = None,
                  tta: bool = False, keep_leaked: bool = False, duplicates: str = "near") -> dict:
     """Evaluates a trained run on a folder of class subfolders named like the run's classes.
 
@@ -101,9 +97,7 @@ def evaluate_run(run: LoadedRun | CachedRun, data: str | Path, batch_size: int =
     out of the scores and counted (``leaked_excluded``, with ``leaked_label_conflicts``), unless ``keep_leaked``. With ``tta`` the predictions average the softmax over each
     image and its mirror image.
 
-    ``run`` is a :class:`~headstart.predict.run.LoadedRun`, or a
-    :class:`~headstart.predict.cached.CachedRun` (a frozen-backbone run, answered from the feature cache
-    without torch when every image is there, else loaded).
+    ``run``: the run's predictor (:func:`headstart.predict.open_predictor`); its ``engine`` is recorded.
     """
     data = Path(data)
     if not data.is_dir():
@@ -139,7 +133,7 @@ def evaluate_run(run: LoadedRun | CachedRun, data: str | Path, batch_size: int =
     raw = softmax(logits).mean(0)
     probs = softmax(logits, run.temperature).mean(0)
     metrics = classification_metrics(labels, probs.argmax(1), run.classes)
-    metrics.update({"data": str(data), "tta": tta, "skipped": [{"path": p, "reason": r} for p, r in bad],
+    metrics.update({"data": str(data), "tta": tta, "engine": run.engine, "skipped": [{"path": p, "reason": r} for p, r in bad],
                     "calibration": compare_calibration(raw, probs, labels, run.temperature),
                     "duplicates": duplicates,
                     "leaked_excluded": 0 if keep_leaked else len(leaked), "leaked_kept": len(leaked) if keep_leaked
@@ -151,30 +145,12 @@ def evaluate_run(run: LoadedRun | CachedRun, data: str | Path, batch_size: int =
     return metrics
 
 
-def _view_logits(run: LoadedRun | CachedRun, samples: list[tuple[str, int]], hashes: list[str], batch_size: int,
+def _view_logits(run: Predictor, samples: list[tuple[str, int]], hashes: list[str], batch_size: int,
                  workers: int | None, tta: bool) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
     """Logits of every view, ``(views, n, classes)`` float32, the labels of the n images scored, and ``(path,
     reason)`` of the images that could not be used after all. ``hashes``: the samples' content hashes (the check's)."""
-    if isinstance(run, CachedRun):
-        got = None if tta else run.logits([p for p, _ in samples], hashes)
-        if got is not None:  # every image's features were in the cache: no torch at all
-            logits, positions, unreadable = got
-            return logits[None], np.array([samples[i][1] for i in positions], dtype=np.int64), unreadable
-        run = run.load()
-    if run.frozen_backbone and not tta:  # the features train computed (or an earlier evaluate) are reused
-        from headstart.predict.run import cached_logits_of
-
-        found, labels, unreadable = cached_logits_of(run.model, samples, run.preprocessing, run.runtime, batch_size,
-                                                     workers, desc="evaluate")
-        return found[None].numpy(), labels.numpy(), unreadable
-    from headstart.data.dataset import ImageFiles, make_loader
-    from headstart.data.transforms import eval_transform
-    from headstart.predict.run import predict_loader
-
-    loader = make_loader(ImageFiles(samples, eval_transform(run.preprocessing)), batch_size, shuffle=False,
-                         workers=workers)
-    logits, labels = predict_loader(run, loader, tta=tta, desc="evaluate")
-    return logits.numpy(), labels.numpy(), []
+    logits, positions, unreadable = run.view_logits([p for p, _ in samples], hashes, tta, batch_size, workers)
+    return logits, np.array([samples[i][1] for i in positions], dtype=np.int64), unreadable
 
 
 def _copies_of_fitted_images(run_dir: Path, facts: dict, duplicates: str) -> dict[str, dict]:

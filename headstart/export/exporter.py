@@ -2,7 +2,7 @@
 
 The exported graph takes a preprocessed batch (any size) and returns ``logits`` and ``probabilities``, the softmax
 of ``logits / temperature``: the run's calibration is baked into the graph, so every runtime gets the scores
-``headstart predict`` prints (:mod:`headstart.export.metadata` lists what the file carries besides).
+``headstart predict`` prints (:mod:`headstart.predict.metadata` lists what the file carries besides).
 
 Parity is the point of this module (STYLE.md: "an export gives the same outputs as eager mode"). Up to 256 of the
 run's images (validation first, then test, then training; seeded synthetic images when none can be read) go through
@@ -10,7 +10,7 @@ the run (torch, fp32, CPU, as ``load_run`` runs it) and through the written file
 must agree (a disagreement is only allowed where the run's two best scores are within the tolerance of each other)
 and no probability may differ by more than the tolerance (1e-4 by default; Lite0 at 224 px measured 1.4e-6).
 Otherwise the file is deleted and :class:`~headstart.core.errors.ParityError` says by how much it failed. For ONNX
-the same images also go through :class:`~headstart.export.onnx_model.OnnxModel`'s own PIL preprocessing, and the
+the same images also go through :class:`~headstart.predict.onnx.OnnxModel`'s own predict path, and the
 agreement is recorded (not enforced: it measures the preprocessing, not the export; 256/256 at 224 px).
 
 ``int8`` (ONNX Runtime's dynamic quantization: int8 weights, activations quantized per batch) changes the numbers
@@ -48,7 +48,7 @@ from headstart.core.io import write_json
 from headstart.data.images import BadImageError, load_image
 from headstart.data.rundir import RunDir, refuse_run_files
 from headstart.data.transforms import eval_transform
-from headstart.export.metadata import INPUT, OUTPUTS, PT2_EXTRA_FILE, ExportMetadata, headline_test_metrics
+from headstart.predict.metadata import INPUT, OUTPUTS, PT2_EXTRA_FILE, ExportMetadata, headline_test_metrics
 from headstart.predict.run import LoadedRun, load_run, predict_probs
 
 DEFAULT_TOLERANCE = 1e-4
@@ -246,10 +246,10 @@ def _parity_samples(rd: RunDir, max_images: int) -> tuple[list[tuple[str, int]],
 
 
 def _onnx_candidates(fp32: Path, int8: Path | None) -> dict:
-    from headstart.export.onnx_model import OnnxModel
+    from headstart.predict.onnx import OnnxModel
 
     models = {"onnx": OnnxModel(fp32)} | ({"int8": OnnxModel(int8)} if int8 else {})
-    return {name: m.probabilities for name, m in models.items()}
+    return {name: m.graph_probabilities for name, m in models.items()}
 
 
 def _pt2_probabilities(path: Path):
@@ -266,9 +266,9 @@ def _pt2_probabilities(path: Path):
 def _parity(loaded: LoadedRun, samples: list[tuple[str, int]], candidates: dict, pil: Path | None,
             batch_size: int = 32) -> dict[str, Any]:
     """Probabilities of the run and of each candidate (fed the run's own tensors) on the same images; with ``pil``
-    (an ONNX file) also that file through :class:`OnnxModel`'s PIL preprocessing. When none of the run's images can
+    (an ONNX file) also that file through :class:`OnnxModel`'s own predict path (the run's eval transform). When none of the run's images can
     be read (the data moved), seeded synthetic images stand in: the conversion is still checked, accuracy is not."""
-    from headstart.export.onnx_model import OnnxModel, preprocess
+    from headstart.predict.onnx import OnnxModel
 
     transform, pre = eval_transform(loaded.preprocessing), loaded.preprocessing
     std = np.asarray(pre.std, np.float32)[:, None, None]
@@ -286,8 +286,8 @@ def _parity(loaded: LoadedRun, samples: list[tuple[str, int]], candidates: dict,
         for name, probabilities in candidates.items():
             outputs[name].append(probabilities(batch))
         if onnx_model is not None:
-            mine = np.stack([preprocess(im, pre) for im in images])
-            input_diff = max(input_diff, float((np.abs(mine - batch) * std).max() * 255))
+            mine = [onnx_model.prepare(im) for im in images]  # the file's own predict path, end to end
+            input_diff = max(input_diff, float((np.abs(np.stack(mine) - batch) * std).max() * 255))
             outputs["pil"].append(onnx_model.probabilities(mine))
 
     unreadable = 0
@@ -365,5 +365,5 @@ def _judge(check: dict[str, Any], tolerance: float, quantize: str | None) -> dic
                                     "tolerance applies to the fp32 graph (fp32_parity)"}
     if "pil" in figures:
         record["pil_preprocessing"] = {**figures.pop("pil"), "enforced": False,
-                                       "note": "this file through OnnxModel's numpy/PIL preprocessing vs the run"}
+                                       "note": "this file through headstart predict's own path (the run's eval transform) vs the run"}
     return record

@@ -1,15 +1,17 @@
 """The eval-mode forward pass, made fast: BatchNorm folded into the convolutions, or the graph run by ONNX Runtime.
 
 A network in eval mode computes ``bn(conv(x))`` with fixed statistics, an affine map that folds into the
-convolution's weights and bias (``w * s``, ``(b - mean) * s + beta`` with ``s = gamma / sqrt(var + eps)``). Every
+convolution's weights and bias (torch's :func:`~torch.nn.utils.fusion.fuse_conv_bn_eval` does the arithmetic). Every
 pass that does not train (feature extraction, validation, evaluate, predict) gets a folded copy; the module that
 trains is never touched.
 
 Measured on a 2-core AMD EPYC without native bf16 (``python benchmarks/backbone_speed.py``), EfficientNet-Lite0,
 batch 32, fp32: eager channels-last 26 img/s at 224 px; folded 37 img/s; ONNX Runtime (which folds BatchNorm and
 fuses the activations itself, with its own depthwise kernels) 65 img/s. So on a CPU computing in fp32, passes over
-enough images go through ONNX Runtime; exporting the graph costs about 1.2 s, worth it from roughly 120 images at
-224 px (1,500 at 64 px), so smaller passes stay with the folded PyTorch copy. Both agree with the unfolded network
+enough images go through ONNX Runtime. Exporting the graph with the dynamo exporter costs about 11 s for Lite0 (4 s
+with the deprecated TorchScript exporter, which is no longer used): at 11.6 ms saved per 224 px image that pays from
+about 920 images at 224 px (46 million pixels); at 64 px ONNX Runtime gains too little to ever pay for it. Smaller
+passes stay with the folded PyTorch copy. Both agree with the unfolded network
 to ~1e-5 (float rounding), which is why the feature cache does not tell them apart.
 
 ``HEADSTART_ENGINE`` chooses: ``auto`` (the rule above), ``torch`` (always the folded PyTorch copy) or
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import io
 import os
 import sys
 import warnings
@@ -32,12 +33,14 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from headstart.core.choices import engine_setting
 from headstart.core.errors import UsageError
+from headstart.core.onnx import export_onnx, has_onnxruntime, make_session
 from headstart.core.runtime import Runtime
 
-ORT_MIN_PIXELS = 6_000_000  # images x height x width from which exporting to ONNX Runtime pays (see above)
+ORT_MIN_PIXELS = 46_000_000  # images x height x width from which exporting to ONNX Runtime pays (see above)
 _EXPORT_FAILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> input sizes it cannot export at
 
 
@@ -119,21 +122,23 @@ def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
 
 @torch.no_grad()
 def _fold(model: nn.Module, conv_name: str, bn_name: str) -> None:
+    """``conv`` and ``bn`` as one convolution (torch's :func:`~torch.nn.utils.fusion.fuse_conv_bn_eval`); the
+    BatchNorm's place keeps what comes after its normalisation (timm's activation and dropout), else nothing."""
     conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
-    scale = (bn.weight if bn.weight is not None else 1.0) / torch.sqrt(bn.running_var + bn.eps)
-    shift = (bn.bias if bn.bias is not None else 0.0) - bn.running_mean * scale
-    bias = shift + (conv.bias * scale if conv.bias is not None else 0.0)
-    conv.weight = nn.Parameter(conv.weight * scale.reshape(-1, 1, 1, 1), requires_grad=False)
-    conv.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
+    fused = fuse_conv_bn_eval(conv, bn)
+    for p in fused.parameters():
+        p.requires_grad_(False)
     replacement = nn.Identity() if type(bn) is nn.BatchNorm2d else nn.Sequential(bn.drop, bn.act)
-    parent, _, child = bn_name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, replacement)
+    for name, module in ((conv_name, fused), (bn_name, replacement)):
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
 class OnnxForward:
     """A module's eval forward run by ONNX Runtime on the CPU, in fp32: torch tensors in (any layout), out.
 
-    Exported with the TorchScript exporter (about 1 s for EfficientNet-Lite0; torch's newer exporter took 16 s),
+    Exported with torch's dynamo exporter (:func:`headstart.core.onnx.export_onnx`; about 11 s for
+    EfficientNet-Lite0 on a shared 2-core machine, against 4 s for the deprecated TorchScript exporter it replaced),
     the batch size free and the image size fixed (VGG's adaptive pooling exports only for a known size): a pass
     has one size, and another size gets its own export. The session uses as many threads as PyTorch and does not
     spin between calls, so the decoding between batches gets the cores.
@@ -150,18 +155,10 @@ class OnnxForward:
     def _session(self, example: torch.Tensor):
         size = tuple(example.shape[1:])
         if size not in self.sessions:
-            import onnxruntime as ort
-
-            buffer = io.BytesIO()
             with warnings.catch_warnings(), _silenced():
-                warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
-                torch.onnx.export(self.model, (example[:1],), buffer, input_names=["x"], output_names=["y"],
-                                  dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, dynamo=False)
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = self.threads
-            options.inter_op_num_threads = 1
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            self.sessions[size] = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+                warnings.simplefilter("ignore")  # the exporter's notices; a failure is said in one line by the caller
+                graph = export_onnx(self.model, example[:1])
+            self.sessions[size] = make_session(graph, self.threads, spin=False)
         return self.sessions[size]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -211,18 +208,12 @@ def choose_engine(runtime: Runtime, images: int, height: int, width: int, engine
     if engine == "onnxruntime":
         if runtime.device.type != "cpu":
             raise UsageError("HEADSTART_ENGINE=onnxruntime runs on the CPU only; unset it to use the GPU.")
-        if not _has_onnxruntime():
+        if not has_onnxruntime():
             raise UsageError("HEADSTART_ENGINE=onnxruntime needs onnxruntime and onnx: pip install onnxruntime onnx")
         return engine
     if engine == "torch" or runtime.device.type != "cpu" or runtime.amp_dtype is not None:
         return "torch"
-    return "onnxruntime" if images * height * width >= ORT_MIN_PIXELS and _has_onnxruntime() else "torch"
-
-
-def _has_onnxruntime() -> bool:
-    from importlib.util import find_spec
-
-    return find_spec("onnxruntime") is not None and find_spec("onnx") is not None
+    return "onnxruntime" if images * height * width >= ORT_MIN_PIXELS and has_onnxruntime() else "torch"
 
 
 def eval_forward(module: nn.Module, runtime: Runtime, example: torch.Tensor, engine: str,

@@ -22,21 +22,23 @@ from pathlib import Path
 import numpy as np
 
 from headstart.core import hardware
+from headstart.core.choices import MAX_PIXELS
 from headstart.core.io import load_weights_numpy
 from headstart.core.preprocessing import Preprocessing
-from headstart.data.predictions import path_records
 from headstart.data.rundir import RunDir, shipped_backbone_is_frozen
 from headstart.features.cache import FeatureCache, arrays_fingerprint, content_hashes, feature_key
-from headstart.predict.calibration import softmax
+from headstart.predict.base import Predictor
+from headstart.predict.metadata import headline_test_metrics
 
 _PRECISIONS = {"fp32": "fp32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 @dataclass
-class CachedRun:
-    """The parts of a frozen-backbone run its predictions need: classes, calibration temperature, the head's
-    weights and the feature-cache namespace of its backbone. ``load()`` gives the full
-    :class:`~headstart.predict.run.LoadedRun` when an answer needs the backbone."""
+class CachedRun(Predictor):
+    """The ``cached`` engine: the parts of a frozen-backbone run its predictions need (classes, calibration
+    temperature, the head's weights and the feature-cache namespace of its backbone). ``load()`` gives the
+    :class:`~headstart.predict.run.LoadedRun` when an answer needs the backbone: images not in the cache (their
+    features are computed and kept), images in memory, or ``tta``."""
 
     path: Path
     classes: list[str]
@@ -75,19 +77,33 @@ class CachedRun:
         features = self.cache.read(keys) if keys else np.empty((0, self.weight.shape[1]), dtype=np.float32)
         return features @ self.weight.T + self.bias, good, bad
 
-    def predict_paths(self, paths: list[str], topk: int = 1) -> list[dict] | None:
-        """:func:`headstart.predict.run.predict_paths`'s records from cached features, or None when an image is not
-        in the cache."""
-        got = self.logits(paths)
-        if got is None:
-            return None
+    engine = "cached"
+
+    def view_logits(self, paths, hashes=None, tta: bool = False, batch_size: int = 64, workers: int | None = None):
+        got = None if tta else self.logits(list(paths), hashes)
+        if got is None:  # an image to compute (or mirror views): through the backbone, features kept in the cache
+            return self.load().view_logits(paths, hashes, tta, batch_size, workers)
         logits, positions, bad = got
-        return path_records(paths, positions, softmax(logits, self.temperature), bad, self.classes, topk)
+        return logits[None], positions, bad
+
+    def prepare(self, image, max_pixels: int = MAX_PIXELS):
+        return self.load().prepare(image, max_pixels)
+
+    def prepared_logits(self, ready: list, tta: bool = False) -> np.ndarray:
+        return self.load().prepared_logits(ready, tta)
+
+    def info(self) -> dict:
+        run = RunDir(self.path)
+        config, summary = run.config(), run.summary()
+        return {"source": "run", "engine": self.engine, "run": self.path.name, "model": config.get("model"),
+                "strategy": summary.get("strategy", config.get("strategy")), "classes": list(self.classes),
+                "preprocessing": self.preprocessing.describe(), "temperature": self.temperature,
+                "test_metrics": headline_test_metrics(run.read_json(RunDir.TEST_METRICS), summary)}
 
     def load(self):
         """The run loaded through torch (:func:`headstart.predict.run.load_run`), once."""
         if self._loaded is None:
-            from headstart.predict.run import load_run
+            from headstart.predict.run import load_run  # torch: only when an answer needs the backbone
 
             self._loaded = load_run(self.path, device=self.device, precision=self.precision)
         return self._loaded
@@ -140,27 +156,3 @@ def _may_have_gpu() -> bool:
     """Whether a GPU driver's device files are present (NVIDIA, AMD ROCm, WSL2's ``/dev/dxg``): torch might then
     pick the GPU for ``--device auto``, in another precision."""
     return any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg"))
-
-
-def open_run(run_dir: str | Path, device: str = "auto", tta: bool = False):
-    """The run as a :class:`CachedRun` where the feature cache can answer for it (not with ``tta``), else loaded
-    through torch (:func:`headstart.predict.run.load_run`)."""
-    cached = None if tta else open_cached_run(run_dir, device=device)
-    if cached is not None:
-        return cached
-    from headstart.predict.run import load_run
-
-    return load_run(run_dir, device=device)
-
-
-def predict_paths_of(run, paths: list[str], topk: int = 1, batch_size: int = 64, tta: bool = False) -> list[dict]:
-    """:func:`headstart.predict.run.predict_paths` for a run :func:`open_run` gave: from the cache when it holds every
-    image, else through the network (a :class:`CachedRun` loads itself once)."""
-    if isinstance(run, CachedRun):
-        results = None if tta else run.predict_paths(paths, topk)
-        if results is not None:
-            return results
-        run = run.load()
-    from headstart.predict.run import predict_paths
-
-    return predict_paths(run, paths, topk=topk, batch_size=batch_size, tta=tta)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,12 +13,13 @@ from headstart.core.preprocessing import Preprocessing
 from headstart.core.runtime import Runtime, make_runtime
 from headstart.data.dataset import ImageFiles, flagged_collate, make_loader
 from headstart.data.images import as_rgb_image, is_image_file
-from headstart.data.predictions import path_records, predict_images, top_classes
 from headstart.data.rundir import RunDir, shipped_backbone_is_frozen
 from headstart.data.sources import expand_paths
 from headstart.data.transforms import eval_transform
 from headstart.features.extract import extract_features
 from headstart.features.forward import choose_engine, model_forward
+from headstart.predict.base import Predictor
+from headstart.predict.metadata import headline_test_metrics
 from headstart.zoo.model import TransferModel, build_model
 
 
@@ -49,7 +49,11 @@ def cached_logits_of(model: TransferModel, samples: list[tuple[str, int]], prepr
 
 
 @dataclass
-class LoadedRun:
+class LoadedRun(Predictor):
+    """The ``torch`` engine: a run's network rebuilt from its files (:func:`load_run`), in eval mode, BatchNorm
+    folded (:func:`headstart.features.forward.model_forward`), channels-last, in the precision of ``runtime``. A
+    frozen-backbone run's files are answered through the feature cache (:func:`cached_logits`) unless ``tta``."""
+
     model: TransferModel
     classes: list[str]
     preprocessing: Preprocessing
@@ -61,43 +65,48 @@ class LoadedRun:
     _forwards: dict = field(default_factory=dict, repr=False)  # engine -> (state of the weights, eval forward)
     _transforms: dict = field(default_factory=dict, repr=False)  # max_pixels -> eval transform
 
-    def predict(self, images, topk: int = 1, tta: bool = False, batch_size: int = 64) -> list[dict]:
-        """Top-k predictions for images in memory or on disk, without writing anything: for a service's own code.
-
-        Args:
-            images: one image or a list of them: PIL images (any mode: converted as training converts files),
-                numpy arrays (``H x W`` greyscale or ``H x W x 3/4`` RGB(A), uint8, or floats in [0, 1]), or
-                paths. An image that cannot be used gets ``label`` None and an ``error`` instead of stopping
-                the others.
-            topk: how many classes per image (at most the number of classes).
-            tta: average over each image and its mirror image.
-
-        Returns:
-            One dict per image, in order: ``label``, ``score`` (calibrated probability) and ``topk`` (``label``,
-            ``score`` pairs), or ``error``.
-        """
-        count = len(images) if isinstance(images, (list, tuple)) else 1
-        return predict_images(images, self.prepare, lambda ready: self._probs(ready, count, tta), self.classes, topk,
-                              batch_size)
+    engine = "torch"
 
     def prepare(self, image, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
         """One RGB PIL image as the network takes it (the eval transform, which refuses an image whose resize would
-        exceed ``max_pixels``): what :meth:`predict_prepared` batches. A service runs it as each upload is decoded,
-        so only the small result waits for the model."""
+        exceed ``max_pixels``). A service runs it as each upload is decoded, so only the small result waits."""
         if max_pixels not in self._transforms:
             self._transforms[max_pixels] = eval_transform(self.preprocessing, max_pixels)
         return self._transforms[max_pixels](image)
 
-    def predict_prepared(self, ready: list[torch.Tensor], topk: int = 1, tta: bool = False,
-                         batch_size: int = 64) -> list[dict]:
-        """:meth:`predict` on images already through :meth:`prepare`, ``batch_size`` per forward pass: the same
-        records, number for number."""
-        return [top_classes(row, self.classes, topk) for start in range(0, len(ready), batch_size)
-                for row in self._probs(ready[start:start + batch_size], len(ready), tta)]
-
-    def _probs(self, ready: list[torch.Tensor], count: int, tta: bool):
+    def prepared_logits(self, ready: list, tta: bool = False) -> np.ndarray:
         x = torch.stack(ready)
-        return predict_probs(self.forward_for(x, count, tta), x, self.runtime, tta, self.temperature).numpy()
+        return view_logits(self.forward_for(x, len(ready), tta), x, self.runtime, tta).numpy()
+
+    def view_logits(self, paths, hashes=None, tta: bool = False, batch_size: int = 64, workers: int | None = None):
+        paths = list(paths)
+        if self.frozen_backbone and not tta:
+            logits, positions, bad = cached_logits(self.model, paths, self.preprocessing, self.runtime, batch_size,
+                                                   workers, desc="predict")
+            return logits[None].numpy(), list(positions), bad
+        loader = make_loader(ImageFiles(paths, eval_transform(self.preprocessing)), batch_size, shuffle=False,
+                             workers=workers, collate_fn=flagged_collate)
+        out, positions, bad, i = [], [], [], 0
+        with torch.no_grad():
+            for images, _, errors in loader:
+                logits = view_logits(self.forward_for(images, len(paths), tta), images, self.runtime, tta)
+                keep = [row for row in range(len(images)) if not errors[row]]
+                bad += [(paths[i + row], errors[row]) for row in range(len(images)) if errors[row]]
+                positions += [i + row for row in keep]
+                out.append(logits[:, keep])
+                i += len(images)
+        logits = torch.cat(out, dim=1) if out else torch.empty((2 if tta else 1, 0, len(self.classes)))
+        return logits.numpy(), positions, bad
+
+    def info(self) -> dict:
+        run = RunDir(self.path)
+        summary = run.summary()
+        # The run's name, not its path: a client has no business knowing the server's folders.
+        return {"source": "run", "engine": self.engine, "run": self.path.name, "model": self.config.get("model"),
+                "strategy": summary.get("strategy", self.config.get("strategy")),
+                "classes": list(self.classes), "preprocessing": self.preprocessing.describe(),
+                "temperature": self.temperature,
+                "test_metrics": headline_test_metrics(run.read_json(RunDir.TEST_METRICS), summary)}
 
     def forward_for(self, images: torch.Tensor, count: int, tta: bool = False):
         """The model's eval forward for a pass over ``count`` images like ``images`` (twice as many views with
@@ -175,38 +184,11 @@ def predict_loader(run: LoadedRun, loader, tta: bool = False,
     return torch.cat(logits, dim=1), torch.cat(labels)
 
 
-@torch.no_grad()
 def predict_paths(run: LoadedRun, paths: list[str], topk: int = 1, batch_size: int = 64,
                   workers: int | None = None, tta: bool = False) -> list[dict]:
-    """Top-k predictions for each image; a file that cannot be read gets an ``error`` instead.
-
-    Args:
-        tta: average the softmax over each image and its mirror image (:func:`predict_probs`).
-    """
-    if run.frozen_backbone and not tta:
-        return _predict_cached(run, paths, topk, batch_size, workers)
-    loader = make_loader(ImageFiles(paths, eval_transform(run.preprocessing)), batch_size, shuffle=False,
-                         workers=workers, collate_fn=flagged_collate)
-    results, i = [], 0
-    for images, _, errors in loader:
-        probs = predict_probs(run.forward_for(images, len(paths), tta), images, run.runtime, tta, run.temperature)
-        for row in range(len(images)):
-            path = paths[i]
-            i += 1
-            if errors[row]:
-                print(f"cannot predict {path}: {errors[row]}", file=sys.stderr)
-                results.append({"path": path, "label": None, "score": None, "error": errors[row]})
-                continue
-            results.append({"path": path, **top_classes(probs[row].numpy(), run.classes, topk)})
-    return results
-
-
-def _predict_cached(run: LoadedRun, paths: list[str], topk: int, batch_size: int, workers) -> list[dict]:
-    """:func:`predict_paths` for a run whose backbone is frozen: features from the cache, then the head."""
-    logits, positions, bad = cached_logits(run.model, paths, run.preprocessing, run.runtime, batch_size, workers,
-                                           desc="predict")
-    probs = probs_from_logits(logits[None], run.temperature)
-    return path_records(paths, positions, probs.numpy(), bad, run.classes, topk)
+    """Top-k predictions for each image; a file that cannot be read gets an ``error`` instead
+    (:meth:`LoadedRun.predict_paths`)."""
+    return run.predict_paths(paths, topk=topk, batch_size=batch_size, tta=tta, workers=workers)
 
 
 __all__ = ["LoadedRun", "as_rgb_image", "expand_paths", "is_image_file", "load_run", "predict_loader", "predict_paths",

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 from headstart.data.rundir import RunDir
+from headstart.predict import open_predictor
 
 CHUNK = 256  # images predicted per call
 
@@ -53,17 +54,15 @@ def held_out_predictions(run_dir: str, max_images: int = 2000, device: str = "au
                          loaded=None) -> HeldOutPredictions:
     """Predicts the run's test images, then its validation images, ``max_images`` at most in all.
 
-    ``loaded`` is the run already loaded (:class:`~headstart.predict.run.LoadedRun`, e.g. by ``evaluate``); by
-    default it is loaded from ``run_dir`` on ``device``.
+    ``loaded`` is the run's predictor when the caller has it (e.g. ``evaluate``); by default
+    :func:`headstart.predict.open_predictor` opens ``run_dir`` on ``device``.
 
     Raises:
         RunNotFoundError: the run has no model or no ``split.json``.
     """
-    from headstart.predict.cached import open_run, predict_paths_of
-
     run = RunDir(run_dir)
     splits = run.split()
-    loaded = loaded if loaded is not None else open_run(run.path, device=device)
+    loaded = loaded if loaded is not None else open_predictor(run.path, device=device)
     chosen = []
     for name in ("test", "val"):
         chosen += [(p, y, name) for p, y in getattr(splits, name)][: max(0, max_images - len(chosen))]
@@ -73,7 +72,7 @@ def held_out_predictions(run_dir: str, max_images: int = 2000, device: str = "au
         part = chosen[start:start + CHUNK]
         # A frozen backbone's features come from the cache train filled (the head only runs), without torch when
         # they are all there.
-        results = predict_paths_of(loaded, [p for p, _, _ in part], topk=len(loaded.classes), batch_size=batch_size)
+        results = loaded.predict_paths([p for p, _, _ in part], topk=len(loaded.classes), batch_size=batch_size)
         for (path, y, split), r in zip(part, results):
             if r.get("error"):
                 unreadable.append((path, r["error"]))

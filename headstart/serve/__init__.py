@@ -5,6 +5,6 @@
 """
 
 from headstart.serve.app import create_app
-from headstart.serve.model import RunModel, load_model
+from headstart.serve.model import load_model
 
-__all__ = ["RunModel", "create_app", "load_model"]
+__all__ = ["create_app", "load_model"]

@@ -18,7 +18,6 @@ rates; ``linear-probe`` chooses its own C. compare.md states what each side got.
 from __future__ import annotations
 
 import csv
-import math
 import random
 import statistics
 import time

@@ -8,7 +8,6 @@ import io
 import math
 import os
 import threading
-from pathlib import Path
 
 import pytest
 from PIL import Image

@@ -17,7 +17,7 @@ from PIL import Image
 from headstart.cli import main
 from headstart.core.errors import ParityError, UsageError, WeightsError
 from headstart.core.preprocessing import Preprocessing
-from headstart.export.metadata import ExportMetadata
+from headstart.predict.metadata import ExportMetadata
 from tests.conftest import COLOURS, add_broken_files, make_class_folder
 
 onnx = pytest.importorskip("onnx")
@@ -61,7 +61,7 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
 
 # -- fast: the torch-free predictor on a tiny graph ------------------------------------------------------------------
 
-def test_onnx_model_predicts_without_importing_torch(tmp_path):
+def test_onnx_model_predicts_files_arrays_and_images(tmp_path):
     model = tiny_onnx(tmp_path / "tiny.onnx")
     data = make_class_folder(tmp_path / "data", per_class=2, size=40)
     (tmp_path / "broken.png").write_bytes(b"not a png")
@@ -69,13 +69,12 @@ def test_onnx_model_predicts_without_importing_torch(tmp_path):
 import json, sys
 import numpy as np
 from PIL import Image
-from headstart.export.onnx_model import OnnxModel
+from headstart.predict.onnx import OnnxModel
 m = OnnxModel({str(model)!r})
 images = [{str(data / "red" / "red_00.png")!r}, np.full((20, 30, 3), {COLOURS["blue"]}, np.uint8),
           Image.new("RGB", (50, 40), {COLOURS["green"]}), {str(tmp_path / "broken.png")!r}]
 out = m.predict(images, topk=2)
 single = m.predict(images[0], topk=2)
-assert "torch" not in sys.modules, sorted(k for k in sys.modules if k.startswith("torch"))
 print(json.dumps({{"out": out, "single": single, "info": m.info(), "t": m.temperature,
                    "pre": m.preprocessing.to_dict()}}))
 """
@@ -135,34 +134,20 @@ def test_serve_serves_an_onnx_model(tmp_path):
     assert "blue" in answer.text and "red" in answer.text  # the label and the second of the top-2
 
 
-@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "nearest"])
-def test_numpy_preprocessing_follows_torchvision(interpolation):
-    """OnnxModel's PIL/numpy preprocessing against headstart's eval transform: sizes and crop exactly, pixels within
-    two levels of 255 on smooth images (PIL resizes the image, torchvision a uint8 tensor; nearest is the same index
-    rule). On pure noise, bicubic's overshoot is clipped at different steps: a few pixels differ by up to ~20 levels,
-    the mean stays under half a level."""
+def test_an_onnx_model_prepares_images_as_the_run_does(tmp_path):
+    """One preprocessing for every engine: OnnxModel.prepare is the run's eval transform, number for number (it
+    was a PIL re-implementation, a few levels of 255 apart, up to ~20 on noise)."""
     from headstart.data.transforms import eval_transform
-    from headstart.export.onnx_model import preprocess
+    from headstart.predict.onnx import OnnxModel
 
+    model = OnnxModel(tiny_onnx(tmp_path / "tiny.onnx"))
+    pre = model.preprocessing
     rng = np.random.default_rng(0)
-    pre = Preprocessing(image_size=32, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3), interpolation=interpolation,
-                        crop_pct=0.875)
-    scale = np.asarray(pre.std, np.float32)[:, None, None] * 255
     for w, h in [(37, 37), (53, 41), (41, 90), (120, 64), (33, 200), (24, 30), (300, 451)]:
-        noise = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-        smooth = np.asarray(Image.fromarray(rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)).resize(
-            (w, h), Image.Resampling.BILINEAR))
-        for kind, array in (("smooth", smooth), ("noise", noise)):
-            image = Image.fromarray(array)
-            ours, theirs = preprocess(image, pre), eval_transform(pre)(image).numpy()
-            assert ours.shape == theirs.shape == (3, 32, 32) and ours.dtype == np.float32
-            levels = np.abs(ours - theirs) * scale
-            if interpolation == "nearest":
-                assert levels.max() < 1e-3, (w, h, kind)
-            elif kind == "smooth":
-                assert levels.max() <= 2.001, (w, h, kind, levels.max())
-            else:
-                assert levels.mean() < 0.5, (w, h, kind, levels.mean())
+        image = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        ours = model.prepare(image)
+        assert ours.dtype == np.float32 and ours.shape == (3, pre.crop, pre.crop)
+        np.testing.assert_array_equal(ours, eval_transform(pre)(image).numpy())
 
 
 def test_metadata_round_trip_and_foreign_files(tmp_path):
@@ -227,7 +212,7 @@ def test_export_onnx_records_parity_and_metadata(exported, capsys):
     assert {"torch", "onnxruntime", "onnx"} <= set(record["versions"]) and record["seconds"] > 0
     props = {p.key: p.value for p in onnx.load(str(model)).metadata_props}
     assert json.loads(props["headstart.classes"]) == json.loads((run / "classes.json").read_text())
-    assert json.loads(props["headstart.preprocessing"])["crop"] == 32 and props["headstart.zoo.model"] == "resnet20"
+    assert json.loads(props["headstart.preprocessing"])["crop"] == 32 and props["headstart.model"] == "resnet20"
     assert not list(run.glob(".*partial*")) and not list(run.glob("*.data"))
 
 
@@ -254,13 +239,14 @@ def test_failed_parity_writes_nothing(exported, tmp_path, monkeypatch):
     import shutil
 
     from headstart.export import exporter
-    from headstart.export.onnx_model import OnnxModel
+    from headstart.predict.onnx import OnnxModel
 
     _, run = exported
     monkeypatch.setattr(exporter, "_save_onnx", lambda module, example, path, meta: shutil.copy(run / "model.onnx",
                                                                                                  path))
-    honest = OnnxModel.probabilities
-    monkeypatch.setattr(OnnxModel, "probabilities", lambda self, batch, tta=False: honest(self, batch, tta) + 1e-3)
+    honest = OnnxModel.graph_probabilities
+    monkeypatch.setattr(OnnxModel, "graph_probabilities",
+                        lambda self, batch, tta=False: honest(self, batch, tta) + 1e-3)
     out = tmp_path / "drifted.onnx"
     with pytest.raises(ParityError, match="max probability difference"):
         exporter.export_run(run, "onnx", out=out)
@@ -315,7 +301,7 @@ def test_int8_records_agreement_instead_of_refusing(exported, capsys):
     assert record["file"].endswith("model.int8.onnx") and record["quantization"] == "int8-dynamic"
     assert record["fp32_parity"]["passed"] and record["parity"]["enforced"] is False
     assert 0 <= record["parity"]["top1_agreement"] <= 1 and "accuracy_change" in record["parity"]
-    from headstart.export.onnx_model import OnnxModel
+    from headstart.predict.onnx import OnnxModel
 
     assert OnnxModel(run / "model.int8.onnx").metadata.quantization == "int8-dynamic"
 

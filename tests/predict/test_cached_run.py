@@ -104,9 +104,12 @@ def test_an_image_not_in_the_cache_loads_the_run_and_gets_its_answer(probe, tmp_
     again = open_cached_run(run, device="cpu")  # the loaded run put the new image's features in the cache
     assert evaluate_run(again, folder)["confusion_matrix"] == m["confusion_matrix"] and again._loaded is None
     paths = expand_paths([folder])
-    assert again.predict_paths(paths) is None  # the check left the broken file out: the cache never saw it
-    predict_paths(again.load(), paths)  # through the backbone, which records it as undecodable
-    results = open_cached_run(run, device="cpu").predict_paths(paths)
+    assert again.logits(paths) is None  # the check left the broken file out: the cache never saw it
+    again.predict_paths(paths)  # so the cached engine loads the backbone, which records it as undecodable
+    assert again._loaded is not None
+    fresh = open_cached_run(run, device="cpu")
+    results = fresh.predict_paths(paths)
+    assert fresh._loaded is None  # now the cache answers every file, the broken one included
     reason = "not an image (the content is not a known image format)"
     assert [r["error"] for r in results if r.get("error")] == [reason]
 

@@ -30,7 +30,6 @@ from headstart.data.images import (
     to_rgb,
 )
 from headstart.data.transforms import eval_transform
-from headstart.export.onnx_model import preprocess
 from tests.serve.test_serve import encode, files, model, rss_mb, trained  # noqa: F401  (fixtures)
 
 pytest.importorskip("fastapi", reason="serve needs the serve extra: pip install -e '.[serve]'")
@@ -79,9 +78,7 @@ def test_a_long_thin_image_is_refused_from_its_header_before_any_resize():
 def test_every_eval_transform_refuses_it_and_keeps_no_view_of_a_long_resize():
     thin = Image.new("RGB", (20000, 1))
     with pytest.raises(BadImageError, match="too elongated"):
-        eval_transform(PRE)(thin)  # torch runs: train's evaluation, predict, features
-    with pytest.raises(BadImageError, match="too elongated"):
-        preprocess(thin, PRE)  # ONNX models
+        eval_transform(PRE)(thin)  # every engine: train's evaluation, predict, features, ONNX models
     # Within the limit it is predicted; the crop owns its memory, not a view of the 146,000 x 73 resize.
     strip = Image.new("RGB", (2000, 1))
     x = eval_transform(PRE)(strip)
@@ -128,8 +125,8 @@ def test_serve_predicts_normal_images_bit_for_bit_as_the_run_does(model, trained
     _, good = trained
     uploads = [(p.name, p.read_bytes()) for p in good] + [("photo.jpg", encode(noise(640, 480), "JPEG"))]
     images = [Image.open(io.BytesIO(data)).convert("RGB") for _, data in uploads]
-    want = model.run.predict(images, topk=3)
-    assert model.run.predict_prepared([model.run.prepare(im) for im in images], topk=3) == want
+    want = model.predict(images, topk=3)
+    assert model.predict_prepared([model.prepare(im) for im in images], topk=3) == want
     with TestClient(create_app(model, topk=3)) as c:
         got = c.post("/predict", files=files(*uploads)).json()["predictions"]
     assert [{k: v for k, v in r.items() if k != "filename"} for r in got] == want
@@ -153,7 +150,7 @@ def test_a_reduced_image_predicts_as_its_full_size_original(model, trained, tmp_
     big.save(path, compress_level=1)
     reduced = load_image(path)
     assert reduced.size == (2100, 2100) and 4200 * 4200 > REDUCE_ABOVE
-    full, half = model.run.predict([decode_image(path).image, reduced], topk=3)
+    full, half = model.predict([decode_image(path).image, reduced], topk=3)
     assert full["label"] == half["label"] and abs(full["score"] - half["score"]) < 0.01
 
 

@@ -102,7 +102,7 @@ def test_predict_equals_loaded_run_predict(client, model, trained):
     res = client.post("/predict?topk=3", files=files(*[(p.name, p.read_bytes()) for p in paths], ("x.jpg", jpeg)))
     assert res.status_code == 200, res.text
     got = res.json()["predictions"]
-    want = model.run.predict([*paths, Image.open(io.BytesIO(jpeg))], topk=3)
+    want = model.predict([*paths, Image.open(io.BytesIO(jpeg))], topk=3)
     assert [g["filename"] for g in got] == [p.name for p in paths] + ["x.jpg"]
     for g, w in zip(got, want):
         assert g["label"] == w["label"] and [t["label"] for t in g["topk"]] == [t["label"] for t in w["topk"]]
@@ -313,7 +313,7 @@ def test_the_server_answers_concurrent_requests_each_with_its_own_images(server,
 
     url, _ = server
     paths = trained[1]
-    want = {p.name: r for p, r in zip(paths, model.run.predict(paths, topk=2))}
+    want = {p.name: r for p, r in zip(paths, model.predict(paths, topk=2))}
 
     def ask(i):
         p = paths[i % len(paths)]

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from headstart.training import compare as compare_module
 from headstart.cli import main
+from headstart.training import compare as compare_module
 from headstart.training.loop import TrainingDiverged
 from headstart.training.train import TrainConfig
 from tests.conftest import make_class_folder

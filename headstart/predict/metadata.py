@@ -5,7 +5,7 @@ keeps the same strings in ``torch.export.save``'s ``extra_files`` as ``headstart
 
 =========================== ============================================================================
 ``headstart.version``       headstart's version that exported it
-``headstart.zoo.model``         the backbone's name (``efficientnet_lite0``)
+``headstart.model``         the backbone's name (``efficientnet_lite0``)
 ``headstart.classes``       class names, in the order of the outputs (JSON list)
 ``headstart.preprocessing`` :meth:`Preprocessing.describe`: image_size, resize, crop, interpolation, mean, std,
                             crop_pct (JSON)
@@ -13,7 +13,7 @@ keeps the same strings in ``torch.export.save``'s ``extra_files`` as ``headstart
 ``headstart.outputs``       what the two outputs are (one sentence)
 ``headstart.quantization``  ``none`` or ``int8-dynamic``
 ``headstart.run``           the run directory it came from (for the record; not read back)
-``headstart.training.strategy``      how the run was trained (``linear-probe``, ``fine-tune``...)
+``headstart.strategy``      how the run was trained (``linear-probe``, ``fine-tune``...)
 ``headstart.test_metrics``  the run's test figures (:func:`headline_test_metrics`; JSON, ``null`` without a test
                             split)
 =========================== ============================================================================
