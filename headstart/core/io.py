@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from headstart.core.errors import DataError
+from headstart.core.hashing import key_digest
 
 if TYPE_CHECKING:
     import torch
@@ -73,9 +74,7 @@ def remembered_bytes(folder: str | Path | None, name: str, key, make, keep: int 
     """
     if folder is None:
         return make()
-    import hashlib
-
-    digest = hashlib.blake2b(json.dumps(key, sort_keys=True, default=str).encode(), digest_size=12).hexdigest()
+    digest = key_digest(key, digest_size=12)
     stem, dot, suffix = name.partition(".")
     path = Path(folder) / f"{stem}-{digest}{dot}{suffix}"
     try:

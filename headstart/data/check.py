@@ -8,7 +8,6 @@ on every start at little more than the cost of a plain decode.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -23,6 +22,7 @@ import imagehash
 import numpy as np
 from PIL import Image
 
+from headstart.core import hashing
 from headstart.core.errors import DataError
 from headstart.data.images import MAX_PIXELS, BadImageError, decode_image
 from headstart.data.leakage import NEAR_BITS, THUMB_SIDE, group_duplicates, near_pairs  # noqa: F401 (near_pairs: imported from here too)
@@ -72,7 +72,8 @@ class FileFacts:
     mode: str = ""
     transparency: bool = False
     orientation: int = 1
-    sha: str = ""  # of the file's bytes
+    sha: str = ""  # of the file's bytes (headstart.core.hashing.file_hash)
+    stamp: int | None = None  # of the file's stat while they were read (hashing.KnownHashes); None: not to be reused
     phash: int = 0  # 64-bit perceptual hash of the decoded, upright image
     phash_ok: bool = False  # big enough for near copies to be looked for
     thumb: bytes = b""  # THUMB_SIDE x THUMB_SIDE grey levels of the upright image: confirms near copies
@@ -89,10 +90,10 @@ INSPECT_CHUNK = 8  # files per thread-pool task (see inspect_files)
 def inspect_file(path: str, max_pixels: int = MAX_PIXELS, hashes: bool = True) -> FileFacts:
     """Reads ``path`` once: decodes it (what training will see) and, with ``hashes``, hashes its bytes and a small
     copy of the picture (for duplicates). Without ``hashes`` it is the light check every pass over images uses."""
-    data = None
+    data = stamp = None
     if hashes:
         try:
-            data = Path(path).read_bytes()
+            data, stamp = hashing.read_stamped(path)
         except OSError:
             data = None  # decode_image reads it again and names the failure
     try:
@@ -104,7 +105,7 @@ def inspect_file(path: str, max_pixels: int = MAX_PIXELS, hashes: bool = True) -
         # The perceptual hash only needs 32x32; shrinking by whole factors first keeps big photos cheap.
         small = decoded.image.resize((64, 64), Image.Resampling.BOX, reducing_gap=2.0)
         bits = imagehash.phash(small).hash.ravel()
-        facts.sha = hashlib.blake2b(data, digest_size=16).hexdigest()
+        facts.sha, facts.stamp = hashing.file_hash(path, data), stamp
         facts.phash = int.from_bytes(np.packbits(bits).tobytes(), "big")
         facts.thumb = decoded.image.convert("L").resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BILINEAR,
                                                         reducing_gap=2.0).tobytes()
@@ -175,6 +176,14 @@ class CheckReport:
     def verdict(self) -> str:
         severities = {i.severity for i in self.issues}
         return "problems" if "error" in severities else "warnings" if "warning" in severities else "ok"
+
+    def known_hashes(self) -> hashing.KnownHashes:
+        """The content hashes the check computed, for the commands after it not to read the files again."""
+        known = hashing.KnownHashes()
+        for path, f in self.facts.items():
+            if f.sha:
+                known.add(path, f.sha, f.stamp)
+        return known
 
     def bad_files(self) -> list[tuple[str, str]]:
         """``(path, reason)`` for each file training cannot use, once each, in report order."""

@@ -7,7 +7,6 @@ the authors' mirror when that is missing and the network is there.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import struct
 import urllib.request
@@ -17,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from headstart.core.errors import DataError, PathNotFoundError
+from headstart.core.hashing import file_digest
 
 CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot"]
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -74,7 +74,7 @@ def load(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
 
 def _verify(path: Path, md5: str) -> None:
     """A downloaded file must have the mirror's checksum; a damaged one is removed so the next try downloads it."""
-    digest = hashlib.md5(path.read_bytes()).hexdigest()
+    digest = file_digest(path, "md5")
     if digest != md5:
         path.unlink(missing_ok=True)
         raise DataError(f"the downloaded {path.name} is damaged (MD5 {digest}, expected {md5}) and was removed; run "

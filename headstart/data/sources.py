@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from headstart.core.errors import DataError, PathNotFoundError, UsageError
+from headstart.core.hashing import KnownHashes
 from headstart.data.images import is_image_file
 
 Sample = tuple[str, int]  # (path, class index)
@@ -21,7 +22,9 @@ SPLIT_DIRS = {"train": ("train", "training"), "val": ("val", "valid", "validatio
 @dataclass
 class DataSplits:
     """Where every image went. ``layout`` says how the split was found, for the run's records; ``val_made`` whether
-    headstart made the validation split (so it may make it again, e.g. to keep duplicates on one side)."""
+    headstart made the validation split (so it may make it again, e.g. to keep duplicates on one side); ``hashes``
+    the images' content hashes computed so far (by the check), so that each image is read and hashed once per command
+    (not written to ``split.json``)."""
 
     classes: list[str]
     train: list[Sample]
@@ -29,6 +32,7 @@ class DataSplits:
     test: list[Sample] = field(default_factory=list)
     layout: str = ""
     val_made: bool = False
+    hashes: KnownHashes = field(default_factory=KnownHashes, repr=False, compare=False)
 
     def counts(self, split: str = "train") -> dict[str, int]:
         c = Counter(label for _, label in getattr(self, split))

@@ -26,7 +26,6 @@ Every figure goes to ``export.json`` next to the file: one record per exported f
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import platform
@@ -44,6 +43,7 @@ import torch
 import headstart
 from headstart.core.choices import EXPORT_FORMATS, QUANTIZATIONS
 from headstart.core.errors import OutputError, ParityError, UsageError
+from headstart.core.hashing import file_digest
 from headstart.core.io import write_json
 from headstart.data.images import BadImageError, load_image
 from headstart.data.rundir import RunDir, refuse_run_files
@@ -133,7 +133,8 @@ def export_run(run: str | Path, format: str = "onnx", out: str | Path | None = N
     finally:
         for leftover in (partial, partial.with_name(partial.name + ".fp32")):
             leftover.unlink(missing_ok=True)
-    record = {"format": format, "file": str(out.resolve()), "bytes": out.stat().st_size, "sha256": _sha256(out),
+    record = {"format": format, "file": str(out.resolve()), "bytes": out.stat().st_size,
+              "sha256": file_digest(out, "sha256"),
               "quantization": meta.quantization, "run": str(rd.path.resolve()), "model": meta.model,
               "classes": len(meta.classes), "temperature": meta.temperature,
               "temperature_in_graph": True, "images_from": origin, **check,
@@ -210,14 +211,6 @@ def _write_record(out: Path, record: dict[str, Any]) -> None:
     records = {name: r for name, r in records.items() if isinstance(r, dict) and (out.parent / name).is_file()}
     records[out.name] = record
     write_json(path, records)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _versions(format: str) -> dict[str, str]:

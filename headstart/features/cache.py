@@ -1,13 +1,9 @@
 """An on-disk cache of frozen-backbone features: one row per image *content*, stored as memory-mapped ``.npy`` shards.
 
 A cache namespace is one (backbone, weights, preprocessing, precision, view) combination; inside it, a feature row
-is found by the hash of the image file's bytes, not by its path. So a renamed or copied image is a hit, an edited
-one is a miss (and only that one is recomputed), and two folders holding the same files share their features.
-
-Why hash the bytes rather than trust size and mtime: mtime survives ``cp -p``, ``rsync -t``, archive extraction
-and many sync tools that change content, and a wrong hit would silently train on another image's features.
-blake2b runs at about 1 GB/s per core, so hashing a 100 kB JPEG costs ~0.1 ms against ~2 ms to decode it and
-~10 ms (2 CPU cores) for the backbone; it is read by threads, which hashlib lets run in parallel.
+is found by the hash of the image file's bytes (:func:`headstart.core.hashing.file_hash`, which says why not size
+and mtime), not by its path. So a renamed or copied image is a hit, an edited one is a miss (and only that one is
+recomputed), and two folders holding the same files share their features.
 
 Layout of a namespace (``<root>/<key digest>/``)::
 
@@ -23,21 +19,16 @@ Writers never modify a committed file, so concurrent runs at worst compute the s
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from headstart.core.errors import OutputError, UsageError
-
-if TYPE_CHECKING:
-    import torch
+from headstart.core.hashing import key_digest
 
 DEFAULT_ROOT = Path.home() / ".cache" / "headstart" / "features"
 DEFAULT_LIMIT_GB = 20.0  # $HEADSTART_CACHE_MAX_GB; past it the least recently used namespaces are removed
@@ -49,72 +40,11 @@ def cache_root() -> Path:
     return Path(os.environ.get("HEADSTART_CACHE") or DEFAULT_ROOT)
 
 
-def file_hash(path: str | Path) -> str:
-    """blake2b-128 of the file's bytes, as hex."""
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _try_hash(path: str) -> str | OSError:
-    try:
-        return file_hash(path)
-    except OSError as exc:
-        return exc
-
-
-def _hash_all(paths: Sequence[str]) -> list[str | OSError]:
-    return [_try_hash(p) for p in paths]
-
-
-def content_hashes(paths: Sequence[str], workers: int = 8, chunk: int = 256) -> list[str | OSError]:
-    """The content hash of each file, or the ``OSError`` that stopped reading it."""
-    if len(paths) <= chunk:
-        return _hash_all(paths)
-    # One task per chunk of files: a future per file would cost ~1 kB each, held until the last one is done.
-    with ThreadPoolExecutor(workers) as pool:  # hashlib and file reads release the GIL
-        parts = pool.map(_hash_all, [paths[i:i + chunk] for i in range(0, len(paths), chunk)])
-        return [h for part in parts for h in part]
-
-
-def weights_fingerprint(module: torch.nn.Module) -> str:
-    """blake2b of a module's tensors (parameters and buffers) as they are now.
-
-    The cache is keyed by this rather than by the checksum of the file the weights came from: a fine-tuned run
-    records the pretrained checksum in its config but holds different backbone weights. Hashing the 13 MB of
-    EfficientNet-Lite0 takes ~20 ms; memory format (channels-last) does not change the result.
-    """
-    import torch
-
-    return _fingerprint((name, str(t.dtype), tuple(t.shape),
-                         t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-                        for name, t in module.state_dict().items())
-
-
-def arrays_fingerprint(arrays: dict[str, np.ndarray]) -> str:
-    """:func:`weights_fingerprint` of the module whose ``state_dict`` these arrays are (as a safetensors file
-    holds it, read with ``safetensors.numpy``), without torch: the same digest to the bit (a test checks)."""
-    return _fingerprint((name, f"torch.{a.dtype.name}", tuple(a.shape),
-                         np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).reshape(-1).view(np.uint8))
-                        for name, a in arrays.items())
-
-
-def _fingerprint(tensors: Iterable[tuple[str, str, tuple, np.ndarray]]) -> str:
-    """blake2b over ``(name, dtype, shape, bytes as uint8)`` in name order."""
-    h = hashlib.blake2b(digest_size=16)
-    for name, dtype, shape, data in sorted(tensors, key=lambda t: t[0]):
-        h.update(f"{name}:{dtype}:{shape};".encode())
-        h.update(data.data if data.size else b"")
-    return h.hexdigest()
-
-
 def feature_key(backbone: str, weights: str, preprocessing, precision: str, view: str = "eval") -> dict:
-    """Everything a feature row depends on besides the image: backbone, its weights' fingerprint
-    (:func:`weights_fingerprint`), the library versions (:func:`library_versions`), preprocessing and the precision
-    it ran in (bf16 and fp32 features differ in the third digit). Torch-free, so a cached run's key is found
-    without loading it."""
+    """Everything a feature row depends on besides the image: backbone, its weights' digest
+    (:func:`headstart.core.hashing.tensors_digest`), the library versions (:func:`library_versions`), preprocessing
+    and the precision it ran in (bf16 and fp32 features differ in the third digit). Torch-free, so a cached run's
+    key is found without loading it."""
     from headstart.core.preprocessing import Preprocessing
 
     return {"backbone": backbone, "weights": weights, **library_versions(),
@@ -238,8 +168,7 @@ class FeatureCache:
     @staticmethod
     def folder(key: dict, root: str | Path | None = None) -> Path:
         """The namespace folder of ``key`` under ``root`` (default :func:`cache_root`)."""
-        text = json.dumps(key, sort_keys=True)
-        return Path(root or cache_root()) / hashlib.blake2b(text.encode(), digest_size=10).hexdigest()
+        return Path(root or cache_root()) / key_digest(key, digest_size=10)
 
     @classmethod
     def existing(cls, key: dict, root: str | Path | None = None) -> FeatureCache | None:

@@ -26,12 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from headstart.core.hashing import KnownHashes, content_hashes, tensors_digest
 from headstart.core.preprocessing import Preprocessing
 from headstart.core.progress import progress
 from headstart.core.runtime import Runtime
 from headstart.data.dataset import ImageFiles, default_workers, make_loader
 from headstart.data.transforms import eval_resize_crop
-from headstart.features.cache import FeatureCache, content_hashes, feature_key, weights_fingerprint
+from headstart.features.cache import FeatureCache, feature_key
 from headstart.features.forward import choose_engine, eval_forward
 from headstart.zoo.model import TransferModel
 
@@ -40,7 +41,7 @@ def cache_key(model: TransferModel, preprocessing: Preprocessing | dict, runtime
     """Everything a feature row depends on besides the image (:func:`headstart.features.cache.feature_key`), for
     ``model``'s backbone as its weights are now and the precision ``runtime`` computes in."""
     precision = str(runtime.amp_dtype).removeprefix("torch.") if runtime.amp_dtype else "fp32"
-    return feature_key(model.spec.name, weights_fingerprint(model.backbone), preprocessing, precision, view)
+    return feature_key(model.spec.name, tensors_digest(model.backbone.state_dict()), preprocessing, precision, view)
 
 
 def _normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -161,7 +162,7 @@ class Features:
 
 def extract_features(model: TransferModel, paths: Sequence[str], preprocessing: Preprocessing | dict,
                      runtime: Runtime, batch_size: int = 64, workers: int | None = None, cache_dir: str | Path | None = None,
-                     desc: str = "features", verbose: bool = True) -> Features:
+                     desc: str = "features", verbose: bool = True, known_hashes: KnownHashes | None = None) -> Features:
     """Features of ``paths`` from the cache, computing (and caching) only the images it does not hold.
 
     Args:
@@ -174,10 +175,12 @@ def extract_features(model: TransferModel, paths: Sequence[str], preprocessing: 
         cache_dir: the cache folder (default ``$HEADSTART_CACHE`` or ``~/.cache/headstart/features``).
         desc: progress bar label.
         verbose: name skipped files on stderr.
+        known_hashes: the content hashes this command has computed (the check's, ``DataSplits.hashes``): only
+            files it does not hold (or that changed since) are read and hashed, and added to it.
     """
     preprocessing = Preprocessing.of(preprocessing)
     cache = FeatureCache(cache_key(model, preprocessing, runtime), cache_dir)
-    hashes = content_hashes(paths)
+    hashes = content_hashes(paths, known=known_hashes)
     readable = [i for i, h in enumerate(hashes) if isinstance(h, str)]
     cached = cache.locate([hashes[i] for i in readable])[:, 0] != -1
     todo: dict[str, str] = {}  # content hash -> one path holding it

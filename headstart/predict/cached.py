@@ -23,10 +23,11 @@ import numpy as np
 
 from headstart.core import hardware
 from headstart.core.choices import MAX_PIXELS
+from headstart.core.hashing import content_hashes, tensors_digest
 from headstart.core.io import load_weights_numpy
 from headstart.core.preprocessing import Preprocessing
 from headstart.data.rundir import RunDir, shipped_backbone_is_frozen
-from headstart.features.cache import FeatureCache, arrays_fingerprint, content_hashes, feature_key
+from headstart.features.cache import FeatureCache, feature_key
 from headstart.predict.base import Predictor
 from headstart.predict.metadata import headline_test_metrics
 
@@ -133,7 +134,7 @@ def open_cached_run(run_dir: str | Path, device: str = "auto", precision: str = 
     backbone = {k.removeprefix("backbone."): v for k, v in tensors.items() if k.startswith("backbone.")}
     if weight is None or bias is None or len(backbone) != len(tensors):
         return None
-    key = feature_key(config["model"], arrays_fingerprint(backbone), config["preprocessing"], amp)
+    key = feature_key(config["model"], tensors_digest(backbone), config["preprocessing"], amp)
     cache = FeatureCache.existing(key, cache_dir)
     if cache is None or cache.dim not in (None, weight.shape[1]):
         return None

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from headstart.core.choices import MAX_PIXELS
+from headstart.core.hashing import KnownHashes
 from headstart.core.preprocessing import Preprocessing
 from headstart.core.runtime import Runtime, make_runtime
 from headstart.data.dataset import ImageFiles, flagged_collate, make_loader
@@ -26,25 +27,28 @@ from headstart.zoo.model import TransferModel, build_model
 @torch.inference_mode()
 def cached_logits(model: TransferModel, paths: list[str], preprocessing: Preprocessing, runtime: Runtime,
                   batch_size: int = 64, workers: int | None = None, cache_dir: str | Path | None = None,
-                  desc: str = "features") -> tuple[torch.Tensor, np.ndarray, list[tuple[str, str]]]:
+                  desc: str = "features", known_hashes: KnownHashes | None = None
+                  ) -> tuple[torch.Tensor, np.ndarray, list[tuple[str, str]]]:
     """Logits (float32, CPU, ``(n, classes)``) of the images in ``paths`` through the feature cache: the backbone
     runs only for images it does not hold, then the head. Exact for a model whose backbone is what the cache was
     filled with (the key holds its weights' fingerprint, so a changed backbone can never hit). Returns the logits, the
-    positions in ``paths`` of the images that could be decoded, and ``(path, reason)`` for the others."""
+    positions in ``paths`` of the images that could be decoded, and ``(path, reason)`` for the others.
+    ``known_hashes``: content hashes already computed (:func:`~headstart.features.extract.extract_features`)."""
     feats = extract_features(model, paths, preprocessing, runtime, batch_size=batch_size, workers=workers,
-                             cache_dir=cache_dir, desc=desc, verbose=False)
+                             cache_dir=cache_dir, desc=desc, verbose=False, known_hashes=known_hashes)
     x = torch.from_numpy(feats.array()).to(model.head.weight.device, model.head.weight.dtype)
     model.eval()
     return model.head(x).float().cpu(), feats.positions, feats.bad
 
 
 def cached_logits_of(model: TransferModel, samples: list[tuple[str, int]], preprocessing: Preprocessing,
-                     runtime: Runtime, batch_size: int = 64, workers: int | None = None,
-                     desc: str = "features") -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
+                     runtime: Runtime, batch_size: int = 64, workers: int | None = None, desc: str = "features",
+                     known_hashes: KnownHashes | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
     """:func:`cached_logits` of labelled ``(path, label)`` samples: the logits, the labels of the images that could
     be decoded (in order), and ``(path, reason)`` for the others."""
     logits, positions, bad = cached_logits(model, [p for p, _ in samples], preprocessing, runtime, batch_size,
-                                           workers, desc=desc)
+                                           workers, desc=desc, known_hashes=known_hashes)
     return logits, torch.as_tensor([samples[i][1] for i in positions], dtype=torch.long), bad
 
 
@@ -62,6 +66,7 @@ class LoadedRun(Predictor):
     path: Path
     temperature: float = 1.0  # the run's (summary.json's temperature_source); probabilities are softmax(logits / T)
     frozen_backbone: bool = False  # the shipped weights' backbone is the pretrained one: features can be cached
+    known_hashes: KnownHashes | None = field(default=None, repr=False)  # images' content hashes already computed
     _forwards: dict = field(default_factory=dict, repr=False)  # engine -> (state of the weights, eval forward)
     _transforms: dict = field(default_factory=dict, repr=False)  # max_pixels -> eval transform
 
@@ -82,7 +87,7 @@ class LoadedRun(Predictor):
         paths = list(paths)
         if self.frozen_backbone and not tta:
             logits, positions, bad = cached_logits(self.model, paths, self.preprocessing, self.runtime, batch_size,
-                                                   workers, desc="predict")
+                                                   workers, desc="predict", known_hashes=self.known_hashes)
             return logits[None].numpy(), list(positions), bad
         loader = make_loader(ImageFiles(paths, eval_transform(self.preprocessing)), batch_size, shuffle=False,
                              workers=workers, collate_fn=flagged_collate)

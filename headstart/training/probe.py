@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from headstart.core.errors import UsageError
+from headstart.core.hashing import KnownHashes
 from headstart.core.preprocessing import Preprocessing
 from headstart.core.progress import progress
 from headstart.core.runtime import Runtime
@@ -44,20 +45,21 @@ def features_from_loader(model: TransferModel, loader: DataLoader, runtime: Runt
 
 
 def _features(model, loader: DataLoader, runtime: Runtime, preprocessing: Preprocessing | None, cache_dir,
-              desc: str):
+              desc: str, known_hashes: KnownHashes | None = None):
     """(features, labels, images computed) from the cache when the loader reads image files, else from the loader."""
     samples = getattr(loader.dataset, "samples", None)
     if preprocessing is None or samples is None:
         x, y = features_from_loader(model, loader, runtime, desc)
         return x, y, len(y)
     feats = extract_features(model, [p for p, _ in samples], preprocessing, runtime, batch_size=loader.batch_size or 64,
-                             workers=loader.num_workers, cache_dir=cache_dir, desc=desc)
+                             workers=loader.num_workers, cache_dir=cache_dir, desc=desc, known_hashes=known_hashes)
     return feats.array(), np.array([samples[i][1] for i in feats.positions], dtype=np.int64), feats.computed
 
 
 def fit_linear_probe(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, runtime: Runtime,
                      head: str = "logreg", preprocessing: Preprocessing | None = None,
-                     cache_dir: str | Path | None = None, class_weights: torch.Tensor | None = None) -> dict:
+                     cache_dir: str | Path | None = None, class_weights: torch.Tensor | None = None,
+                     known_hashes: KnownHashes | None = None) -> dict:
     """Fits ``model.head`` on frozen features of the train images; returns what was chosen.
 
     Args:
@@ -69,12 +71,15 @@ def fit_linear_probe(model: TransferModel, train_loader: DataLoader, val_loader:
             the on-disk cache; without it they are computed from the loaders every time.
         cache_dir: the feature cache folder (default ``$HEADSTART_CACHE`` or ``~/.cache/headstart/features``).
         class_weights: one loss weight per class for imbalanced data (``--balance``), or None.
+        known_hashes: the images' content hashes computed so far (``DataSplits.hashes``), or None.
     """
     if head not in HEADS:
         raise UsageError(f"unknown head '{head}'; choose one of {', '.join(HEADS)} (e.g. --head logreg).")
     t0 = time.time()
-    x_train, y_train, n_train = _features(model, train_loader, runtime, preprocessing, cache_dir, "features (train)")
-    x_val, y_val, n_val = _features(model, val_loader, runtime, preprocessing, cache_dir, "features (val)")
+    x_train, y_train, n_train = _features(model, train_loader, runtime, preprocessing, cache_dir, "features (train)",
+                                          known_hashes)
+    x_val, y_val, n_val = _features(model, val_loader, runtime, preprocessing, cache_dir, "features (val)",
+                                    known_hashes)
     t1 = time.time()
     fitted = fit_head(head, x_train, y_train, x_val, y_val, model.num_classes, class_weight=class_weights)
     fitted.copy_to(model.head)
@@ -89,7 +94,7 @@ def fit_linear_probe(model: TransferModel, train_loader: DataLoader, val_loader:
 def refit_linear_probe(model: TransferModel, loaders: list[DataLoader], runtime: Runtime, chosen: dict,
                        head: str = "logreg", preprocessing: Preprocessing | None = None,
                        cache_dir: str | Path | None = None, class_weights: torch.Tensor | None = None,
-                       folds: int = 5) -> dict:
+                       folds: int = 5, known_hashes: KnownHashes | None = None) -> dict:
     """Fits ``model.head`` again on the features of every image in ``loaders`` (train and validation) with the
     settings the first fit chose on validation (``chosen``: its info), so the shipped head has seen every label.
 
@@ -103,7 +108,8 @@ def refit_linear_probe(model: TransferModel, loaders: list[DataLoader], runtime:
     ``temperature_source``, and ``calibration``: the out-of-fold figures at that temperature; without the last
     three when a class has a single image (no fold can hold it out): the caller keeps validation's temperature.
     """
-    parts = [_features(model, loader, runtime, preprocessing, cache_dir, "features (refit)") for loader in loaders]
+    parts = [_features(model, loader, runtime, preprocessing, cache_dir, "features (refit)", known_hashes)
+             for loader in loaders]
     x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     fitted = refit_head(head, x, y, model.num_classes, chosen, class_weight=class_weights)
     fitted.copy_to(model.head)
@@ -133,12 +139,14 @@ class ProbeOptions:
         preprocessing: the run's preprocessing; with it, features of image files come from the on-disk cache.
         class_weights: one loss weight per class (``--balance``), or None.
         cache_dir: the feature cache folder (default ``$HEADSTART_CACHE`` or ``~/.cache/headstart/features``).
+        known_hashes: the images' content hashes computed so far (``DataSplits.hashes``): they are not read again.
     """
 
     head: str = "logreg"
     preprocessing: Preprocessing | None = None
     class_weights: torch.Tensor | None = None
     cache_dir: str | Path | None = None
+    known_hashes: KnownHashes | None = None
 
     def __post_init__(self):
         if self.head not in HEADS:
@@ -146,7 +154,7 @@ class ProbeOptions:
 
     def _kwargs(self) -> dict:
         return {"head": self.head, "preprocessing": self.preprocessing, "cache_dir": self.cache_dir,
-                "class_weights": self.class_weights}
+                "class_weights": self.class_weights, "known_hashes": self.known_hashes}
 
     def __call__(self, model: TransferModel, train_loader: DataLoader, val_loader: DataLoader,
                  runtime: Runtime) -> dict:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from headstart.core.distributed import EpochSampler, barrier
 from headstart.core.errors import DataError, HeadstartError
+from headstart.core.hashing import KnownHashes
 from headstart.core.preprocessing import Preprocessing
 from headstart.core.runtime import Runtime, make_runtime, seed_everything
 from headstart.data.balance import SKEW_HINT, BalancedSampler, class_weights, skew
@@ -57,9 +58,9 @@ def check_and_split(splits: DataSplits, cfg: TrainConfig) -> tuple[DataSplits, l
     out of selection and scoring (unless ``cfg.keep_leaked``). Test images that copy a validation image are found
     too: they are left out once a refit fits the shipped head on the validation images (``refit_exclusion``).
 
-    Returns the splits, ``(path, reason)`` of each unusable file, the leakage record (``leakage.json``) and the
-    fingerprints of the train and val images, each with its split (for ``evaluate`` to find copies of the images
-    the shipped weights were fitted on).
+    Returns the splits (holding the content hashes the check computed), ``(path, reason)`` of each unusable file,
+    the leakage record (``leakage.json``) and the fingerprints of the train and val images, each with its split (for
+    ``evaluate`` to find copies of the images the shipped weights were fitted on).
     """
     report = check_splits(splits, cfg.data, duplicates=cfg.duplicates,
                           **({"max_pixels": cfg.max_pixels} if cfg.max_pixels else {}))
@@ -86,6 +87,7 @@ def check_and_split(splits: DataSplits, cfg: TrainConfig) -> tuple[DataSplits, l
         _, after_refit = drop_leaked(splits, report.facts, cfg.duplicates, reference=("val",), held_out=("test",))
         leakage["test_copies_of_val"] = after_refit["copy_of"]
     validate(splits, cfg.data)
+    splits = replace(splits, hashes=report.known_hashes())  # extraction, calibration, refit, test and report use them
     prints = {**fingerprints(report.facts, [p for p, _ in splits.train], "train"),
               **fingerprints(report.facts, [p for p, _ in splits.val], "val")}
     return splits, bad, leakage, {"fitted_on": ["train"], "images": prints}
@@ -192,22 +194,23 @@ def _phase_figures(records: list[dict]) -> dict:
     return out
 
 
-def _logits(model, loader, runtime, frozen: Preprocessing | None, desc: str):
+def _logits(model, loader, runtime, frozen: Preprocessing | None, desc: str, known_hashes: KnownHashes):
     """Logits and labels of a loader's images; through the feature cache when the shipped backbone is frozen
     (``frozen``: the preprocessing to look features up with), so those images cross the backbone once per run."""
     if frozen is None:
         return predict_logits(model, loader, runtime, desc=desc)
     logits, labels, bad = cached_logits_of(model, loader.dataset.samples, frozen, runtime, loader.batch_size or 64,
-                                           loader.num_workers, desc=desc)
+                                           loader.num_workers, desc=desc, known_hashes=known_hashes)
     if bad:
         raise broke_since_check(*bad[0])
     return logits, labels
 
 
-def _calibrate(model, val_loader, runtime, summary: dict, frozen: Preprocessing | None) -> tuple[float, dict]:
+def _calibrate(model, val_loader, runtime, summary: dict, frozen: Preprocessing | None,
+               known_hashes: KnownHashes) -> tuple[float, dict]:
     """The temperature of the chosen weights, fitted on the validation images (before any refit sees them), and
     their calibration there before and after it; ``summary["temperature_source"]`` says how it was obtained."""
-    logits, labels = _logits(model, val_loader, runtime, frozen, "calibrate")
+    logits, labels = _logits(model, val_loader, runtime, frozen, "calibrate", known_hashes)
     temperature = run_temperature(logits, labels)
     summary["val_acc"] = float((logits.argmax(1) == labels).float().mean()) if len(labels) else math.nan
     all_right = bool(len(labels)) and summary["val_acc"] == 1.0
@@ -223,7 +226,7 @@ def _test(model, splits: DataSplits, pre: Preprocessing, cfg: TrainConfig, runti
     features go into the cache, so ``evaluate`` on the same images later costs the head only."""
     loader = make_loader(ImageFiles(splits.test, eval_transform(pre)), cfg.batch_size * 2, shuffle=False,
                          workers=cfg.workers)
-    logits, labels = _logits(model, loader, runtime, pre if frozen else None, "test")
+    logits, labels = _logits(model, loader, runtime, pre if frozen else None, "test", splits.hashes)
     metrics = classification_metrics(labels.numpy(), logits.argmax(1).numpy(), splits.classes)
     metrics["calibration"] = summary["calibration"]["test"] = calibration_summary(logits.numpy(), labels.numpy(),
                                                                                   temperature)
@@ -385,7 +388,7 @@ def _finish(cfg: TrainConfig, run: RunDir, plan: _Plan, data: _Data, state: FitS
                "leakage": leakage_counts(data.leakage)}
     frozen = summary["frozen_backbone"] = shipped_backbone_is_frozen(run.config(), summary)
     temperature, summary["calibration"] = _calibrate(model, loaders["val_all"], alone, summary,
-                                                     plan.preprocessing if frozen else None)
+                                                     plan.preprocessing if frozen else None, splits.hashes)
     refit = None
     if cfg.refit and shipped.get("fit") == "features":
         refit = probe.refit(model, [loaders["train_eval"], loaders["val_all"]], alone, shipped)
@@ -445,7 +448,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             _record_start(run, cfg, plan, data.splits, runtime)
     weights = class_weights([y for _, y in data.splits.train], len(data.splits.classes))
     # A head fitted on features sees every image once, not sampled: both --balance options weight its loss.
-    probe = ProbeOptions(cfg.head, plan.preprocessing, class_weights=weights if cfg.balance != "none" else None)
+    probe = ProbeOptions(cfg.head, plan.preprocessing, class_weights=weights if cfg.balance != "none" else None,
+                         known_hashes=data.splits.hashes)
     tensorboard = _tensorboard(cfg, run, data) if runtime.is_main else None
     state = _fit(cfg, run, plan, data, loaders, probe, weights, runtime, meta, tensorboard)
     barrier()
@@ -457,7 +461,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     if tensorboard is not None:
         tensorboard.close(summary, run.read_json(run.TEST_METRICS))
     if cfg.report:
-        _report(run, plan, summary, replace(runtime, rank=0, world_size=1))
+        _report(run, plan, summary, replace(runtime, rank=0, world_size=1), data.splits.hashes)
     return summary
 
 
@@ -469,7 +473,7 @@ def _tensorboard(cfg: TrainConfig, run: RunDir, data: _Data):
     return TensorBoardLogger(run / run.TENSORBOARD, purge_step=resumed + 1 if resumed is not None else None)
 
 
-def _report(run: RunDir, plan: _Plan, summary: dict, alone: Runtime) -> None:
+def _report(run: RunDir, plan: _Plan, summary: dict, alone: Runtime, known_hashes: KnownHashes) -> None:
     """``report.html``; the trained model stands even if the page cannot be made (it says why, once). Its top
     losses take a frozen backbone's features from the cache; a trained backbone predicts at most 500 held-out
     images again for them (``headstart report RUN`` looks at up to 2,000). The model in memory is used, on rank 0
@@ -477,7 +481,7 @@ def _report(run: RunDir, plan: _Plan, summary: dict, alone: Runtime) -> None:
     t0 = time.time()
     frozen = summary["frozen_backbone"]
     loaded = LoadedRun(plan.model, run.classes(), plan.preprocessing, run.config(), alone, run.path,
-                       summary["temperature"], frozen_backbone=frozen)
+                       summary["temperature"], frozen_backbone=frozen, known_hashes=known_hashes)
     try:
         path = write_report(run.path, max_images=2000 if frozen else 500, loaded=loaded)
         log(f"report: {path} ({time.time() - t0:.0f} s)")

@@ -7,7 +7,6 @@ what to do. Files are read without unpickling arbitrary objects (safetensors, or
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 from torch import nn
 
 from headstart.core.errors import PathNotFoundError, WeightsError
+from headstart.core.hashing import file_digest, weights_checksum
 from headstart.zoo.registry import BackboneSpec
 
 
@@ -27,7 +27,7 @@ class MissingWeightsError(WeightsError, FileNotFoundError):
 class ResolvedWeights:
     state_dict: dict[str, torch.Tensor]
     source: str  # a sentence: where they came from
-    checksum: str  # sha256 over tensor bytes, identifies the weights in caches and run configs
+    checksum: str  # headstart.core.hashing.weights_checksum: identifies the weights in run configs
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -65,23 +65,11 @@ def verify_hash_prefix(path: Path) -> None:
     match = _HASHED_NAME.search(path.name)
     if match is None:
         return
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    if not h.hexdigest().startswith(match.group(1)):
+    digest = file_digest(path, "sha256")
+    if not digest.startswith(match.group(1)):
         raise WeightsError(f"{path} is damaged or not the file its name promises (its SHA-256 starts "
-                           f"{h.hexdigest()[:len(match.group(1))]}, the name says {match.group(1)}); reinstall the "
+                           f"{digest[:len(match.group(1))]}, the name says {match.group(1)}); reinstall the "
                            "package it came from, or download it again.")
-
-
-def checksum(state_dict: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for k in sorted(state_dict):
-        t = state_dict[k].detach().cpu().contiguous().reshape(-1)
-        h.update(k.encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
 
 
 def resolve_weights(spec: BackboneSpec, weights_file: str | Path | None = None, download: bool = True) -> ResolvedWeights:
@@ -124,7 +112,7 @@ def resolve_weights(spec: BackboneSpec, weights_file: str | Path | None = None, 
             )
     if spec.convert is not None:
         sd = spec.convert(sd)
-    return ResolvedWeights(sd, source, checksum(sd))
+    return ResolvedWeights(sd, source, weights_checksum(sd))
 
 
 def weights_available(spec: BackboneSpec) -> str | None:

@@ -199,12 +199,12 @@ def exported(tmp_path_factory):
 
 @pytest.mark.slow
 def test_export_onnx_records_parity_and_metadata(exported, capsys):
-    from headstart.export.exporter import _sha256
+    from headstart.core.hashing import file_digest
 
     _, run = exported
     model, records = run / "model.onnx", json.loads((run / "export.json").read_text())
     record = records["model.onnx"]
-    assert record["format"] == "onnx" and record["sha256"] == _sha256(model) and record["bytes"] > 0
+    assert record["format"] == "onnx" and record["sha256"] == file_digest(model) and record["bytes"] > 0
     assert record["images"] == 24 and record["images_from"]["val"] >= 1 and record["tolerance"] == 1e-4
     parity = record["parity"]
     assert parity["passed"] and parity["top1_agreement"] == 1.0 and parity["max_prob_diff"] <= 1e-4
