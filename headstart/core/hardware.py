@@ -23,7 +23,3 @@ def cpu_has_native_bf16(flags: set[str] | None = None) -> bool:
     flags = cpu_flags() if flags is None else flags
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
-
-def cpu_precision() -> str:
-    """The precision ``--precision auto`` runs in on this CPU, as the feature cache's key names it."""
-    return "bfloat16" if cpu_has_native_bf16() else "fp32"

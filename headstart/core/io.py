@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from headstart.core.errors import DataError
-from headstart.core.hashing import key_digest
 
 if TYPE_CHECKING:
     import torch
@@ -63,33 +62,6 @@ def write_yaml(path: str | Path, obj) -> None:
     import yaml
 
     write_text(path, yaml.safe_dump(obj, sort_keys=False))
-
-
-def remembered_bytes(folder: str | Path | None, name: str, key, make, keep: int = 32) -> bytes:
-    """``make()``, or what it made before for the same ``key`` (anything JSON can write), kept in ``folder``.
-
-    For drawings that are a function of their data alone: every ``evaluate`` refreshes the run's report, and
-    drawing its unchanged figures again cost a second, most of it importing matplotlib. The ``keep`` files written
-    last are kept; a folder that cannot be written is not an error (the bytes are made every time).
-    """
-    if folder is None:
-        return make()
-    digest = key_digest(key, digest_size=12)
-    stem, dot, suffix = name.partition(".")
-    path = Path(folder) / f"{stem}-{digest}{dot}{suffix}"
-    try:
-        return path.read_bytes()
-    except OSError:
-        pass
-    data = make()
-    try:
-        write_bytes(path, data)
-        kept = sorted((p for p in Path(folder).iterdir() if p.is_file()), key=lambda p: p.stat().st_mtime_ns)
-        for old in kept[:-keep]:
-            old.unlink(missing_ok=True)
-    except OSError:
-        pass
-    return data
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from headstart.core.errors import PathNotFoundError, UsageError
-from headstart.core.io import remembered_bytes, write_bytes
+from headstart.core.io import write_bytes
 from headstart.data.check import inspect_files
 from headstart.data.leakage import copies_of
 from headstart.data.rundir import RunDir
@@ -44,17 +44,13 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list
     }
 
 
-def plot_confusion(metrics: dict, path: str | Path, title: str = "", remember_in: str | Path | None = None) -> None:
-    """Draws the confusion matrix of ``metrics`` as a PNG into ``path`` (a file name or a binary file object).
-    With ``remember_in`` (a run's ``.figures`` folder) an unchanged matrix is not drawn again."""
-    from importlib.metadata import version
+_CONFUSION_DATA = ("confusion_matrix", "classes", "accuracy", "num_images")  # all the drawn matrix shows
 
-    import headstart
 
+def plot_confusion(metrics: dict, path: str | Path, title: str = "") -> None:
+    """Draws the confusion matrix of ``metrics`` as a PNG into ``path`` (a file name or a binary file object)."""
     title = title or f"accuracy {metrics['accuracy']:.3f} on {metrics['num_images']} images"
-    key = ["confusion", version("matplotlib"), headstart.__version__, metrics["confusion_matrix"], metrics["classes"],
-           title]
-    data = remembered_bytes(remember_in, "confusion.png", key, lambda: _draw_confusion(metrics, title))
+    data = _draw_confusion(metrics, title)
     if hasattr(path, "write"):
         path.write(data)
     else:
@@ -94,8 +90,8 @@ def evaluate_run(run: Predictor, data: str | Path, batch_size: int = 64, workers
     use the run's calibration temperature; ``calibration`` holds the expected calibration error before and after it.
     Images that are themselves a confirmed copy of an image whose label the shipped weights were fitted on (the
     training images, and the validation images after a refit; ``duplicates`` says what counts as a copy) are left
-    out of the scores and counted (``leaked_excluded``, with ``leaked_label_conflicts``), unless ``keep_leaked``. With ``tta`` the predictions average the softmax over each
-    image and its mirror image.
+    out of the scores and counted (``leaked_excluded``, with ``leaked_label_conflicts``), unless ``keep_leaked``.
+    With ``tta`` the predictions average the softmax over each image and its mirror image.
 
     ``run``: the run's predictor (:func:`headstart.predict.open_predictor`); its ``engine`` is recorded.
     """
@@ -110,12 +106,7 @@ def evaluate_run(run: Predictor, data: str | Path, batch_size: int = 64, workers
         print(f"skipping {path}: {reason}", file=sys.stderr)
     samples = [s for s in samples if facts[s[0]].error is None]
     copies = _copies_of_fitted_images(run.path, {p: facts[p] for p, _ in samples}, duplicates)
-    leaked = set(copies)
-    fitted_labels = _fitted_labels(run.path, run.classes)
-    conflicts = [{"path": p, "label": run.classes[y], "copy_of": copies[p]["copy_of"],
-                  "copy_label": fitted_labels.get(copies[p]["copy_of"])}
-                 for p, y in samples if p in copies and fitted_labels.get(copies[p]["copy_of"], run.classes[y])
-                 != run.classes[y]]
+    leaked, conflicts = set(copies), _label_conflicts(run, samples, copies)
     if leaked and not keep_leaked:
         print(f"left out {len(leaked)} image(s) that are copies of images {run.path} was fitted on (listed in "
               "evaluation.json; --keep-leaked scores them)"
@@ -133,15 +124,19 @@ def evaluate_run(run: Predictor, data: str | Path, batch_size: int = 64, workers
     raw = softmax(logits).mean(0)
     probs = softmax(logits, run.temperature).mean(0)
     metrics = classification_metrics(labels, probs.argmax(1), run.classes)
-    metrics.update({"data": str(data), "tta": tta, "engine": run.engine, "skipped": [{"path": p, "reason": r} for p, r in bad],
+    metrics.update({"data": str(data), "tta": tta, "engine": run.engine,
+                    "skipped": [{"path": p, "reason": r} for p, r in bad],
                     "calibration": compare_calibration(raw, probs, labels, run.temperature),
                     "duplicates": duplicates,
                     "leaked_excluded": 0 if keep_leaked else len(leaked), "leaked_kept": len(leaked) if keep_leaked
                     else 0, "leaked": sorted(leaked), "leaked_copy_of": {p: c["copy_of"] for p, c in copies.items()},
                     "leaked_label_conflicts": conflicts})
     rundir = RunDir(run.path)
+    before = rundir.read_json(rundir.EVALUATION, {})
     rundir.write_json(rundir.EVALUATION, metrics)
-    plot_confusion(metrics, rundir / rundir.CONFUSION, remember_in=rundir / rundir.FIGURES)
+    drawn = [before.get(k) for k in _CONFUSION_DATA] == [metrics[k] for k in _CONFUSION_DATA]
+    if not (drawn and (rundir / rundir.CONFUSION).is_file()):  # the run's file is this matrix already
+        plot_confusion(metrics, rundir / rundir.CONFUSION)
     return metrics
 
 
@@ -151,6 +146,15 @@ def _view_logits(run: Predictor, samples: list[tuple[str, int]], hashes: list[st
     reason)`` of the images that could not be used after all. ``hashes``: the samples' content hashes (the check's)."""
     logits, positions, unreadable = run.view_logits([p for p, _ in samples], hashes, tta, batch_size, workers)
     return logits, np.array([samples[i][1] for i in positions], dtype=np.int64), unreadable
+
+
+def _label_conflicts(run: Predictor, samples: list[tuple[str, int]], copies: dict[str, dict]) -> list[dict]:
+    """The copies of fitted images whose label differs from their original's."""
+    fitted_labels = _fitted_labels(run.path, run.classes)
+    return [{"path": p, "label": run.classes[y], "copy_of": copies[p]["copy_of"],
+             "copy_label": fitted_labels.get(copies[p]["copy_of"])}
+            for p, y in samples if p in copies and fitted_labels.get(copies[p]["copy_of"], run.classes[y])
+            != run.classes[y]]
 
 
 def _copies_of_fitted_images(run_dir: Path, facts: dict, duplicates: str) -> dict[str, dict]:

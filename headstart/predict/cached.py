@@ -4,34 +4,33 @@ A linear-probe run (or a recipe whose head phase won) ships the pretrained backb
 head. For an image the feature cache already holds, its logits are one matrix product away: the backbone's
 features are on disk, found by (backbone, weights fingerprint, preprocessing, precision) and the image's content
 hash. Loading the run through torch costs about 8 s on a 2-core machine (torch, torchvision and timm imports),
-more than the whole answer; so here the cache key is computed from ``best.safetensors`` itself (the fingerprint of
-the very tensors :func:`~headstart.predict.run.load_run` would load), the head is read with safetensors' numpy loader
-and the logits are ``features @ W.T + b``.
+more than the whole answer; so here the cache namespace is the one ``train`` recorded in the run
+(``summary.json``'s ``feature_key``: the features the head was fitted on, in the precision they were computed in),
+the head is read with safetensors' numpy loader and the logits are ``features @ W.T + b``.
 
-Whenever this cannot answer exactly as the torch path would (a run that adapted its backbone, an image not in the
-cache, a GPU that would compute in another precision, weights numpy cannot read), :func:`open_cached_run` returns
-None or :meth:`CachedRun.logits` does, and the caller loads the run the usual way (:meth:`CachedRun.load`).
+Where it cannot answer (a run that adapted its backbone or records no key, a GPU or another precision asked for,
+weights numpy cannot read), :func:`open_cached_run` returns None and the torch engine answers; an image not in the
+cache is computed by the run loaded through torch on the CPU in the recorded precision (:meth:`CachedRun.load`),
+and its features are kept.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from headstart.core import hardware
 from headstart.core.choices import MAX_PIXELS
-from headstart.core.hashing import content_hashes, tensors_digest
+from headstart.core.hashing import content_hashes
 from headstart.core.io import load_weights_numpy
 from headstart.core.preprocessing import Preprocessing
 from headstart.data.rundir import RunDir, shipped_backbone_is_frozen
-from headstart.features.cache import FeatureCache, feature_key
+from headstart.features.cache import FeatureCache
 from headstart.predict.base import Predictor
 from headstart.predict.metadata import headline_test_metrics
 
-_PRECISIONS = {"fp32": "fp32", "bf16": "bfloat16", "fp16": "float16"}
+_SHORT = {"fp32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # a feature key's precision -> --precision
 
 
 @dataclass
@@ -112,18 +111,21 @@ class CachedRun(Predictor):
 
 def open_cached_run(run_dir: str | Path, device: str = "auto", precision: str = "auto",
                     cache_dir: str | Path | None = None) -> CachedRun | None:
-    """The run at ``run_dir`` as a :class:`CachedRun` when its backbone is the frozen pretrained one and the feature
-    cache has a namespace for it in the precision this machine would compute; else None.
+    """The run at ``run_dir`` as a :class:`CachedRun` when its shipped backbone is the frozen pretrained one and
+    the feature cache still holds the namespace ``train`` recorded for it (``summary.json``'s ``feature_key``: the
+    features the head was fitted and validated on); else None, and the torch engine answers. Also None where the
+    caller asks for something the recorded features are not: a GPU (``--device cuda``) or another precision.
 
     Raises:
         RunNotFoundError: ``run_dir`` is not a run with a model (as :func:`~headstart.predict.run.load_run` does).
     """
     run = RunDir(run_dir).require_model()
     config, summary = run.config(), run.summary()
-    if not shipped_backbone_is_frozen(config, summary):
+    key = summary.get("feature_key")  # runs from before it was recorded: the torch engine
+    if not key or not shipped_backbone_is_frozen(config, summary) or device not in ("auto", "cpu"):
         return None
-    amp = _cpu_precision(device, precision)
-    if amp is None:
+    recorded = _SHORT.get(key.get("precision"))
+    if recorded is None or precision not in ("auto", recorded):
         return None
     try:
         tensors = load_weights_numpy(run / run.BEST)
@@ -131,29 +133,11 @@ def open_cached_run(run_dir: str | Path, device: str = "auto", precision: str = 
     except (OSError, TypeError):  # unreadable, or bf16 weights numpy cannot hold: the torch path decides
         return None
     weight, bias = tensors.pop("head.weight", None), tensors.pop("head.bias", None)
-    backbone = {k.removeprefix("backbone."): v for k, v in tensors.items() if k.startswith("backbone.")}
-    if weight is None or bias is None or len(backbone) != len(tensors):
+    if weight is None or bias is None or any(not k.startswith("backbone.") for k in tensors):
         return None
-    key = feature_key(config["model"], tensors_digest(backbone), config["preprocessing"], amp)
     cache = FeatureCache.existing(key, cache_dir)
     if cache is None or cache.dim not in (None, weight.shape[1]):
         return None
     return CachedRun(run.path, run.classes(), Preprocessing.of(config["preprocessing"]),
                      float(metadata.get("temperature", 1.0)), weight.astype(np.float32), bias.astype(np.float32),
-                     cache, device, precision)
-
-
-def _cpu_precision(device: str, precision: str) -> str | None:
-    """The precision key the torch path would compute features in, when it would run on this CPU; None where it
-    would run on a GPU (or might: torch is not imported to ask)."""
-    if device not in ("auto", "cpu") or (device == "auto" and _may_have_gpu()):
-        return None
-    if precision == "auto":
-        return hardware.cpu_precision()
-    return _PRECISIONS.get(precision)
-
-
-def _may_have_gpu() -> bool:
-    """Whether a GPU driver's device files are present (NVIDIA, AMD ROCm, WSL2's ``/dev/dxg``): torch might then
-    pick the GPU for ``--device auto``, in another precision."""
-    return any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg"))
+                     cache, "cpu", recorded)

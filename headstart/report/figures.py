@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from headstart.core.io import remembered_bytes
+from headstart.core.io import write_bytes
 from headstart.data.images import load_image
 
 DPI = 144  # drawn at twice the size shown: sharp on high-density screens and in print
@@ -25,28 +25,22 @@ def figure(**kwargs):
     return Figure(**kwargs)
 
 
-def remembered(folder: str | Path | None, draw, *args) -> bytes:
-    """``draw(*args)``, one of the figures below, or the PNG it drew for the same data before, kept in ``folder``
-    (the run's ``.figures``): ``evaluate`` refreshes the report, and most of its figures have not changed."""
-    from importlib.metadata import version
-
-    import headstart
-
-    key = [draw.__name__, DPI, version("matplotlib"), headstart.__version__, _as_drawn(args)]
-    return remembered_bytes(folder, f"{draw.__name__}.png", key, lambda: draw(*args))
-
-
-def _as_drawn(value):
-    """``value`` with every float as a figure can show it: to 4 significant digits (positions) and as the 2- and
-    3-decimal labels the figures print. The calibration of the same images computed from cached features and
-    through the network differs in the 8th digit and is one picture; values that print differently are two."""
-    if isinstance(value, float):
-        return [f"{value:.4g}", f"{value:.2f}", f"{value:.3f}"]
-    if isinstance(value, dict):
-        return {k: _as_drawn(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_as_drawn(v) for v in value]
-    return value
+def kept(path: Path, sources: list[Path], draw, *args) -> bytes:
+    """The figure ``draw(*args)`` as the run file ``path``: read back while it is newer than every file in
+    ``sources`` (what it is drawn from), else drawn and written. ``evaluate`` refreshes the report, and most of its
+    figures have not changed; a run folder that cannot be written is not an error (the figure is drawn each time)."""
+    try:
+        made = path.stat().st_mtime_ns
+        if all(not src.exists() or src.stat().st_mtime_ns <= made for src in sources):
+            return path.read_bytes()
+    except OSError:
+        pass
+    data = draw(*args)
+    try:
+        write_bytes(path, data)
+    except OSError:
+        pass
+    return data
 
 
 def png(fig) -> bytes:

@@ -55,7 +55,6 @@ class RunReport:
         self.leakage = self.run.read_json(self.run.LEAKAGE, {})
         self.skipped = self.run.skipped()
         self.top_losses, self.max_images, self.device, self.loaded = top_losses, max_images, device, loaded
-        self.figures = self.run.path / RunDir.FIGURES  # drawn figures by their data (figures.remembered)
         try:
             self.splits = self.run.split()
         except HeadstartError:
@@ -297,7 +296,8 @@ class RunReport:
         best = self.summary.get("best_epoch")
         body = ""
         if any("train_loss" in r for r in self.records):
-            curves = figures.remembered(self.figures, figures.training_curves, self.records, best)
+            curves = figures.kept(self.run / RunDir.CURVES, [self.run / RunDir.METRICS, self.run / RunDir.SUMMARY],
+                                  figures.training_curves, self.records, best)
             body += figure(curves,
                            "training curves: loss, accuracy and learning rate by epoch",
                            "Phases are shaded and named; the dashed green line is the epoch whose weights ship. A "
@@ -396,7 +396,8 @@ class RunReport:
         body += table(["images, weights", "count", "T", "ECE raw", "ECE with T", "NLL raw", "NLL with T"], rows)
         drawn = [(title, c) for _, _, title, c in panels if c.get("reliability_after")]
         if drawn:
-            diagrams = figures.remembered(self.figures, figures.reliability_diagrams, drawn)
+            sources = [self.run / name for name in (RunDir.SUMMARY, RunDir.TEST_METRICS, RunDir.EVALUATION)]
+            diagrams = figures.kept(self.run / RunDir.RELIABILITY, sources, figures.reliability_diagrams, drawn)
             body += figure(diagrams, "reliability diagrams",
                            "Each point is one bin of top-1 confidence: its mean confidence against its accuracy; its "
                            "area is the bin's share of the images. On the dashed diagonal a score means what it says.",

@@ -93,8 +93,15 @@ def create_app(model, *, max_upload_mb: float = 20, max_pixels: int = 50_000_000
     app.add_middleware(BodyLimit, max_bytes=max_bytes)
     _answer_errors_in_json(app)
 
-    # The small endpoints are async: they answer at once, even while every worker thread is decoding uploads.
-    # HEAD is answered where GET is (monitors and link checkers send it).
+    _add_page_routes(app, info, page)
+    _add_predict_route(app, batcher, decoder, info, max_files, len(model.classes))
+    return app
+
+
+def _add_page_routes(app: FastAPI, info: dict, page: dict[str, bytes]) -> None:
+    """``/healthz``, ``/info``, the page and its files. Async: they answer at once, even while every worker thread
+    is decoding uploads. HEAD is answered where GET is (monitors and link checkers send it)."""
+
     @app.api_route("/healthz", methods=["GET", "HEAD"])
     async def healthz() -> dict:
         return {"status": "ok"}
@@ -102,6 +109,22 @@ def create_app(model, *, max_upload_mb: float = 20, max_pixels: int = 50_000_000
     @app.get("/info")
     async def get_info() -> dict:
         return info
+
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+    async def index() -> Response:
+        return _page(page, "index.html")
+
+    @app.api_route("/static/{name}", methods=["GET", "HEAD"], include_in_schema=False)
+    async def static(name: str) -> Response:
+        if name not in PAGE_FILES or name == "index.html":
+            raise HTTPException(404, f"no such file: {name}")
+        return _page(page, name)
+
+
+def _add_predict_route(app: FastAPI, batcher: Batcher, decoder: Decoder, info: dict, max_files: int,
+                       classes: int) -> None:
+    """``POST /predict``: decode every upload (bounded), refuse the request when any file cannot be used, then the
+    model's answers through the shared batcher."""
 
     @app.post("/predict")
     async def predict(request: Request, topk: int | None = None) -> dict:
@@ -117,23 +140,11 @@ def create_app(model, *, max_upload_mb: float = 20, max_pixels: int = 50_000_000
                 await upload.close()
         if bad:  # one bad file fails the request, so that no caller mistakes a partial answer for a whole one
             return _bad_files(bad, len(uploads))
-        results, bad = await _predict_or_blame(batcher, images, min(k, len(model.classes)))
+        results, bad = await _predict_or_blame(batcher, images, min(k, classes))
         del images
         if bad:
             return _bad_files(bad, len(uploads))
         return {"predictions": [{"filename": name, **r} for (name, _), r in zip(uploads, results)]}
-
-    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
-    async def index() -> Response:
-        return _page(page, "index.html")
-
-    @app.api_route("/static/{name}", methods=["GET", "HEAD"], include_in_schema=False)
-    async def static(name: str) -> Response:
-        if name not in PAGE_FILES or name == "index.html":
-            raise HTTPException(404, f"no such file: {name}")
-        return _page(page, name)
-
-    return app
 
 
 def _bad_files(bad: list[tuple[str, str, str]], count: int) -> JSONResponse:

@@ -34,6 +34,7 @@ from headstart.data.rundir import RunDir, shipped_backbone_is_frozen
 from headstart.data.sources import DataSplits, discover, validate
 from headstart.data.transforms import eval_transform, train_transform
 from headstart.evaluation.metrics import classification_metrics
+from headstart.features.extract import cache_key
 from headstart.predict.calibration import calibration_summary, run_temperature
 from headstart.predict.run import LoadedRun, cached_logits_of
 from headstart.report import TensorBoardLogger, write_report
@@ -387,6 +388,8 @@ def _finish(cfg: TrainConfig, run: RunDir, plan: _Plan, data: _Data, state: FitS
                "val_images": len(splits.val), "skipped_files": len(data.bad), "world_size": runtime.world_size,
                "leakage": leakage_counts(data.leakage)}
     frozen = summary["frozen_backbone"] = shipped_backbone_is_frozen(run.config(), summary)
+    if frozen:  # where the shipped head's features are: the cached engine reads this key, never recomputes it
+        summary["feature_key"] = cache_key(model, plan.preprocessing, alone)
     temperature, summary["calibration"] = _calibrate(model, loaders["val_all"], alone, summary,
                                                      plan.preprocessing if frozen else None, splits.hashes)
     refit = None

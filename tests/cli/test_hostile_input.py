@@ -145,7 +145,7 @@ def test_no_output_replaces_another_runs_files(tmp_path):
     for target, match in [(other / RunDir.REPORT, "the run .*other's own report.html"),
                           (own / RunDir.SPLIT, "this run's own split.json"),
                           (own / RunDir.TENSORBOARD / "events.out", "own tensorboard"),
-                          (own / RunDir.FIGURES / "x.png", "own .figures")]:
+                          (own / RunDir.CURVES, "own training_curves.png")]:
         with pytest.raises(OutputError, match=match):
             refuse_run_files([target], own=own, allowed=(RunDir.REPORT,))
 

@@ -124,23 +124,24 @@ def test_run_split_finds_old_relative_paths_from_another_folder(tmp_path, monkey
     assert all(os.path.isabs(p) and os.path.isfile(p) for p, _ in train)
 
 
-def test_remembered_bytes_are_made_once_per_key_and_the_folder_stays_small(tmp_path):
-    from headstart.core.io import remembered_bytes
+def test_a_figure_is_a_run_file_drawn_again_only_when_its_data_is_newer(tmp_path):
+    import os
+
+    from headstart.report.figures import kept
 
     made = []
 
-    def make(value):
+    def draw(value):
         made.append(value)
         return value.encode()
 
-    folder = tmp_path / ".figures"
-    assert remembered_bytes(folder, "a.png", {"x": 1}, lambda: make("one")) == b"one"
-    assert remembered_bytes(folder, "a.png", {"x": 1}, lambda: make("two")) == b"one" and made == ["one"]
-    assert remembered_bytes(folder, "a.png", {"x": 2}, lambda: make("three")) == b"three"
-    for i in range(5):
-        remembered_bytes(folder, "b.png", i, lambda i=i: make(str(i)), keep=3)
-    assert len(list(folder.iterdir())) == 3 and all(p.suffix == ".png" for p in folder.iterdir())
-    assert remembered_bytes(None, "a.png", {"x": 1}, lambda: make("four")) == b"four"
+    source, path = tmp_path / "metrics.jsonl", tmp_path / "curves.png"
+    source.write_text("{}")
+    assert kept(path, [source], draw, "one") == b"one" and path.read_bytes() == b"one"
+    assert kept(path, [source], draw, "two") == b"one" and made == ["one"]
+    later = path.stat().st_mtime_ns + 10**9
+    os.utime(source, ns=(later, later))
+    assert kept(path, [source], draw, "three") == b"three" and path.read_bytes() == b"three"
     blocked = tmp_path / "file"
-    blocked.write_text("not a folder")  # cannot hold anything: made every time, no error
-    assert remembered_bytes(blocked, "a.png", 1, lambda: make("five")) == b"five"
+    blocked.write_text("not a folder")  # cannot hold the figure: drawn every time, no error
+    assert kept(blocked / "x.png", [source], draw, "four") == b"four" and made == ["one", "three", "four"]

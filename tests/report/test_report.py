@@ -106,22 +106,34 @@ def test_report_of_a_run_has_every_section_and_is_self_contained(run_with_test, 
 
 
 def test_an_unchanged_figure_is_not_drawn_again(run_with_test, monkeypatch):
-    """``evaluate`` refreshes the report: the figures whose data did not change come from the run's .figures."""
+    """``evaluate`` refreshes the report: its figures are files in the run, drawn again only when what they show
+    (metrics.jsonl, summary.json, the test figures and the last evaluation) is newer."""
+    import os
+
+    from headstart.data.rundir import RunDir
     from headstart.report import figures, write_report
 
     run, _ = run_with_test
     write_report(run)
     first = (run / "report.html").read_text(encoding="utf-8")
+    assert (run / RunDir.RELIABILITY).is_file()  # a probe has no curves to draw; its calibration is a file
+    drawn, original = [], figures.reliability_diagrams
 
-    def reliability_diagrams(panels):  # same name, so the same key: must not be called
-        raise AssertionError("drawn again")
+    def reliability_diagrams(panels):
+        drawn.append(len(panels))
+        return original(panels)
 
     monkeypatch.setattr(figures, "reliability_diagrams", reliability_diagrams)
     write_report(run)
     again = (run / "report.html").read_text(encoding="utf-8")
     pictures = [part.split('"')[0] for part in first.split('src="data:image/png;base64,')[1:]]
     assert pictures and pictures == [part.split('"')[0] for part in again.split('src="data:image/png;base64,')[1:]]
-    assert any(p.name.startswith("reliability_diagrams-") for p in (run / ".figures").iterdir())
+    assert drawn == []
+    later = (run / RunDir.RELIABILITY).stat().st_mtime_ns + 10**9
+    os.utime(run / RunDir.SUMMARY, ns=(later, later))  # the calibration it shows changed
+    write_report(run)
+    assert len(drawn) == 1
+
 
 @pytest.mark.slow
 def test_run_report_renders_in_headless_chromium(run_with_test):
@@ -286,12 +298,3 @@ def test_train_writes_the_report_and_tensorboard_events_when_asked(tmp_path):
     assert any("val" in t and "loss" in t for t in tags) and any("lr" in t for t in tags)
     record = [line for line in (run / "metrics.jsonl").read_text().splitlines() if '"lrs"' in line]
     assert record  # every layer group's learning rate is recorded for the SGD epochs
-
-
-def test_a_remembered_figure_is_keyed_by_what_it_prints():
-    from headstart.report.figures import _as_drawn
-
-    # the same calibration through cached features and through the network: one picture
-    assert _as_drawn({"ece": 0.0347754628604, "t": [1.2]}) == _as_drawn({"ece": 0.0347754631, "t": [1.2]})
-    # a legend printed with 3 decimals reads 0.123 for one and 0.124 for the other: two pictures
-    assert _as_drawn(0.12349999) != _as_drawn(0.12350001)
