@@ -47,8 +47,13 @@ def add_parser(sub):
 
 def read_images(data: str | Path) -> dict:
     """Image paths of DATA, with labels when it has them: ``paths``, and ``labels``, ``classes``, ``split`` or None."""
-    from headstart.data.images import is_image_file
-    from headstart.data.sources import SPLIT_DIRS, list_images, read_class_folders, read_csv_manifest
+    from headstart.data.images import is_image_file  # in the command, not at import: --help stays fast
+    from headstart.data.sources import (  # here, not at import: --help stays fast
+        SPLIT_DIRS,
+        list_images,
+        read_class_folders,
+        read_csv_manifest,
+    )
 
     data = Path(data)
     if not data.exists():
@@ -84,12 +89,12 @@ def read_images(data: str | Path) -> dict:
 
 def _model(args):
     """(model, preprocessing, runtime, description) for a backbone name or a run directory."""
-    from headstart.core.runtime import make_runtime
-    from headstart.zoo.model import build_model
+    from headstart.core.runtime import make_runtime  # in the command, not at import: --help stays fast
+    from headstart.zoo.model import build_model  # in the command, not at import: --help stays fast
 
     path = Path(args.model)
     if path.is_dir():
-        from headstart.predict.run import load_run
+        from headstart.predict.run import load_run  # in the command, not at import: --help stays fast
 
         if args.weights or args.image_size:
             raise UsageError(f"{path} is a run: it keeps its own weights and image size; drop --weights and "
@@ -119,8 +124,8 @@ def write_npz(path: Path, feats, columns: dict, meta: dict) -> None:
 
 def write_parquet(path: Path, feats, columns: dict, meta: dict) -> None:
     """One row per image; ``features`` is a fixed-size list of float32. Written in row groups of 4096 images."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    import pyarrow as pa  # in the command, not at import: --help stays fast
+    import pyarrow.parquet as pq  # in the command, not at import: --help stays fast
 
     per_image = {k: v for k, v in columns.items() if k != "classes"}
     if "labels" in columns:
@@ -141,7 +146,7 @@ def write_parquet(path: Path, feats, columns: dict, meta: dict) -> None:
 
 
 def run(args) -> int:
-    from headstart.features.extract import extract_features
+    from headstart.features.extract import extract_features  # in the command, not at import: --help stays fast
 
     out = Path(args.out)
     suffix = out.suffix.lower()

@@ -36,9 +36,9 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from headstart.core.errors import UsageError
-    from headstart.evaluation.metrics import evaluate_run
-    from headstart.predict import open_predictor
+    from headstart.core.errors import UsageError  # in the command, not at import: --help stays fast
+    from headstart.evaluation.metrics import evaluate_run  # in the command, not at import: --help stays fast
+    from headstart.predict import open_predictor  # in the command, not at import: --help stays fast
 
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}.")
@@ -47,7 +47,7 @@ def run(args) -> int:
     m = evaluate_run(loaded, args.data, batch_size=args.batch_size, tta=args.tta, keep_leaked=args.keep_leaked,
                      duplicates=args.duplicates)
     if args.report:
-        from headstart.report import write_report
+        from headstart.report import write_report  # in the command, not at import: --help stays fast
 
         # Top losses: a frozen backbone's features come from the cache; a trained one predicts up to 500 images.
         report = write_report(loaded.path, loaded=loaded, max_images=2000 if loaded.frozen_backbone else 500)
@@ -55,11 +55,12 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(m))
         return 0
-    from rich.table import Table
+    from rich.table import Table  # in the command, not at import: --help stays fast
 
-    from headstart.cli.console import console
+    from headstart.cli.console import console  # in the command, not at import: --help stays fast
 
-    table = Table(title=f"{args.run} on {args.data}: accuracy {m['accuracy']:.4f}, balanced {m['balanced_accuracy']:.4f}"
+    table = Table(title=f"{args.run} on {args.data}: accuracy {m['accuracy']:.4f}, "
+                        f"balanced {m['balanced_accuracy']:.4f}"
                         f" ({m['num_images']} images)")
     for col in ("class", "precision", "recall", "f1", "support"):
         table.add_column(col, justify="left" if col == "class" else "right")

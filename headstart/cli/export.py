@@ -44,7 +44,7 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from headstart.export.exporter import export_run
+    from headstart.export.exporter import export_run  # in the command, not at import: --help stays fast
 
     record = export_run(args.run, args.format, out=args.out, quantize=args.quantize, max_images=args.max_images,
                         tolerance=args.tolerance, log=lambda line: print(line, file=sys.stderr))

@@ -36,7 +36,7 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from headstart.core.errors import UsageError
+    from headstart.core.errors import UsageError  # in the command, not at import: --help stays fast
 
     if args.topk < 1:
         raise UsageError(f"--topk must be at least 1, got {args.topk}.")
@@ -56,9 +56,9 @@ def run(args) -> int:
             tops = [v for t in r.get("topk", []) for v in (t["label"], t["score"])]
             w.writerow(map(_inert, [r["path"]] + tops + [""] * (2 * args.topk - len(tops)) + [r.get("error", "")]))
     else:
-        from rich.table import Table
+        from rich.table import Table  # in the command, not at import: --help stays fast
 
-        from headstart.cli.console import console
+        from headstart.cli.console import console  # in the command, not at import: --help stays fast
 
         table = Table()
         table.add_column("path")
@@ -84,11 +84,11 @@ def _inert(cell):
 def _load(args):
     """The model's classes and a function from the paths given to the results, through the predictor
     :func:`headstart.predict.open_predictor` picks (errors about the run come before any image is read)."""
-    from pathlib import Path
+    from pathlib import Path  # in the command, not at import: --help stays fast
 
-    from headstart.core.errors import UsageError
-    from headstart.data.sources import expand_paths
-    from headstart.predict import open_predictor
+    from headstart.core.errors import UsageError  # in the command, not at import: --help stays fast
+    from headstart.data.sources import expand_paths  # in the command, not at import: --help stays fast
+    from headstart.predict import open_predictor  # in the command, not at import: --help stays fast
 
     if Path(args.run).suffix.lower() in (".pt2", ".pt", ".pth", ".safetensors") and Path(args.run).is_file():
         raise UsageError(f"{args.run} is a weights or .pt2 file; predict takes a run directory or an .onnx file "

@@ -30,12 +30,12 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from headstart.core.errors import UsageError
+    from headstart.core.errors import UsageError  # in the command, not at import: --help stays fast
 
     if args.top_losses < 0 or args.max_images < 1:
         raise UsageError(f"--top-losses must be 0 or more and --max-images at least 1, got {args.top_losses} and "
                          f"{args.max_images}.")
-    from headstart.report import write_report
+    from headstart.report import write_report  # in the command, not at import: --help stays fast
 
     path = write_report(args.path, args.out, top_losses=args.top_losses, max_images=args.max_images,
                         device=args.device)

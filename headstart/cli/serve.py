@@ -40,15 +40,15 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from headstart.core.errors import UsageError
+    from headstart.core.errors import UsageError  # in the command, not at import: --help stays fast
 
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be between 0 and 65535, got {args.port}.")
     try:
-        import uvicorn
+        import uvicorn  # in the command, not at import: --help stays fast
 
-        from headstart.serve import create_app, load_model
-        from headstart.serve.app import check_limits
+        from headstart.serve import create_app, load_model  # in the command, not at import: --help stays fast
+        from headstart.serve.app import check_limits  # in the command, not at import: --help stays fast
     except ModuleNotFoundError as exc:
         if exc.name not in ("uvicorn", "fastapi", "starlette", "python_multipart"):
             raise
@@ -77,9 +77,9 @@ def run(args) -> int:
 
 def _listen(host: str, port: int):
     """The listening socket, bound here so that a port in use is one clear sentence, not a uvicorn traceback."""
-    import socket
+    import socket  # in the command, not at import: --help stays fast
 
-    from headstart.core.errors import UsageError
+    from headstart.core.errors import UsageError  # in the command, not at import: --help stays fast
 
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
 
@@ -58,7 +59,6 @@ def plot_confusion(metrics: dict, path: str | Path, title: str = "") -> None:
 
 
 def _draw_confusion(metrics: dict, title: str) -> bytes:
-    import io
 
     from matplotlib.figure import Figure  # not pyplot: no global state, and half a second less to import
 

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 import headstart
 from headstart.core.choices import EXPORT_FORMATS, QUANTIZATIONS
@@ -49,6 +50,7 @@ from headstart.data.images import BadImageError, load_image
 from headstart.data.rundir import RunDir, refuse_run_files
 from headstart.data.transforms import eval_transform
 from headstart.predict.metadata import INPUT, OUTPUTS, PT2_EXTRA_FILE, ExportMetadata, headline_test_metrics
+from headstart.predict.onnx import OnnxModel
 from headstart.predict.run import LoadedRun, load_run, predict_probs
 
 DEFAULT_TOLERANCE = 1e-4
@@ -181,8 +183,8 @@ def _save_onnx(module: torch.nn.Module, example: torch.Tensor, path: Path, meta:
 
 def _quantize_int8(fp32: Path, out: Path) -> None:
     """ONNX Runtime's dynamic quantization (int8 weights; activations quantized per batch); metadata kept."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    import onnx  # the export extra: only ONNX exports need it
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # the export extra: only --quantize needs it
 
     quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8)
     model = onnx.load(str(out))
@@ -222,9 +224,9 @@ def _write_record(out: Path, record: dict[str, Any]) -> None:
 def _versions(format: str) -> dict[str, str]:
     versions = {"headstart": headstart.__version__, "torch": torch.__version__, "python": platform.python_version()}
     if format == "onnx":
-        import onnx
-        import onnxruntime
-        import onnxscript
+        import onnx  # the export extra: only ONNX exports need it
+        import onnxruntime  # the export extra: only ONNX exports need it
+        import onnxscript  # the export extra: only ONNX exports need it
 
         versions.update(onnx=onnx.__version__, onnxruntime=onnxruntime.__version__, onnxscript=onnxscript.__version__)
     return versions
@@ -245,7 +247,6 @@ def _parity_samples(rd: RunDir, max_images: int) -> tuple[list[tuple[str, int]],
 
 
 def _onnx_candidates(fp32: Path, int8: Path | None) -> dict:
-    from headstart.predict.onnx import OnnxModel
 
     models = {"onnx": OnnxModel(fp32)} | ({"int8": OnnxModel(int8)} if int8 else {})
     return {name: m.graph_probabilities for name, m in models.items()}
@@ -268,7 +269,6 @@ def _parity(loaded: LoadedRun, samples: list[tuple[str, int]], candidates: dict,
     (an ONNX file) also that file through :class:`OnnxModel`'s own predict path (the run's eval transform). When
     none of the run's images can be read (the data moved), seeded synthetic images stand in: the conversion is still
     checked, accuracy is not."""
-    from headstart.predict.onnx import OnnxModel
 
     transform, pre = eval_transform(loaded.preprocessing), loaded.preprocessing
     std = np.asarray(pre.std, np.float32)[:, None, None]
@@ -316,7 +316,6 @@ def _parity(loaded: LoadedRun, samples: list[tuple[str, int]], candidates: dict,
 
 def _synthetic_images(n: int, size: int, seed: int = 0) -> list:
     """Smooth random colour fields with noise, a little larger than ``size`` and not square (the resize is used)."""
-    from PIL import Image
 
     rng = np.random.default_rng(seed)
     out = []

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    import torch
+    import torch  # torch: a cached evaluate scores without it
 
 # torch is imported by the functions that fit: the scores of an evaluation (ECE, reliability) are numpy, and an
 # ``evaluate`` answered from cached features never imports torch (four seconds on a small machine).
@@ -36,8 +36,8 @@ BINS = 15
 
 def _nll_sums(logits: torch.Tensor, labels: torch.Tensor, temperatures: torch.Tensor) -> torch.Tensor:
     """Summed cross-entropy of ``logits / T`` for each T (float64)."""
-    import torch
-    import torch.nn.functional as F
+    import torch  # torch: a cached evaluate scores without it
+    import torch.nn.functional as F  # torch: a cached evaluate scores without it
 
     z = logits.double()
     y = labels.long()
@@ -59,7 +59,7 @@ def fit_temperature(logits: torch.Tensor | np.ndarray, labels: torch.Tensor | np
     Returns:
         ``(T, mean loss at T)``; ``(1.0, nan)`` when there are no images.
     """
-    import torch
+    import torch  # torch: a cached evaluate scores without it
 
     logits, labels = torch.as_tensor(logits), torch.as_tensor(labels)
     reduce = reduce or (lambda t: t)
@@ -82,7 +82,7 @@ def run_temperature(logits, labels) -> float:
     """The temperature a run ships: :func:`fit_temperature`'s, except when every validation image is classified
     correctly. Then any sharper temperature lowers the loss, the fit runs to its bound and would make every score
     1.0; nothing can be estimated from such a validation set, so the scores stay as the model gives them (T = 1)."""
-    import torch
+    import torch  # torch: a cached evaluate scores without it
 
     logits, labels = torch.as_tensor(logits), torch.as_tensor(labels)
     if len(labels) == 0 or bool((logits.argmax(1) == labels).all()):
@@ -104,7 +104,7 @@ def selection_loss(logits, labels, reduce: Callable[[torch.Tensor], torch.Tensor
     figure of how sharp the model is, not of what it knows. Then it is the raw loss (T = 1), as for
     :func:`run_temperature`. ``reduce`` sums across ranks (DDP), so every rank takes the same branch.
     """
-    import torch
+    import torch  # torch: a cached evaluate scores without it
 
     logits, labels = torch.as_tensor(logits), torch.as_tensor(labels)
     reduce = reduce or (lambda t: t)

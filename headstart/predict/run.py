@@ -11,6 +11,7 @@ import torch
 from headstart.core.choices import MAX_PIXELS
 from headstart.core.hashing import KnownHashes
 from headstart.core.preprocessing import Preprocessing
+from headstart.core.progress import progress
 from headstart.core.runtime import Runtime, make_runtime
 from headstart.data.dataset import ImageFiles, flagged_collate, make_loader
 from headstart.data.images import as_rgb_image, is_image_file
@@ -179,7 +180,6 @@ def predict_loader(run: LoadedRun, loader, tta: bool = False,
                    desc: str = "predict") -> tuple[torch.Tensor, torch.Tensor]:
     """Logits of every view (``(views, n, classes)``, see :func:`view_logits`) and labels for every batch of
     ``loader`` (``(images, labels)`` batches), in order. :func:`probs_from_logits` turns them into scores."""
-    from headstart.core.progress import progress
 
     run.model.eval()
     logits, labels = [], []

@@ -35,7 +35,7 @@ def write_report(path: str | Path, out: str | Path | None = None, *, top_losses:
         RunNotFoundError: ``path`` is neither.
         OutputError: ``out`` is one of a run's own files (its weights, its records), or cannot be written.
     """
-    from headstart.report.compare import compare_report, is_compare_folder
+    from headstart.report.compare import compare_report, is_compare_folder  # only the page asked for is imported
 
     path = Path(path)
     run = RunDir(path)
@@ -47,7 +47,7 @@ def write_report(path: str | Path, out: str | Path | None = None, *, top_losses:
     target = Path(out) if out is not None else path / RunDir.REPORT
     refuse_run_files([target], own=path, allowed=(RunDir.REPORT,))  # before the work, not after it
     if run.is_run():
-        from headstart.report.run import run_report
+        from headstart.report.run import run_report  # only the page asked for is imported
 
         html = run_report(path, top_losses=top_losses, max_images=max_images, device=device, loaded=loaded)
     else:

@@ -108,7 +108,7 @@ def markdown_html(text: str) -> str:
     text = re.sub(r"\A# .*\n", "", text)
     text = re.sub(r"^!\[[^\]]*\]\([^)]*\)\s*$", "", text, flags=re.MULTILINE)
     try:
-        from markdown_it import MarkdownIt
+        from markdown_it import MarkdownIt  # markdown-it: only compare pages render markdown
     except ImportError:  # rich depends on it, so it is there; the text still shows without it
         return f"<pre>{esc(text)}</pre>"
     md = MarkdownIt("commonmark", {"html": False}).enable("table")

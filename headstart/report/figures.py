@@ -20,7 +20,7 @@ COLOURS = {"train": "#0969da", "val": "#d1242f", "val_calibrated": "#8250df"}
 def figure(**kwargs):
     """A matplotlib figure drawn by Agg, without pyplot: nothing global to close, and pyplot's import (half a
     second on a small machine) is not paid by ``evaluate``'s report."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # matplotlib: a second, paid only when a figure is drawn
 
     return Figure(**kwargs)
 
@@ -109,7 +109,7 @@ def training_curves(records: list[dict], best_epoch: int | None = None) -> bytes
     for r in records:
         for name, rate in learning_rates(r).items():
             groups.setdefault(name, []).append((r["global_epoch"], rate))
-    from matplotlib import colormaps
+    from matplotlib import colormaps  # matplotlib: a second, paid only when a figure is drawn
 
     cmap = colormaps["viridis"]
     for i, (name, pts) in enumerate(groups.items()):

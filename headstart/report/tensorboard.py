@@ -10,7 +10,11 @@ import io
 import math
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from headstart.core.errors import UsageError
+from headstart.evaluation.metrics import plot_confusion
 from headstart.report.figures import learning_rates
 
 # metrics.jsonl key -> TensorBoard tag; "/" groups the charts (loss, accuracy...) in TensorBoard's page.
@@ -35,7 +39,7 @@ class TensorBoardLogger:
 
     def __init__(self, log_dir: str | Path, purge_step: int | None = None):
         try:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # tensorboard: optional, only with --tensorboard
         except ImportError:  # torch raises ImportError naming tensorboard when the package is missing
             raise UsageError("TensorBoard logging needs the tensorboard package: pip install "
                              "'headstart[tensorboard]' (or pip install tensorboard).") from None
@@ -82,10 +86,7 @@ class TensorBoardLogger:
 
 def _confusion_rgb(metrics: dict):
     """The confusion matrix as ``headstart evaluate`` draws it, as an RGB array."""
-    import numpy as np
-    from PIL import Image
 
-    from headstart.evaluation.metrics import plot_confusion
 
     buf = io.BytesIO()
     plot_confusion(metrics, buf, title=f"test: accuracy {metrics['accuracy']:.3f} on {metrics['num_images']} images")
