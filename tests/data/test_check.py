@@ -11,7 +11,8 @@ import pytest
 from PIL import Image, ImageEnhance
 
 from headstart.cli import main
-from headstart.data.check import check, near_pairs
+from headstart.data.check import check
+from headstart.data.leakage import near_pairs
 from tests.conftest import add_broken_files, make_class_folder
 
 BOMB_LIMIT = ["--max-pixels", "10000"]  # the fixture's images are at most 40x40; its "bomb" is 200x200
