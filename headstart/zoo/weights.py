@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from headstart.core.errors import PathNotFoundError, WeightsError
@@ -37,8 +38,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise PathNotFoundError(f"weights file {path} does not exist; pass an existing .safetensors/.pth/.pt file.")
     verify_hash_prefix(path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return load_file(str(path))
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
