@@ -31,6 +31,9 @@ EXPORT_FORMATS = {
     "pt2": "torch.export's ExportedProgram (torch.export.load): for PyTorch runtimes, AOTInductor, ExecuTorch",
 }
 QUANTIZATIONS = ("int8",)
+# How `adapt` recomputes BatchNorm statistics (headstart/training/adapt.py): onto the training images', the target's
+# own, or whichever the run allows.
+ADAPT_METHODS = ("auto", "aligned", "classic")
 
 # How eval passes run the network (headstart/features/forward.py), from the HEADSTART_ENGINE environment variable.
 ENGINES = ("auto", "torch", "onnxruntime")
