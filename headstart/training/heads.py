@@ -46,7 +46,8 @@ class LinearHead:
 
     def copy_to(self, layer: nn.Linear) -> None:
         if tuple(layer.weight.shape) != self.weight.shape:
-            raise UsageError(f"a head of shape {self.weight.shape} does not fit a layer of {tuple(layer.weight.shape)}.")
+            raise UsageError(f"a head of shape {self.weight.shape} does not fit a layer of "
+                             f"{tuple(layer.weight.shape)}.")
         with torch.no_grad():
             layer.weight.copy_(torch.as_tensor(self.weight, dtype=layer.weight.dtype))
             layer.bias.copy_(torch.as_tensor(self.bias, dtype=layer.bias.dtype))
@@ -139,7 +140,8 @@ def fit_ncm(x_train, y_train, x_val, y_val, num_classes: int, scale: float | Non
     bias[np.setdiff1d(np.arange(num_classes), present)] = ABSENT
     logits = x_val @ weight.T + bias
     return LinearHead(weight, bias, {"head": "ncm", "temperature": 1.0 / scale,
-                                     "probe_val_loss": log_loss(logits, y_val), "probe_val_acc": accuracy(logits, y_val)})
+                                     "probe_val_loss": log_loss(logits, y_val),
+                                     "probe_val_acc": accuracy(logits, y_val)})
 
 
 def fit_sgd(x_train, y_train, x_val, y_val, num_classes: int, epochs: int = 100, lr: float = 1e-3,
@@ -193,7 +195,8 @@ def fit_sgd(x_train, y_train, x_val, y_val, num_classes: int, epochs: int = 100,
     weight, bias = _unstandardise(coef, intercept, mean, std)
     logits = x_val @ weight.T + bias
     return LinearHead(weight, bias, {"head": "sgd", "best_head_epoch": best_epoch,
-                                     "probe_val_loss": log_loss(logits, y_val), "probe_val_acc": accuracy(logits, y_val)})
+                                     "probe_val_loss": log_loss(logits, y_val),
+                                     "probe_val_acc": accuracy(logits, y_val)})
 
 
 def fit_head(kind: str, x_train, y_train, x_val, y_val, num_classes: int, class_weight: np.ndarray | None = None,

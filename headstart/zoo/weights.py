@@ -83,7 +83,8 @@ def checksum(state_dict: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()[:16]
 
 
-def resolve_weights(spec: BackboneSpec, weights_file: str | Path | None = None, download: bool = True) -> ResolvedWeights:
+def resolve_weights(spec: BackboneSpec, weights_file: str | Path | None = None,
+                    download: bool = True) -> ResolvedWeights:
     """Finds pretrained weights for ``spec`` in the documented order, converted to the backbone's naming.
 
     Args:
@@ -141,7 +142,8 @@ def load_into_backbone(spec: BackboneSpec, backbone: nn.Module, state_dict: dict
     own = backbone.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
-    wrong = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
+    wrong = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
+             for k in own if k in sd and sd[k].shape != own[k].shape]
     if missing or unexpected or wrong:
         parts = []
         if missing:

@@ -8,7 +8,6 @@ import io
 import math
 import os
 import threading
-from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -218,7 +217,8 @@ def test_predict_says_what_it_left_out_of_a_folder(trained, tmp_path, capsys):  
     folder = tmp_path / "mixed"
     (folder / "sub").mkdir(parents=True)
     Image.open(trained[1][0]).save(folder / "a.png")
-    Image.open(trained[1][0]).save(folder / "sub" / "photo.heic", "PNG")  # a PNG by its bytes: named directly, it predicts
+    # A PNG by its bytes: named directly, it predicts.
+    Image.open(trained[1][0]).save(folder / "sub" / "photo.heic", "PNG")
     (folder / "notes.txt").write_text("x")
     (folder / ".DS_Store").write_bytes(b"\0")
     assert main(["predict", str(trained[0]), str(folder)]) == 0

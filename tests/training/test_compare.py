@@ -82,7 +82,8 @@ def test_a_diverged_rate_loses_and_the_others_compete(tmp_path, monkeypatch):
             raise TrainingDiverged("the training loss became nan")
         out = Path(cfg.out)
         out.mkdir(parents=True)
-        (out / "config.yaml").write_text(yaml.safe_dump({"preprocessing": {"image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3},
+        preprocessing = {"image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}
+        (out / "config.yaml").write_text(yaml.safe_dump({"preprocessing": preprocessing,
                                                          "weights_source": "random initialisation"}))
         (out / "metrics.jsonl").write_text("{}\n" * 3)
         return {"best_val_loss": abs(cfg.lr - 0.01), "val_acc": 0.5, "test_acc": cfg.lr, "best_epoch": 2,

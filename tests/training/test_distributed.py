@@ -36,8 +36,9 @@ def test_two_gloo_processes_match_one(tmp_path):
     torch.manual_seed(0)
     backbone, _, _ = create_backbone("resnet20", pretrained=False)
     torch.save(backbone.state_dict(), tmp_path / "w.pth")
-    common = ["train", str(data), "--model", "resnet20", "--strategy", "fine-tune", "--weights", str(tmp_path / "w.pth"),
-              "--epochs", "2", "--workers", "0", "--augment", "none", "--precision", "fp32", "--device", "cpu"]
+    common = ["train", str(data), "--model", "resnet20", "--strategy", "fine-tune",
+              "--weights", str(tmp_path / "w.pth"), "--epochs", "2", "--workers", "0", "--augment", "none",
+              "--precision", "fp32", "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
     one = subprocess.run([sys.executable, "-m", "headstart", *common, "--out", str(tmp_path / "one"),
