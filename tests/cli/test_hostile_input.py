@@ -19,6 +19,7 @@ from headstart.data.rundir import RunDir, refuse_run_files
 pytest.importorskip("fastapi", reason="serve needs the serve extra: pip install -e '.[serve]'")
 from fastapi.testclient import TestClient
 
+from headstart.data.sources import discover
 from headstart.serve import app as serve_app
 from headstart.serve import create_app
 from tests.conftest import make_class_folder
@@ -184,8 +185,6 @@ def test_predict_skips_a_fifo_named_like_an_image_and_refuses_one_named_directly
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
 def test_training_data_discovery_lists_only_files(tmp_path):
-    from headstart.data.sources import discover
-
     data = make_class_folder(tmp_path / "data", per_class=4)
     os.mkfifo(data / "red" / "pipe.png")
     splits = discover(data)

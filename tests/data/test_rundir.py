@@ -12,7 +12,7 @@ import pytest
 
 from headstart.cli import main
 from headstart.core.errors import OutputError
-from headstart.core.io import read_jsonl, write_json
+from headstart.core.io import read_jsonl, remembered_bytes, write_json
 from headstart.data.rundir import RunDir
 from tests.conftest import make_class_folder
 
@@ -125,8 +125,6 @@ def test_run_split_finds_old_relative_paths_from_another_folder(tmp_path, monkey
 
 
 def test_remembered_bytes_are_made_once_per_key_and_the_folder_stays_small(tmp_path):
-    from headstart.core.io import remembered_bytes
-
     made = []
 
     def make(value):

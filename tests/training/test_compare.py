@@ -3,14 +3,16 @@ its learning rate on validation."""
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import pytest
 import yaml
 
-from headstart.training import compare as compare_module
 from headstart.cli import main
+from headstart.training import compare as compare_module
 from headstart.training.loop import TrainingDiverged
+from headstart.training.strategy import make_strategy
 from headstart.training.train import TrainConfig
 from tests.conftest import make_class_folder
 
@@ -100,9 +102,6 @@ def test_a_diverged_rate_loses_and_the_others_compete(tmp_path, monkeypatch):
 def _fake_train(best_lr: float, calls: list):
     """A stand-in for ``train`` whose validation loss is smallest at ``best_lr`` (and grows with the distance in
     log rate); rates of 1 and more diverge. Records the rates it was called with in ``calls``."""
-    import math
-
-    from headstart.training.strategy import make_strategy
 
     def fake(cfg):
         calls.append((cfg.strategy, cfg.lr))
