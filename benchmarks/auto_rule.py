@@ -3,16 +3,18 @@
 On scikit-learn's handwritten digits (1,797 8x8 greyscale images, 10 classes; written as 32 px PNG class folders),
 not on Fashion-MNIST, whose test numbers the README reports. For each seed, ``--val-per-class`` validation images per
 class are drawn once; for each labels-per-class budget a training subset is drawn from the rest
-(``headstart.training.compare``'s draws), and ``linear-probe`` and ``full`` train on exactly those images (EfficientNet-Lite0,
-ImageNet weights, ``--image-size`` px; ``full`` for the epochs ``headstart.training.auto`` would give it). There is no test
-split: only each run's validation accuracy and loss (``summary.json``'s ``val_acc``, ``best_val_loss``) are read. The
-same validation images also pick ``full``'s epoch and the probe's regularisation, which flatters both a little.
+(``headstart.training.compare``'s draws), and ``linear-probe`` and ``full`` train on exactly those images
+(EfficientNet-Lite0, ImageNet weights, ``--image-size`` px; ``full`` for the epochs ``headstart.training.auto`` would
+give it). There is no test split: only each run's validation accuracy and loss (``summary.json``'s ``val_acc``,
+``best_val_loss``) are read. The same validation images also pick ``full``'s epoch and the probe's regularisation,
+which flatters both a little.
 
 Prints a table (mean ± std over seeds) and the smallest budget from which ``full`` beats the probe on validation at
 that budget and every larger one; writes ``auto_rule.json`` into ``--out``. ``--fashion-json`` adds a second opinion:
 the validation accuracies stored in ``headstart compare``'s JSON (e.g. the withdrawn Fashion-MNIST one:
-``git show 4641c26:docs/data_efficiency_fashion_mnist.json > /tmp/f.json``). The figures behind ``headstart.training.auto``'s
-threshold, each labelled re-run or copied, are in ``docs/measurements/auto_rule_digits.json``.
+``git show 4641c26:docs/data_efficiency_fashion_mnist.json > /tmp/f.json``). The figures behind
+``headstart.training.auto``'s threshold, each labelled re-run or copied, are in
+``docs/measurements/auto_rule_digits.json``.
 
     python benchmarks/auto_rule.py --out /tmp/auto-rule
 

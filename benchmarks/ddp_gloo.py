@@ -50,10 +50,11 @@ def main() -> None:
         wall = time.time() - t0
         metrics = [json.loads(x) for x in (tmp / name.replace(" ", "") / "metrics.jsonl").read_text().splitlines()]
         rows.append((name, wall, metrics[-1]))
-    print(f"| run | wall time (s) | final val loss | final val acc | final train loss |")
-    print(f"|---|---:|---:|---:|---:|")
+    print("| run | wall time (s) | final val loss | final val acc | final train loss |")
+    print("|---|---:|---:|---:|---:|")
     for name, wall, m in rows:
-        print(f"| {name} | {wall:.1f} | {m['val_loss']:.5f} | {m['val_acc']:.4f} | {m.get('train_loss', float('nan')):.5f} |")
+        print(f"| {name} | {wall:.1f} | {m['val_loss']:.5f} | {m['val_acc']:.4f} "
+              f"| {m.get('train_loss', float('nan')):.5f} |")
     print(f"\nwall-time ratio (2 procs / 1 proc): {rows[1][1] / rows[0][1]:.2f}")
 
 

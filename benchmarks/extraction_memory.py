@@ -148,7 +148,8 @@ def main() -> None:
               f"{r['peak_file_incl_read_mb']:13d} {r['worker_peak_rss_mb']:11d}")
     if len(rows) >= 2:
         a, b = rows[0], rows[-1]
-        growth = (b["extract_peak_anon_mb"] - b["baseline_anon_mb"]) - (a["extract_peak_anon_mb"] - a["baseline_anon_mb"])
+        growth = ((b["extract_peak_anon_mb"] - b["baseline_anon_mb"])
+                  - (a["extract_peak_anon_mb"] - a["baseline_anon_mb"]))
         print(f"\npeak growth from {a['images']} to {b['images']} images: {growth} MB of own memory "
               f"({growth * 2**20 / max(1, b['images'] - a['images']):.0f} bytes per extra image; one feature row is "
               f"{1280 * 4} bytes)")

@@ -3,7 +3,8 @@
 
 Uses the labelled subsets ``benchmarks/recipes.py`` writes (Fashion-MNIST, ``--per-class`` train and
 ``--val-per-class`` validation images per class, one subset per seed; the same balanced test images), and
-fine-tunes EfficientNet-Lite0 with ``headstart.training.train`` (``--strategy``, default ``full``: what ``auto`` picks here):
+fine-tunes EfficientNet-Lite0 with ``headstart.training.train`` (``--strategy``, default ``full``: what ``auto`` picks
+here):
 
 - the strategy alone, with ``--label-smoothing 0.1``, with ``--mixup 0.2`` and with ``--cutmix 1.0``, each tested
   with and without ``--tta`` (softmax averaged over the image and its mirror);

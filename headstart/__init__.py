@@ -18,9 +18,11 @@ __version__ = "0.1.0"
 _WHERE = {
     "load_run": "headstart.predict.run", "predict_paths": "headstart.predict.run", "LoadedRun": "headstart.predict.run",
     "TransferModel": "headstart.zoo.model", "build_model": "headstart.zoo.model",
-    "fine_tune_resnet": "headstart.training.resnet_transfer", "freeze_pretrained_layers": "headstart.training.resnet_transfer",
+    "fine_tune_resnet": "headstart.training.resnet_transfer",
+    "freeze_pretrained_layers": "headstart.training.resnet_transfer",
     "load_pretrained_resnet": "headstart.training.resnet_transfer",
-    "Phase": "headstart.training.strategy", "Strategy": "headstart.training.strategy", "make_strategy": "headstart.training.strategy",
+    "Phase": "headstart.training.strategy", "Strategy": "headstart.training.strategy",
+    "make_strategy": "headstart.training.strategy",
     "TrainConfig": "headstart.training.config", "train": "headstart.training.train",
     "create_backbone": "headstart.zoo", "get_spec": "headstart.zoo", "list_specs": "headstart.zoo",
     "RunDir": "headstart.data.rundir", "Preprocessing": "headstart.core.preprocessing",

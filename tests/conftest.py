@@ -53,8 +53,8 @@ def _feature_cache_in_tmp(tmp_path_factory):
 
 def randomise_batchnorm(model):
     """Statistics and affine parameters of every BatchNorm away from their defaults, so that a wrong fold shows."""
-    import torch
-    from torch.nn.modules.batchnorm import _BatchNorm
+    import torch  # torch: not at import time, so torch-free test modules collect without it
+    from torch.nn.modules.batchnorm import _BatchNorm  # as torch
 
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():

@@ -13,6 +13,8 @@ import os
 import sys
 
 from headstart import __version__
+from headstart.core.choices import engine_setting
+from headstart.core.errors import HeadstartError
 
 COMMANDS = ["check", "train", "evaluate", "predict", "models", "compare", "demo", "embed", "lr-find", "adapt", "cache",
             "serve", "report", "export"]
@@ -35,12 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     # Before torch loads OpenMP: idle threads sleep instead of spinning. Measured (benchmarks/omp_wait.py, Lite0
     # 224 px, 2 cores): 1.03x idle, 1.31x beside one busy process (a loader worker, another job); never slower.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from headstart.core.errors import HeadstartError
-
     args = build_parser().parse_args(argv)
     try:
-        from headstart.core.choices import engine_setting
-
         engine_setting()  # a mistyped HEADSTART_ENGINE is said now, not after the model has loaded
         return args.handler(args) or 0
     except KeyboardInterrupt:

@@ -8,7 +8,8 @@ import argparse
 import json
 import sys
 
-METHODS = ("auto", "aligned", "classic")  # headstart.training.adapt.METHODS, without importing torch for --help
+from headstart.cli import options
+from headstart.core.choices import ADAPT_METHODS
 
 
 def add_parser(sub):
@@ -22,7 +23,7 @@ def add_parser(sub):
     p.add_argument("run", help="run directory made by `headstart train`")
     p.add_argument("target", metavar="TARGET_DIR", help="images from the domain the model will meet")
     p.add_argument("--out", required=True, help="the new run directory")
-    p.add_argument("--method", default="auto", choices=METHODS,
+    p.add_argument("--method", default="auto", choices=ADAPT_METHODS,
                    help="aligned: map the target's activations onto the training images' (right for runs trained "
                         "with frozen BatchNorm, the default; needs the training images: the run's split.json or "
                         "--source); classic: the target's own statistics (Li et al.), which assumes the run's "
@@ -31,16 +32,14 @@ def add_parser(sub):
                         "on every layer), else an error asking for --source or --method classic")
     p.add_argument("--source", metavar="DIR", help="images of the training domain, when the run's own training "
                                                    "images cannot be found")
-    p.add_argument("--batch-size", type=int, default=64, help="larger batches give steadier statistics (at least "
-                                                              "2; every image is used)")
-    p.add_argument("--workers", type=int, default=None, help="image decoding processes (default: as train)")
-    p.add_argument("--device", default="auto", help="auto (default: CUDA when present), cpu, cuda or cuda:N")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out (its files are removed)")
+    options.add_batch_size(p, 64, help="larger batches give steadier statistics (at least 2; every image is used)")
+    options.add_hardware(p)
+    options.add_overwrite(p, "replace an existing run in --out (its files are removed)")
     return p
 
 
 def run(args) -> int:
-    from headstart.training.adapt import adapt_run
+    from headstart.training.adapt import adapt_run  # torch: not at import time, so --help stays fast
 
     info = adapt_run(args.run, args.target, args.out, batch_size=args.batch_size, workers=args.workers,
                      device=args.device, overwrite=args.overwrite, method=args.method,

@@ -6,6 +6,8 @@ import argparse
 import json
 import time
 
+from headstart.cli import options
+
 
 def add_parser(sub):
     p = sub.add_parser("cache", help="show or clear the feature cache (frozen-backbone features by image content)",
@@ -19,12 +21,12 @@ def add_parser(sub):
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("action", choices=["info", "clear"], help="info: list namespaces and sizes; clear: remove them")
     p.add_argument("names", nargs="*", help="clear only these namespaces (the folder names `info` lists)")
-    p.add_argument("--json", action="store_true", help="info as one JSON array on stdout")
+    options.add_json(p, "info as one JSON array on stdout")
     return p
 
 
 def run(args) -> int:
-    from headstart.features.cache import cache_root, clear, namespaces, size_limit
+    from headstart.features.cache import cache_root, clear, namespaces, size_limit  # numpy: not for --help
 
     root = cache_root()
     if args.action == "clear":

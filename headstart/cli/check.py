@@ -10,7 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
-from headstart.core.choices import DUPLICATE_MODES, MAX_PIXELS, NEAR_BITS
+from headstart.cli import options
+from headstart.core.choices import MAX_PIXELS, NEAR_BITS
 from headstart.core.errors import UsageError
 
 ROWS_PER_KIND = 10  # the table stays readable on large datasets; --json lists everything
@@ -27,27 +28,25 @@ def add_parser(sub):
                        epilog="examples:\n  headstart check photos/\n  headstart check photos/ --json > report.json",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", help="folder of class subfolders (optionally inside train/, val/, test/), or a CSV")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    options.add_json(p, "print the report as JSON")
     p.add_argument("--quarantine", metavar="DIR", default=None,
                    help="move the unusable files to DIR (outside DATA), keeping their paths relative to DATA")
     p.add_argument("--min-images", type=int, default=5, help="warn about training classes with fewer (default 5)")
     p.add_argument("--max-imbalance", type=float, default=10.0,
                    help="warn when the largest training class is this many times the smallest (default 10)")
-    p.add_argument("--duplicates", choices=DUPLICATE_MODES, default="near",
-                   help="what counts as a copy: near (default: re-encoded, resized or brightened copies, each pair "
-                        "confirmed on thumbnails), exact (the same bytes) or off")
+    options.add_duplicates(p, help="what counts as a copy: near (default: re-encoded, resized or brightened copies, "
+                                   "each pair confirmed on thumbnails), exact (the same bytes) or off")
     p.add_argument("--near", type=int, default=NEAR_BITS, metavar="BITS",
                    help=f"near copies: candidates whose perceptual hashes are at most this many of 64 bits apart "
                         f"(default {NEAR_BITS}; each is confirmed on thumbnails)")
-    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help=f"pixel limit (default {MAX_PIXELS:,})")
-    p.add_argument("--val-fraction", type=float, default=0.2, help="share held out when there is no val/ folder, "
-                                                                   "as in train")
-    p.add_argument("--seed", type=int, default=0, help="seed of that split, as in train")
+    options.add_max_pixels(p, f"pixel limit (default {MAX_PIXELS:,})", default=MAX_PIXELS)
+    options.add_val_fraction(p, "share held out when there is no val/ folder, as in train")
+    options.add_seed(p, "seed of that split, as in train")
     return p
 
 
 def run(args) -> int:
-    from headstart.data.check import check, quarantine
+    from headstart.data.check import check, quarantine  # PIL, imagehash: not at import time, so --help stays fast
 
     if not 0 <= args.near <= 16:
         raise UsageError(f"--near {args.near} is out of range; pass a number of bits from 0 to 16, e.g. --near 8.")
@@ -69,7 +68,7 @@ def run(args) -> int:
 
 def _where(root: Path, f: dict) -> str:
     """A file relative to the data, with its split and class where the path does not already say them."""
-    from headstart.data.sources import SPLIT_DIRS
+    from headstart.data.sources import SPLIT_DIRS  # PIL: not at import time, so --help stays fast
 
     if "path" not in f:
         return f"[{f['split']}] class {f['class']}"
@@ -82,13 +81,9 @@ def _where(root: Path, f: dict) -> str:
 
 
 def print_report(report, moved: list[dict] | None, dest: str | None) -> None:
-    from rich.markup import escape
-    from rich.table import Table
+    from headstart.cli.console import Table, console, escape  # rich: not at import time, so --help stays fast
 
-    from headstart.cli.console import console as make_console
-    from headstart.data.check import KINDS
-
-    console = make_console()
+    out = console()
     counts = Table(title=f"{report.data}: {report.files} files, {report.layout}")
     counts.add_column("class")
     splits = [s for s in ("train", "val", "test") if sum(report.counts[s].values())]
@@ -96,13 +91,13 @@ def print_report(report, moved: list[dict] | None, dest: str | None) -> None:
         counts.add_column(f"{s} (usable)", justify="right")
     for c in report.classes:
         counts.add_row(escape(c), *(str(report.counts[s][c]) for s in splits))
-    console.print(counts)
+    out.print(counts)
 
     if report.issues:
         table = Table(title="findings")
         for col in ("severity", "kind", "file(s)", "detail"):
             table.add_column(col)
-        for kind in KINDS:
+        for kind in dict.fromkeys(i.kind for i in report.issues):  # in report order (check's KINDS)
             found = [i for i in report.issues if i.kind == kind]
             for issue in found[:ROWS_PER_KIND]:
                 style = STYLES[issue.severity]
@@ -110,10 +105,10 @@ def print_report(report, moved: list[dict] | None, dest: str | None) -> None:
                 table.add_row(f"[{style}]{issue.severity}", kind, where, escape(issue.message))
             if len(found) > ROWS_PER_KIND:
                 table.add_row("", kind, f"... and {len(found) - ROWS_PER_KIND} more (--json lists all)", "")
-        console.print(table)
+        out.print(table)
 
     if moved is not None:
-        console.print(f"moved {len(moved)} unusable file(s) to {escape(str(dest))} (listed in quarantine.json)")
+        out.print(f"moved {len(moved)} unusable file(s) to {escape(str(dest))} (listed in quarantine.json)")
     n_bad = len(report.bad_files())
     verdict = {
         "ok": "[green]ok[/]: nothing to fix",
@@ -126,4 +121,4 @@ def print_report(report, moved: list[dict] | None, dest: str | None) -> None:
                     + ("; training would refuse this data"
                        if any(i.kind == "unusable" for i in report.issues) else ""),
     }[report.verdict]
-    console.print(f"verdict: {verdict}")
+    out.print(f"verdict: {verdict}")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from headstart.cli import options
 from headstart.core.errors import UsageError
 from headstart.training.config import CompareConfig
+from headstart.training.strategy import STRATEGIES
 
 _DEFAULTS = CompareConfig(data="", out="")  # one source of defaults: the config's
 
@@ -54,8 +56,7 @@ def add_arguments(p, labels: str = _csv(_DEFAULTS.labels_per_class), seeds: int 
     d = _DEFAULTS
     p.add_argument("data", help="folder of class subfolders (a test/ split is used as the test set if present)")
     p.add_argument("--out", required=True, help="folder for the runs, compare.json, compare.md and the plots")
-    p.add_argument("--model", default=d.model, help=f"pretrained backbone of every strategy but scratch (default "
-                                                   f"{d.model})")
+    options.add_model(p, f"pretrained backbone of every strategy but scratch (default {d.model})", default=d.model)
     p.add_argument("--strategies", default=strategies, help=f"comma-separated (default {strategies})")
     p.add_argument("--labels-per-class", default=labels, help=f"training labels per class, comma-separated "
                                                               f"(default {labels})")
@@ -66,10 +67,10 @@ def add_arguments(p, labels: str = _csv(_DEFAULTS.labels_per_class), seeds: int 
     p.add_argument("--epochs", type=int, default=d.epochs, help="maximum epochs of the pretrained strategies")
     p.add_argument("--patience", type=int, default=d.patience,
                    help="early stopping of the pretrained strategies: epochs without a lower validation loss")
-    p.add_argument("--image-size", type=int, default=d.image_size, help="input size (default: the backbone's)")
+    options.add_image_size(p, "input size (default: the backbone's)", default=d.image_size)
     p.add_argument("--budget-minutes", type=float, default=d.budget_minutes,
                    help="start no new run after this many minutes (default: no limit)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
+    options.add_batch_size(p, d.batch_size, help="default %(default)s")
     p.add_argument("--lrs", default=None,
                    help="learning-rate grid of the pretrained strategies that train by gradient descent, e.g. "
                         "3e-4,1e-3 (one full run each, the lowest validation loss wins; linear-probe chooses its "
@@ -91,8 +92,6 @@ def add_arguments(p, labels: str = _csv(_DEFAULTS.labels_per_class), seeds: int 
 
 
 def config_from_args(args) -> CompareConfig:
-    from headstart.training.strategy import STRATEGIES
-
     strategies = [s for s in args.strategies.split(",") if s]
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown:
@@ -108,10 +107,8 @@ def config_from_args(args) -> CompareConfig:
 
 
 def print_table(result: dict) -> None:
-    from rich.table import Table
-
-    from headstart.cli.console import console
-    from headstart.training.compare import accuracy_text, edge_warnings, lr_text
+    from headstart.cli.console import Table, console  # rich: not at import time, so --help stays fast
+    from headstart.training.compare import accuracy_text, edge_warnings, lr_text  # torch: not at import time either
 
     table = Table(title=f"test accuracy on {result['test_images']} held-out images"
                   + (" (mean ± std over seeds)" if any(r.get("seeds", 1) > 1 for r in result["rows"]) else ""))
@@ -129,7 +126,7 @@ def print_table(result: dict) -> None:
 
 
 def run(args) -> int:
-    from headstart.training.compare import compare
+    from headstart.training.compare import compare  # torch: not at import time, so --help stays fast
 
     result = compare(config_from_args(args))
     print_table(result)

@@ -6,6 +6,10 @@ import argparse
 import shutil
 from pathlib import Path
 
+from headstart.cli.compare import _ints, print_table
+from headstart.core.errors import UsageError
+from headstart.training.config import CompareConfig
+
 
 def add_parser(sub):
     p = sub.add_parser("demo", help="transfer learning vs. scratch on a small labelled Fashion-MNIST (about 6 min on "
@@ -37,11 +41,8 @@ MARKER = ".made-by-headstart-demo"
 
 
 def run(args) -> int:
-    from headstart.cli.compare import _ints, print_table
-    from headstart.core.errors import UsageError
-    from headstart.data.fashion_mnist import make_image_folder
-    from headstart.training.compare import compare
-    from headstart.training.config import CompareConfig
+    from headstart.data.fashion_mnist import make_image_folder  # PIL, urllib: not at import time (--help stays fast)
+    from headstart.training.compare import compare  # torch: not at import time, so --help stays fast
 
     out = Path(args.out)
     labels = _ints(args.labels_per_class)

@@ -5,25 +5,24 @@ from __future__ import annotations
 import argparse
 import json
 
+from headstart.cli import options
+from headstart.core.catalog import listing  # no torch: the answer takes a fraction of a second
+
 
 def add_parser(sub):
     p = sub.add_parser("models", help="list the backbones and whether their pretrained weights are available now",
                        epilog="examples:\n  headstart models\n  headstart models --json",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--json", action="store_true", help="print one JSON array on stdout instead of a table")
+    options.add_json(p, "print one JSON array on stdout instead of a table")
     return p
 
 
 def run(args) -> int:
-    from headstart.core.catalog import listing  # no torch: the answer takes a fraction of a second
-
     rows = listing()
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    from rich.table import Table
-
-    from headstart.cli.console import console
+    from headstart.cli.console import Table, console  # rich: not at import time, so --help stays fast
 
     table = Table(title="headstart backbones (any timm model also works as timm:<name>)")
     for col in ("name", "family", "features", "input", "pretrained weights"):

@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 
-from headstart.core.choices import AUGMENTATIONS, BALANCE, BN_POLICIES, HEADS, PRECISIONS
+from headstart.cli import options
+from headstart.core.choices import BALANCE, BN_POLICIES, HEADS
+from headstart.core.errors import UsageError
 from headstart.training.config import TrainConfig
 from headstart.training.strategy import STRATEGIES
+
+d = TrainConfig.default  # one source of defaults: the config's
 
 EXAMPLE = """examples:
   headstart train photos/ --out runs/photos                # auto picks the strategy from the data
@@ -16,7 +20,6 @@ EXAMPLE = """examples:
 
 
 def add_parser(sub):
-    d = TrainConfig.default
     p = sub.add_parser("train", help="train a classifier on a folder of labelled images",
                        description="Train a classifier from a pretrained backbone. DATA is a folder of class "
                                    "subfolders (optionally inside train/, val/, test/), or a CSV with path,label.",
@@ -24,8 +27,19 @@ def add_parser(sub):
     p.add_argument("data", nargs="?", help="folder of class subfolders, or a CSV manifest (path,label[,split])")
     p.add_argument("--out", help="run directory to create (outside the data folder)")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
-    p.add_argument("--model", default=d("model"), help=f"backbone name (default {d('model')}; see `headstart "
-                                                       "models`; any timm model as timm:<name>)")
+    _add_model_and_schedule(p)
+    options.add_hardware(p, precision=True, defaults=d,
+                         workers_help="image decoding processes (default: none on 2 cores, else half the cores)")
+    _add_outputs(p)
+    _add_held_out(p)
+    _add_recipes(p)
+    return p
+
+
+def _add_model_and_schedule(p) -> None:
+    """The backbone, the strategy and its schedule, and the images it sees."""
+    options.add_model(p, f"backbone name (default {d('model')}; see `headstart models`; any timm model as "
+                         "timm:<name>)", default=d("model"))
     p.add_argument("--strategy", default=d("strategy"), choices=["auto", *STRATEGIES],
                    help="auto (default): chosen from the number of labelled images and classes, the choice and "
                         "why recorded in config.yaml; " + "; ".join(f"{k}: {v}" for k, v in STRATEGIES.items()))
@@ -33,43 +47,47 @@ def add_parser(sub):
                    help="epochs of the main phase (default: auto's choice, or 10)")
     p.add_argument("--lr", type=float, default=d("lr"),
                    help="head learning rate (default: the strategy's, 1e-3; pretrained layers get 10x less)")
-    p.add_argument("--image-size", type=int, default=d("image_size"),
-                   help="input size in pixels (default: the backbone's, e.g. 224)")
-    p.add_argument("--batch-size", type=int, default=d("batch_size"),
-                   help=f"images per training step (default {d('batch_size')})")
-    p.add_argument("--weights", default=d("weights"),
-                   help="pretrained weights file (.safetensors/.pth/.pt state dict) instead of the zoo's")
-    p.add_argument("--seed", type=int, default=d("seed"), help="seeds split, shuffling and augmentation (default 0)")
-    p.add_argument("--augment", default=d("augment"), choices=AUGMENTATIONS,
-                   help="training augmentation: none, light (random crop and flip; default) or strong")
+    options.add_image_size(p, "input size in pixels (default: the backbone's, e.g. 224)", default=d("image_size"))
+    options.add_batch_size(p, d("batch_size"), help="images per training step (default %(default)s)")
+    options.add_weights(p, "pretrained weights file (.safetensors/.pth/.pt state dict) instead of the zoo's",
+                        default=d("weights"))
+    options.add_seed(p, "seeds split, shuffling and augmentation (default 0)", default=d("seed"))
+    options.add_augment(p, "training augmentation: none, light (random crop and flip; default) or strong",
+                        default=d("augment"))
     p.add_argument("--patience", type=int, default=d("patience"),
                    help=f"early stopping: epochs without a better validation loss (default {d('patience')}; 0: never)")
-    p.add_argument("--val-fraction", type=float, default=d("val_fraction"),
-                   help=f"share of each class held out when there is no val/ folder (default {d('val_fraction')})")
-    p.add_argument("--workers", type=int, default=d("workers"),
-                   help="image decoding processes (default: none on 2 cores, else half the cores)")
-    p.add_argument("--device", default=d("device"), help="auto (default: CUDA when present), cpu, cuda or cuda:N")
-    p.add_argument("--precision", default=d("precision"), choices=PRECISIONS,
-                   help="auto (default: what this hardware runs fastest), bf16, fp16 or fp32")
+    options.add_val_fraction(p, f"share of each class held out when there is no val/ folder (default "
+                                f"{d('val_fraction')})", default=d("val_fraction"))
+
+
+def _add_outputs(p) -> None:
+    """What the run writes besides its model, and what the command prints."""
     p.add_argument("--no-report", dest="report", action="store_false",
                    help="do not write RUN/report.html at the end (`headstart report RUN` writes it any time)")
     p.add_argument("--tensorboard", action="store_true",
                    help="log losses, accuracies, learning rates and the test confusion matrix to RUN/tensorboard "
                         "(pip install 'headstart[tensorboard]'; then: tensorboard --logdir RUN/tensorboard)")
-    p.add_argument("--json", action="store_true",
-                   help="print the run's summary as one JSON object on stdout (messages stay on stderr)")
-    p.add_argument("--overwrite", action="store_true", help="replace a previous run in --out (its files are removed)")
-    p.add_argument("--max-pixels", type=int, default=d("max_pixels"),
-                   help="leave out images with more pixels (default 89 million, as `headstart check`)")
+    options.add_json(p, "print the run's summary as one JSON object on stdout (messages stay on stderr)")
+    options.add_overwrite(p, "replace a previous run in --out (its files are removed)")
+
+
+def _add_held_out(p) -> None:
+    """Which images are left out (too large, or copies of a training image in validation and test), and whether
+    the validation images end up in the shipped head (a refit)."""
+    options.add_max_pixels(p, "leave out images with more pixels (default 89 million, as `headstart check`)",
+                           default=d("max_pixels"))
     p.add_argument("--keep-leaked", action="store_true",
                    help="keep validation/test images that duplicate a training image (left out by default: they "
                         "inflate the selection and the reported accuracy)")
-    p.add_argument("--duplicates", choices=("near", "exact", "off"), default=d("duplicates"),
-                   help="what counts as a copy of a training image: near (default: re-encoded, resized or brightened "
-                        "copies, each confirmed on thumbnails), exact (the same bytes) or off")
+    options.add_duplicates(p, default=d("duplicates"))
     p.add_argument("--no-refit", dest="refit", action="store_false",
                    help="do not refit a head fitted on features on train + validation images after validation has "
                         "chosen its settings (refitting is the default: the shipped head sees every label)")
+
+
+def _add_recipes(p) -> None:
+    """The regularisers and options of the pretrained strategies (README: Recipes), and how a head is fitted on
+    cached features."""
     r = p.add_argument_group("recipes", "regularisers and options of the pretrained strategies (README: Recipes)")
     r.add_argument("--lr-decay", type=float, default=d("lr_decay"), metavar="D",
                    help="layer-wise learning rates: group i gets lr * D^(G-i), G the head (ULMFiT; e.g. 0.75)")
@@ -92,33 +110,13 @@ def add_parser(sub):
     p.add_argument("--head", default=d("head"), choices=list(HEADS),
                    help="how the head is fitted on cached features (linear-probe, and fine-tune's first phase): "
                         + "; ".join(f"{k}: {v}" for k, v in HEADS.items()))
-    return p
 
 
 def run(args) -> int:
-    from headstart.core.errors import UsageError
+    cfg = _config(args)  # a wrong option fails before torch is even loaded
+    from headstart.training.train import train  # torch: loaded once the options are right, and never for --help
 
-    if args.resume:
-        from headstart.data.rundir import RunDir
-
-        run_dir = RunDir(args.resume)
-        if not run_dir.is_run():
-            raise UsageError(f"{args.resume} is not a headstart run directory (no {run_dir.CONFIG}); pass the --out "
-                             "folder of the run to continue.")
-        cfg = TrainConfig.from_dict(run_dir.config())
-        cfg.out = args.resume
-        cfg.check()
-        from headstart.training.train import train
-
-        summary = train(cfg, resume=True)
-    else:
-        if not args.data or not args.out:
-            raise UsageError("train needs DATA and --out (e.g. `headstart train images/ --out runs/a`), or "
-                             "--resume RUN.")
-        cfg = TrainConfig.from_dict(vars(args)).check()  # a wrong option fails before torch is even loaded
-        from headstart.training.train import train
-
-        summary = train(cfg)
+    summary = train(cfg, resume=bool(args.resume))
     if not summary:  # another rank under torchrun: rank 0 reports
         return 0
     if args.json:
@@ -126,6 +124,24 @@ def run(args) -> int:
     else:
         _report(summary, cfg.out)
     return 0
+
+
+def _config(args) -> TrainConfig:
+    """The run's settings, checked: those of the run to resume, or the command line's."""
+    if not args.resume:
+        if not args.data or not args.out:
+            raise UsageError("train needs DATA and --out (e.g. `headstart train images/ --out runs/a`), or "
+                             "--resume RUN.")
+        return TrainConfig.from_dict(vars(args)).check()
+    from headstart.data.rundir import RunDir  # PIL and yaml: not at import time, so --help stays fast
+
+    run_dir = RunDir(args.resume)
+    if not run_dir.is_run():
+        raise UsageError(f"{args.resume} is not a headstart run directory (no {run_dir.CONFIG}); pass the --out "
+                         "folder of the run to continue.")
+    cfg = TrainConfig.from_dict(run_dir.config())
+    cfg.out = args.resume
+    return cfg.check()
 
 
 def _without_diagrams(summary: dict) -> dict:
@@ -138,7 +154,7 @@ def _without_diagrams(summary: dict) -> dict:
 def _report(summary: dict, out: str) -> None:
     """What a user wants at the end: the result, where the model is, and the next commands (the full figures are
     in summary.json)."""
-    from headstart.cli.console import console
+    from headstart.cli.console import console  # rich: not at import time, so --help stays fast
 
     lines = [f"trained {summary['model']} with {summary['strategy']} (phase '{summary['best_phase']}' shipped): "
              f"validation accuracy {summary['val_acc']:.4f}"]

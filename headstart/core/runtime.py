@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from headstart.core import hardware
+from headstart.core.distributed import init_distributed
 from headstart.core.errors import UsageError
 
 
@@ -79,8 +80,6 @@ def make_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda was asked for but no CUDA GPU is available; use --device cpu.")
-    from headstart.core.distributed import init_distributed
-
     rank, world = init_distributed(dev)
     if precision == "auto":
         if dev.type == "cuda":

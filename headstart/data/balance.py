@@ -18,8 +18,6 @@ from headstart.core.choices import BALANCE  # noqa: F401 (re-exported)
 if TYPE_CHECKING:
     import torch
 
-# torch is imported where a tensor is made: the report reads only the class counts (``skew``), without torch.
-
 SKEW_HINT = 3.0  # max/min class count above which training suggests --balance
 
 
@@ -31,7 +29,7 @@ def class_weights(labels, num_classes: int) -> torch.Tensor:
     """``n / (C * n_c)`` per class; a class without images gets weight 0 (it never appears as a target)."""
     counts = class_counts(labels, num_classes).astype(np.float64)
     w = np.where(counts > 0, counts.sum() / (num_classes * np.maximum(counts, 1)), 0.0)
-    import torch
+    import torch  # torch: not at import time, so the report reads skew() without it
 
     return torch.tensor(w, dtype=torch.float32)
 
@@ -49,7 +47,7 @@ class BalancedSampler:
     sampler for ``DataLoader(sampler=...)``, which needs only ``__iter__`` and ``__len__``."""
 
     def __init__(self, labels, seed: int = 0, rank: int = 0, world_size: int = 1):
-        import torch
+        import torch  # torch: not at import time, so the report reads skew() without it
 
         labels = np.asarray(labels, dtype=np.int64)
         counts = np.bincount(labels)
@@ -61,7 +59,7 @@ class BalancedSampler:
         self.epoch = epoch
 
     def __iter__(self):
-        import torch
+        import torch  # torch: not at import time, so the report reads skew() without it
 
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist()

@@ -25,7 +25,7 @@ from PIL import Image
 from headstart.core import hashing
 from headstart.core.errors import DataError
 from headstart.data.images import MAX_PIXELS, BadImageError, decode_image
-from headstart.data.leakage import NEAR_BITS, THUMB_SIDE, group_duplicates, near_pairs  # noqa: F401 (near_pairs: imported from here too)
+from headstart.data.leakage import NEAR_BITS, THUMB_SIDE, group_duplicates
 from headstart.data.sources import DataSplits, Sample, discover, validate
 
 SPLITS = ("train", "val", "test")
@@ -48,7 +48,8 @@ KINDS = {
     "unusual-mode": ("warning", "unusual mode (converted)"),
     "exif-rotated": ("info", "EXIF rotation (applied)"),
 }
-DATA_WARNINGS = ("label-conflict", "leak", "duplicate", "few-images", "imbalance")  # the ones train mentions; file quirks it handles
+# The warnings train mentions; the file quirks (extension, mode, rotation) it handles.
+DATA_WARNINGS = ("label-conflict", "leak", "duplicate", "few-images", "imbalance")
 
 # Modes headstart converts correctly but that often surprise: what happens to them, in a few words.
 UNUSUAL_MODES = {

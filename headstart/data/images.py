@@ -166,6 +166,33 @@ def declared_size(data: bytes, formats: tuple[str, ...] | None = None) -> tuple[
             return im.size
 
 
+def _check_size(path: Path, im: Image.Image, max_pixels: int, resize: int | None) -> None:
+    """Refuses, from the header alone, an image over ``max_pixels``, or one whose resize to ``resize`` would be."""
+    if im.width * im.height > max_pixels:
+        raise BadImageError(path, f"{im.width}x{im.height} pixels is over the {max_pixels:,} pixel limit "
+                                  "(a decompression bomb, or an image to downscale first)", "too-large")
+    if resize:
+        check_resize(path, im.width, im.height, resize, max_pixels)
+
+
+def _decoded(im: Image.Image, draft: int | None, reduce_above: int | None) -> DecodedImage:
+    """An opened file's picture, at a reduced scale where ``draft`` or ``reduce_above`` ask for it (see
+    :func:`decode_image`), turned upright and to RGB, with the file's format, mode and orientation."""
+    if draft and im.format == "JPEG":
+        im.draft(im.mode, (draft, draft))
+    elif reduce_above and im.format in ("JPEG", "MPO") and im.width * im.height > reduce_above:
+        factor = reduction_factor(im.width, im.height, reduce_above)
+        im.draft(im.mode, (math.ceil(im.width / factor), math.ceil(im.height / factor)))
+    im.load()
+    mode, fmt = im.mode, im.format
+    transparency = "A" in mode or "transparency" in im.info
+    orientation = im.getexif().get(0x0112, 1)
+    reduced = _reduce(im, reduce_above) if reduce_above else im
+    # exif_transpose copies: needed for the file's own image (closed on return), not for a reduced one
+    upright = ImageOps.exif_transpose(reduced) if reduced is im or orientation != 1 else reduced
+    return DecodedImage(to_rgb(upright), fmt, mode, transparency, orientation)
+
+
 def decode_image(path: str | Path, max_pixels: int = MAX_PIXELS, data: bytes | None = None,
                  formats: tuple[str, ...] | None = None, draft: int | None = None, *, resize: int | None = None,
                  reduce_above: int | None = None) -> DecodedImage:
@@ -199,24 +226,8 @@ def decode_image(path: str | Path, max_pixels: int = MAX_PIXELS, data: bytes | N
         with _without_pillow_limit():
             opened = Image.open(path if data is None else io.BytesIO(data), formats=formats)
         with opened as im:
-            if im.width * im.height > max_pixels:
-                raise BadImageError(path, f"{im.width}x{im.height} pixels is over the {max_pixels:,} pixel limit "
-                                          "(a decompression bomb, or an image to downscale first)", "too-large")
-            if resize:
-                check_resize(path, im.width, im.height, resize, max_pixels)
-            if draft and im.format == "JPEG":
-                im.draft(im.mode, (draft, draft))
-            elif reduce_above and im.format in ("JPEG", "MPO") and im.width * im.height > reduce_above:
-                factor = reduction_factor(im.width, im.height, reduce_above)
-                im.draft(im.mode, (math.ceil(im.width / factor), math.ceil(im.height / factor)))
-            im.load()
-            mode, fmt = im.mode, im.format
-            transparency = "A" in mode or "transparency" in im.info
-            orientation = im.getexif().get(0x0112, 1)
-            reduced = _reduce(im, reduce_above) if reduce_above else im
-            # exif_transpose copies: needed for the file's own image (closed on return), not for a reduced one
-            im = ImageOps.exif_transpose(reduced) if reduced is im or orientation != 1 else reduced
-            return DecodedImage(to_rgb(im), fmt, mode, transparency, orientation)
+            _check_size(path, im, max_pixels, resize)
+            return _decoded(im, draft, reduce_above)
     except BadImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):

@@ -27,7 +27,7 @@ import base64
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
@@ -35,15 +35,23 @@ from headstart.core.choices import DUPLICATE_MODES, NEAR_BITS
 from headstart.core.errors import DataError
 from headstart.data.sources import DataSplits, stratified_split
 
-if TYPE_CHECKING:  # check imports this module for its grouping; FileFacts is only named here
-    from headstart.data.check import FileFacts
-
 __all__ = ["DUPLICATE_MODES", "NEAR_BITS", "copies_of", "drop_leaked", "duplicate_groups", "fingerprints",
            "group_duplicates", "leak_proof_split", "near_pairs", "similarity"]
 MIN_SIMILARITY = 0.99  # correlation of normalised 32x32 grey thumbnails that confirms a candidate as a copy
 THUMB_SIDE = 32
 FLAT_STD = 2.0  # grey levels: a thumbnail this even has no pattern to correlate; flat ones match on brightness
 CHUNK = 65536  # about the most candidate pairs looked at per step (bounded memory)
+
+
+class Fingerprinted(Protocol):
+    """What this module reads of one file's inspection: :class:`headstart.data.check.FileFacts`, named by its shape
+    because ``check`` imports this module (imports go one way: check -> leakage)."""
+
+    error: Exception | None  # set when the file cannot be used: it is never a copy
+    sha: str
+    phash: int
+    phash_ok: bool
+    thumb: bytes
 
 
 @dataclass
@@ -57,7 +65,7 @@ class Prints:
     thumbs: np.ndarray
 
     @classmethod
-    def of_facts(cls, facts: Sequence[FileFacts]) -> Prints:
+    def of_facts(cls, facts: Sequence[Fingerprinted]) -> Prints:
         thumbs = np.zeros((len(facts), THUMB_SIDE * THUMB_SIDE), np.uint8)
         ok = np.zeros(len(facts), bool)
         for i, f in enumerate(facts):
@@ -189,7 +197,8 @@ PREFILTER = 0.97  # 16x16 correlation below which a candidate is not looked at i
 def _coarse(thumbs: np.ndarray) -> np.ndarray:
     """16x16 versions of 32x32 thumbnails (2x2 means): a cheap first look at a candidate pair."""
     side = THUMB_SIDE // 2
-    return thumbs.reshape(len(thumbs), side, 2, side, 2).astype(np.float32).mean((2, 4)).reshape(len(thumbs), side * side)
+    coarse = thumbs.reshape(len(thumbs), side, 2, side, 2).astype(np.float32).mean((2, 4))
+    return coarse.reshape(len(thumbs), side * side)
 
 
 def confirmed_pairs(prints: Prints, mode: str = "near", near: int = NEAR_BITS,
@@ -254,7 +263,7 @@ def _connected(n: int, pairs: Iterable[tuple[int, int]]) -> list[list[int]]:
     return sorted((g for g in groups.values() if len(g) > 1), key=lambda g: g[0])
 
 
-def group_duplicates(facts: Sequence[FileFacts], mode: str = "near",
+def group_duplicates(facts: Sequence[Fingerprinted], mode: str = "near",
                      near: int = NEAR_BITS) -> tuple[list[list[int]], list[tuple[int, int, float]]]:
     """Indices into ``facts`` (all readable) of each group of copies, two or more, in index order, and the confirmed
     pairs that joined them. Groups chain confirmed pairs (a split keeps a chain whole); nothing is dropped through
@@ -263,7 +272,7 @@ def group_duplicates(facts: Sequence[FileFacts], mode: str = "near",
     return _connected(len(facts), ((i, j) for i, j, _ in pairs)), pairs
 
 
-def duplicate_groups(facts: dict[str, FileFacts], mode: str = "near", near: int = NEAR_BITS) -> list[list[str]]:
+def duplicate_groups(facts: dict[str, Fingerprinted], mode: str = "near", near: int = NEAR_BITS) -> list[list[str]]:
     """The paths of each group (two or more) of copies among the readable files of ``facts``.
 
     Args:
@@ -275,7 +284,7 @@ def duplicate_groups(facts: dict[str, FileFacts], mode: str = "near", near: int 
     return [[paths[i] for i in g] for g in groups]
 
 
-def leak_proof_split(splits: DataSplits, facts: dict[str, FileFacts], val_fraction: float, seed: int,
+def leak_proof_split(splits: DataSplits, facts: dict[str, Fingerprinted], val_fraction: float, seed: int,
                      mode: str = "near") -> DataSplits:
     """``splits`` with its validation split made again so that no group of copies has images on both sides.
 
@@ -307,7 +316,7 @@ def leak_proof_split(splits: DataSplits, facts: dict[str, FileFacts], val_fracti
                    layout=f"{splits.layout}, {len(found)} group(s) of duplicates kept on one side")
 
 
-def fingerprints(facts: dict[str, FileFacts], paths: Iterable[str], split: str | None = None) -> dict[str, dict]:
+def fingerprints(facts: dict[str, Fingerprinted], paths: Iterable[str], split: str | None = None) -> dict[str, dict]:
     """What :func:`copies_of` needs to know of ``paths``, JSON-ready: ``{path: {"sha", "phash", "phash_ok",
     "thumb"}}`` (and ``"split"`` when given).
 
@@ -319,9 +328,10 @@ def fingerprints(facts: dict[str, FileFacts], paths: Iterable[str], split: str |
             for p in paths if (f := facts.get(p)) is not None and f.error is None}
 
 
-def copies_of(reference: dict[str, dict], facts: dict[str, FileFacts], mode: str = "near") -> dict[str, dict]:
+def copies_of(reference: dict[str, dict], facts: dict[str, Fingerprinted], mode: str = "near") -> dict[str, dict]:
     """The paths in ``facts`` that are themselves a confirmed copy of one of ``reference``'s images (no chains),
-    each with the reference image it copies (the most similar) and the similarity: ``{path: {"copy_of", "similarity"}}``.
+    each with the reference image it copies (the most similar) and the similarity:
+    ``{path: {"copy_of", "similarity"}}``.
 
     Args:
         reference: ``fingerprints`` of the images to compare against, e.g. those a run was fitted on.
@@ -341,7 +351,7 @@ def copies_of(reference: dict[str, dict], facts: dict[str, FileFacts], mode: str
     return out
 
 
-def duplicates_of(reference: dict[str, dict], facts: dict[str, FileFacts], mode: str = "near") -> set[str]:
+def duplicates_of(reference: dict[str, dict], facts: dict[str, Fingerprinted], mode: str = "near") -> set[str]:
     """The paths of :func:`copies_of`."""
     return set(copies_of(reference, facts, mode))
 
@@ -349,7 +359,7 @@ def duplicates_of(reference: dict[str, dict], facts: dict[str, FileFacts], mode:
 LOUD_SHARE = 0.03  # a class losing more than this share of its held-out images is said loudly
 
 
-def drop_leaked(splits: DataSplits, facts: dict[str, FileFacts], mode: str = "near",
+def drop_leaked(splits: DataSplits, facts: dict[str, Fingerprinted], mode: str = "near",
                 reference: Sequence[str] = ("train",),
                 held_out: Sequence[str] = ("val", "test")) -> tuple[DataSplits, dict]:
     """Removes from ``held_out`` splits the images that are confirmed copies of an image of the ``reference``

@@ -161,8 +161,9 @@ class Features:
 
 
 def extract_features(model: TransferModel, paths: Sequence[str], preprocessing: Preprocessing | dict,
-                     runtime: Runtime, batch_size: int = 64, workers: int | None = None, cache_dir: str | Path | None = None,
-                     desc: str = "features", verbose: bool = True, known_hashes: KnownHashes | None = None) -> Features:
+                     runtime: Runtime, batch_size: int = 64, workers: int | None = None,
+                     cache_dir: str | Path | None = None, desc: str = "features", verbose: bool = True,
+                     known_hashes: KnownHashes | None = None) -> Features:
     """Features of ``paths`` from the cache, computing (and caching) only the images it does not hold.
 
     Args:

@@ -33,12 +33,14 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.utils import parametrize
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from headstart.core.choices import engine_setting
 from headstart.core.errors import UsageError
 from headstart.core.onnx import export_onnx, has_onnxruntime, make_session
 from headstart.core.runtime import Runtime
+from headstart.zoo.model import TransferModel
 
 ORT_MIN_PIXELS = 46_000_000  # images x height x width from which exporting to ONNX Runtime pays (see above)
 _EXPORT_FAILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> input sizes it cannot export at
@@ -79,8 +81,6 @@ def fold_batchnorm(module: nn.Module, example: torch.Tensor) -> tuple[nn.Module,
 def _conv_bn_pairs(module: nn.Module, example: torch.Tensor) -> tuple[list[tuple[str, str]], torch.Tensor]:
     """(convolution name, BatchNorm name) for each BatchNorm whose input is a convolution's output, from one eval
     pass of ``module`` (put back in its mode after), and that pass's output."""
-    from torch.nn.utils import parametrize
-
     names = {m: n for n, m in module.named_modules()}
     produced: dict[int, str] = {}  # id of a convolution's output -> its module name
     pairs: list[tuple[str, str]] = []
@@ -246,8 +246,6 @@ def model_forward(model: nn.Module, runtime: Runtime, example: torch.Tensor, ima
     """The eval forward of a whole :class:`~headstart.zoo.model.TransferModel` (or its DDP wrapper) for a pass over
     ``images`` images like ``example``: the backbone by :func:`eval_forward`, then the head (dropout is the
     identity in eval). Any other module is returned as it is."""
-    from headstart.zoo.model import TransferModel
-
     net = getattr(model, "module", model)
     if not isinstance(net, TransferModel):
         return model

@@ -51,7 +51,6 @@ def path_records(paths: Sequence[str], positions: Sequence[int], probs, bad: Seq
                  classes: Sequence[str], topk: int) -> list[dict]:
     """One record per path, in order: top-k of ``probs`` (one row per position in ``positions``, the paths that
     could be used), or ``error`` (the reason in ``bad``, said on stderr)."""
-
     results: list[dict | None] = [None] * len(paths)
     for row, i in enumerate(positions):
         results[i] = {"path": paths[i], **top_classes(probs[row], classes, topk)}

@@ -43,6 +43,7 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
+from headstart.core.choices import ADAPT_METHODS
 from headstart.core.errors import PathNotFoundError, UsageError
 from headstart.data.check import scan
 from headstart.data.dataset import ImageFiles, make_loader
@@ -52,7 +53,6 @@ from headstart.predict.run import LoadedRun, expand_paths, load_run
 from headstart.training.batchnorm import adapt_batchnorm, batchnorm_input_statistics, batchnorm_layers  # noqa: F401 (part of adapt's API)
 from headstart.training.strategy import resolve_train_from
 
-METHODS = ("auto", "aligned", "classic")
 SOURCE_IMAGES = 2000  # training images sampled for the source statistics: plenty for a mean and variance
 
 
@@ -139,8 +139,8 @@ def adapt_run(run_dir: str | Path, target: str | Path, out: str | Path, batch_si
 
 
 def _check_arguments(method: str, source, batch_size: int) -> None:
-    if method not in METHODS:
-        raise UsageError(f"--method must be one of {', '.join(METHODS)}, got '{method}'.")
+    if method not in ADAPT_METHODS:
+        raise UsageError(f"--method must be one of {', '.join(ADAPT_METHODS)}, got '{method}'.")
     if method == "classic" and source is not None:
         raise UsageError("--source is for aligned AdaBN and classic does not use it; drop --source or --method "
                          "classic.")

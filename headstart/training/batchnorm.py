@@ -1,7 +1,8 @@
 """BatchNorm statistics measured on images, and AdaBN's update of them (the core of :mod:`headstart.training.adapt`).
 
 Below the training loop on purpose: a ``--bn adabn`` phase and ``headstart adapt`` both use it. The module
-docstring of :mod:`headstart.training.adapt` explains the two methods (classic and aligned) and why aligned is the default.
+docstring of :mod:`headstart.training.adapt` explains the two methods (classic and aligned) and why aligned is the
+default.
 """
 
 from __future__ import annotations

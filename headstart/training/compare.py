@@ -24,10 +24,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from matplotlib.figure import Figure  # not pyplot: no global backend or state to set, nothing to close
+
 from headstart.core.errors import HeadstartError, UsageError
 from headstart.core.io import write_json, write_text
 from headstart.core.preprocessing import Preprocessing
 from headstart.data.check import scan
+from headstart.data.images import load_image
 from headstart.data.rundir import COMPARE_PLOTS, COMPARE_RESULTS, COMPARE_TABLE, RunDir
 from headstart.data.sources import DataSplits, discover, stratified_split
 from headstart.report import write_report
@@ -68,8 +71,6 @@ def _write_manifest(path: Path, classes: list[str], splits: dict[str, list]) -> 
 
 
 def _image_side(samples) -> int:
-    from headstart.data.images import load_image
-
     return max(load_image(samples[0][0]).size)
 
 
@@ -110,13 +111,10 @@ def summarise(results: list[dict]) -> list[dict]:
 
 
 def plot(rows: list[dict], results: list[dict], out: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Accuracy against labels per class, and against wall time, as PNGs in ``out``; returns their names."""
     strategies = list(dict.fromkeys(r["strategy"] for r in rows))
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig = Figure(figsize=(6.5, 4.5))
+    ax = fig.subplots()
     for s in strategies:
         rs = sorted((r for r in rows if r["strategy"] == s), key=lambda r: r["labels_per_class"])
         ax.errorbar([r["labels_per_class"] for r in rs], [100 * r["test_acc_mean"] for r in rs],
@@ -129,9 +127,9 @@ def plot(rows: list[dict], results: list[dict], out: Path) -> list[str]:
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / COMPARE_PLOTS[0], dpi=120)
-    plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig = Figure(figsize=(6.5, 4.5))
+    ax = fig.subplots()
     for s in strategies:
         rs = [r for r in results if r["strategy"] == s]
         ax.scatter([r["seconds"] for r in rs], [100 * r["test_acc"] for r in rs], label=s, alpha=0.7)
@@ -142,7 +140,6 @@ def plot(rows: list[dict], results: list[dict], out: Path) -> list[str]:
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / COMPARE_PLOTS[1], dpi=120)
-    plt.close(fig)
     return list(COMPARE_PLOTS)
 
 

@@ -31,7 +31,8 @@ class TrainConfig:
         data: a folder of class subfolders (optionally inside ``train/``, ``val/``, ``test/``) or a CSV manifest.
         out: the run directory to create.
         model: a backbone name (``headstart models``); any timm model as ``timm:<name>``.
-        strategy: a registered strategy (:data:`headstart.training.strategy.STRATEGIES`) or ``auto`` (:mod:`headstart.training.auto`).
+        strategy: a registered strategy (:data:`headstart.training.strategy.STRATEGIES`) or ``auto``
+            (:mod:`headstart.training.auto`).
         epochs: epochs of the main phase; None: auto's choice, or 10.
         lr: the head's learning rate; None: the strategy's default (pretrained layers learn at a tenth of it).
         image_size: the network's input size; None: the backbone's own.

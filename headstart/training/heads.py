@@ -46,7 +46,8 @@ class LinearHead:
 
     def copy_to(self, layer: nn.Linear) -> None:
         if tuple(layer.weight.shape) != self.weight.shape:
-            raise UsageError(f"a head of shape {self.weight.shape} does not fit a layer of {tuple(layer.weight.shape)}.")
+            raise UsageError(f"a head of shape {self.weight.shape} does not fit a layer of "
+                             f"{tuple(layer.weight.shape)}.")
         with torch.no_grad():
             layer.weight.copy_(torch.as_tensor(self.weight, dtype=layer.weight.dtype))
             layer.bias.copy_(torch.as_tensor(self.bias, dtype=layer.bias.dtype))
@@ -84,7 +85,7 @@ def fit_logreg(x_train, y_train, x_val, y_val, num_classes: int, grid=C_GRID,
     The grid runs from strong to weak regularisation, each fit warm-started from the previous solution.
     ``class_weight`` (one weight per class) weights each training image's loss by its class's weight.
     """
-    from sklearn.linear_model import LogisticRegression  # imported here: `headstart --help` stays fast
+    from sklearn.linear_model import LogisticRegression  # sklearn: 1.5 s to import, paid only by the runs that fit it
 
     mean, std = _standardiser(x_train)
     xt, xv = (x_train - mean) / std, (x_val - mean) / std
@@ -113,7 +114,8 @@ def fit_ncm(x_train, y_train, x_val, y_val, num_classes: int, scale: float | Non
     """Nearest class mean on centred, L2-normalised features, written exactly as a linear layer (module docstring).
 
     ``scale`` (the inverse temperature) is chosen on the validation features unless given (a refit)."""
-    from scipy.optimize import minimize_scalar
+    from scipy.optimize import minimize_scalar  # scipy.optimize: 0.7 s to import, paid only by the runs that fit it
+
     mu = x_train.mean(0)
     z = x_train - mu
     z /= np.linalg.norm(z, axis=1, keepdims=True) + 1e-12
@@ -138,7 +140,8 @@ def fit_ncm(x_train, y_train, x_val, y_val, num_classes: int, scale: float | Non
     bias[np.setdiff1d(np.arange(num_classes), present)] = ABSENT
     logits = x_val @ weight.T + bias
     return LinearHead(weight, bias, {"head": "ncm", "temperature": 1.0 / scale,
-                                     "probe_val_loss": log_loss(logits, y_val), "probe_val_acc": accuracy(logits, y_val)})
+                                     "probe_val_loss": log_loss(logits, y_val),
+                                     "probe_val_acc": accuracy(logits, y_val)})
 
 
 def fit_sgd(x_train, y_train, x_val, y_val, num_classes: int, epochs: int = 100, lr: float = 1e-3,
@@ -192,7 +195,8 @@ def fit_sgd(x_train, y_train, x_val, y_val, num_classes: int, epochs: int = 100,
     weight, bias = _unstandardise(coef, intercept, mean, std)
     logits = x_val @ weight.T + bias
     return LinearHead(weight, bias, {"head": "sgd", "best_head_epoch": best_epoch,
-                                     "probe_val_loss": log_loss(logits, y_val), "probe_val_acc": accuracy(logits, y_val)})
+                                     "probe_val_loss": log_loss(logits, y_val),
+                                     "probe_val_acc": accuracy(logits, y_val)})
 
 
 def fit_head(kind: str, x_train, y_train, x_val, y_val, num_classes: int, class_weight: np.ndarray | None = None,
@@ -254,7 +258,7 @@ def cross_fitted_logits(kind: str, x, y, num_classes: int, chosen: dict, class_w
         ``(logits (n, classes), folds used)``; ``(None, 0)`` when a class has a single image (no fold could hold it
         out and train on it too).
     """
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import StratifiedKFold  # sklearn: 1.5 s to import, paid only by refits
 
     x, y = np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.int64)
     counts = np.bincount(y)

@@ -24,6 +24,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from headstart.core.distributed import all_reduce_sum
@@ -123,7 +124,8 @@ def _correct(logits: torch.Tensor, targets: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def predict_logits(model, loader: DataLoader, runtime: Runtime, desc: str = "eval") -> tuple[torch.Tensor, torch.Tensor]:
+def predict_logits(model, loader: DataLoader, runtime: Runtime,
+                   desc: str = "eval") -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (float32, CPU) and labels for every image in ``loader``, in order (this rank's shard under DDP), by
     the fastest eval forward for a pass of this size (:func:`headstart.features.forward.model_forward`)."""
     model.eval()
@@ -165,6 +167,24 @@ class FitState:
     phase_best_val_loss: float = math.inf
     bad_epochs: int = 0
     phase_done: bool = False
+
+    def start_phase(self, index: int) -> None:
+        """Counts from the start of phase ``index``; the run's best so far is kept."""
+        self.phase, self.epoch, self.phase_best_val_loss = index, 0, math.inf
+        self.bad_epochs, self.phase_done = 0, False
+
+
+@dataclass
+class _Training:
+    """What every gradient-descent phase of one :func:`fit` shares: the loss and its batch mixing, the regularisers,
+    early stopping and the seed."""
+
+    criterion: Callable
+    mix: Callable | None
+    l2sp_reference: dict[str, torch.Tensor] | None
+    weight_decay: float
+    patience: int
+    seed: int
 
 
 def _seed_epoch(seed: int, global_epoch: int, rank: int) -> None:
@@ -215,34 +235,38 @@ def fit(
     """
     state = FitState(**resume["fit_state"]) if resume else FitState()
     phase_best_state = resume.get("phase_best_state") if resume else None
-    criterion = make_criterion(label_smoothing, class_weights)
-    mix = make_mixer(model.num_classes, mixup, cutmix)
     if l2sp_reference is None and any(p.l2sp for p in strategy.phases):
         l2sp_reference = {n: p.detach().clone() for n, p in model.backbone.named_parameters()}
+    training = _Training(make_criterion(label_smoothing, class_weights), make_mixer(model.num_classes, mixup, cutmix),
+                         l2sp_reference, weight_decay, patience, seed)
     for phase_index, phase in enumerate(strategy.phases):
         if phase_index < state.phase:
-            continue
+            continue  # finished before the run was interrupted
         resuming_here = resume is not None and phase_index == state.phase
         if not resuming_here:
-            state.phase, state.epoch, state.phase_best_val_loss, state.bad_epochs = phase_index, 0, math.inf, 0
-            state.phase_done, phase_best_state = False, None
-        enter_phase(model, phase)
-        if phase.bn == "adabn" and not resuming_here and not state.phase_done:
-            # The training images only: validation chooses and scores, so nothing fitted may see it. Unsharded
-            # loader: every rank computes the same statistics.
-            adapt_batchnorm(model, [loaders["train_eval"]], runtime)
-        if state.phase_done:
-            pass
-        elif phase.fit == "features":
-            phase_best_state = _run_features_phase(model, phase, loaders, runtime, state, probe, on_epoch)
-        else:
-            penalty = L2SP(model, l2sp_reference, phase.l2sp) if phase.l2sp else None
-            phase_best_state = _run_sgd_phase(model, phase, loaders, runtime, state, patience, weight_decay,
-                                              on_epoch, seed, phase_best_state, resume if resuming_here else None,
-                                              criterion=criterion, mix=mix, penalty=penalty)
+            state.start_phase(phase_index)
+            phase_best_state = None
+        phase_best_state = _run_phase(model, phase, loaders, runtime, state, training, probe, on_epoch,
+                                      phase_best_state, resume if resuming_here else None)
         if phase_best_state is not None:
             model.load_state_dict(phase_best_state)  # the next phase starts from this phase's best weights
     return state
+
+
+def _run_phase(model, phase: Phase, loaders, runtime: Runtime, state: FitState, training: _Training, probe,
+               on_epoch, phase_best_state, resume: dict | None):
+    """One phase from where ``state`` stands (``resume``: the checkpoint it was interrupted in); returns its best
+    weights, ``phase_best_state`` when it had finished already."""
+    enter_phase(model, phase)
+    if state.phase_done:
+        return phase_best_state
+    if phase.bn == "adabn" and resume is None:
+        # The training images only: validation chooses and scores, so nothing fitted may see it. Unsharded
+        # loader: every rank computes the same statistics.
+        adapt_batchnorm(model, [loaders["train_eval"]], runtime)
+    if phase.fit == "features":
+        return _run_features_phase(model, phase, loaders, runtime, state, probe, on_epoch)
+    return _run_sgd_phase(model, phase, loaders, runtime, state, training, on_epoch, phase_best_state, resume)
 
 
 def _run_features_phase(model, phase: Phase, loaders, runtime: Runtime, state: FitState, probe, on_epoch) -> dict:
@@ -293,17 +317,17 @@ def _end_epoch(state: FitState, val_loss: float, patience: int, max_epochs: int 
     return improved, phase_improved
 
 
-def _run_sgd_phase(model, phase: Phase, loaders, runtime: Runtime, state: FitState, patience: int,
-                   weight_decay: float, on_epoch, seed: int, phase_best_state, resume: dict | None, *,
-                   criterion: Callable, mix: Callable | None, penalty: Callable | None):
+def _run_sgd_phase(model, phase: Phase, loaders, runtime: Runtime, state: FitState, training: _Training, on_epoch,
+                   phase_best_state, resume: dict | None):
+    """The epochs of a gradient-descent phase, until its last or early stopping; returns its best weights."""
+    seed = training.seed
+    penalty = L2SP(model, training.l2sp_reference, phase.l2sp) if phase.l2sp else None
     train_model = model
     if runtime.world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
         # Wrapped per phase: DDP records which parameters need gradients when it is built.
         train_model = DistributedDataParallel(model, device_ids=[runtime.device] if runtime.device.type == "cuda"
                                               else None)
-    optimizer = torch.optim.AdamW(param_groups(model, phase, weight_decay), betas=(0.9, 0.999))
+    optimizer = torch.optim.AdamW(param_groups(model, phase, training.weight_decay), betas=(0.9, 0.999))
     steps_per_epoch = max(1, len(loaders["train"]))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(phase.epochs * steps_per_epoch, int(phase.warmup_epochs * steps_per_epoch)))
@@ -321,10 +345,10 @@ def _run_sgd_phase(model, phase: Phase, loaders, runtime: Runtime, state: FitSta
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(state.global_epoch)
         train = train_one_epoch(train_model, loaders["train"], optimizer, scheduler, runtime,
-                                desc=f"{phase.name} {state.epoch + 1}/{phase.epochs}", criterion=criterion,
-                                mix=mix, penalty=penalty)
+                                desc=f"{phase.name} {state.epoch + 1}/{phase.epochs}", criterion=training.criterion,
+                                mix=training.mix, penalty=penalty)
         val = evaluate(model, loaders["val"], runtime)
-        improved, phase_improved = _end_epoch(state, val["loss_calibrated"], patience, phase.epochs)
+        improved, phase_improved = _end_epoch(state, val["loss_calibrated"], training.patience, phase.epochs)
         if phase_improved:
             phase_best_state = copy.deepcopy(model.state_dict())
         record = {"phase": phase.name, "epoch": state.epoch, "global_epoch": state.global_epoch, **train,

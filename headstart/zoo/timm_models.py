@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 
+import timm
+from huggingface_hub import hf_hub_download, try_to_load_from_cache
+from timm.models import group_parameters
 from torch import nn
 
 from headstart.core.errors import UsageError
@@ -12,8 +16,6 @@ from headstart.zoo.registry import BackboneSpec, WeightSource, register_prefix
 
 def timm_groups(model: nn.Module) -> list[tuple[str, list[str]]]:
     """Coarse layer groups from timm's ``group_matcher`` (stem, stages...), as module-name prefixes."""
-    from timm.models import group_parameters
-
     grouped = group_parameters(model, model.group_matcher(coarse=True))
     groups = []
     for i, names in enumerate(grouped.values()):
@@ -26,8 +28,6 @@ def timm_groups(model: nn.Module) -> list[tuple[str, list[str]]]:
 def _hf_cached(hf_id: str | None) -> str | None:
     if not hf_id:
         return None
-    from huggingface_hub import try_to_load_from_cache
-
     for filename in ("model.safetensors", "pytorch_model.bin"):
         path = try_to_load_from_cache(hf_id, filename)
         if isinstance(path, str) and os.path.isfile(path):
@@ -36,17 +36,11 @@ def _hf_cached(hf_id: str | None) -> str | None:
 
 
 def _hf_fetch(hf_id: str) -> str:
-    from huggingface_hub import hf_hub_download
-
     return hf_hub_download(hf_id, "model.safetensors")
 
 
 def timm_spec(model_name: str) -> BackboneSpec:
-    import timm
-
     if not timm.is_model(model_name):
-        import difflib
-
         close = difflib.get_close_matches(model_name, timm.list_models(), n=3)
         hint = f" Did you mean {', '.join('timm:' + c for c in close)}?" if close else ""
         raise UsageError(f"timm has no model '{model_name}'.{hint}")

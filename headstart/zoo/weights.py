@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from headstart.core.errors import PathNotFoundError, WeightsError
@@ -37,8 +38,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise PathNotFoundError(f"weights file {path} does not exist; pass an existing .safetensors/.pth/.pt file.")
     verify_hash_prefix(path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return load_file(str(path))
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -72,7 +71,8 @@ def verify_hash_prefix(path: Path) -> None:
                            "package it came from, or download it again.")
 
 
-def resolve_weights(spec: BackboneSpec, weights_file: str | Path | None = None, download: bool = True) -> ResolvedWeights:
+def resolve_weights(spec: BackboneSpec, weights_file: str | Path | None = None,
+                    download: bool = True) -> ResolvedWeights:
     """Finds pretrained weights for ``spec`` in the documented order, converted to the backbone's naming.
 
     Args:
@@ -130,7 +130,8 @@ def load_into_backbone(spec: BackboneSpec, backbone: nn.Module, state_dict: dict
     own = backbone.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
-    wrong = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
+    wrong = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
+             for k in own if k in sd and sd[k].shape != own[k].shape]
     if missing or unexpected or wrong:
         parts = []
         if missing:

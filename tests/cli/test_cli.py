@@ -1,11 +1,17 @@
 """End to end through the command line, on small folders the tests write."""
 
+import argparse
 import json
 
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 
-from headstart.cli import main
+from headstart.cli import build_parser, main
+from headstart.evaluation.metrics import evaluate_run
+from headstart.predict.run import load_run, predict_paths
+from headstart.zoo import create_backbone
 from tests.conftest import add_broken_files, make_class_folder
 
 FAST = ["--image-size", "64", "--batch-size", "8", "--workers", "0"]
@@ -85,10 +91,6 @@ def test_scratch_and_fine_tune_train_end_to_end(tmp_path):
                 "--batch-size", "4", "--workers", "0"]
         if strategy == "fine-tune":
             # resnet20 has no pretrained weights: give it a file, as a user with their own checkpoint would.
-            import torch
-
-            from headstart.zoo import create_backbone
-
             backbone, _, _ = create_backbone("resnet20", pretrained=False)
             torch.save(backbone.state_dict(), tmp_path / "r20.pth")
             args += ["--weights", str(tmp_path / "r20.pth")]
@@ -113,10 +115,6 @@ def test_models_lists_offline_availability(capsys):
 
 
 def test_loaded_run_predicts_images_in_memory_as_predict_does_on_files(trained_run):
-    from PIL import Image
-
-    from headstart.predict.run import load_run, predict_paths
-
     _, data, run, _ = trained_run
     loaded = load_run(run, device="cpu")
     paths = sorted(str(p) for p in (data / "green").iterdir() if p.suffix == ".png")[:3]
@@ -136,10 +134,6 @@ def test_loaded_run_predicts_images_in_memory_as_predict_does_on_files(trained_r
 
 
 def test_every_option_has_help_and_every_command_ends_with_an_example():
-    import argparse
-
-    from headstart.cli import build_parser
-
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     missing = []
@@ -153,9 +147,6 @@ def test_every_option_has_help_and_every_command_ends_with_an_example():
 
 
 def test_a_linear_probe_run_evaluates_and_predicts_from_cached_features(trained_run, monkeypatch):
-    from headstart.evaluation.metrics import evaluate_run
-    from headstart.predict.run import load_run, predict_paths
-
     _, data, run, _ = trained_run
     loaded = load_run(run, device="cpu")
     assert loaded.frozen_backbone

@@ -19,6 +19,7 @@ from headstart.data.rundir import RunDir, refuse_run_files
 pytest.importorskip("fastapi", reason="serve needs the serve extra: pip install -e '.[serve]'")
 from fastapi.testclient import TestClient
 
+from headstart.data.sources import discover
 from headstart.serve import app as serve_app
 from headstart.serve import create_app
 from tests.conftest import make_class_folder
@@ -184,8 +185,6 @@ def test_predict_skips_a_fifo_named_like_an_image_and_refuses_one_named_directly
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
 def test_training_data_discovery_lists_only_files(tmp_path):
-    from headstart.data.sources import discover
-
     data = make_class_folder(tmp_path / "data", per_class=4)
     os.mkfifo(data / "red" / "pipe.png")
     splits = discover(data)
@@ -217,7 +216,8 @@ def test_predict_says_what_it_left_out_of_a_folder(trained, tmp_path, capsys):  
     folder = tmp_path / "mixed"
     (folder / "sub").mkdir(parents=True)
     Image.open(trained[1][0]).save(folder / "a.png")
-    Image.open(trained[1][0]).save(folder / "sub" / "photo.heic", "PNG")  # a PNG by its bytes: named directly, it predicts
+    # A PNG by its bytes: named directly, it predicts.
+    Image.open(trained[1][0]).save(folder / "sub" / "photo.heic", "PNG")
     (folder / "notes.txt").write_text("x")
     (folder / ".DS_Store").write_bytes(b"\0")
     assert main(["predict", str(trained[0]), str(folder)]) == 0

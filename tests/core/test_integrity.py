@@ -15,6 +15,8 @@ from headstart.cli import main
 from headstart.core.errors import DataError, WeightsError
 from headstart.data import fashion_mnist
 from headstart.features import cache as cache_module
+from headstart.features.cache import library_versions
+from headstart.zoo import get_spec
 from headstart.zoo.weights import read_state_dict
 
 
@@ -32,8 +34,6 @@ def test_a_file_named_with_a_hash_prefix_must_match_it(tmp_path):
 
 
 def test_the_offline_lite0_file_matches_its_name():
-    from headstart.zoo import get_spec
-
     path = get_spec("efficientnet_lite0").sources[0].locate()
     assert path is not None and "-" in os.path.basename(path)
     assert len(read_state_dict(path)) > 100  # verified, then read
@@ -78,7 +78,5 @@ def test_cache_info_and_clear_commands(tmp_path, monkeypatch, capsys):
 
 
 def test_the_cache_key_holds_the_library_versions():
-    from headstart.features.cache import library_versions
-
     v = library_versions()
     assert v["torch"] == torch.__version__ and "timm" in v

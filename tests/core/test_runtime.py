@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
+from headstart.cli import main
 from headstart.core import hardware
 from headstart.core import runtime as rt
+from headstart.core.progress import progress
 
 
 def test_a_cpu_without_native_bf16_gets_fp32(monkeypatch):
@@ -35,8 +39,6 @@ def test_this_machine_reads_its_own_flags():
 
 
 def test_progress_off_a_terminal_is_periodic_lines_on_stderr(capsys):
-    from headstart.core.progress import progress
-
     assert list(progress(range(3), "features", interval=0)) == [0, 1, 2]
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[0].startswith("features: 1/3 batches") and lines[-1].startswith("features: 3/3 batches")
@@ -46,10 +48,6 @@ def test_progress_off_a_terminal_is_periodic_lines_on_stderr(capsys):
 
 
 def test_the_command_line_sets_a_passive_omp_wait_policy_unless_the_user_chose(monkeypatch):
-    import os
-
-    from headstart.cli import main
-
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     main(["cache", "info", "--json"])
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"

@@ -6,12 +6,16 @@ import json
 import shutil
 from pathlib import Path
 
+import imagehash
 import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 
+import headstart.data.check as check_module
 from headstart.cli import main
-from headstart.data.check import check, near_pairs
+from headstart.data.check import check, inspect_file
+from headstart.data.images import decode_image
+from headstart.data.leakage import near_pairs
 from tests.conftest import add_broken_files, make_class_folder
 
 BOMB_LIMIT = ["--max-pixels", "10000"]  # the fixture's images are at most 40x40; its "bomb" is 200x200
@@ -220,8 +224,6 @@ def test_near_pairs_matches_brute_force():
 
 
 def test_decoding_happens_once_per_file(dataset, monkeypatch):
-    import headstart.data.check as check_module
-
     calls = []
     real = check_module.decode_image
     monkeypatch.setattr(check_module, "decode_image", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
@@ -240,9 +242,6 @@ def test_same_picture_in_other_bytes_is_near_not_identical(tmp_path):
 
 
 def test_an_empty_class_folder_is_listed_among_the_other_findings(tmp_path, capsys):
-    from headstart.cli import main
-    from tests.conftest import add_broken_files, make_class_folder
-
     data = make_class_folder(tmp_path / "d", per_class=3)
     (data / "purple").mkdir()
     add_broken_files(data / "red")
@@ -256,11 +255,6 @@ def test_an_empty_class_folder_is_listed_among_the_other_findings(tmp_path, caps
 def test_big_jpegs_are_checked_at_reduced_scale_and_truncation_is_still_found(tmp_path):
     """The check decodes JPEGs with PIL's draft mode (1/2..1/8 scale): a file cut short is still found, and the
     perceptual hash stays within a few bits of the full decode's."""
-    import imagehash
-
-    from headstart.data.check import inspect_file
-    from headstart.data.images import decode_image
-
     rng = np.random.default_rng(0)
     base = rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)
     big = tmp_path / "big.jpg"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 
-from headstart.data.check import FileFacts, inspect_files
+from headstart.data.check import FileFacts, check, inspect_files
 from headstart.data.leakage import (
     copies_of,
     drop_leaked,
@@ -23,6 +23,9 @@ from headstart.data.leakage import (
     similarity,
 )
 from headstart.data.sources import DataSplits, discover, stratified_split
+from headstart.evaluation.metrics import evaluate_run
+from headstart.predict.run import load_run
+from headstart.training.train import TrainConfig, train
 from tests.conftest import make_class_folder
 
 CLASSES = ("ant", "bee", "cat")
@@ -339,11 +342,6 @@ def test_label_conflicts_and_classes_hit_hard_are_recorded():
 def test_a_refit_drops_test_copies_of_validation_images_from_the_figure(tmp_path):
     """The refit fits the shipped head on train + val: a test image that copies a val image would be scored on an
     image the model was fitted on (test accuracy 1.00 with the refit, 0.71 without, before this was fixed)."""
-    from headstart.evaluation.metrics import evaluate_run
-    from headstart.predict.run import load_run
-    from headstart.training.train import TrainConfig, train
-    from tests.conftest import make_class_folder
-
     data = tmp_path / "data"
     make_class_folder(data / "train", per_class=6, size=32)
     make_class_folder(data / "val", per_class=3, size=32, seed=1)
@@ -379,8 +377,6 @@ def test_a_copy_is_found_whichever_hash_sorts_first(ref_hash, query_hash):
 
 
 def test_check_reports_copies_between_val_and_test(tmp_path):
-    from headstart.data.check import check
-
     write_pictures(tmp_path / "d" / "train", per_class=4)
     write_pictures(tmp_path / "d" / "val", per_class=2, first_seed=30)
     write_pictures(tmp_path / "d" / "test", per_class=2, first_seed=60)

@@ -14,6 +14,7 @@ from headstart.cli import main
 from headstart.core.errors import OutputError
 from headstart.core.io import read_jsonl, write_json
 from headstart.data.rundir import RunDir
+from headstart.report.figures import kept
 from tests.conftest import make_class_folder
 
 
@@ -125,10 +126,6 @@ def test_run_split_finds_old_relative_paths_from_another_folder(tmp_path, monkey
 
 
 def test_a_figure_is_a_run_file_drawn_again_only_when_its_data_is_newer(tmp_path):
-    import os
-
-    from headstart.report.figures import kept
-
     made = []
 
     def draw(value):

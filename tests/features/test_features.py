@@ -51,7 +51,8 @@ def test_features_match_the_eval_transform_path(small_model, tmp_path):
     torch.testing.assert_close(torch.from_numpy(from_loader), ref, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("size, interpolation", [((28, 28), "bicubic"), ((500, 375), "bicubic"), ((31, 90), "bilinear")])
+@pytest.mark.parametrize("size, interpolation",
+                         [((28, 28), "bicubic"), ((500, 375), "bicubic"), ((31, 90), "bilinear")])
 def test_resize_crop_gives_the_numbers_of_the_torchvision_transforms(size, interpolation):
     from torchvision.transforms import v2 as T
 

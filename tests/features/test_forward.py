@@ -1,16 +1,23 @@
 """The fast eval forward: BatchNorm folded into the convolutions, ONNX Runtime, and the rule that picks one."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from headstart.cli import main
 from headstart.core.errors import UsageError
+from headstart.core.preprocessing import Preprocessing
 from headstart.core.runtime import Runtime
+from headstart.data.sources import read_class_folders
+from headstart.features import extract_features
 from headstart.features import forward as fwd
+from headstart.predict.run import LoadedRun
 from headstart.zoo.model import build_model
-from tests.conftest import randomise_batchnorm
+from tests.conftest import make_class_folder, randomise_batchnorm
 
 CPU_FP32 = Runtime(torch.device("cpu"), None, channels_last=True)
 
@@ -123,8 +130,6 @@ def test_the_engine_rule(monkeypatch):
 
 
 def test_a_mistyped_engine_stops_the_command_at_once(monkeypatch, capsys, tmp_path):
-    from headstart.cli import main
-
     monkeypatch.setenv("HEADSTART_ENGINE", "tensorrt")
     assert main(["evaluate", str(tmp_path / "no-run"), str(tmp_path)]) == 2  # before the run is even looked for
     assert "HEADSTART_ENGINE must be one of auto, torch, onnxruntime, got 'tensorrt'" in capsys.readouterr().err
@@ -149,10 +154,6 @@ def test_a_failed_export_falls_back_to_pytorch_only_under_auto(monkeypatch, caps
 
 def test_features_through_either_engine_agree(tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
-    from headstart.data.sources import read_class_folders
-    from headstart.features import extract_features
-    from tests.conftest import make_class_folder
-
     torch.manual_seed(0)
     model = CPU_FP32.prepare(build_model("efficientnet_lite0", 3, pretrained=False))  # channels-last weights
     _randomise_batchnorm(model.backbone)
@@ -169,9 +170,6 @@ def test_features_through_either_engine_agree(tmp_path, monkeypatch):
 
 def test_a_loaded_run_keeps_its_fast_forward_until_the_weights_change(tmp_path, monkeypatch):
     """A service predicts per request: the folded copy is made once, and again only when the weights change."""
-    from headstart.core.preprocessing import Preprocessing
-    from headstart.predict.run import LoadedRun
-
     monkeypatch.setenv("HEADSTART_ENGINE", "torch")
     model = build_model("resnet20", 3, pretrained=False).eval()
     run = LoadedRun(model, ["a", "b", "c"], Preprocessing(32, (0.5,) * 3, (0.5,) * 3, "bilinear", 1.0), {},
@@ -216,8 +214,6 @@ def test_an_operator_onnx_lacks_is_one_line_and_the_answer_is_unchanged(monkeypa
 
 
 def test_silenced_closes_the_copy_it_made_when_the_second_fails(monkeypatch):
-    import os
-
     made, real_dup = [], os.dup
 
     def dup(fd):

@@ -3,6 +3,7 @@ its learning rate on validation."""
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import yaml
 from headstart.cli import main
 from headstart.training import compare as compare_module
 from headstart.training.loop import TrainingDiverged
+from headstart.training.strategy import make_strategy
 from headstart.training.train import TrainConfig
 from tests.conftest import make_class_folder
 
@@ -82,7 +84,8 @@ def test_a_diverged_rate_loses_and_the_others_compete(tmp_path, monkeypatch):
             raise TrainingDiverged("the training loss became nan")
         out = Path(cfg.out)
         out.mkdir(parents=True)
-        (out / "config.yaml").write_text(yaml.safe_dump({"preprocessing": {"image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3},
+        preprocessing = {"image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}
+        (out / "config.yaml").write_text(yaml.safe_dump({"preprocessing": preprocessing,
                                                          "weights_source": "random initialisation"}))
         (out / "metrics.jsonl").write_text("{}\n" * 3)
         return {"best_val_loss": abs(cfg.lr - 0.01), "val_acc": 0.5, "test_acc": cfg.lr, "best_epoch": 2,
@@ -99,9 +102,6 @@ def test_a_diverged_rate_loses_and_the_others_compete(tmp_path, monkeypatch):
 def _fake_train(best_lr: float, calls: list):
     """A stand-in for ``train`` whose validation loss is smallest at ``best_lr`` (and grows with the distance in
     log rate); rates of 1 and more diverge. Records the rates it was called with in ``calls``."""
-    import math
-
-    from headstart.training.strategy import make_strategy
 
     def fake(cfg):
         calls.append((cfg.strategy, cfg.lr))

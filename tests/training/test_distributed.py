@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from headstart.core.distributed import EpochSampler
+from headstart.zoo import create_backbone
 from tests.conftest import make_class_folder
 
 
@@ -31,13 +32,13 @@ def test_epoch_sampler_shards_cover_every_index_once():
 @pytest.mark.slow
 def test_two_gloo_processes_match_one(tmp_path):
     data = make_class_folder(tmp_path / "d", per_class=8, size=32)
-    from headstart.zoo import create_backbone
 
     torch.manual_seed(0)
     backbone, _, _ = create_backbone("resnet20", pretrained=False)
     torch.save(backbone.state_dict(), tmp_path / "w.pth")
-    common = ["train", str(data), "--model", "resnet20", "--strategy", "fine-tune", "--weights", str(tmp_path / "w.pth"),
-              "--epochs", "2", "--workers", "0", "--augment", "none", "--precision", "fp32", "--device", "cpu"]
+    common = ["train", str(data), "--model", "resnet20", "--strategy", "fine-tune",
+              "--weights", str(tmp_path / "w.pth"), "--epochs", "2", "--workers", "0", "--augment", "none",
+              "--precision", "fp32", "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
     one = subprocess.run([sys.executable, "-m", "headstart", *common, "--out", str(tmp_path / "one"),

@@ -9,9 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import balanced_accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 from headstart.core.io import weights_metadata
-from headstart.evaluation.metrics import evaluate_run
+from headstart.data.images import load_image
+from headstart.data.transforms import eval_transform
+from headstart.evaluation.metrics import classification_metrics, evaluate_run, plot_confusion
 from headstart.predict.run import expand_paths, load_run, predict_paths, view_logits
 from headstart.training.heads import ABSENT, fit_head, refit_head
 from headstart.training.train import TrainConfig, tiny_last_batch, train
@@ -74,8 +77,6 @@ def test_predict_uses_the_run_temperature(probe_run):
     loaded.temperature = 2.0  # any fitted value: predictions must be softmax(logits / T)
     paths = expand_paths([data / "red"])[:4]
     scores = [r["score"] for r in predict_paths(loaded, paths, topk=1)]
-    from headstart.data.images import load_image
-    from headstart.data.transforms import eval_transform
 
     images = torch.stack([eval_transform(loaded.preprocessing)(load_image(p)) for p in paths])
     expected = (view_logits(loaded.model, images, loaded.runtime)[0] / 2.0).softmax(1).max(1).values
@@ -120,10 +121,6 @@ def test_given_splits_leave_out_validation_copies_of_training_images(tmp_path):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_metrics_are_scikit_learns(seed, tmp_path):
     """classification_metrics computes in numpy what scikit-learn defines (sklearn is not imported by evaluate)."""
-    from sklearn.metrics import balanced_accuracy_score, confusion_matrix, precision_recall_fscore_support
-
-    from headstart.evaluation.metrics import classification_metrics, plot_confusion
-
     rng = np.random.default_rng(seed)
     classes = ["a", "b", "c", "d", "never"]  # 'never' is neither true nor predicted: zero_division=0
     y_true, y_pred = rng.integers(0, 4, 200), rng.integers(0, 4, 200)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 from safetensors.torch import load_file
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, TensorDataset
@@ -402,8 +403,6 @@ def test_adapt_writes_a_run_that_predict_and_evaluate_use(run_dir, tmp_path, cap
     root, data, run = run_dir
     target = make_class_folder(tmp_path / "target", per_class=8, seed=3)
     for f in target.rglob("*.png"):  # a shifted domain: darker images
-        from PIL import Image
-
         Image.eval(Image.open(f), lambda v: v // 2).save(f)
     adapted = tmp_path / "adapted"
     assert main(["adapt", str(run), str(target), "--out", str(adapted), "--batch-size", "8", "--workers", "0"]) == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -202,8 +203,6 @@ def test_an_all_right_run_says_it_ranked_on_the_raw_loss(tmp_path, capfd):
 
 def test_readme_prints_the_stored_refit_calibration_figures():
     """The README's test ECE of the refitted head (T = 1 → cross-fitted T) is the stored measurement's mean."""
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[2]
     rows = json.loads((root / "docs/measurements/refit_calibration_160px.json").read_text())["rows"]
     readme = " ".join((root / "README.md").read_text(encoding="utf-8").split())

@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from headstart.cli import main
 from headstart.core.io import load_weights
 from headstart.zoo import create_backbone
 from tests.conftest import make_class_folder
@@ -113,8 +114,6 @@ def test_sigkill_in_the_second_phase_with_a_loader_worker_then_resume_matches(tm
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path, capsys):
-    from headstart.cli import main
-
     (tmp_path / "r").mkdir()
     assert main(["train", "--resume", str(tmp_path / "r")]) == 2
     assert "not a headstart run" in capsys.readouterr().err

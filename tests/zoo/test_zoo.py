@@ -1,15 +1,23 @@
 """Every registered backbone gets shape, backward, head and layer-group checks; weights load from test-made files."""
 
+import json
+from pathlib import Path
+
 import pytest
+import timm
 import torch
 import torchvision
+from PIL import Image
 from safetensors.torch import save_file
 
 import headstart.zoo.weights as weights_module
+from headstart.core import catalog
 from headstart.core.errors import WeightsError
+from headstart.data.transforms import eval_transform
 from headstart.zoo import MissingWeightsError, create_backbone, get_spec, list_specs, resolve_weights
+from headstart.zoo.__main__ import catalog_entries
 from headstart.zoo.model import TransferModel, build_model
-from headstart.zoo.weights import read_state_dict
+from headstart.zoo.weights import read_state_dict, weights_available
 
 HEAVY = {"vgg16", "vgg16_bn", "hs_resnet101", "hs_resnet152", "convnext_tiny"}
 NAMES = [pytest.param(s.name, marks=pytest.mark.slow) if s.name in HEAVY else s.name for s in list_specs()]
@@ -59,11 +67,7 @@ def test_timm_models_by_name():
 
 def test_efficientnet_lite0_mapping_predicts_imagenet_classes():
     """DESIGN.md's check: espresso (967) for skimage's coffee, a cat (281-285) for chelsea."""
-    import timm
-    from PIL import Image
-    from skimage import data as samples
-
-    from headstart.data.transforms import eval_transform
+    from skimage import data as samples  # scikit-image: a test extra, only this test's pictures
 
     spec = get_spec("efficientnet_lite0")
     resolved = resolve_weights(spec, download=False)
@@ -146,14 +150,6 @@ def test_pickled_objects_are_refused(tmp_path):
 def test_the_torch_free_catalog_matches_the_registry(tv_resnet18_file, tmp_path, monkeypatch):
     """``headstart models`` reads core/catalog.json; regenerate it with ``python -m headstart.zoo`` after adding a
     backbone."""
-    import json
-    from pathlib import Path
-
-    from headstart.core import catalog
-    from headstart.zoo import list_specs
-    from headstart.zoo.__main__ import catalog_entries
-    from headstart.zoo.weights import weights_available
-
     assert json.loads(catalog.CATALOG.read_text()) == catalog_entries(), "run: python -m headstart.zoo"
     for env in ({"TORCH_HOME": str(tmp_path / "th")}, {"XDG_CACHE_HOME": str(tmp_path / "xdg")}, {}):
         for k in ("TORCH_HOME", "XDG_CACHE_HOME"):
