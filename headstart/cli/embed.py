@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from headstart.cli.options import add_batch_size, add_device, add_precision, add_workers
 from headstart.core.choices import DEFAULT_MODEL
 from headstart.core.errors import PathNotFoundError, UsageError
 
@@ -37,11 +38,10 @@ def add_parser(sub):
     p.add_argument("--weights", default=None, help="pretrained weights file for a backbone name")
     p.add_argument("--image-size", type=int, default=None, help="input size (default: the backbone's; a run "
                                                                 "keeps its own)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
-    p.add_argument("--workers", type=int, default=None, help="image decoding processes (default: half the cores)")
-    p.add_argument("--device", default="auto", help="auto (default: CUDA when present), cpu, cuda or cuda:N")
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
-                   help="auto (default: what this hardware runs fastest), bf16, fp16 or fp32")
+    add_batch_size(p)
+    add_workers(p, help='image decoding processes (default: half the cores)')
+    add_device(p)
+    add_precision(p)
     return p
 
 

@@ -9,6 +9,15 @@ import argparse
 import json
 import sys
 
+from headstart.cli.options import (
+    PREDICT_PRECISION_HELP,
+    add_batch_size,
+    add_device,
+    add_duplicates,
+    add_json,
+    add_precision,
+)
+
 
 def add_parser(sub):
     p = sub.add_parser("evaluate", help="accuracy, per-class metrics and confusion matrix of a run on labelled data",
@@ -17,21 +26,16 @@ def add_parser(sub):
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="run directory made by `headstart train`")
     p.add_argument("data", help="folder of class subfolders named like the run's classes")
-    p.add_argument("--json", action="store_true", help="print only one JSON object on stdout (messages go to stderr) "
-                                                          "instead of a table")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
-    p.add_argument("--device", default="auto", help="auto (default: CUDA when present), cpu, cuda or cuda:N")
-    p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
-                   help="auto (default: bf16 on CPUs that compute it natively and on GPUs, else fp32); fp32 gives "
-                        "the numbers of the run's exported ONNX model")
+    add_json(p, 'print only one JSON object on stdout (messages go to stderr) instead of a table')
+    add_batch_size(p)
+    add_device(p)
+    add_precision(p, help=PREDICT_PRECISION_HELP)
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average over each image and its mirror")
     p.add_argument("--no-report", dest="report", action="store_false",
                    help="do not refresh RUN/report.html with this evaluation")
     p.add_argument("--keep-leaked", action="store_true",
                    help="score images that duplicate one of the run's training images (left out by default)")
-    p.add_argument("--duplicates", choices=("near", "exact", "off"), default="near",
-                   help="what counts as a copy of a training image: near (default; confirmed on thumbnails), exact "
-                        "(the same bytes) or off")
+    add_duplicates(p)
     return p
 
 

@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from headstart.cli.options import add_json
 from headstart.core.choices import EXPORT_FORMATS, QUANTIZATIONS
 
 EXAMPLE = """examples:
@@ -39,7 +40,7 @@ def add_parser(sub):
                    help="how many of the run's images the parity check uses (validation first; default 256)")
     p.add_argument("--tolerance", type=float, default=1e-4,
                    help="largest difference in any probability the exported model may show (default 1e-4)")
-    p.add_argument("--json", action="store_true", help="print export.json's record for the file on stdout")
+    add_json(p, "print export.json's record for the file on stdout")
     return p
 
 

@@ -31,9 +31,13 @@ def add_device(p: Group, default: str = "auto", help: str = DEVICE_HELP) -> None
     p.add_argument("--device", default=default, help=help)
 
 
-def add_precision(p: Group, default: str = "auto") -> None:
-    p.add_argument("--precision", default=default, choices=PRECISIONS,
-                   help="auto (default: what this hardware runs fastest), bf16, fp16 or fp32")
+PRECISION_HELP = "auto (default: what this hardware runs fastest), bf16, fp16 or fp32"
+PREDICT_PRECISION_HELP = ("auto (default: bf16 on CPUs that compute it natively and on GPUs, else fp32); fp32 gives "
+                          "the numbers of the run's exported ONNX model")
+
+
+def add_precision(p: Group, default: str = "auto", help: str = PRECISION_HELP) -> None:
+    p.add_argument("--precision", default=default, choices=PRECISIONS, help=help)
 
 
 def add_workers(p: Group, default: int | None = None, help: str = WORKERS_HELP) -> None:

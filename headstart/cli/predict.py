@@ -11,6 +11,8 @@ import csv
 import json
 import sys
 
+from headstart.cli.options import DEVICE_HELP, PREDICT_PRECISION_HELP, add_batch_size, add_device, add_precision
+
 
 def add_parser(sub):
     p = sub.add_parser("predict", help="predict the class of image files or folders with a trained run",
@@ -18,19 +20,16 @@ def add_parser(sub):
                               "predictions.csv\n  headstart predict runs/photos/model.onnx new_photos/ --format json",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", metavar="RUN", help="run directory made by `headstart train`, or an .onnx file made by "
-                                              "`headstart export` (run by ONNX Runtime, without torch)")
+                                              "`headstart export` (run by ONNX Runtime)")
     p.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
     p.add_argument("--topk", type=int, default=1, help="how many classes to list per image (default 1; at most the "
                                                        "number of classes)")
     p.add_argument("--format", default="table", choices=["table", "csv", "json"],
                    help="csv and json print only the predictions on stdout (messages go to stderr); the exit code "
                         "is 1 when any image could not be predicted")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
-    p.add_argument("--device", default="auto", help="auto (default: CUDA when present), cpu, cuda or cuda:N; an "
-                                                                 ".onnx file runs on the CPU")
-    p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
-                   help="auto (default: bf16 on CPUs that compute it natively and on GPUs, else fp32); fp32 gives "
-                        "the numbers of the run's exported ONNX model")
+    add_batch_size(p)
+    add_device(p, help=DEVICE_HELP + "; an .onnx file runs on the CPU")
+    add_precision(p, help=PREDICT_PRECISION_HELP)
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average over each image and its mirror")
     return p
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from headstart.cli.options import add_device
+
 EXAMPLE = """examples:
   headstart report runs/photos                       # writes runs/photos/report.html
   headstart report runs/demo --out demo.html         # a `headstart compare` / `demo` folder
@@ -25,7 +27,7 @@ def add_parser(sub):
                         "none, and the model is not loaded)")
     p.add_argument("--max-images", type=int, default=2000, metavar="N",
                    help="predict at most N test and validation images to find them, test first (default 2000)")
-    p.add_argument("--device", default="auto", help="auto (default: CUDA when present), cpu, cuda or cuda:N")
+    add_device(p)
     return p
 
 

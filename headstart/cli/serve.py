@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from headstart.cli.options import add_device, add_max_pixels
+
 EXAMPLE = """examples:
   headstart serve runs/photos                      # then open http://127.0.0.1:8000/
   headstart serve model.onnx --port 9000 --max-upload-mb 50
@@ -25,17 +27,16 @@ def add_parser(sub):
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0 picks a free one)")
     p.add_argument("--max-upload-mb", type=float, default=20,
                    help="largest request, all its files together, in MB (default 20); larger ones get 413")
-    p.add_argument("--max-pixels", type=int, default=50_000_000,
-                   help="images with more pixels, or whose resize for the model would have more (a 20000x1 strip), "
-                        "are refused from their header, before decoding (default 50 million). This is the one "
-                        "limit: Pillow's own (89 million) does not apply. Images over 16.7 million pixels are "
-                        "decoded at a reduced scale")
+    add_max_pixels(p, "images with more pixels, or whose resize for the model would have more (a 20000x1 strip), are "
+                      "refused from their header, before decoding (default 50 million). This is the one limit: "
+                      "Pillow's own (89 million) does not apply. Images over 16.7 million pixels are decoded at a "
+                      "reduced scale", default=50_000_000)
     p.add_argument("--topk", type=int, default=3, help="classes returned per image unless a request asks with "
                                                        "?topk=K (default 3)")
     p.add_argument("--max-batch", type=int, default=16,
                    help="most images in one forward pass when requests arrive together (default 16; 1: one "
                         "request per pass)")
-    p.add_argument("--device", default="auto", help="auto (default: CUDA when present), cpu, cuda or cuda:N")
+    add_device(p)
     return p
 
 
