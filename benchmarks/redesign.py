@@ -261,6 +261,14 @@ def one_round(name: str, checkout: str, work: Path, settings: dict, data: dict) 
                               "top1_agreement": sum(max(by_run[k], key=by_run[k].get) ==
                                                     max(by_onnx[k], key=by_onnx[k].get)
                                                     for k in common) / len(common)}
+        # The run in fp32, as the exported file computes (checkouts without predict --precision: not measured).
+        try:
+            fp32 = probabilities(last_json(run(hs + ["predict", rundir, "--precision", "fp32"] + tail, checkout, tmp,
+                                               tmp / "cache_parity_fp32")["stdout"]))
+        except Exception:  # noqa: BLE001
+            return
+        res["onnx_max_abs_diff_probability_fp32"] = max(abs(fp32[k][c] - by_onnx[k].get(c, 0.0))
+                                                        for k in common for c in fp32[k])
 
     for section in (startup, train, evaluate, predict, backbone, parity):
         try:
@@ -275,7 +283,8 @@ def one_round(name: str, checkout: str, work: Path, settings: dict, data: dict) 
 
 TIMED = ["help", "import_torch", "train_cold", "train_warm", "evaluate_cold", "evaluate_warm", "predict_cold",
          "predict_warm", "export", "backbone_img_per_s", "evaluate_cold_share_of_backbone",
-         "evaluate_warm_share_of_backbone", "onnx_max_abs_diff_top_score", "onnx_max_abs_diff_probability"]
+         "evaluate_warm_share_of_backbone", "onnx_max_abs_diff_top_score", "onnx_max_abs_diff_probability",
+         "onnx_max_abs_diff_probability_fp32"]
 
 
 def medians(rounds: list[dict]) -> dict:

@@ -67,7 +67,7 @@ def _raw_bytes(value: torch.Tensor | np.ndarray) -> np.ndarray:
     """A tensor's (or array's) elements as little-endian bytes, a flat uint8 array (torch's own layout)."""
     if isinstance(value, np.ndarray):
         return np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<")).reshape(-1).view(np.uint8)
-    import torch
+    import torch  # a tensor means torch is loaded; the cached path hashes numpy arrays without it
 
     return value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
 

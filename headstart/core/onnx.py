@@ -16,6 +16,7 @@ import io
 import os
 import sys
 from contextlib import redirect_stdout
+from importlib.util import find_spec
 from pathlib import Path
 
 from headstart.core.errors import UsageError, WeightsError
@@ -26,8 +27,6 @@ ORT_THREADS = int(os.environ["HEADSTART_ORT_THREADS"]) if os.environ.get("HEADST
 
 def has_onnxruntime() -> bool:
     """Whether ONNX Runtime and onnx (which the exporter needs) are installed."""
-    from importlib.util import find_spec
-
     return find_spec("onnxruntime") is not None and find_spec("onnx") is not None
 
 

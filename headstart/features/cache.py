@@ -19,10 +19,14 @@ Writers never modify a committed file, so concurrent runs at worst compute the s
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
+import re
+import shutil
 import uuid
 from collections.abc import Iterator, Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -57,8 +61,6 @@ def library_versions() -> dict[str, str]:
     architecture's details), torchvision and Pillow (they decode and resize the pixels; Pillow-SIMD resizes
     differently under the same import name). Each module's own ``__version__`` (torch's and torchvision's with the
     build, e.g. ``+cpu``), read from its version file (:func:`module_version`), so the torch-free path gets the same."""
-    from importlib.metadata import PackageNotFoundError, version
-
     out = {"torch": torch_version()}
     for key, module, file in (("torchvision", "torchvision", "version.py"), ("pillow", "PIL", "_version.py")):
         found = module_version(module, file)
@@ -79,9 +81,6 @@ def torch_version() -> str:
 def module_version(module: str, file: str) -> str | None:
     """``module.__version__`` without importing it: the string its version ``file`` (next to its ``__init__``)
     sets, read the same way whether or not it is imported, so both paths give one key; None when not installed."""
-    import importlib.util
-    import re
-
     spec = importlib.util.find_spec(module)
     if spec is None:
         return None
@@ -286,8 +285,6 @@ def namespaces(root: str | Path | None = None) -> list[dict]:
 
 def clear(root: str | Path | None = None, which: Sequence[str] | None = None) -> int:
     """Removes the namespaces named in ``which`` (folder names or paths), or all; returns the bytes freed."""
-    import shutil
-
     freed = 0
     wanted = {Path(w).name for w in which} if which else None
     for ns in namespaces(root):
@@ -300,8 +297,6 @@ def clear(root: str | Path | None = None, which: Sequence[str] | None = None) ->
 def evict(root: str | Path | None = None, keep: Path | None = None, limit: int | None = None) -> list[str]:
     """Removes whole namespaces, least recently used first, until the cache fits ``limit`` (default
     :func:`size_limit`); never ``keep`` (the one in use). Returns the folders removed."""
-    import shutil
-
     limit = size_limit() if limit is None else limit
     spaces = namespaces(root)
     total = sum(n["bytes"] for n in spaces)
