@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import sys
 from pathlib import Path
 
@@ -133,8 +134,12 @@ def evaluate_run(run: Predictor, data: str | Path, batch_size: int = 64, workers
                     "leaked_label_conflicts": conflicts})
     rundir = RunDir(run.path)
     before = rundir.read_json(rundir.EVALUATION, {})
-    rundir.write_json(rundir.EVALUATION, metrics)
-    drawn = [before.get(k) for k in _CONFUSION_DATA] == [metrics[k] for k in _CONFUSION_DATA]
+    # Rewritten only when it changed (to 6 digits: the same images scored through the network and from cached
+    # features differ in the 9th): the report's figures are drawn again when the files they show are newer.
+    if _to_6_digits(json.loads(json.dumps(metrics))) != _to_6_digits(before):
+        rundir.write_json(rundir.EVALUATION, metrics)
+    drawn = _to_6_digits([before.get(k) for k in _CONFUSION_DATA]) == _to_6_digits([metrics[k]
+                                                                                 for k in _CONFUSION_DATA])
     if not (drawn and (rundir / rundir.CONFUSION).is_file()):  # the run's file is this matrix already
         plot_confusion(metrics, rundir / rundir.CONFUSION)
     return metrics
@@ -146,6 +151,17 @@ def _view_logits(run: Predictor, samples: list[tuple[str, int]], hashes: list[st
     reason)`` of the images that could not be used after all. ``hashes``: the samples' content hashes (the check's)."""
     logits, positions, unreadable = run.view_logits([p for p, _ in samples], hashes, tta, batch_size, workers)
     return logits, np.array([samples[i][1] for i in positions], dtype=np.int64), unreadable
+
+
+def _to_6_digits(value):
+    """``value`` with every float to 6 significant digits (what a figure or a table of it can show)."""
+    if isinstance(value, float):
+        return float(f"{value:.6g}")
+    if isinstance(value, dict):
+        return {k: _to_6_digits(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_6_digits(v) for v in value]
+    return value
 
 
 def _label_conflicts(run: Predictor, samples: list[tuple[str, int]], copies: dict[str, dict]) -> list[dict]:

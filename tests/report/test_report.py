@@ -129,6 +129,12 @@ def test_an_unchanged_figure_is_not_drawn_again(run_with_test, monkeypatch):
     pictures = [part.split('"')[0] for part in first.split('src="data:image/png;base64,')[1:]]
     assert pictures and pictures == [part.split('"')[0] for part in again.split('src="data:image/png;base64,')[1:]]
     assert drawn == []
+    # evaluate again on the same images: evaluation.json and the confusion matrix stay as they were, so the
+    # refreshed report draws nothing again
+    evaluated = {n: (run / n).stat().st_mtime_ns for n in (RunDir.EVALUATION, RunDir.CONFUSION)}
+    other = run.parent / "other"
+    assert main(["evaluate", str(run), str(other), "--json"]) == 0
+    assert drawn == [] and {n: (run / n).stat().st_mtime_ns for n in evaluated} == evaluated
     later = (run / RunDir.RELIABILITY).stat().st_mtime_ns + 10**9
     os.utime(run / RunDir.SUMMARY, ns=(later, later))  # the calibration it shows changed
     write_report(run)
