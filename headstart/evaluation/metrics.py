@@ -134,12 +134,11 @@ def evaluate_run(run: Predictor, data: str | Path, batch_size: int = 64, workers
                     "leaked_label_conflicts": conflicts})
     rundir = RunDir(run.path)
     before = rundir.read_json(rundir.EVALUATION, {})
-    # Rewritten only when it changed (to 6 digits: the same images scored through the network and from cached
-    # features differ in the 9th): the report's figures are drawn again when the files they show are newer.
-    if _to_6_digits(json.loads(json.dumps(metrics))) != _to_6_digits(before):
+    # Rewritten only when it changed, so the report's figures (drawn again when the files they show are newer) are
+    # not: the same images scored through the network and from cached features differ in the 7th digit of a score.
+    if not _same_evaluation(json.loads(json.dumps(metrics)), before):
         rundir.write_json(rundir.EVALUATION, metrics)
-    drawn = _to_6_digits([before.get(k) for k in _CONFUSION_DATA]) == _to_6_digits([metrics[k]
-                                                                                 for k in _CONFUSION_DATA])
+    drawn = [before.get(k) for k in _CONFUSION_DATA] == json.loads(json.dumps([metrics[k] for k in _CONFUSION_DATA]))
     if not (drawn and (rundir / rundir.CONFUSION).is_file()):  # the run's file is this matrix already
         plot_confusion(metrics, rundir / rundir.CONFUSION)
     return metrics
@@ -153,14 +152,22 @@ def _view_logits(run: Predictor, samples: list[tuple[str, int]], hashes: list[st
     return logits, np.array([samples[i][1] for i in positions], dtype=np.int64), unreadable
 
 
-def _to_6_digits(value):
-    """``value`` with every float to 6 significant digits (what a figure or a table of it can show)."""
+def _same_evaluation(new: dict, old: dict) -> bool:
+    """Whether two evaluations say the same: every prediction and count alike (so every accuracy), calibration
+    figures to the 4 significant digits the report shows them with, whichever engine computed them (the file keeps
+    the engine of the evaluation that wrote it: the torch engine the first time, the cache's features after)."""
+    rest = [{k: v for k, v in e.items() if k not in ("calibration", "engine")} for e in (new, old)]
+    return rest[0] == rest[1] and _digits(new.get("calibration"), 4) == _digits(old.get("calibration"), 4)
+
+
+def _digits(value, digits: int):
+    """``value`` with every float to ``digits`` significant digits."""
     if isinstance(value, float):
-        return float(f"{value:.6g}")
+        return float(f"{value:.{digits}g}")
     if isinstance(value, dict):
-        return {k: _to_6_digits(v) for k, v in value.items()}
+        return {k: _digits(v, digits) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_to_6_digits(v) for v in value]
+        return [_digits(v, digits) for v in value]
     return value
 
 
