@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -65,3 +66,26 @@ def randomise_batchnorm(model):
                 m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
                 m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.2)
     return model
+
+
+def as_two_ranks(fn, shards: list) -> list:
+    """``fn(*shard, reduce=all_reduce)`` on two threads standing in for two DDP ranks: ``all_reduce`` sums what
+    both pass through a barrier, as torch.distributed's does. Returns each rank's result."""
+    barrier, slots, results = threading.Barrier(2), [None, None], [None, None]
+
+    def rank(i: int) -> None:
+        def all_reduce(t):
+            slots[i] = t.clone()
+            barrier.wait()
+            total = slots[0] + slots[1]
+            barrier.wait()  # both have read before the next call overwrites the slots
+            return total
+
+        results[i] = fn(*shards[i], reduce=all_reduce)
+
+    threads = [threading.Thread(target=rank, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return results

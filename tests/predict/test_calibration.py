@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 import torch
@@ -19,6 +17,7 @@ from headstart.predict.calibration import (
     softmax,
 )
 from headstart.training.loop import _correct
+from tests.conftest import as_two_ranks
 
 
 def _calibrated_sample(n: int = 8000, classes: int = 5, seed: int = 0):
@@ -46,23 +45,7 @@ def test_sharded_fit_equals_the_whole():
     logits = logits * 2.5
     whole = fit_temperature(logits, labels)
     shards = [(logits[i::2], labels[i::2]) for i in range(2)]
-    barrier, slots, results = threading.Barrier(2), [None, None], [None, None]
-
-    def rank(i: int) -> None:
-        def all_reduce(t):
-            slots[i] = t.clone()
-            barrier.wait()
-            total = slots[0] + slots[1]
-            barrier.wait()  # both have read before the next call overwrites the slots
-            return total
-
-        results[i] = fit_temperature(*shards[i], reduce=all_reduce)
-
-    threads = [threading.Thread(target=rank, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
+    results = as_two_ranks(fit_temperature, shards)
     assert results[0] == results[1]
     assert results[0][0] == pytest.approx(whole[0], rel=1e-9)
     assert results[0][1] == pytest.approx(whole[1], rel=1e-9)

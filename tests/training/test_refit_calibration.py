@@ -4,7 +4,6 @@ and model selection falls back to the raw validation loss when every validation 
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -30,7 +29,7 @@ from headstart.training import probe as probe_module
 from headstart.training.heads import cross_fitted_logits, refit_head
 from headstart.training.loop import evaluate
 from headstart.training.train import TrainConfig, train
-from tests.conftest import make_class_folder
+from tests.conftest import as_two_ranks, make_class_folder
 
 
 def _blobs(per_class: int, rng, centres):
@@ -138,23 +137,7 @@ def test_selection_branch_is_decided_over_all_ranks(labels):
     logits = torch.tensor([[1.0, 0.0], [0.0, 0.5], [0.8, 0.0], [0.0, 2.0]])
     shards = [(logits[2 * i:2 * i + 2], torch.tensor(labels[i])) for i in range(2)]
     whole = selection_loss(logits, torch.tensor(labels[0] + labels[1]))
-    barrier, slots, results = threading.Barrier(2), [None, None], [None, None]
-
-    def rank(i: int) -> None:
-        def all_reduce(t):
-            slots[i] = t.clone()
-            barrier.wait()
-            total = slots[0] + slots[1]
-            barrier.wait()
-            return total
-
-        results[i] = selection_loss(*shards[i], reduce=all_reduce)
-
-    threads = [threading.Thread(target=rank, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
+    results = as_two_ranks(selection_loss, shards)
     assert results[0] == results[1]
     assert results[0][2] is whole[2] and results[0][0] == pytest.approx(whole[0], rel=1e-9)
     assert results[0][1] == pytest.approx(whole[1], rel=1e-9)
