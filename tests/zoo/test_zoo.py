@@ -1,5 +1,6 @@
 """Every registered backbone gets shape, backward, head and layer-group checks; weights load from test-made files."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from headstart.data.transforms import eval_transform
 from headstart.zoo import MissingWeightsError, create_backbone, get_spec, list_specs, resolve_weights
 from headstart.zoo.__main__ import catalog_entries
 from headstart.zoo.model import TransferModel, build_model
+from headstart.zoo.registry import WeightSource
 from headstart.zoo.weights import read_state_dict, weights_available
 
 HEAVY = {"vgg16", "vgg16_bn", "hs_resnet101", "hs_resnet152", "convnext_tiny"}
@@ -65,14 +67,16 @@ def test_timm_models_by_name():
     assert spec.groups(backbone)
 
 
-def test_efficientnet_lite0_mapping_predicts_imagenet_classes():
-    """DESIGN.md's check: espresso (967) for skimage's coffee, a cat (281-285) for chelsea."""
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
+def test_efficientnet_lite_mapping_predicts_imagenet_classes(name):
+    """DESIGN.md's check, for each offline Lite at its native resolution: espresso (967) for skimage's coffee, a cat
+    (281-285) for chelsea."""
     from skimage import data as samples  # scikit-image: a test extra, only this test's pictures
 
-    spec = get_spec("efficientnet_lite0")
+    spec = get_spec(name)
     resolved = resolve_weights(spec, download=False)
     assert resolved.source.startswith("package")
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    model = timm.create_model(f"tf_{name}", pretrained=False)
     model.load_state_dict(resolved.state_dict, strict=True)
     model.eval()
     tf = eval_transform(spec.preprocessing())
@@ -81,6 +85,19 @@ def test_efficientnet_lite0_mapping_predicts_imagenet_classes():
         cat = model(tf(Image.fromarray(samples.chelsea()))[None]).argmax().item()
     assert coffee == 967
     assert 281 <= cat <= 285
+
+
+def test_a_damaged_offline_weights_file_is_refused_in_one_sentence(tmp_path):
+    """The catalog records each offline file's SHA-256: a file that differs is refused before it is loaded."""
+    spec = get_spec("efficientnet_lite1")
+    real = spec.sources[0].locate()
+    damaged = tmp_path / "weights.pth"  # no hash in the name: only the catalog's SHA-256 can tell
+    data = bytearray(Path(real).read_bytes())
+    data[-100] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    source = WeightSource("package", "a damaged copy", locate=lambda: str(damaged), sha256=spec.sources[0].sha256)
+    with pytest.raises(WeightsError, match="damaged or not the file headstart knows"):
+        resolve_weights(dataclasses.replace(spec, sources=(source,)), download=False)
 
 
 @pytest.fixture
