@@ -22,6 +22,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import platform
 import re
 import shutil
 import uuid
@@ -310,3 +311,29 @@ def evict(root: str | Path | None = None, keep: Path | None = None, limit: int |
         total -= ns["bytes"]
         removed.append(ns["dir"])
     return removed
+
+
+# -- measured extraction speeds (headstart.features.speed), read here without torch for `headstart models` -------
+
+SPEEDS = "speeds.json"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), without torch: the listing matches figures to this machine by it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def remembered_speeds(root: str | Path | None = None) -> list[dict]:
+    """Every measured figure: the conditions and ``img_per_s`` (empty when none or unreadable)."""
+    path = Path(root or cache_root()) / SPEEDS
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    return [r for r in data if isinstance(r, dict) and "img_per_s" in r] if isinstance(data, list) else []

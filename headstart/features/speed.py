@@ -1,0 +1,65 @@
+"""How fast a backbone extracts features on this machine: measured once, remembered.
+
+Choosing a backbone within a time budget needs each candidate's cost here, not a table from someone else's GPU:
+images x seconds per image of that backbone, at that resolution, in the precision this machine computes in.
+:func:`throughput` measures it (the eval forward the feature extraction uses: BatchNorm folded, channels-last,
+the runtime's autocast, batch 32 of random images) and remembers it in ``speeds.json`` beside the feature cache,
+keyed by everything that changes it: backbone, resolution, precision, threads, the CPU model (or GPU name) and
+torch's version. ``headstart models --measure`` fills it; the listing shows what is there.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from headstart.core.io import write_json
+from headstart.core.runtime import Runtime
+from headstart.features.cache import SPEEDS, cache_root, cpu_model, remembered_speeds
+from headstart.features.forward import fast_forward
+from headstart.zoo.model import build_model
+
+BATCH = 32
+
+
+def where() -> str:
+    """The processor (or GPU) a figure was measured on."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return cpu_model()
+
+
+def _conditions(backbone: str, resolution: int, runtime: Runtime) -> dict:
+    precision = str(runtime.amp_dtype).removeprefix("torch.") if runtime.amp_dtype else "fp32"
+    return {"backbone": backbone, "resolution": resolution, "device": runtime.device.type, "precision": precision,
+            "machine": where(), "threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+@torch.inference_mode()
+def throughput(backbone: str, resolution: int, runtime: Runtime, root: str | Path | None = None,
+               seconds: float = 3.0, remeasure: bool = False) -> float:
+    """Images per second of ``backbone``'s feature extraction at ``resolution`` on this machine: remembered, or
+    measured (at least two timed batches after a warm-up, about ``seconds`` in all) and remembered."""
+    conditions = _conditions(backbone, resolution, runtime)
+    same = [r for r in remembered_speeds(root) if {k: r.get(k) for k in conditions} == conditions]
+    if same and not remeasure:
+        return same[-1]["img_per_s"]
+    model = runtime.prepare(build_model(backbone, 2, pretrained=False).eval())
+    x = runtime.to_input(torch.randn(BATCH, 3, resolution, resolution))
+    forward = fast_forward(model.backbone, runtime, x[:1], images=BATCH, engine="torch")
+    with runtime.autocast():
+        forward(x)  # warm-up: kernels chosen, memory allocated
+        done, start = 0, time.perf_counter()
+        while done < 2 * BATCH or time.perf_counter() - start < seconds:
+            forward(x)
+            done += BATCH
+    rate = done / (time.perf_counter() - start)
+    others = [r for r in remembered_speeds(root) if {k: r.get(k) for k in conditions} != conditions]
+    try:
+        write_json(Path(root or cache_root()) / SPEEDS, [*others, {**conditions, "img_per_s": round(rate, 1),
+                                                                    "measured": time.strftime("%Y-%m-%d")}])
+    except OSError:  # a read-only cache: the figure is still returned
+        pass
+    return rate
