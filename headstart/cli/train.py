@@ -6,7 +6,7 @@ import argparse
 import json
 
 from headstart.cli import options
-from headstart.core.choices import BALANCE, BN_POLICIES, HEADS
+from headstart.core.choices import BALANCE, BN_POLICIES, CHOICE_PRESETS, HEADS
 from headstart.core.errors import UsageError
 from headstart.training.config import TrainConfig
 from headstart.training.strategy import STRATEGIES
@@ -48,6 +48,14 @@ def _add_model_and_schedule(p) -> None:
     p.add_argument("--lr", type=float, default=d("lr"),
                    help="head learning rate (default: the strategy's, 1e-3; pretrained layers get 10x less)")
     options.add_image_size(p, "input size in pixels (default: the backbone's, e.g. 224)", default=d("image_size"))
+    p.add_argument("--choose", choices=CHOICE_PRESETS, default=d("choose"),
+                   help="choose the backbone and image size on the train + validation images (cross-validated "
+                        "linear probes on cached features): fast (Lite0 at 128 and 224 px), balanced (+ Lite1 240, "
+                        "Lite2 260) or best (+ larger sizes and any backbone whose weights are already here); the "
+                        "evidence goes to RUN/backbone_choice.json")
+    p.add_argument("--budget", default=d("budget"),
+                   help="time for --choose, e.g. 90s, 10m, 1h: candidates are scored cheapest first, by the speed "
+                        "measured on this machine, and those that would not fit are skipped")
     options.add_batch_size(p, d("batch_size"), help="images per training step (default %(default)s)")
     options.add_weights(p, "pretrained weights file (.safetensors/.pth/.pt state dict) instead of the zoo's",
                         default=d("weights"))

@@ -21,6 +21,8 @@ BN_POLICIES = ("frozen", "train", "adabn")
 DUPLICATE_MODES = ("near", "exact", "off")
 NEAR_BITS = 10
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+# train --choose: candidate sets for the backbone choice (headstart/training/choose.py), cheapest first.
+CHOICE_PRESETS = ("fast", "balanced", "best")
 HEADS = {
     "logreg": "multinomial logistic regression (L-BFGS), regularisation chosen on the validation images",
     "ncm": "nearest class mean on centred, L2-normalised features (SimpleShot): no training, strong with few labels",

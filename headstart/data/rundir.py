@@ -81,12 +81,13 @@ class RunDir:
     ONNX_INT8 = "model.int8.onnx"
     PT2 = "model.pt2"
     EXPORT = "export.json"
+    BACKBONE_CHOICE = "backbone_choice.json"  # train --choose: every candidate's evidence and the winner
     CURVES = "training_curves.png"  # drawn by the report from metrics.jsonl; drawn again when that is newer
     RELIABILITY = "reliability.png"  # drawn by the report from the calibration it shows; again when that changes
     # Everything a run of headstart writes here; --overwrite removes these (and only these) first.
     OWNED = (CONFIG, CLASSES, SPLIT, SKIPPED, LEAKAGE, FINGERPRINTS, METRICS, BEST, PHASE_BEST, LAST, SUMMARY,
              TEST_METRICS, EVALUATION, CONFUSION, ADAPT, LR_FIND, LR_FIND_PLOT, REPORT, TENSORBOARD, ONNX, ONNX_INT8,
-             PT2, EXPORT, CURVES, RELIABILITY)
+             PT2, EXPORT, CURVES, RELIABILITY, BACKBONE_CHOICE)
 
     def __init__(self, path: str | Path):
         self.path = Path(path)

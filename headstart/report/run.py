@@ -235,6 +235,20 @@ class RunReport:
             parts.append(para("No duplicate images were found between or within the splits.", "note"))
         return "<h3>Files left out</h3>" + "".join(parts)
 
+    def _backbone_candidates(self) -> str:
+        """The table of every candidate ``--choose`` looked at (``backbone_choice.json``), or nothing."""
+        choice = self.run.read_json(RunDir.BACKBONE_CHOICE)
+        if not choice:
+            return ""
+        winner = choice.get("winner", {})
+        rows = [[esc(f"{r['backbone']} @ {r['size']} px") + (" ★" if (r["backbone"], r["size"]) ==
+                                                             (winner.get("backbone"), winner.get("size")) else ""),
+                 num(r.get("cv_acc")), num(r.get("cv_loss")), num(r.get("val_acc")),
+                 esc(duration(r.get("seconds")) if "seconds" in r else r.get("skipped", ""))]
+                for r in choice.get("candidates", [])]
+        return table(["candidate", "cross-validated accuracy", "cross-validated loss", "validation accuracy",
+                      "time"], rows)
+
     def training_setup(self):
         c, s = self.config, self.summary
         pairs = [("model", f"<code>{esc(c.get('model', '?'))}</code>"),
@@ -263,7 +277,10 @@ class RunReport:
                                                               if (c.get("world_size") or 1) > 1 else ""))),
                   ("time", esc(duration(s.get("seconds")))),
                   ("selection", esc(s.get("selection", "—")))]
-        body = kv(pairs)
+        if c.get("backbone_choice"):
+            bc = c["backbone_choice"]
+            pairs.insert(1, ("backbone chosen", esc(f"--choose {bc.get('preset')}: {bc.get('reason')}")))
+        body = kv(pairs) + self._backbone_candidates()
         phases = c.get("strategy_phases") or []
         if phases:
             figs = s.get("phases") or {}

@@ -13,6 +13,7 @@ from headstart.core.choices import (
     AUGMENTATIONS,
     BALANCE,
     BN_POLICIES,
+    CHOICE_PRESETS,
     DEFAULT_MODEL,
     DUPLICATE_MODES,
     HEADS,
@@ -94,6 +95,8 @@ class TrainConfig:
     max_pixels: int | None = None
     tensorboard: bool = False
     report: bool = True
+    choose: str | None = None
+    budget: float | str | None = None
 
     @classmethod
     def default(cls, name: str):
@@ -131,15 +134,36 @@ class TrainConfig:
                 raise UsageError(f"{name} must be 0 (off) or positive, got {value}.")
         if self.max_pixels is not None:
             _positive_int("--max-pixels", self.max_pixels, 1)
+        self.budget = parse_budget(self.budget)
+        if self.budget is not None and self.choose is None:
+            raise UsageError("--budget limits the backbone choice: give it with --choose fast, balanced or best.")
+        if self.choose is not None and self.image_size is not None:
+            raise UsageError("--choose picks the backbone and its image size; leave out --image-size (or --choose).")
         if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
             raise UsageError("--tensorboard needs TensorBoard: pip install 'headstart[tensorboard]'.")
         for name, value, allowed in (("--augment", self.augment, AUGMENTATIONS), ("--balance", self.balance, BALANCE),
                                      ("--head", self.head, tuple(HEADS)), ("--precision", self.precision, PRECISIONS),
                                      ("--bn", self.bn, (None, *BN_POLICIES)),
-                                     ("--duplicates", self.duplicates, DUPLICATE_MODES)):
+                                     ("--duplicates", self.duplicates, DUPLICATE_MODES),
+                                     ("--choose", self.choose, (None, *CHOICE_PRESETS))):
             if value not in allowed:
                 raise UsageError(f"{name} must be one of {', '.join(a for a in allowed if a)}, got '{value}'.")
         return self
+
+
+def parse_budget(text: str | float | None) -> float | None:
+    """``90``, ``90s``, ``10m`` or ``1h`` -> seconds; None stays None."""
+    if text is None or isinstance(text, (int, float)):
+        seconds = None if text is None else float(text)
+    else:
+        value, unit = (text[:-1], text[-1]) if text[-1:] in ("s", "m", "h") else (text, "s")
+        try:
+            seconds = float(value) * {"s": 1, "m": 60, "h": 3600}[unit]
+        except ValueError:
+            raise UsageError(f"--budget takes a time such as 90s, 10m or 1h, got '{text}'.") from None
+    if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
+        raise UsageError(f"--budget must be a positive time such as 10m, got '{text}'.")
+    return seconds
 
 
 def _positive_int(name: str, value, least: int) -> None:

@@ -39,6 +39,7 @@ from headstart.predict.calibration import calibration_summary, run_temperature
 from headstart.predict.run import LoadedRun, cached_logits_of
 from headstart.report import TensorBoardLogger, write_report
 from headstart.training.auto import choose_strategy
+from headstart.training.choose import choose_backbone
 from headstart.training.config import TrainConfig
 from headstart.training.loop import FitState, fit, predict_logits
 from headstart.training.probe import ProbeOptions
@@ -320,9 +321,25 @@ def _announce(cfg: TrainConfig, run: RunDir, plan: _Plan, data: _Data, runtime: 
             "--balance weights (class-weighted loss) or --balance sampler (draw classes equally often)")
 
 
-def _record_start(run: RunDir, cfg: TrainConfig, plan: _Plan, splits: DataSplits, runtime: Runtime) -> None:
-    """``config.yaml`` (every setting resolved), ``classes.json`` and ``split.json``."""
+def _choose(cfg: TrainConfig, splits: DataSplits, runtime: Runtime) -> tuple[TrainConfig, dict]:
+    """The backbone and image size ``--choose`` picks on the train + validation images (never the test images):
+    the config with them (and no ``--choose`` left, so a resume trains the same), and the evidence."""
+    log(f"choosing the backbone ({cfg.choose}"
+        + (f", within {cfg.budget:.0f} s" if cfg.budget else "") + ") on the train + validation images:")
+    choice = choose_backbone(splits, cfg.choose, runtime, cfg.head, cfg.budget, cfg.seed, log=log)
+    winner = choice["winner"]
+    log(f"chose {winner['backbone']} at {winner['size']} px: {choice['reason']}")
+    return replace(cfg, model=winner["backbone"], image_size=winner["size"], choose=None, budget=None), choice
+
+
+def _record_start(run: RunDir, cfg: TrainConfig, plan: _Plan, splits: DataSplits, runtime: Runtime,
+                  choice: dict | None = None) -> None:
+    """``config.yaml`` (every setting resolved), ``classes.json``, ``split.json`` and the backbone choice's
+    evidence (``backbone_choice.json``) when ``--choose`` made one."""
+    if choice is not None:
+        run.write_json(run.BACKBONE_CHOICE, choice)
     run.write_config({**asdict(cfg), "strategy_resolved": plan.strategy.name,
+                      "backbone_choice": {k: choice[k] for k in ("preset", "winner", "reason")} if choice else None,
                       "strategy_choice": plan.choice.to_dict() if plan.choice else None,
                       "strategy_phases": plan.strategy.to_dict()["phases"],
                       "strategy_description": plan.strategy.description,
@@ -439,6 +456,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     if not data.splits.val:
         raise DataError(f"no validation images in {cfg.data}: add a val/ folder or more images per class "
                         "(each class needs at least two images to hold one out).")
+    choice = None
+    if cfg.choose and not resume:  # a resumed run's config already names the backbone chosen
+        cfg, choice = _choose(cfg, data.splits, runtime)
     plan = _plan(cfg, data, runtime)
     loaders = _loaders(data.splits, plan.preprocessing, cfg, runtime,
                        bn_trains=any(p.bn == "train" and p.fit == "sgd" for p in plan.strategy.phases))
@@ -448,7 +468,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         if resume:  # epochs after the checkpoint were lost with the crash; their metrics lines go too
             run.keep_metrics_until(data.resume_state["fit_state"]["global_epoch"])
         else:
-            _record_start(run, cfg, plan, data.splits, runtime)
+            _record_start(run, cfg, plan, data.splits, runtime, choice)
     weights = class_weights([y for _, y in data.splits.train], len(data.splits.classes))
     # A head fitted on features sees every image once, not sampled: both --balance options weight its loss.
     probe = ProbeOptions(cfg.head, plan.preprocessing, class_weights=weights if cfg.balance != "none" else None,

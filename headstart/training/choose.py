@@ -1,0 +1,122 @@
+"""The backbone for the data, chosen on the labelled images within a time budget (``train --choose``).
+
+Every candidate is a backbone at a resolution. Each gets the same evidence: its frozen features of the training
+and validation images (through the feature cache, so a second run costs nothing), the run's head fitted on them
+(its settings chosen on validation as in a linear probe), then scored by **cross-validation over train +
+validation**: each image scored by a head fitted without it (:func:`~headstart.training.heads.cross_fitted_logits`).
+The lowest cross-validated log loss wins. With ten validation images per class a single validation split cannot
+tell candidates 1-2 points apart (docs/measurements, "Backbone candidates alone"); the folds use every label.
+The test images are never looked at.
+
+A budget (seconds) is spent in order of estimated cost: each candidate's cost is its images over the extraction
+speed measured on this machine (:func:`headstart.features.speed.throughput`, measured once and remembered). A
+candidate whose estimate would pass the budget is skipped, and said so; when not even the cheapest fits, the
+command says so before extracting anything. The budget covers the choice, not the training of the winner.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from headstart.core.errors import UsageError
+from headstart.core.runtime import Runtime
+from headstart.data.sources import DataSplits
+from headstart.features.extract import extract_features
+from headstart.features.speed import throughput
+from headstart.training.heads import cross_fitted_logits, fit_head, log_loss
+from headstart.zoo.model import build_model
+from headstart.zoo.registry import get_spec, list_specs
+from headstart.zoo.weights import weights_available
+
+LITES = [("efficientnet_lite0", 224), ("efficientnet_lite1", 240), ("efficientnet_lite2", 260)]
+PRESETS = {  # the names are core.choices.CHOICE_PRESETS
+    "fast": [("efficientnet_lite0", 128), ("efficientnet_lite0", 224)],
+    "balanced": [("efficientnet_lite0", 128), *LITES],
+    "best": [("efficientnet_lite0", 128), *LITES, ("efficientnet_lite1", 320), ("efficientnet_lite2", 320)],
+}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    backbone: str
+    size: int
+
+    def __str__(self) -> str:
+        return f"{self.backbone} @ {self.size} px"
+
+
+def candidates(preset: str) -> list[Candidate]:
+    """The preset's candidates whose weights are on this machine now, plus (``best``) every other registered
+    backbone whose weights are already here (a torchvision or timm download in the cache), at its own size."""
+    if preset not in PRESETS:
+        raise UsageError(f"--choose must be one of {', '.join(PRESETS)}, got '{preset}'.")
+    chosen = [Candidate(b, s) for b, s in PRESETS[preset] if weights_available(get_spec(b))]
+    if preset == "best":
+        named = {c.backbone for c in chosen}
+        chosen += [Candidate(s.name, s.input_size) for s in list_specs()
+                   if s.name not in named and s.sources and weights_available(s)]
+    return chosen
+
+
+def choose_backbone(splits: DataSplits, preset: str, runtime: Runtime, head: str = "logreg",
+                    budget: float | None = None, seed: int = 0, log=print) -> dict:
+    """Scores the preset's candidates on ``splits``' train + validation images and returns the choice: ``winner``
+    (backbone, size), ``reason`` and ``candidates`` (one row each: cross-validated accuracy and loss, validation
+    accuracy, seconds spent, or why it was skipped).
+
+    Raises:
+        UsageError: no candidate has its weights here, or none fits the budget.
+    """
+    pool = candidates(preset)
+    if not pool:
+        raise UsageError(f"no candidate of --choose {preset} has its weights on this machine; see `headstart models`.")
+    paths = [p for p, _ in splits.train] + [p for p, _ in splits.val]
+    started, rows = time.perf_counter(), []
+    costs = {c: len(paths) / throughput(c.backbone, c.size, runtime) for c in pool}
+    if budget is not None and min(costs.values()) > budget:
+        cheapest = min(costs, key=costs.get)
+        raise UsageError(f"--budget {budget:.0f} s is too short: the cheapest candidate ({cheapest}) needs about "
+                         f"{costs[cheapest]:.0f} s for {len(paths)} images on this machine; give at least that.")
+    for c in sorted(pool, key=costs.get):
+        spent = time.perf_counter() - started
+        if budget is not None and spent + costs[c] > budget:
+            rows.append({"backbone": c.backbone, "size": c.size, "estimated_s": round(costs[c], 1),
+                         "skipped": f"over the budget ({spent:.0f} s spent, about {costs[c]:.0f} s more needed)"})
+            log(f"  {c}: skipped, over the budget")
+            continue
+        t0 = time.perf_counter()
+        row = {"backbone": c.backbone, "size": c.size, "estimated_s": round(costs[c], 1),
+               **_score(c, splits, runtime, head, seed), "seconds": round(time.perf_counter() - t0, 1)}
+        rows.append(row)
+        log(f"  {c}: cross-validated accuracy {row['cv_acc']:.3f}, loss {row['cv_loss']:.3f} "
+            f"({row['seconds']:.0f} s)")
+    scored = [r for r in rows if "cv_loss" in r]
+    best = min(scored, key=lambda r: r["cv_loss"])
+    reason = (f"lowest cross-validated log loss ({best['cv_loss']:.3f}, {best['folds']} folds over "
+              f"{best['images']} train + validation images) of {len(scored)} candidate(s) scored")
+    return {"preset": preset, "budget_s": budget, "winner": {"backbone": best["backbone"], "size": best["size"]},
+            "reason": reason, "candidates": rows, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def _score(c: Candidate, splits: DataSplits, runtime: Runtime, head: str, seed: int) -> dict:
+    """The candidate's cross-validated accuracy and log loss, and its validation accuracy, from frozen features."""
+    model = build_model(c.backbone, len(splits.classes), pretrained=True)
+    pre = model.spec.preprocessing(image_size=c.size)
+    parts = {}
+    for name in ("train", "val"):
+        samples = getattr(splits, name)
+        feats = extract_features(model, [p for p, _ in samples], pre, runtime, desc=f"{c} {name}", verbose=False,
+                                 known_hashes=splits.hashes)
+        parts[name] = feats.array(), np.array([samples[i][1] for i in feats.positions], dtype=np.int64)
+    (xt, yt), (xv, yv) = parts["train"], parts["val"]
+    fitted = fit_head(head, xt, yt, xv, yv, len(splits.classes))
+    x, y = np.concatenate([xt, xv]), np.concatenate([yt, yv])
+    logits, folds = cross_fitted_logits(head, x, y, len(splits.classes), fitted.info, seed=seed)
+    if logits is None:  # a class with one image: no fold can hold it out; validation alone decides
+        logits, y, folds = fitted.logits(xv), yv, 0
+    return {"cv_acc": round(float((logits.argmax(1) == y).mean()), 4), "cv_loss": round(log_loss(logits, y), 4),
+            "val_acc": round(float((fitted.logits(xv).argmax(1) == yv).mean()), 4), "folds": folds,
+            "images": int(len(y))}
