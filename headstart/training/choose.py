@@ -4,9 +4,11 @@ Every candidate is a backbone at a resolution. Each gets the same evidence: its 
 and validation images (through the feature cache, so a second run costs nothing), the run's head fitted on them
 (its settings chosen on validation as in a linear probe), then scored by **cross-validation over train +
 validation**: each image scored by a head fitted without it (:func:`~headstart.training.heads.cross_fitted_logits`).
-The lowest cross-validated log loss wins. With ten validation images per class a single validation split cannot
-tell candidates 1-2 points apart (docs/measurements, "Backbone candidates alone"); the folds use every label.
-The test images are never looked at.
+With ten validation images per class a single validation split cannot tell candidates 1-2 points apart
+(docs/measurements, "Backbone candidates alone"); the folds use every label. The winner follows the
+one-standard-error rule (Breiman et al. 1984; Hastie, Tibshirani and Friedman, section 7.10): of the candidates
+whose cross-validated log loss is within one standard error of the lowest, the cheapest on this machine, since a
+difference smaller than the noise does not pay for a slower model. The test images are never looked at.
 
 A budget (seconds) is spent in order of estimated cost: each candidate's cost is its images over the extraction
 speed measured on this machine (:func:`headstart.features.speed.throughput`, measured once and remembered). A
@@ -26,7 +28,7 @@ from headstart.core.runtime import Runtime
 from headstart.data.sources import DataSplits
 from headstart.features.extract import extract_features
 from headstart.features.speed import throughput
-from headstart.training.heads import cross_fitted_logits, fit_head, log_loss
+from headstart.training.heads import cross_fitted_logits, fit_head
 from headstart.zoo.model import build_model
 from headstart.zoo.registry import get_spec, list_specs
 from headstart.zoo.weights import weights_available
@@ -94,9 +96,15 @@ def choose_backbone(splits: DataSplits, preset: str, runtime: Runtime, head: str
         log(f"  {c}: cross-validated accuracy {row['cv_acc']:.3f}, loss {row['cv_loss']:.3f} "
             f"({row['seconds']:.0f} s)")
     scored = [r for r in rows if "cv_loss" in r]
-    best = min(scored, key=lambda r: r["cv_loss"])
-    reason = (f"lowest cross-validated log loss ({best['cv_loss']:.3f}, {best['folds']} folds over "
-              f"{best['images']} train + validation images) of {len(scored)} candidate(s) scored")
+    lowest = min(scored, key=lambda r: r["cv_loss"])
+    close = [r for r in scored if r["cv_loss"] <= lowest["cv_loss"] + lowest["cv_loss_se"]]
+    best = min(close, key=lambda r: r["estimated_s"])
+    reason = (f"cross-validated log loss {best['cv_loss']:.3f} ({best['folds']} folds over {best['images']} train + "
+              f"validation images), " + ("the lowest" if best is lowest else
+                                         f"within one standard error ({lowest['cv_loss_se']:.3f}) of the lowest, "
+                                         f"{lowest['cv_loss']:.3f} ({lowest['backbone']} @ {lowest['size']} px), and "
+                                         "the cheapest of those on this machine")
+              + f"; {len(scored)} candidate(s) scored")
     return {"preset": preset, "budget_s": budget, "winner": {"backbone": best["backbone"], "size": best["size"]},
             "reason": reason, "candidates": rows, "seconds": round(time.perf_counter() - started, 1)}
 
@@ -117,6 +125,9 @@ def _score(c: Candidate, splits: DataSplits, runtime: Runtime, head: str, seed: 
     logits, folds = cross_fitted_logits(head, x, y, len(splits.classes), fitted.info, seed=seed)
     if logits is None:  # a class with one image: no fold can hold it out; validation alone decides
         logits, y, folds = fitted.logits(xv), yv, 0
-    return {"cv_acc": round(float((logits.argmax(1) == y).mean()), 4), "cv_loss": round(log_loss(logits, y), 4),
+    z = logits - logits.max(1, keepdims=True)
+    nll = np.log(np.exp(z).sum(1)) - z[np.arange(len(y)), y]  # each image's log loss
+    return {"cv_acc": round(float((logits.argmax(1) == y).mean()), 4), "cv_loss": round(float(nll.mean()), 4),
+            "cv_loss_se": round(float(nll.std(ddof=1) / np.sqrt(len(nll))) if len(nll) > 1 else 0.0, 4),
             "val_acc": round(float((fitted.logits(xv).argmax(1) == yv).mean()), 4), "folds": folds,
             "images": int(len(y))}
