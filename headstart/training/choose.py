@@ -6,9 +6,11 @@ and validation images (through the feature cache, so a second run costs nothing)
 validation**: each image scored by a head fitted without it (:func:`~headstart.training.heads.cross_fitted_logits`).
 With ten validation images per class a single validation split cannot tell candidates 1-2 points apart
 (docs/measurements, "Backbone candidates alone"); the folds use every label. The winner follows the
-one-standard-error rule (Breiman et al. 1984; Hastie, Tibshirani and Friedman, section 7.10): of the candidates
-whose cross-validated log loss is within one standard error of the lowest, the cheapest on this machine, since a
-difference smaller than the noise does not pay for a slower model. The test images are never looked at.
+one-standard-error rule (Breiman et al. 1984; Hastie, Tibshirani and Friedman, section 7.10), paired: every
+candidate scores the same images in the same folds, so the noise of a difference is the standard error of the
+per-image differences, not of either loss. Of the candidates whose loss is within that of the lowest, the cheapest
+on this machine wins: a difference smaller than its noise does not pay for a slower model. The test images are
+never looked at.
 
 A budget (seconds) is spent in order of estimated cost: each candidate's cost is its images over the extraction
 speed measured on this machine (:func:`headstart.features.speed.throughput`, measured once and remembered). A
@@ -76,7 +78,7 @@ def choose_backbone(splits: DataSplits, preset: str, runtime: Runtime, head: str
     if not pool:
         raise UsageError(f"no candidate of --choose {preset} has its weights on this machine; see `headstart models`.")
     paths = [p for p, _ in splits.train] + [p for p, _ in splits.val]
-    started, rows = time.perf_counter(), []
+    started, rows, losses = time.perf_counter(), [], {}
     costs = {c: len(paths) / throughput(c.backbone, c.size, runtime) for c in pool}
     if budget is not None and min(costs.values()) > budget:
         cheapest = min(costs, key=costs.get)
@@ -90,18 +92,25 @@ def choose_backbone(splits: DataSplits, preset: str, runtime: Runtime, head: str
             log(f"  {c}: skipped, over the budget")
             continue
         t0 = time.perf_counter()
-        row = {"backbone": c.backbone, "size": c.size, "estimated_s": round(costs[c], 1),
-               **_score(c, splits, runtime, head, seed), "seconds": round(time.perf_counter() - t0, 1)}
+        scores, losses[(c.backbone, c.size)] = _score(c, splits, runtime, head, seed)
+        row = {"backbone": c.backbone, "size": c.size, "estimated_s": round(costs[c], 1), **scores,
+               "seconds": round(time.perf_counter() - t0, 1)}
         rows.append(row)
         log(f"  {c}: cross-validated accuracy {row['cv_acc']:.3f}, loss {row['cv_loss']:.3f} "
             f"({row['seconds']:.0f} s)")
     scored = [r for r in rows if "cv_loss" in r]
     lowest = min(scored, key=lambda r: r["cv_loss"])
-    close = [r for r in scored if r["cv_loss"] <= lowest["cv_loss"] + lowest["cv_loss_se"]]
+    for r in scored:  # the paired difference to the lowest, and its standard error
+        d = losses[(r["backbone"], r["size"])] - losses[(lowest["backbone"], lowest["size"])] \
+            if len(losses[(r["backbone"], r["size"])]) == len(losses[(lowest["backbone"], lowest["size"])]) else None
+        r["cv_loss_above_lowest"] = round(float(d.mean()), 4) if d is not None else None
+        r["difference_se"] = round(float(d.std(ddof=1) / np.sqrt(len(d))), 4) if d is not None and len(d) > 1 else None
+    close = [r for r in scored if r is lowest or (r["difference_se"] is not None
+                                                  and r["cv_loss_above_lowest"] <= r["difference_se"])]
     best = min(close, key=lambda r: r["estimated_s"])
     reason = (f"cross-validated log loss {best['cv_loss']:.3f} ({best['folds']} folds over {best['images']} train + "
               f"validation images), " + ("the lowest" if best is lowest else
-                                         f"within one standard error ({lowest['cv_loss_se']:.3f}) of the lowest, "
+                                         f"within one standard error ({best['difference_se']:.3f}) of the lowest, "
                                          f"{lowest['cv_loss']:.3f} ({lowest['backbone']} @ {lowest['size']} px), and "
                                          "the cheapest of those on this machine")
               + f"; {len(scored)} candidate(s) scored")
@@ -109,8 +118,9 @@ def choose_backbone(splits: DataSplits, preset: str, runtime: Runtime, head: str
             "reason": reason, "candidates": rows, "seconds": round(time.perf_counter() - started, 1)}
 
 
-def _score(c: Candidate, splits: DataSplits, runtime: Runtime, head: str, seed: int) -> dict:
-    """The candidate's cross-validated accuracy and log loss, and its validation accuracy, from frozen features."""
+def _score(c: Candidate, splits: DataSplits, runtime: Runtime, head: str, seed: int) -> tuple[dict, np.ndarray]:
+    """The candidate's cross-validated accuracy and log loss and its validation accuracy, from frozen features; and
+    each image's out-of-fold log loss (train then validation images, in order)."""
     model = build_model(c.backbone, len(splits.classes), pretrained=True)
     pre = model.spec.preprocessing(image_size=c.size)
     parts = {}
@@ -128,6 +138,5 @@ def _score(c: Candidate, splits: DataSplits, runtime: Runtime, head: str, seed: 
     z = logits - logits.max(1, keepdims=True)
     nll = np.log(np.exp(z).sum(1)) - z[np.arange(len(y)), y]  # each image's log loss
     return {"cv_acc": round(float((logits.argmax(1) == y).mean()), 4), "cv_loss": round(float(nll.mean()), 4),
-            "cv_loss_se": round(float(nll.std(ddof=1) / np.sqrt(len(nll))) if len(nll) > 1 else 0.0, 4),
             "val_acc": round(float((fitted.logits(xv).argmax(1) == yv).mean()), 4), "folds": folds,
-            "images": int(len(y))}
+            "images": int(len(y))}, nll
