@@ -5,12 +5,11 @@ and validation images (through the feature cache, so a second run costs nothing)
 (its settings chosen on validation as in a linear probe), then scored by **cross-validation over train +
 validation**: each image scored by a head fitted without it (:func:`~headstart.training.heads.cross_fitted_logits`).
 With ten validation images per class a single validation split cannot tell candidates 1-2 points apart
-(docs/measurements, "Backbone candidates alone"); the folds use every label. The winner follows the
-one-standard-error rule (Breiman et al. 1984; Hastie, Tibshirani and Friedman, section 7.10), paired: every
-candidate scores the same images in the same folds, so the noise of a difference is the standard error of the
-per-image differences, not of either loss. Of the candidates whose loss is within that of the lowest, the cheapest
-on this machine wins: a difference smaller than its noise does not pay for a slower model. The test images are
-never looked at.
+(docs/measurements, "Backbone candidates alone"); the folds use every label. The lowest
+cross-validated log loss wins: ``--choose`` asks for accuracy. Beside each loss the table records how far it lies
+above the lowest and the standard error of that paired difference (every candidate scores the same images in the
+same folds), so a reader sees which differences are within the noise of so few labels. The test images are never
+looked at.
 
 A budget (seconds) is spent in order of estimated cost: each candidate's cost is its images over the extraction
 speed measured on this machine (:func:`headstart.features.speed.throughput`, measured once and remembered). A
@@ -105,15 +104,12 @@ def choose_backbone(splits: DataSplits, preset: str, runtime: Runtime, head: str
             if len(losses[(r["backbone"], r["size"])]) == len(losses[(lowest["backbone"], lowest["size"])]) else None
         r["cv_loss_above_lowest"] = round(float(d.mean()), 4) if d is not None else None
         r["difference_se"] = round(float(d.std(ddof=1) / np.sqrt(len(d))), 4) if d is not None and len(d) > 1 else None
-    close = [r for r in scored if r is lowest or (r["difference_se"] is not None
-                                                  and r["cv_loss_above_lowest"] <= r["difference_se"])]
-    best = min(close, key=lambda r: r["estimated_s"])
-    reason = (f"cross-validated log loss {best['cv_loss']:.3f} ({best['folds']} folds over {best['images']} train + "
-              f"validation images), " + ("the lowest" if best is lowest else
-                                         f"within one standard error ({best['difference_se']:.3f}) of the lowest, "
-                                         f"{lowest['cv_loss']:.3f} ({lowest['backbone']} @ {lowest['size']} px), and "
-                                         "the cheapest of those on this machine")
-              + f"; {len(scored)} candidate(s) scored")
+    best = lowest
+    tied = [f"{r['backbone']} @ {r['size']} px" for r in scored
+            if r is not best and r["difference_se"] is not None and r["cv_loss_above_lowest"] <= r["difference_se"]]
+    reason = (f"the lowest cross-validated log loss, {best['cv_loss']:.3f} ({best['folds']} folds over "
+              f"{best['images']} train + validation images), of {len(scored)} candidate(s) scored"
+              + (f"; within one standard error of it: {', '.join(tied)}" if tied else ""))
     return {"preset": preset, "budget_s": budget, "winner": {"backbone": best["backbone"], "size": best["size"]},
             "reason": reason, "candidates": rows, "seconds": round(time.perf_counter() - started, 1)}
 

@@ -21,10 +21,8 @@ def test_choose_scores_each_candidate_and_trains_the_winner(tmp_path, capsys):
     choice = json.loads((run / "backbone_choice.json").read_text())
     scored = [r for r in choice["candidates"] if "cv_loss" in r]
     assert {(r["backbone"], r["size"]) for r in scored} == {("efficientnet_lite0", 128), ("efficientnet_lite0", 224)}
-    # the paired one-standard-error rule: the cheapest of the candidates whose loss is within the noise of the lowest
-    close = [r for r in scored if r["cv_loss_above_lowest"] <= (r["difference_se"] or 0)]
-    best = min(close, key=lambda r: r["estimated_s"])
-    assert min(r["cv_loss_above_lowest"] for r in scored) == 0
+    best = min(scored, key=lambda r: r["cv_loss"])  # the lowest cross-validated loss
+    assert best["cv_loss_above_lowest"] == 0 and all(r["difference_se"] is not None for r in scored)
     assert choice["winner"] == {"backbone": best["backbone"], "size": best["size"]}
     assert all(r["images"] == 24 and r["folds"] >= 2 for r in scored)  # every train + val image, cross-validated
     config = yaml.safe_load((run / "config.yaml").read_text())
