@@ -45,31 +45,47 @@ def make_sets(work: Path, labels: list[int], seed: int) -> dict[str, Path]:
     return sets
 
 
-def run_one(folder: Path, backbone: str, size: int, seed: int, out: Path) -> dict:
-    cache = out.with_name(out.name + ".cache")
-    shutil.rmtree(cache, ignore_errors=True)
-    cmd = [sys.executable, "-m", "headstart", "train", str(folder), "--strategy", "linear-probe", "--model", backbone,
-           "--image-size", str(size), "--seed", str(seed), "--out", str(out), "--overwrite", "--no-report"]
+def timed_train(folder: Path, extra: list[str], seed: int, out: Path, cache: Path) -> dict:
+    """One whole linear-probe ``headstart train`` with ``HEADSTART_CACHE=cache``: ``wall_s`` and the run's
+    ``summary``, ``test`` metrics and ``config``, or ``error``."""
+    import yaml
+
+    cmd = [sys.executable, "-m", "headstart", "train", str(folder), "--strategy", "linear-probe", "--seed", str(seed),
+           "--out", str(out), "--overwrite", "--no-report", *extra]
     start = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, check=False,
                           env={**os.environ, "HEADSTART_CACHE": str(cache)})
-    wall = time.perf_counter() - start
-    shutil.rmtree(cache, ignore_errors=True)
+    wall = round(time.perf_counter() - start, 1)
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
-    summary = json.loads((out / "summary.json").read_text())
     test = json.loads((out / "test_metrics.json").read_text()) if (out / "test_metrics.json").exists() else {}
-    return {"val_acc": summary.get("val_acc"), "val_loss": summary.get("best_val_loss"),
-            "test_acc": test.get("accuracy"), "wall_s": round(wall, 1)}
+    return {"wall_s": wall, "summary": json.loads((out / "summary.json").read_text()), "test": test,
+            "config": yaml.safe_load((out / "config.yaml").read_text())}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def arguments(doc: str) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--labels", type=int, nargs="+", default=[10, 50])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    return args
+
+
+def run_one(folder: Path, backbone: str, size: int, seed: int, out: Path) -> dict:
+    cache = out.with_name(out.name + ".cache")
+    shutil.rmtree(cache, ignore_errors=True)
+    got = timed_train(folder, ["--model", backbone, "--image-size", str(size)], seed, out, cache)
+    shutil.rmtree(cache, ignore_errors=True)
+    if "error" in got:
+        return got
+    return {"val_acc": got["summary"].get("val_acc"), "val_loss": got["summary"].get("best_val_loss"),
+            "test_acc": got["test"].get("accuracy"), "wall_s": got["wall_s"]}
+
+
+def main() -> None:
+    args = arguments(__doc__)
     results = []
     for seed in args.seeds:
         for name, folder in make_sets(args.out / "data", args.labels, seed).items():

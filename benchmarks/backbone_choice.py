@@ -10,17 +10,13 @@ candidate, test accuracy (never seen by the choice) and wall time. Data sets as 
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from backbone_candidates import make_sets  # noqa: E402  (the same folders)
+from backbone_candidates import arguments, make_sets, timed_train  # noqa: E402  (the same folders and command)
 
 ARMS = {"default (Lite0 224 px)": [], "--choose fast": ["--choose", "fast"],
         "--choose balanced": ["--choose", "balanced"]}
@@ -32,31 +28,19 @@ def run_arm(folder: Path, extra: list[str], seed: int, out: Path, speeds: Path) 
     cache.mkdir(parents=True)
     if speeds.exists():
         shutil.copy(speeds, cache / "speeds.json")
-    cmd = [sys.executable, "-m", "headstart", "train", str(folder), "--strategy", "linear-probe", "--seed", str(seed),
-           "--out", str(out), "--overwrite", "--no-report", *extra]
-    start = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False,
-                          env={**os.environ, "HEADSTART_CACHE": str(cache)})
-    wall = time.perf_counter() - start
+    got = timed_train(folder, extra, seed, out, cache)
     if (cache / "speeds.json").exists():
         shutil.copy(cache / "speeds.json", speeds)
     shutil.rmtree(cache, ignore_errors=True)
-    if done.returncode != 0:
-        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
-    config = json.loads(json.dumps(__import__("yaml").safe_load((out / "config.yaml").read_text())))
-    test = json.loads((out / "test_metrics.json").read_text()) if (out / "test_metrics.json").exists() else {}
-    summary = json.loads((out / "summary.json").read_text())
-    return {"model": config["model"], "size": config["preprocessing"]["image_size"], "val_acc": summary.get("val_acc"),
-            "test_acc": test.get("accuracy"), "wall_s": round(wall, 1)}
+    if "error" in got:
+        return got
+    return {"model": got["config"]["model"], "size": got["config"]["preprocessing"]["image_size"],
+            "val_acc": got["summary"].get("val_acc"), "test_acc": got["test"].get("accuracy"),
+            "wall_s": got["wall_s"]}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--labels", type=int, nargs="+", default=[10, 50])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    args = ap.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
+    args = arguments(__doc__)
     results, speeds = [], args.out / "speeds.json"
     for seed in args.seeds:
         for name, folder in make_sets(args.out / "data", args.labels, seed).items():
