@@ -137,8 +137,9 @@ class TrainConfig:
         self.budget = parse_budget(self.budget)
         if self.budget is not None and self.choose is None:
             raise UsageError("--budget limits the backbone choice: give it with --choose fast, balanced or best.")
-        if self.choose is not None and self.image_size is not None:
-            raise UsageError("--choose picks the backbone and its image size; leave out --image-size (or --choose).")
+        if self.choose is not None and (self.image_size is not None or self.model != DEFAULT_MODEL):
+            raise UsageError("--choose picks the backbone and its image size; leave out --model and --image-size "
+                             "(or --choose).")
         if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
             raise UsageError("--tensorboard needs TensorBoard: pip install 'headstart[tensorboard]'.")
         for name, value, allowed in (("--augment", self.augment, AUGMENTATIONS), ("--balance", self.balance, BALANCE),

@@ -49,7 +49,9 @@ def test_budget_and_choose_options_are_checked():
             parse_budget(bad)
     with pytest.raises(UsageError, match="give it with --choose"):
         TrainConfig(data="d", out="o", budget="10m").check()
-    with pytest.raises(UsageError, match="leave out --image-size"):
+    with pytest.raises(UsageError, match="leave out --model and --image-size"):
         TrainConfig(data="d", out="o", choose="fast", image_size=64).check()
+    with pytest.raises(UsageError, match="leave out --model and --image-size"):
+        TrainConfig(data="d", out="o", choose="balanced", model="resnet50").check()
     with pytest.raises(UsageError, match="--choose must be one of"):
         TrainConfig(data="d", out="o", choose="quick").check()
