@@ -115,6 +115,15 @@ def inspect_file(path: str, max_pixels: int = MAX_PIXELS, hashes: bool = True) -
     return facts
 
 
+def known_hashes(facts: dict[str, FileFacts]) -> hashing.KnownHashes:
+    """The content hashes in ``facts``, each with the stamp of the read that gave it (:class:`KnownHashes`)."""
+    known = hashing.KnownHashes()
+    for path, f in facts.items():
+        if f.sha:
+            known.add(path, f.sha, f.stamp)
+    return known
+
+
 def inspect_files(paths: list[str], max_pixels: int = MAX_PIXELS, workers: int | None = None,
                   hashes: bool = True) -> dict[str, FileFacts]:
     """:func:`inspect_file` for each distinct path, in a thread pool (PIL releases the GIL while decoding).
@@ -180,11 +189,7 @@ class CheckReport:
 
     def known_hashes(self) -> hashing.KnownHashes:
         """The content hashes the check computed, for the commands after it not to read the files again."""
-        known = hashing.KnownHashes()
-        for path, f in self.facts.items():
-            if f.sha:
-                known.add(path, f.sha, f.stamp)
-        return known
+        return known_hashes(self.facts)
 
     def bad_files(self) -> list[tuple[str, str]]:
         """``(path, reason)`` for each file training cannot use, once each, in report order."""

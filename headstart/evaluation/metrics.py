@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from headstart.core.errors import PathNotFoundError, UsageError
+from headstart.core.hashing import KnownHashes
 from headstart.core.io import write_bytes
-from headstart.data.check import inspect_files
+from headstart.data.check import inspect_files, known_hashes
 from headstart.data.leakage import copies_of
 from headstart.data.rundir import RunDir
 from headstart.data.sources import read_class_folders
@@ -117,7 +118,7 @@ def evaluate_run(run: Predictor, data: str | Path, batch_size: int = 64, workers
     if not samples:
         raise UsageError(f"no readable images in {data}" + (" that are not copies of training images." if leaked
                                                             else "."))
-    logits, labels, unreadable = _view_logits(run, samples, [facts[p].sha for p, _ in samples], batch_size,
+    logits, labels, unreadable = _view_logits(run, samples, known_hashes(facts), batch_size,
                                               workers, tta)
     for path, reason in unreadable:  # readable when checked, not when its features were computed
         print(f"skipping {path}: {reason}", file=sys.stderr)
@@ -133,22 +134,22 @@ def evaluate_run(run: Predictor, data: str | Path, batch_size: int = 64, workers
                     else 0, "leaked": sorted(leaked), "leaked_copy_of": {p: c["copy_of"] for p, c in copies.items()},
                     "leaked_label_conflicts": conflicts})
     rundir = RunDir(run.path)
-    before = rundir.read_json(rundir.EVALUATION, {})
+    before, written = rundir.read_json(rundir.EVALUATION, {}), json.loads(json.dumps(metrics))  # as JSON reads back
     # Rewritten only when it changed, so the report's figures (drawn again when the files they show are newer) are
     # not: the same images scored through the network and from cached features differ in the 7th digit of a score.
-    if not _same_evaluation(json.loads(json.dumps(metrics)), before):
+    if not _same_evaluation(written, before):
         rundir.write_json(rundir.EVALUATION, metrics)
-    drawn = [before.get(k) for k in _CONFUSION_DATA] == json.loads(json.dumps([metrics[k] for k in _CONFUSION_DATA]))
+    drawn = all(before.get(k) == written[k] for k in _CONFUSION_DATA)
     if not (drawn and (rundir / rundir.CONFUSION).is_file()):  # the run's file is this matrix already
         plot_confusion(metrics, rundir / rundir.CONFUSION)
     return metrics
 
 
-def _view_logits(run: Predictor, samples: list[tuple[str, int]], hashes: list[str], batch_size: int,
+def _view_logits(run: Predictor, samples: list[tuple[str, int]], known: KnownHashes, batch_size: int,
                  workers: int | None, tta: bool) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
     """Logits of every view, ``(views, n, classes)`` float32, the labels of the n images scored, and ``(path,
-    reason)`` of the images that could not be used after all. ``hashes``: the samples' content hashes (the check's)."""
-    logits, positions, unreadable = run.view_logits([p for p, _ in samples], hashes, tta, batch_size, workers)
+    reason)`` of the images that could not be used after all. ``known``: the check's content hashes."""
+    logits, positions, unreadable = run.view_logits([p for p, _ in samples], known, tta, batch_size, workers)
     return logits, np.array([samples[i][1] for i in positions], dtype=np.int64), unreadable
 
 

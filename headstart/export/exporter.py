@@ -149,12 +149,12 @@ def _write_and_check(loaded: LoadedRun, meta: ExportMetadata, format: str, quant
     example = torch.zeros(2, 3, loaded.preprocessing.crop, loaded.preprocessing.crop)
     if format == "pt2":
         _save_pt2(module, example, partial, meta)
-        return _parity(loaded, samples, {"pt2": _pt2_probabilities(partial)}, pil=None)
+        return _parity(loaded, samples, {"pt2": _pt2_probabilities(partial)}, own_path=None)
     fp32 = partial.with_name(partial.name + ".fp32") if quantize else partial
     _save_onnx(module, example, fp32, meta)
     if quantize:
         _quantize_int8(fp32, partial)
-    return _parity(loaded, samples, _onnx_candidates(fp32, partial if quantize else None), pil=partial)
+    return _parity(loaded, samples, _onnx_candidates(fp32, partial if quantize else None), own_path=partial)
 
 
 # -- writing -------------------------------------------------------------------------------------------------------
@@ -263,18 +263,18 @@ def _pt2_probabilities(path: Path):
     return probabilities
 
 
-def _parity(loaded: LoadedRun, samples: list[tuple[str, int]], candidates: dict, pil: Path | None,
+def _parity(loaded: LoadedRun, samples: list[tuple[str, int]], candidates: dict, own_path: Path | None,
             batch_size: int = 32) -> dict[str, Any]:
-    """Probabilities of the run and of each candidate (fed the run's own tensors) on the same images; with ``pil``
+    """Probabilities of the run and of each candidate (fed the run's own tensors) on the same images; with ``own_path``
     (an ONNX file) also that file through :class:`OnnxModel`'s own predict path (the run's eval transform). When
     none of the run's images can be read (the data moved), seeded synthetic images stand in: the conversion is still
     checked, accuracy is not."""
 
     transform, pre = eval_transform(loaded.preprocessing), loaded.preprocessing
     std = np.asarray(pre.std, np.float32)[:, None, None]
-    onnx_model = OnnxModel(pil) if pil is not None else None
+    onnx_model = OnnxModel(own_path) if own_path is not None else None
     run, labels = [], []
-    outputs = {name: [] for name in candidates} | ({"pil": []} if pil is not None else {})
+    outputs = {name: [] for name in candidates} | ({"predict_path": []} if own_path is not None else {})
     input_diff = 0.0
 
     def feed(images: list, ys: list) -> None:
@@ -288,7 +288,7 @@ def _parity(loaded: LoadedRun, samples: list[tuple[str, int]], candidates: dict,
         if onnx_model is not None:
             mine = [onnx_model.prepare(im) for im in images]  # the file's own predict path, end to end
             input_diff = max(input_diff, float((np.abs(np.stack(mine) - batch) * std).max() * 255))
-            outputs["pil"].append(onnx_model.probabilities(mine))
+            outputs["predict_path"].append(onnx_model.probabilities(mine))
 
     unreadable = 0
     for start in range(0, len(samples), batch_size):
@@ -309,8 +309,8 @@ def _parity(loaded: LoadedRun, samples: list[tuple[str, int]], candidates: dict,
     ref = np.concatenate(run)
     y = None if synthetic else np.asarray(labels)
     figures = {name: _compare(ref, np.concatenate(probs), y) for name, probs in outputs.items()}
-    if "pil" in figures:
-        figures["pil"]["max_input_diff_levels"] = round(input_diff, 3)
+    if "predict_path" in figures:
+        figures["predict_path"]["max_input_diff_levels"] = round(input_diff, 3)
     return {"images": len(ref), "unreadable": unreadable, "synthetic": synthetic, "figures": figures}
 
 
@@ -351,7 +351,7 @@ def _judge(check: dict[str, Any], tolerance: float, quantize: str | None) -> dic
     margin = strict["widest_margin_where_top1_differs"]
     ties_only = margin is None or margin <= tolerance
     passed = strict["max_prob_diff"] <= tolerance and ties_only
-    own = figures.get("pil")  # the file through `headstart predict MODEL.onnx`'s own path, images decoded anew
+    own = figures.get("predict_path")  # the file through `headstart predict MODEL.onnx`'s own path, images decoded anew
     if own is not None and not quantize:
         passed = passed and own["max_prob_diff"] <= tolerance and (own["widest_margin_where_top1_differs"] or 0) \
             <= tolerance
@@ -367,8 +367,8 @@ def _judge(check: dict[str, Any], tolerance: float, quantize: str | None) -> dic
         record["parity"] = {**figures.pop("int8"), "enforced": False,
                             "note": "int8 changes the numbers: agreement and accuracy change are measured, the "
                                     "tolerance applies to the fp32 graph (fp32_parity)"}
-    if "pil" in figures:
-        record["predict_path"] = {**figures.pop("pil"), "enforced": not quantize,
+    if "predict_path" in figures:
+        record["predict_path"] = {**figures.pop("predict_path"), "enforced": not quantize,
                                   "note": "this file through `headstart predict`'s own path (the run's eval "
                                           "transform, images decoded again) against the run"}
     return record

@@ -26,8 +26,11 @@ from typing import Any
 import numpy as np
 
 from headstart.core.choices import MAX_PIXELS
+from headstart.core.hashing import KnownHashes
 from headstart.core.preprocessing import Preprocessing
+from headstart.data.rundir import RunDir
 from headstart.predict.calibration import softmax
+from headstart.predict.metadata import headline_test_metrics
 from headstart.predict.records import path_records, predict_images, top_classes
 
 
@@ -41,12 +44,12 @@ class Predictor:
     path: Path  # the run directory, or the .onnx file
     frozen_backbone: bool = False
 
-    def view_logits(self, paths: Sequence[str], hashes: Sequence[str] | None = None, tta: bool = False,
+    def view_logits(self, paths: Sequence[str], known: KnownHashes | None = None, tta: bool = False,
                     batch_size: int = 64, workers: int | None = None
                     ) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
         """``(logits (views, n, classes) float32, positions in paths of the n images used, (path, reason) of the
-        others)``. ``hashes``: the files' content hashes when the caller has them (the check's); ``tta``: two views,
-        the image and its mirror image."""
+        others)``. ``known``: content hashes the command computed already (the check's), so no file is hashed
+        twice; ``tta``: two views, the image and its mirror image."""
         raise NotImplementedError
 
     def prepare(self, image, max_pixels: int = MAX_PIXELS) -> Any:
@@ -81,6 +84,12 @@ class Predictor:
                 for row in self.probabilities(ready[start:start + batch_size], tta)]
 
     def info(self) -> dict[str, Any]:
-        """What ``GET /info`` shows: names only, no folders."""
-        raise NotImplementedError
+        """What ``GET /info`` shows of a run (an exported file has its own): names only, no folders."""
+        run = RunDir(self.path)
+        config, summary = run.config(), run.summary()
+        # The run's name, not its path: a client has no business knowing the server's folders.
+        return {"source": "run", "engine": self.engine, "run": self.path.name, "model": config.get("model"),
+                "strategy": summary.get("strategy", config.get("strategy")), "classes": list(self.classes),
+                "preprocessing": self.preprocessing.describe(), "temperature": self.temperature,
+                "test_metrics": headline_test_metrics(run.read_json(RunDir.TEST_METRICS), summary)}
 

@@ -22,13 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from headstart.core.choices import MAX_PIXELS
-from headstart.core.hashing import content_hashes
+from headstart.core.hashing import KnownHashes, content_hashes
 from headstart.core.io import load_weights_numpy
 from headstart.core.preprocessing import Preprocessing
 from headstart.data.rundir import RunDir, shipped_backbone_is_frozen
 from headstart.features.cache import FeatureCache
 from headstart.predict.base import Predictor
-from headstart.predict.metadata import headline_test_metrics
 
 _SHORT = {"fp32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # a feature key's precision -> --precision
 
@@ -52,14 +51,14 @@ class CachedRun(Predictor):
     frozen_backbone: bool = True
     _loaded: object = field(default=None, repr=False)
 
-    def logits(self, paths: list[str], hashes: list[str] | None = None
+    def logits(self, paths: list[str], known: KnownHashes | None = None
                ) -> tuple[np.ndarray, list[int], list[tuple[str, str]]] | None:
         """``(logits (n, classes) float32, positions in paths of the n decodable images, (path, reason) of the
         others)`` when the cache holds every image (or knows it cannot be decoded); None when any must be computed.
-        ``hashes``: the files' content hashes when the caller has them (the check's ``FileFacts.sha``), so the
-        files are not read again.
+        ``known``: hashes the command computed already (the check's), taken from it while the files are unchanged,
+        and the others added to it.
         """
-        hashes = content_hashes(paths) if hashes is None else hashes
+        hashes = content_hashes(paths, known)
         good, bad, keys = [], [], []
         located = self.cache.locate([h for h in hashes if isinstance(h, str)])
         found = iter(located[:, 0] >= 0)
@@ -79,10 +78,10 @@ class CachedRun(Predictor):
 
     engine = "cached"
 
-    def view_logits(self, paths, hashes=None, tta: bool = False, batch_size: int = 64, workers: int | None = None):
-        got = None if tta else self.logits(list(paths), hashes)
+    def view_logits(self, paths, known=None, tta: bool = False, batch_size: int = 64, workers: int | None = None):
+        got = None if tta else self.logits(list(paths), known)
         if got is None:  # an image to compute (or mirror views): through the backbone, features kept in the cache
-            return self.load().view_logits(paths, hashes, tta, batch_size, workers)
+            return self.load().view_logits(paths, known, tta, batch_size, workers)
         logits, positions, bad = got
         return logits[None], positions, bad
 
@@ -91,14 +90,6 @@ class CachedRun(Predictor):
 
     def prepared_logits(self, ready: list, tta: bool = False) -> np.ndarray:
         return self.load().prepared_logits(ready, tta)
-
-    def info(self) -> dict:
-        run = RunDir(self.path)
-        config, summary = run.config(), run.summary()
-        return {"source": "run", "engine": self.engine, "run": self.path.name, "model": config.get("model"),
-                "strategy": summary.get("strategy", config.get("strategy")), "classes": list(self.classes),
-                "preprocessing": self.preprocessing.describe(), "temperature": self.temperature,
-                "test_metrics": headline_test_metrics(run.read_json(RunDir.TEST_METRICS), summary)}
 
     def load(self):
         """The run loaded through torch (:func:`headstart.predict.run.load_run`), once."""

@@ -21,7 +21,6 @@ from headstart.data.transforms import eval_transform
 from headstart.features.extract import extract_features
 from headstart.features.forward import choose_engine, model_forward
 from headstart.predict.base import Predictor
-from headstart.predict.metadata import headline_test_metrics
 from headstart.zoo.model import TransferModel, build_model
 
 
@@ -84,11 +83,12 @@ class LoadedRun(Predictor):
         x = torch.stack(ready)
         return view_logits(self.forward_for(x, len(ready), tta), x, self.runtime, tta).numpy()
 
-    def view_logits(self, paths, hashes=None, tta: bool = False, batch_size: int = 64, workers: int | None = None):
+    def view_logits(self, paths, known=None, tta: bool = False, batch_size: int = 64, workers: int | None = None):
         paths = list(paths)
         if self.frozen_backbone and not tta:
             logits, positions, bad = cached_logits(self.model, paths, self.preprocessing, self.runtime, batch_size,
-                                                   workers, desc="predict", known_hashes=self.known_hashes)
+                                                   workers, desc="predict",
+                                                   known_hashes=self.known_hashes if known is None else known)
             return logits[None].numpy(), list(positions), bad
         loader = make_loader(ImageFiles(paths, eval_transform(self.preprocessing)), batch_size, shuffle=False,
                              workers=workers, collate_fn=flagged_collate)
@@ -103,16 +103,6 @@ class LoadedRun(Predictor):
                 i += len(images)
         logits = torch.cat(out, dim=1) if out else torch.empty((2 if tta else 1, 0, len(self.classes)))
         return logits.numpy(), positions, bad
-
-    def info(self) -> dict:
-        run = RunDir(self.path)
-        summary = run.summary()
-        # The run's name, not its path: a client has no business knowing the server's folders.
-        return {"source": "run", "engine": self.engine, "run": self.path.name, "model": self.config.get("model"),
-                "strategy": summary.get("strategy", self.config.get("strategy")),
-                "classes": list(self.classes), "preprocessing": self.preprocessing.describe(),
-                "temperature": self.temperature,
-                "test_metrics": headline_test_metrics(run.read_json(RunDir.TEST_METRICS), summary)}
 
     def forward_for(self, images: torch.Tensor, count: int, tta: bool = False):
         """The model's eval forward for a pass over ``count`` images like ``images`` (twice as many views with
