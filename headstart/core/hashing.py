@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from headstart.core import archives
+
 if TYPE_CHECKING:
     import torch
 
@@ -44,7 +46,12 @@ def file_hash(path: str | Path, data: bytes | None = None) -> str:
     Args:
         path: the file.
         data: its bytes, when the caller has read them already (the check decodes the same bytes).
+
+    A member of a tar shard or a dataset row (:mod:`headstart.core.archives`) is hashed by its own bytes, so an
+    image keeps its hash, and its cached features, whether it sits in a folder, a shard or a dataset.
     """
+    if data is None and archives.is_member(path):
+        data = archives.read_bytes(path)
     if data is not None:
         return hashlib.blake2b(data, digest_size=16).hexdigest()
     return _digest_file(path, hashlib.blake2b(digest_size=16)).hexdigest()
@@ -109,10 +116,11 @@ def weights_checksum(state_dict: Mapping[str, torch.Tensor | np.ndarray]) -> str
 # --- Content hashes of many files, each computed once per command ---
 
 def _stat(path: str) -> tuple[int, ...] | None:
-    """(device, inode, size, mtime, ctime) of a file; None when it cannot be read. The kernel sets ctime on every
+    """(device, inode, size, mtime, ctime) of a file (of its container for a member path); None when it cannot be
+    read. The kernel sets ctime on every
     write and rename, and no tool can set it back."""
     try:
-        s = os.stat(path)
+        s = archives.stat_path(path)
     except OSError:
         return None
     return s.st_dev, s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns
@@ -132,7 +140,7 @@ def _steadily(path: str, read):
 def read_stamped(path: str) -> tuple[bytes, int | None]:
     """The file's bytes and their stamp, for a caller that needs the bytes themselves and hashes them with
     :func:`file_hash` (``check``, which decodes them)."""
-    return _steadily(path, Path(path).read_bytes)
+    return _steadily(path, lambda: archives.read_bytes(path))
 
 
 class KnownHashes:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from headstart.core import archives
 from headstart.core.choices import MAX_PIXELS
 from headstart.core.errors import DataError
 
@@ -215,11 +216,13 @@ def decode_image(path: str | Path, max_pixels: int = MAX_PIXELS, data: bytes | N
     Raises:
         BadImageError: the file is empty, not an image, truncated, or too large to decode safely.
     """
-    path = Path(path)
     try:
-        size = len(data) if data is not None else path.stat().st_size
+        if data is None and archives.is_member(path):  # a tar member or dataset row: its bytes, read in place
+            data = archives.read_bytes(path)
+        size = len(data) if data is not None else Path(path).stat().st_size
     except OSError as exc:
         raise BadImageError(path, f"cannot be read ({exc.strerror})", "unreadable") from None
+    path = Path(path)
     if size == 0:
         raise BadImageError(path, "empty file (0 bytes)", "empty")
     try:

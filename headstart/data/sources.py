@@ -14,6 +14,7 @@ from pathlib import Path
 from headstart.core.errors import DataError, PathNotFoundError, UsageError
 from headstart.core.hashing import KnownHashes
 from headstart.data.images import is_image_file
+from headstart.data.packed import image_members, is_packed, read_packed
 
 Sample = tuple[str, int]  # (path, class index)
 SPLIT_DIRS = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
@@ -85,7 +86,9 @@ def expand_paths(paths: list[str | Path]) -> list[str]:
     on stderr (how many files, of which kinds), since a file named directly would be tried whatever its name."""
     out, passed = [], []
     for p in map(Path, paths):
-        if p.is_dir():
+        if is_packed(p):
+            out += image_members(str(p))
+        elif p.is_dir():
             found = list_images(p, passed)
             if not found:
                 raise UsageError(f"{p} holds no image files{_what_else(passed, ' (it holds ', ')')}; image files "
@@ -226,22 +229,23 @@ def discover(data: str | Path, val_fraction: float = 0.2, seed: int = 0, check: 
 
     Args:
         data: a folder with ``train/``, ``val/`` (optional) and ``test/`` (optional) subfolders of class folders;
-            or one folder of class folders; or a CSV manifest (``path,label[,split]``).
+            or one folder of class folders; or a CSV manifest (``path,label[,split]``); or WebDataset tar shards
+            or a Hugging Face dataset (:mod:`headstart.data.packed`).
         val_fraction: share of each class held out for validation when no validation split is given.
         seed: makes that split repeatable.
         check: refuse splits that cannot train a classifier (:func:`validate`); ``headstart check`` turns it off
             to list such problems among its other findings.
     """
+    packed = is_packed(data)
     data = Path(data)
-    if not data.exists():
+    if not packed and not data.exists():
         raise PathNotFoundError(f"{data} does not exist; pass a folder of class subfolders or a CSV manifest.")
-    if data.is_file():
-        if data.suffix.lower() != ".csv":
+    if data.is_file() or packed:
+        if not packed and data.suffix.lower() != ".csv":
             raise DataError(f"{data} is a file but not a .csv manifest; pass a folder of class subfolders or a CSV.")
-        classes, rows = read_csv_manifest(data)
+        classes, rows, layout = read_packed(str(data)) if packed else (*read_csv_manifest(data), f"csv manifest {data}")
         idx = {c: i for i, c in enumerate(classes)}
         train, val, test = ([(p, idx[y]) for p, y in rows[s]] for s in ("train", "val", "test"))
-        layout = f"csv manifest {data}"
         val_made = not val
         if not val:
             train, val = stratified_split(train, val_fraction, seed)

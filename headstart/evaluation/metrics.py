@@ -14,6 +14,7 @@ from headstart.core.hashing import KnownHashes
 from headstart.core.io import write_bytes
 from headstart.data.check import inspect_files, known_hashes
 from headstart.data.leakage import copies_of
+from headstart.data.packed import is_packed, labelled_samples
 from headstart.data.rundir import RunDir
 from headstart.data.sources import read_class_folders
 from headstart.predict.base import Predictor
@@ -86,7 +87,8 @@ def _draw_confusion(metrics: dict, title: str) -> bytes:
 
 def evaluate_run(run: Predictor, data: str | Path, batch_size: int = 64, workers: int | None = None,
                  tta: bool = False, keep_leaked: bool = False, duplicates: str = "near") -> dict:
-    """Evaluates a trained run on a folder of class subfolders named like the run's classes.
+    """Evaluates a trained run on a folder of class subfolders named like the run's classes (or WebDataset shards
+    or a Hugging Face dataset labelled with them: every image in it, :mod:`headstart.data.packed`).
 
     Writes ``evaluation.json`` and ``confusion_matrix.png`` into the run directory and returns the metrics. Scores
     use the run's calibration temperature; ``calibration`` holds the expected calibration error before and after it.
@@ -97,11 +99,12 @@ def evaluate_run(run: Predictor, data: str | Path, batch_size: int = 64, workers
 
     ``run``: the run's predictor (:func:`headstart.predict.open_predictor`); its ``engine`` is recorded.
     """
+    packed = is_packed(data)
     data = Path(data)
-    if not data.is_dir():
+    if not packed and not data.is_dir():
         raise PathNotFoundError(f"{data} is not a folder; pass a folder of class subfolders named like the run's "
                                 f"classes ({', '.join(run.classes[:5])}{', ...' if len(run.classes) > 5 else ''}).")
-    _, samples = read_class_folders(data, run.classes)
+    samples = labelled_samples(str(data), run.classes) if packed else read_class_folders(data, run.classes)[1]
     facts = inspect_files([p for p, _ in samples])  # one decode per image: readability and fingerprints
     bad = [(p, f.error.reason) for p, f in facts.items() if f.error is not None]
     for path, reason in bad:
