@@ -24,6 +24,7 @@ from PIL import Image
 
 from headstart.core import hashing
 from headstart.core.errors import DataError
+from headstart.core.progress import progress
 from headstart.data.images import MAX_PIXELS, BadImageError, decode_image
 from headstart.data.leakage import NEAR_BITS, THUMB_SIDE, group_duplicates
 from headstart.data.sources import DataSplits, Sample, discover, validate
@@ -125,7 +126,7 @@ def known_hashes(facts: dict[str, FileFacts]) -> hashing.KnownHashes:
 
 
 def inspect_files(paths: list[str], max_pixels: int = MAX_PIXELS, workers: int | None = None,
-                  hashes: bool = True) -> dict[str, FileFacts]:
+                  hashes: bool = True, desc: str = "check") -> dict[str, FileFacts]:
     """:func:`inspect_file` for each distinct path, in a thread pool (PIL releases the GIL while decoding).
 
     Each task is a few files: one task per file made 1,000 Fashion-MNIST thumbnails (where Python, not decoding,
@@ -137,8 +138,10 @@ def inspect_files(paths: list[str], max_pixels: int = MAX_PIXELS, workers: int |
     def some(chunk: list[str]) -> list[FileFacts]:
         return [inspect_file(p, max_pixels, hashes) for p in chunk]
 
+    chunks = [unique[i:i + INSPECT_CHUNK] for i in range(0, len(unique), INSPECT_CHUNK)]
     with ThreadPoolExecutor(workers) as pool:
-        parts = pool.map(some, [unique[i:i + INSPECT_CHUNK] for i in range(0, len(unique), INSPECT_CHUNK)])
+        parts = progress(pool.map(some, chunks), desc, enabled=len(unique) > 1000, unit="img", total=len(chunks),
+                         per_item=INSPECT_CHUNK)
         return dict(zip(unique, (f for part in parts for f in part)))
 
 

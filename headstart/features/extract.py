@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,13 +29,17 @@ import torch
 
 from headstart.core.hashing import KnownHashes, content_hashes, tensors_digest
 from headstart.core.preprocessing import Preprocessing
-from headstart.core.progress import progress
+from headstart.core.progress import format_duration, progress
 from headstart.core.runtime import Runtime
 from headstart.data.dataset import ImageFiles, default_workers, make_loader
 from headstart.data.transforms import eval_resize_crop
 from headstart.features.cache import FeatureCache, feature_key
 from headstart.features.forward import choose_engine, eval_forward
+from headstart.features.speed import throughput
 from headstart.zoo.model import TransferModel
+
+SHARD_ROWS = 4096  # rows per cache shard (21 MB at 1280 features): what an interrupted extraction loses at most
+ESTIMATE_ABOVE = 5000  # images from which an extraction says how long it expects to take
 
 
 def cache_key(model: TransferModel, preprocessing: Preprocessing | dict, runtime: Runtime, view: str = "eval") -> dict:
@@ -108,7 +113,8 @@ def iter_features(model: TransferModel, paths: Sequence[str], preprocessing: Pre
     if not on_cpu:
         mean, std = (torch.tensor(getattr(preprocessing, k), dtype=torch.float32, device=runtime.device).view(-1, 1, 1)
                      for k in ("mean", "std"))
-    batches = iter(progress(loader, f"{desc} ({engine})" if engine != "torch" else desc, runtime.is_main))
+    batches = iter(progress(loader, f"{desc} ({engine})" if engine != "torch" else desc, runtime.is_main, unit="img",
+                            per_item=batch_size))
     # Decoding is not overlapped with the network: measured on 2 cores, a thread that decoded the next batch during
     # ONNX Runtime's pass gained nothing (0.98x to 1.05x): the pass keeps both cores busy, and the data work is
     # 1.5 ms of the ~19 ms each 224 px image costs. With more cores, loader workers decode in parallel.
@@ -211,23 +217,28 @@ def extract_features(model: TransferModel, paths: Sequence[str], preprocessing: 
 
 def _compute_into(cache: FeatureCache, model, paths: list[str], keys: list[str], preprocessing: Preprocessing,
                   runtime: Runtime, batch_size: int, workers: int | None, desc: str) -> int:
-    """Computes the features of ``paths`` into a new shard. Under torchrun each rank takes every world_size-th
-    image and writes its own shard; all ranks then read them all."""
+    """Computes the features of ``paths`` into new shards of about :data:`SHARD_ROWS` rows, each committed when
+    full: a run stopped midway keeps every full shard, and the next one computes only the rest. Under torchrun each
+    rank takes every world_size-th image and writes its own shards; all ranks then read them all."""
     rank, world = runtime.rank, runtime.world_size
     distributed = _distributed(runtime)
     if distributed:
         paths, keys = paths[rank::world], keys[rank::world]
-    writer = None
+    say_estimate(model.spec.name, len(paths) * world, preprocessing, runtime, desc)
+    rows = -(-SHARD_ROWS // batch_size) * batch_size  # whole batches per shard
+    writer, first, started = None, 0, time.perf_counter()
     try:
         for start, feats, reasons in iter_features(model, paths, preprocessing, runtime, batch_size, workers, desc):
-            writer = writer or cache.writer(len(paths), feats.shape[1])
+            if writer is None:
+                writer, first = cache.writer(min(rows, len(paths) - start), feats.shape[1]), start
             batch_keys = keys[start:start + len(feats)]
-            writer.write(start, feats, [k if not r else "" for k, r in zip(batch_keys, reasons)])
+            writer.write(start - first, feats, [k if not r else "" for k, r in zip(batch_keys, reasons)])
             for k, r in zip(batch_keys, reasons):
                 if r:
                     writer.mark_bad(k, r)
-        if writer is not None:
-            writer.commit()
+            if start + len(feats) - first >= writer.rows:
+                writer.commit()
+                writer = None
     except BaseException:
         if writer is not None:
             writer.abort()
@@ -235,7 +246,21 @@ def _compute_into(cache: FeatureCache, model, paths: list[str], keys: list[str],
     if distributed:
         torch.distributed.barrier()
         cache.refresh()
+    seconds = time.perf_counter() - started
+    if runtime.is_main and paths and seconds > 5:
+        print(f"{desc}: computed {len(paths) * world} images in {seconds:.0f} s "
+              f"({len(paths) * world / seconds:.1f} img/s)", file=sys.stderr, flush=True)
     return len(paths)
+
+
+def say_estimate(backbone: str, images: int, preprocessing: Preprocessing, runtime: Runtime, desc: str) -> None:
+    """For a large extraction, says before it starts how long it should take here: images over the backbone's
+    throughput on this machine (:func:`headstart.features.speed.throughput`: remembered, or measured in ~3 s)."""
+    if images < ESTIMATE_ABOVE or not runtime.is_main:
+        return
+    rate = throughput(backbone, preprocessing.crop, runtime) * runtime.world_size
+    print(f"{desc}: {images:,} images to compute; {backbone} runs at ~{rate:.0f} img/s at {preprocessing.crop} px "
+          f"here, so about {format_duration(images / rate)}", file=sys.stderr, flush=True)
 
 
 def _distributed(runtime: Runtime) -> bool:
