@@ -89,17 +89,86 @@ def make_photos(out: Path, total: int, processes: int = 2) -> None:
 
 
 def timed(cmd: list[str], env: dict, log: Path) -> dict:
-    """Runs ``cmd``; wall seconds and peak RSS (MB) of that process (wait4's rusage is its own)."""
+    """Runs ``cmd`` under GNU time: wall seconds and peak RSS (MB). Not ``wait4`` from here: on Linux a child
+    starts with its parent's high-water mark, and this process has loaded torch to measure the backbone."""
     start = time.perf_counter()
     with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
+        code = subprocess.call(["/usr/bin/time", "-f", "%M", "-o", str(log) + ".rss", *cmd], env=env, stdout=f,
+                               stderr=subprocess.STDOUT)
     seconds = time.perf_counter() - start
-    return {"seconds": round(seconds, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024), "exit": status >> 8,
-            "cmd": " ".join(cmd[2:])}
+    rss_kb = int(Path(str(log) + ".rss").read_text().split()[-1])
+    return {"seconds": round(seconds, 1), "peak_rss_mb": round(rss_kb / 1024), "exit": code, "cmd": " ".join(cmd[2:])}
 
 
 def feature_rate(log: Path) -> float | None:
-    """The extraction's img/s as its last progress line says (``features (train): 1234/5678 images (321.0/s``)."""
-    rates = re.findall(r"features \(train\)[^\n]*?\(([\d.]+) img/s", log.read_text())
+    """The extraction's img/s as the cold train says it (``features (train): computed 8000 images in 40 s (200.0
+    img/s)``)."""
+    rates = re.findall(r"features \(train\): computed \d+ images in \d+ s \(([\d.]+) img/s", log.read_text())
     return float(rates[-1]) if rates else None
+
+
+def stages(data: Path, work: Path, image_size: int) -> list[tuple[str, list[str], str]]:
+    """(stage, headstart arguments, feature cache) for one dataset: cold train on an empty cache, the rest warm."""
+    run, common = work / "run", ["--image-size", str(image_size)]
+    return [("check", ["check", str(data / "train"), "--json"], "warm"),
+            ("train_cold", ["train", str(data / "train"), "--out", str(work / "run-cold"), "--strategy",
+                            "linear-probe", *common], "cold"),
+            ("train_warm", ["train", str(data / "train"), "--out", str(run), "--strategy", "linear-probe", *common],
+             "warm"),
+            ("evaluate", ["evaluate", str(run), str(data / "test"), "--json"], "warm"),
+            ("predict", ["predict", str(run), str(data / "test"), "--format", "csv"], "warm")]
+
+
+def run_dataset(root: Path, name: str, image_size: int) -> dict:
+    data, work = root / name, root / "work" / name
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    out = {"images": sum(1 for _ in data.rglob("*.*g")), "image_size": image_size, "stages": {}}
+    for stage, args, cache in stages(data, work, image_size):
+        env = {**os.environ, "HEADSTART_CACHE": str(work / f"cache-{cache}"), "HEADSTART_PROGRESS_SECONDS": "60",
+               "PYTHONPATH": str(ROOT)}
+        if stage == "train_cold":
+            env["HEADSTART_CACHE"] = str(work / "cache-cold")
+        log = work / f"{stage}.log"
+        out["stages"][stage] = timed([sys.executable, "-m", "headstart", *args], env, log)
+        if stage == "train_cold":
+            out["stages"][stage]["extraction_img_per_s"] = feature_rate(log)
+        print(name, stage, out["stages"][stage], flush=True)
+        if stage == "train_cold":  # the warm stages share the cache the cold train filled
+            shutil.copytree(work / "cache-cold", work / "cache-warm", dirs_exist_ok=True)
+    return out
+
+
+def backbone_rate(image_size: int) -> float:
+    from headstart.core.runtime import make_runtime
+    from headstart.features.speed import throughput
+
+    return throughput("efficientnet_lite0", image_size, make_runtime("auto", "auto"), remeasure=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", choices=("make", "run"))
+    ap.add_argument("--root", type=Path, default=Path("/tmp/headstart-scale"))
+    ap.add_argument("--data", nargs="+", default=["fmnist-10000", "photos-10000"])
+    ap.add_argument("--image-size", type=int, default=128)
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "measurements" / "scale.json")
+    args = ap.parse_args()
+    if args.what == "make":
+        for name in args.data:
+            kind, n = name.rsplit("-", 1)
+            if not (args.root / name / "done").exists():
+                (make_fmnist if kind == "fmnist" else make_photos)(args.root / name, int(n))
+                (args.root / name / "done").write_text("")
+        return
+    results = json.loads(args.out.read_text()) if args.out.exists() else {"datasets": {}}
+    results["machine"] = "2 shared CPU cores (AMD EPYC, AVX-512 BF16), other engineers' jobs running"
+    for name in args.data:
+        rate = backbone_rate(args.image_size)
+        results["datasets"][name] = {**run_dataset(args.root, name, args.image_size), "backbone_img_per_s": rate}
+        args.out.write_text(json.dumps(results, indent=1))
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

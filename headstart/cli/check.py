@@ -13,6 +13,7 @@ from pathlib import Path
 from headstart.cli import options
 from headstart.core.choices import MAX_PIXELS, NEAR_BITS
 from headstart.core.errors import UsageError
+from headstart.core.hardware import launched
 
 ROWS_PER_KIND = 10  # the table stays readable on large datasets; --json lists everything
 STYLES = {"error": "red", "warning": "yellow", "info": "cyan"}
@@ -55,6 +56,8 @@ def run(args) -> int:
     report = check(args.data, val_fraction=args.val_fraction, seed=args.seed, max_pixels=args.max_pixels,
                    min_images=args.min_images, max_imbalance=args.max_imbalance, duplicates=args.duplicates,
                    near=args.near)
+    if launched()[0] != 0:  # under torchrun, every rank checked its share; rank 0 reports and acts
+        return 1 if report.verdict == "problems" else 0
     moved = quarantine(report, args.quarantine) if args.quarantine else None
     if args.json:
         out = report.to_json()

@@ -17,6 +17,7 @@ from headstart.cli.options import (
     add_json,
     add_precision,
 )
+from headstart.core.hardware import launched
 
 
 def add_parser(sub):
@@ -50,6 +51,8 @@ def run(args) -> int:
     loaded = open_predictor(args.run, device=args.device, precision=args.precision, tta=args.tta)
     m = evaluate_run(loaded, args.data, batch_size=args.batch_size, tta=args.tta, keep_leaked=args.keep_leaked,
                      duplicates=args.duplicates)
+    if launched()[0] != 0:  # under torchrun, every rank scored its share; rank 0 reports
+        return 0
     if args.report:
         from headstart.report import write_report  # in the command, not at import: --help stays fast
 

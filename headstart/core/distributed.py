@@ -12,6 +12,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from headstart.core.hardware import launched
+
 
 def init_distributed(device: torch.device) -> tuple[int, int]:
     """Joins the process group when launched by torchrun (``WORLD_SIZE`` > 1); returns (rank, world size)."""
@@ -74,3 +76,14 @@ class EpochSampler(Sampler):
         if self.per_rank is not None:
             return self.per_rank
         return len(range(self.rank, self.n, self.world))
+
+
+def gather_objects(obj) -> list:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank; ``[obj]`` on one process. Joins the process
+    group (Gloo, for commands without a device: ``check``) when torchrun launched this one and nobody has yet."""
+    if launched()[1] <= 1:
+        return [obj]
+    init_distributed(torch.device("cpu"))
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 def cpu_flags() -> set[str]:
     """The CPU's feature flags (Linux ``/proc/cpuinfo``); empty where they cannot be read."""
@@ -23,3 +25,9 @@ def cpu_has_native_bf16(flags: set[str] | None = None) -> bool:
     flags = cpu_flags() if flags is None else flags
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
+
+
+def launched() -> tuple[int, int]:
+    """(rank, world size) as torchrun set them, read from the environment without torch: commands that need no
+    device (``check``, a cached ``evaluate``) join a process group only when there is one to join."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))

@@ -24,6 +24,7 @@ from PIL import Image
 
 from headstart.core import hashing
 from headstart.core.errors import DataError
+from headstart.core.hardware import launched
 from headstart.core.progress import progress
 from headstart.data.images import MAX_PIXELS, BadImageError, decode_image
 from headstart.data.leakage import NEAR_BITS, THUMB_SIDE, group_duplicates
@@ -131,18 +132,26 @@ def inspect_files(paths: list[str], max_pixels: int = MAX_PIXELS, workers: int |
 
     Each task is a few files: one task per file made 1,000 Fashion-MNIST thumbnails (where Python, not decoding,
     is the cost and threads fight over the GIL) 1.5-2x slower than a plain loop on 2 cores; chunks of 8 are as
-    fast as the loop there and keep the pool's 2x on photos."""
+    fast as the loop there and keep the pool's 2x on photos. Under torchrun the ranks share the files and every
+    rank gets every fact (``train`` on every rank makes the same leak-proof split from them)."""
     unique = list(dict.fromkeys(paths))
     workers = workers or min(8, (os.cpu_count() or 1) * 2)
+    rank, world = launched()  # under torchrun each rank reads every world-th chunk; rank 0 shows the progress
 
     def some(chunk: list[str]) -> list[FileFacts]:
         return [inspect_file(p, max_pixels, hashes) for p in chunk]
 
-    chunks = [unique[i:i + INSPECT_CHUNK] for i in range(0, len(unique), INSPECT_CHUNK)]
+    chunks = [unique[i:i + INSPECT_CHUNK] for i in range(0, len(unique), INSPECT_CHUNK)][rank::world]
     with ThreadPoolExecutor(workers) as pool:
-        parts = progress(pool.map(some, chunks), desc, enabled=len(unique) > 1000, unit="img", total=len(chunks),
-                         per_item=INSPECT_CHUNK)
-        return dict(zip(unique, (f for part in parts for f in part)))
+        parts = progress(pool.map(some, chunks), desc, enabled=len(unique) > 1000 and rank == 0, unit="img",
+                         total=len(chunks), per_item=INSPECT_CHUNK)
+        mine = [f for part in parts for f in part]
+    if world == 1:
+        return dict(zip(unique, mine))
+    from headstart.core.distributed import gather_objects  # torch: only when torchrun launched this process
+
+    found = {f.path: f for facts in gather_objects(mine) for f in facts}
+    return {p: found[p] for p in unique}
 
 
 def scan(samples: Sequence[Sample], workers: int | None = None,

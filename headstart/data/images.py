@@ -37,6 +37,9 @@ class BadImageError(DataError):
         self.reason = reason
         self.kind = kind
 
+    def __reduce__(self):  # pickled whole: the check's facts travel between torchrun's ranks
+        return type(self), (self.path, self.reason, self.kind)
+
 
 @dataclass
 class DecodedImage:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from headstart.core.errors import PathNotFoundError, UsageError
+from headstart.core.hardware import launched
 from headstart.core.hashing import KnownHashes
 from headstart.core.io import write_bytes
 from headstart.data.check import inspect_files, known_hashes
@@ -140,6 +141,8 @@ def evaluate_run(run: Predictor, data: str | Path, batch_size: int = 64, workers
     before, written = rundir.read_json(rundir.EVALUATION, {}), json.loads(json.dumps(metrics))  # as JSON reads back
     # Rewritten only when it changed, so the report's figures (drawn again when the files they show are newer) are
     # not: the same images scored through the network and from cached features differ in the 7th digit of a score.
+    if launched()[0] != 0:  # under torchrun every rank has the metrics; rank 0 writes them
+        return metrics
     if not _same_evaluation(written, before):
         rundir.write_json(rundir.EVALUATION, metrics)
     drawn = all(before.get(k) == written[k] for k in _CONFUSION_DATA)
