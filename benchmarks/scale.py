@@ -139,6 +139,37 @@ def run_dataset(root: Path, name: str, image_size: int) -> dict:
     return out
 
 
+def ddp(root: Path, name: str, image_size: int) -> dict:
+    """A cold linear-probe train of ``name``'s test folder on one process (two threads) and on two Gloo processes
+    (one thread each): wall time, the extraction's time, and whether the two caches hold the same rows."""
+    from headstart.features.cache import FeatureCache, namespaces
+
+    data, work = root / name / "test", root / "work" / f"ddp-{name}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    out, rows = {"images": sum(1 for _ in data.rglob("*.*g")), "image_size": image_size}, []
+    for world in (1, 2):
+        env = {**os.environ, "HEADSTART_CACHE": str(work / f"cache{world}"), "PYTHONPATH": str(ROOT)}
+        launch = ["-m", "torch.distributed.run", f"--nproc-per-node={world}", "--master-port=29561"] if world > 1 \
+            else []
+        args = ["-m", "headstart", "train", str(data), "--out", str(work / f"run{world}"), "--strategy",
+                "linear-probe", "--image-size", str(image_size)]
+        log = work / f"train{world}.log"
+        out[f"processes_{world}"] = timed([sys.executable, *launch, *args], env, log)
+        out[f"processes_{world}"]["extraction_img_per_s"] = feature_rate(log)
+        (ns,) = namespaces(work / f"cache{world}")
+        cache = FeatureCache(json.loads(Path(ns["dir"], "key.json").read_text()), work / f"cache{world}")
+        rows.append(dict(zip(cache.keys(), cache.read(cache.keys()))))
+        print(name, world, out[f"processes_{world}"], flush=True)
+    same_keys = sorted(rows[0]) == sorted(rows[1])
+    out["same_rows"] = same_keys
+    if same_keys:
+        diff = max(float(np.abs(rows[0][k] - rows[1][k]).max()) for k in rows[0])
+        out["max_abs_feature_difference"] = diff
+    out["time_ratio_two_over_one"] = round(out["processes_2"]["seconds"] / out["processes_1"]["seconds"], 3)
+    return out
+
+
 def backbone_rate(image_size: int) -> float:
     from headstart.core.runtime import make_runtime
     from headstart.features.speed import throughput
@@ -148,7 +179,7 @@ def backbone_rate(image_size: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=("make", "run"))
+    ap.add_argument("what", choices=("make", "run", "ddp"))
     ap.add_argument("--root", type=Path, default=Path("/tmp/headstart-scale"))
     ap.add_argument("--data", nargs="+", default=["fmnist-10000", "photos-10000"])
     ap.add_argument("--image-size", type=int, default=128)
@@ -163,6 +194,11 @@ def main() -> None:
         return
     results = json.loads(args.out.read_text()) if args.out.exists() else {"datasets": {}}
     results["machine"] = "2 shared CPU cores (AMD EPYC, AVX-512 BF16), other engineers' jobs running"
+    if args.what == "ddp":
+        results["ddp"] = {name: ddp(args.root, name, args.image_size) for name in args.data}
+        args.out.write_text(json.dumps(results, indent=1))
+        print(json.dumps(results["ddp"], indent=1))
+        return
     for name in args.data:
         rate = backbone_rate(args.image_size)
         results["datasets"][name] = {**run_dataset(args.root, name, args.image_size), "backbone_img_per_s": rate}

@@ -51,8 +51,13 @@ def run(args) -> int:
     loaded = open_predictor(args.run, device=args.device, precision=args.precision, tta=args.tta)
     m = evaluate_run(loaded, args.data, batch_size=args.batch_size, tta=args.tta, keep_leaked=args.keep_leaked,
                      duplicates=args.duplicates)
-    if launched()[0] != 0:  # under torchrun, every rank scored its share; rank 0 reports
-        return 0
+    rank, world = launched()
+    if world > 1:  # under torchrun every rank checked and extracted its share; rank 0 alone reports
+        from headstart.core.distributed import leave  # torch: only under torchrun
+
+        leave()
+        if rank != 0:
+            return 0
     if args.report:
         from headstart.report import write_report  # in the command, not at import: --help stays fast
 

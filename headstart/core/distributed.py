@@ -87,3 +87,11 @@ def gather_objects(obj) -> list:
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def leave() -> None:
+    """Waits for every rank, then leaves the process group: what rank 0 does next (a report that reads features)
+    runs as one process, without the others."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -65,9 +65,10 @@ UNUSUAL_MODES = {
 SAME_FORMAT = {"MPO": "JPEG"}  # multi-picture JPEGs from cameras are JPEGs; .jpg is right for them
 
 
-@dataclass
+@dataclass(slots=True)
 class FileFacts:
-    """What one decode of one file found; ``error`` is set for files that cannot be used."""
+    """What one decode of one file found; ``error`` is set for files that cannot be used. About 1.3 kB an image
+    (the 1 kB thumbnail most of it; slots, not a ``__dict__``): a check holds them all, for the duplicate search."""
 
     path: str
     error: BadImageError | None = None

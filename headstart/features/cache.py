@@ -210,6 +210,10 @@ class FeatureCache:
     def __len__(self) -> int:
         return len(self._keys)
 
+    def keys(self) -> list[str]:
+        """The content hash of every cached row, sorted."""
+        return [k.decode() for k in self._keys]
+
     @property
     def dim(self) -> int | None:
         return self.shards[0].shape[1] if self.shards else None
