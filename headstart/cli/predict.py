@@ -10,8 +10,11 @@ import argparse
 import csv
 import json
 import sys
+import textwrap
 
 from headstart.cli.options import DEVICE_HELP, PREDICT_PRECISION_HELP, add_batch_size, add_device, add_precision
+
+STREAM_CHUNK = 4096  # images per predictor call (their records are written before the next are read)
 
 
 def add_parser(sub):
@@ -45,15 +48,20 @@ def run(args) -> int:
     if args.topk > len(classes):
         print(f"--topk {args.topk}: the model has {len(classes)} classes; listing all of them.", file=sys.stderr)
         args.topk = len(classes)
-    results = predict(args.paths)
+    results, failed, count = predict(args.paths), [], 0  # records stream out, STREAM_CHUNK images at a time
     if args.format == "json":
-        print(json.dumps(results, indent=1))
+        print("[", end="")
+        for count, r in enumerate(results, 1):
+            print("," if count > 1 else "", "\n", textwrap.indent(json.dumps(r, indent=1), " "), sep="", end="")
+            failed += [r["path"]] if r.get("error") else []
+        print("\n]" if count else "]")
     elif args.format == "csv":
         w = csv.writer(sys.stdout)
         w.writerow(["path"] + [f"{k}{i + 1}" for i in range(args.topk) for k in ("label", "score")] + ["error"])
-        for r in results:
+        for count, r in enumerate(results, 1):
             tops = [v for t in r.get("topk", []) for v in (t["label"], t["score"])]
             w.writerow(map(_inert, [r["path"]] + tops + [""] * (2 * args.topk - len(tops)) + [r.get("error", "")]))
+            failed += [r["path"]] if r.get("error") else []
     else:
         from rich.table import Table  # in the command, not at import: --help stays fast
 
@@ -62,14 +70,14 @@ def run(args) -> int:
         table = Table()
         table.add_column("path")
         table.add_column("prediction")
-        for r in results:
+        for count, r in enumerate(results, 1):
             pred = r.get("error") or "  ".join(f"{t['label']} {t['score']:.3f}" for t in r["topk"])
             table.add_row(r["path"], pred)
+            failed += [r["path"]] if r.get("error") else []
         console().print(table)
-    failed = [r["path"] for r in results if r.get("error")]
     if failed:
         shown = ", ".join(failed[:10]) + (f" and {len(failed) - 10} more" if len(failed) > 10 else "")
-        print(f"headstart predict: {len(failed)} of {len(results)} images could not be predicted: {shown}",
+        print(f"headstart predict: {len(failed)} of {count} images could not be predicted: {shown}",
               file=sys.stderr)
     return 1 if failed else 0
 
@@ -93,5 +101,12 @@ def _load(args):
         raise UsageError(f"{args.run} is a weights or .pt2 file; predict takes a run directory or an .onnx file "
                          "made by `headstart export` (a .pt2 loads in Python with torch.export.load).")
     predictor = open_predictor(args.run, device=args.device, precision=args.precision, tta=args.tta)
-    return predictor.classes, lambda paths: predictor.predict_paths(expand_paths(paths), topk=args.topk,
-                                                                    batch_size=args.batch_size, tta=args.tta)
+    return predictor.classes, lambda paths: _stream(predictor, expand_paths(paths), args)
+
+
+def _stream(predictor, paths: list[str], args):
+    """Records of ``paths`` in order, computed :data:`STREAM_CHUNK` images at a time: memory stays flat however
+    many there are, and the first lines come out before the last images are read."""
+    for start in range(0, len(paths), STREAM_CHUNK):
+        yield from predictor.predict_paths(paths[start:start + STREAM_CHUNK], topk=args.topk,
+                                           batch_size=args.batch_size, tta=args.tta)

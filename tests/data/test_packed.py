@@ -129,7 +129,7 @@ def test_members_share_cache_rows_with_their_files(folder, tmp_path):
 
 
 @pytest.mark.slow
-def test_train_evaluate_predict_on_shards_and_datasets(folder, tmp_path, capsys):
+def test_train_evaluate_predict_on_shards_and_datasets(folder, tmp_path, capsys, monkeypatch):
     write_shards(folder, tmp_path / "shards", per_shard=7)
     test = write_dataset(make_class_folder(tmp_path / "test", per_class=3, size=24, seed=5), tmp_path / "hf")
     fast = ["--image-size", "64", "--batch-size", "8", "--workers", "0"]
@@ -137,6 +137,7 @@ def test_train_evaluate_predict_on_shards_and_datasets(folder, tmp_path, capsys)
     assert main(["train", pattern, "--out", str(tmp_path / "run"), "--strategy", "linear-probe", *fast]) == 0
     assert main(["evaluate", str(tmp_path / "run"), str(test), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] >= 0.8
+    monkeypatch.setattr("headstart.cli.predict.STREAM_CHUNK", 5)  # predict streams its records, 5 images a call
     assert main(["predict", str(tmp_path / "run"), pattern, "--format", "json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert len(out) == 18 and all("::" in r["path"] and r.get("error") is None for r in out)
