@@ -33,6 +33,7 @@ from PIL import Image, ImageEnhance
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the command line sets it, before torch is imported
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "retina", "hubble_deep_field", "cat",
           "colorwheel", "logo")
 SIDE = 256
@@ -170,16 +171,54 @@ def ddp(root: Path, name: str, image_size: int) -> dict:
     return out
 
 
-def backbone_rate(image_size: int) -> float:
-    from headstart.core.runtime import make_runtime
-    from headstart.features.speed import throughput
+def extraction(root: Path, name: str, image_size: int, rounds: int = 2) -> dict:
+    """In one process, alternately: the backbone's own throughput (features/speed.py, random batches) and a cold
+    extraction of ``name``'s test folder (decode, resize, batch, forward, cache writes). Interleaved, so the
+    machine's load (shared) weighs on both alike; the ratio is set against the mean of the surrounding figures."""
+    from dataclasses import replace
 
-    return throughput("efficientnet_lite0", image_size, make_runtime("auto", "auto"), remeasure=True)
+    from headstart.core.runtime import make_runtime
+    from headstart.data.sources import read_class_folders
+    from headstart.features import extract_features
+    from headstart.features.speed import throughput
+    from headstart.zoo.model import build_model
+
+    runtime = make_runtime("auto", "auto")
+    model = runtime.prepare(build_model("efficientnet_lite0", 10))
+    pre = replace(model.spec.preprocessing(), image_size=image_size)
+    paths = [p for p, _ in read_class_folders(root / name / "test")[1]]
+    work = root / "work" / f"extraction-{name}"
+    backbone = [throughput("efficientnet_lite0", image_size, runtime, root=work, seconds=10, remeasure=True)]
+    pipeline = []
+    for r in range(rounds):
+        start = time.perf_counter()
+        got = extract_features(model, paths, pre, runtime, batch_size=64, cache_dir=work / f"cache{r}")
+        pipeline.append(got.computed / (time.perf_counter() - start))
+        backbone.append(throughput("efficientnet_lite0", image_size, runtime, root=work, seconds=10, remeasure=True))
+    ratios = [p / ((a + b) / 2) for p, a, b in zip(pipeline, backbone, backbone[1:])]
+    out = {"images": len(paths), "image_size": image_size, "backbone_img_per_s": [round(b, 1) for b in backbone],
+           "extraction_img_per_s": [round(p, 1) for p in pipeline], "ratios": [round(r, 3) for r in ratios]}
+    print(name, out, flush=True)
+    return out
+
+
+def table(results: dict) -> str:
+    """The per-stage table of docs/measurements/README.md, from the JSON."""
+    names = list(results.get("datasets", {}))
+    lines = ["| stage | " + " | ".join(f"{n}: s | MB" for n in names) + " |",
+             "|---|" + "---:|---:|" * len(names)]
+    for stage in ("check", "train_cold", "train_warm", "evaluate", "predict"):
+        cells = []
+        for n in names:
+            got = results["datasets"][n]["stages"].get(stage, {})
+            cells += [str(got.get("seconds", "")), str(got.get("peak_rss_mb", ""))]
+        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=("make", "run", "ddp"))
+    ap.add_argument("what", choices=("make", "run", "ddp", "extraction", "table"))
     ap.add_argument("--root", type=Path, default=Path("/tmp/headstart-scale"))
     ap.add_argument("--data", nargs="+", default=["fmnist-10000", "photos-10000"])
     ap.add_argument("--image-size", type=int, default=128)
@@ -194,14 +233,20 @@ def main() -> None:
         return
     results = json.loads(args.out.read_text()) if args.out.exists() else {"datasets": {}}
     results["machine"] = "2 shared CPU cores (AMD EPYC, AVX-512 BF16), other engineers' jobs running"
+    if args.what == "table":
+        print(table(results))
+        return
+    if args.what == "extraction":
+        results["extraction"] = {name: extraction(args.root, name, args.image_size) for name in args.data}
+        args.out.write_text(json.dumps(results, indent=1))
+        return
     if args.what == "ddp":
         results["ddp"] = {name: ddp(args.root, name, args.image_size) for name in args.data}
         args.out.write_text(json.dumps(results, indent=1))
         print(json.dumps(results["ddp"], indent=1))
         return
     for name in args.data:
-        rate = backbone_rate(args.image_size)
-        results["datasets"][name] = {**run_dataset(args.root, name, args.image_size), "backbone_img_per_s": rate}
+        results["datasets"][name] = run_dataset(args.root, name, args.image_size)
         args.out.write_text(json.dumps(results, indent=1))
     print(json.dumps(results, indent=1))
 
