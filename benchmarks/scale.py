@@ -188,6 +188,7 @@ def extraction(root: Path, name: str, image_size: int, rounds: int = 2) -> dict:
     pre = replace(model.spec.preprocessing(), image_size=image_size)
     paths = [p for p, _ in read_class_folders(root / name / "test")[1]]
     work = root / "work" / f"extraction-{name}"
+    shutil.rmtree(work, ignore_errors=True)  # every round starts from an empty cache
     backbone = [throughput("efficientnet_lite0", image_size, runtime, root=work, seconds=10, remeasure=True)]
     pipeline = []
     for r in range(rounds):
