@@ -262,8 +262,15 @@ class RunReport:
         if strategy:  # the description as the run recorded it (runs before it was recorded show the name only)
             described = f": {esc(c['strategy_description'])}" if c.get("strategy_description") else ""
             pairs.append(("strategy", f"<b>{esc(strategy)}</b>{described}"))
-        choice = c.get("strategy_choice")
-        if choice:
+        choice, budget = c.get("strategy_choice"), c.get("budget_plan")
+        if budget:
+            spent = (s.get("budget") or {}).get("spent_s")
+            pairs.append(("why", f"<code>--budget {duration(budget['budget_s'])}</code> planned it: "
+                                 f"{esc(budget.get('reason', ''))}"))
+            spent = duration(spent) if spent is not None else f"{duration(s.get('seconds'))} before this page"
+            pairs.append(("budget", esc(f"{duration(budget['budget_s'])}; spent {spent}; "
+                                        f"{(s.get('budget') or {}).get('shipped', '')}")))
+        elif choice:
             pairs.append(("why", f"<code>--strategy auto</code> chose it: {esc(choice.get('reason', ''))}"))
         elif c.get("strategy") and c.get("strategy") != "auto":
             pairs.append(("why", "asked for by name"))
