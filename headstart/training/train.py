@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from headstart.core.distributed import EpochSampler, barrier
+from headstart.core.distributed import EpochSampler, barrier, broadcast_from_main
 from headstart.core.errors import DataError, HeadstartError
 from headstart.core.hashing import KnownHashes
 from headstart.core.preprocessing import Preprocessing
@@ -338,7 +338,25 @@ def _choose(cfg: TrainConfig, splits: DataSplits, runtime: Runtime, seconds: flo
 
 def _decide(cfg: TrainConfig, splits: DataSplits, runtime: Runtime, budget: Budget | None):
     """The backbone (``--choose``) and, under ``--budget``, what the rest of it buys: the config that trains, the
-    choice's evidence and the budget's plan (None when not asked for)."""
+    choice's evidence and the budget's plan (None when not asked for). Under torchrun rank 0 decides alone (its
+    clock, its measurements) and every rank takes its decision; the other ranks' loops ask no clock (rank 0's
+    stops them all)."""
+    if runtime.world_size == 1 or not (cfg.choose or budget):
+        return _decide_here(cfg, splits, runtime, budget)
+    decided = _decide_here(cfg, splits, replace(runtime, rank=0, world_size=1), budget) if runtime.is_main else None
+    clock = decided[2].pop("clock") if decided and decided[2] else None
+    cfg, choice, plan = broadcast_from_main(decided)
+    if plan is not None:
+        plan["clock"] = clock or _room_for_another_epoch
+    return cfg, choice, plan
+
+
+def _room_for_another_epoch(last_epoch_s: float) -> bool:
+    """The clock of a rank that does not keep the budget: rank 0's decides."""
+    return True
+
+
+def _decide_here(cfg: TrainConfig, splits: DataSplits, runtime: Runtime, budget: Budget | None):
     counts = {k: len(getattr(splits, k)) for k in ("train", "val", "test")}
     choice_s = check_fits(budget, cfg, counts, runtime) if budget else None
     choice = plan = None
