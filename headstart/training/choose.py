@@ -59,8 +59,9 @@ def candidates(preset: str) -> list[Candidate]:
     chosen = [Candidate(b, s) for b, s in PRESETS[preset] if weights_available(get_spec(b))]
     if preset == "best":
         named = {c.backbone for c in chosen}
+        # headstart's own ResNets load torchvision's files into the same network: scored once, as torchvision's
         chosen += [Candidate(s.name, s.input_size) for s in list_specs()
-                   if s.name not in named and s.sources and weights_available(s)]
+                   if s.name not in named and s.sources and not s.name.startswith("hs_") and weights_available(s)]
     return chosen
 
 

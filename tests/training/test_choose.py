@@ -54,3 +54,16 @@ def test_budget_and_choose_options_are_checked():
         TrainConfig(data="d", out="o", choose="balanced", model="resnet50").check()
     with pytest.raises(UsageError, match="--choose must be one of"):
         TrainConfig(data="d", out="o", choose="quick").check()
+
+
+def test_best_adds_every_backbone_whose_weights_are_already_here(monkeypatch):
+    from headstart.training import choose
+
+    # resnet18's file in torch's cache: headstart's own hs_resnet18 loads the same file into the same network
+    here = {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18", "hs_resnet18"}
+    monkeypatch.setattr(choose, "weights_available", lambda spec: spec.name in here)
+    best = {(c.backbone, c.size) for c in choose.candidates("best")}
+    assert ("resnet18", 224) in best and ("resnet50", 224) not in best  # not downloaded: never fetched for a choice
+    assert not any(b == "hs_resnet18" for b, _ in best)  # the same weights in the same network: scored once
+    assert not any(c.backbone == "resnet18" for c in choose.candidates("balanced"))  # the offline Lites only
+    assert all(c.backbone.startswith("efficientnet_lite") for c in choose.candidates("fast"))
