@@ -29,18 +29,23 @@ def test_epoch_sampler_shards_cover_every_index_once():
     assert even == [5, 5]  # equal steps on every rank, or DDP's all-reduce would wait forever
 
 
-@pytest.mark.slow
-def test_two_gloo_processes_match_one(tmp_path):
+def _data_weights_env(tmp_path):
+    """A small class folder, a random ResNet-20's weights file (both runs start from it) and one thread each."""
     data = make_class_folder(tmp_path / "d", per_class=8, size=32)
-
     torch.manual_seed(0)
     backbone, _, _ = create_backbone("resnet20", pretrained=False)
     torch.save(backbone.state_dict(), tmp_path / "w.pth")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    return data, env
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_match_one(tmp_path):
+    data, env = _data_weights_env(tmp_path)
     common = ["train", str(data), "--model", "resnet20", "--strategy", "fine-tune",
               "--weights", str(tmp_path / "w.pth"), "--epochs", "2", "--workers", "0", "--augment", "none",
               "--precision", "fp32", "--device", "cpu"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("WORLD_SIZE", None)
     one = subprocess.run([sys.executable, "-m", "headstart", *common, "--out", str(tmp_path / "one"),
                           "--batch-size", "8"], env=env, capture_output=True, text=True)
     assert one.returncode == 0, one.stderr
@@ -62,12 +67,7 @@ def test_two_gloo_processes_match_one(tmp_path):
 
 @pytest.mark.slow
 def test_under_torchrun_rank_0_plans_the_budget_for_every_rank(tmp_path):
-    data = make_class_folder(tmp_path / "d", per_class=8, size=32)
-    torch.manual_seed(0)
-    backbone, _, _ = create_backbone("resnet20", pretrained=False)
-    torch.save(backbone.state_dict(), tmp_path / "w.pth")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("WORLD_SIZE", None)
+    data, env = _data_weights_env(tmp_path)
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519",
                           "-m", "headstart", "train", str(data), "--model", "resnet20", "--weights",
                           str(tmp_path / "w.pth"), "--epochs", "2", "--workers", "0", "--budget", "1h",
