@@ -169,7 +169,7 @@ def check_fits(budget: Budget, cfg: TrainConfig, counts: dict[str, int], runtime
     finish), before any image is read again; returns the seconds the choice may spend, the finish reserved at the
     slowest candidate's speed (the winner is not known yet)."""
     rates = {m: throughput(*m, runtime) for m in _pool(cfg)}
-    cheapest = min(rates, key=rates.get)
+    cheapest = max(rates, key=rates.get)  # the fastest
     need = (counts["train"] + counts["val"]) / rates[cheapest] + finish_seconds(counts["val"], counts["test"],
                                                                                  rates[cheapest])
     if need > budget.left():

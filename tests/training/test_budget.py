@@ -100,12 +100,14 @@ def test_the_rest_of_the_budget_fine_tunes_and_validation_picks_what_ships(tmp_p
     assert config["strategy_resolved"] == "linear-probe" and "the linear probe alone" in config["budget_plan"]["reason"]
 
 
-def test_a_budget_too_short_for_the_cheapest_plan_is_refused_before_training(tmp_path, speeds, capsys):
-    speeds["eval"] = 1.0  # 1 img/s: the features of 24 images alone take longer than 10 s
+def test_a_budget_too_short_for_the_cheapest_plan_is_refused_before_training(tmp_path, speeds, capsys, monkeypatch):
+    monkeypatch.setattr(budget_mod, "throughput", lambda model, size, runtime: 1.0 if size == 224 else 2.0)
     data = make_class_folder(tmp_path / "data", per_class=8, size=40)
     assert main(["train", str(data), "--out", str(tmp_path / "run"), "--budget", "10s"]) == 2
     err = capsys.readouterr().err
     assert "--budget 10 s is too short: the cheapest plan (efficientnet_lite0 at 224 px" in err
+    assert main(["train", str(data), "--out", str(tmp_path / "run"), "--budget", "10s", "--choose", "fast"]) == 2
+    assert "the cheapest plan (efficientnet_lite0 at 128 px" in capsys.readouterr().err  # the faster candidate
     assert not (tmp_path / "run" / "config.yaml").exists()
 
 
