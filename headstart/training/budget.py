@@ -164,10 +164,9 @@ def _pool(cfg: TrainConfig) -> list[tuple[str, int]]:
     return [(cfg.model, cfg.image_size or get_spec(cfg.model).input_size)]
 
 
-def check_fits(budget: Budget, cfg: TrainConfig, counts: dict[str, int], runtime: Runtime) -> float:
+def check_fits(budget: Budget, cfg: TrainConfig, counts: dict[str, int], runtime: Runtime) -> None:
     """Refuses a budget too short for the cheapest plan (one candidate's train + validation features, then the
-    finish), before any image is read again; returns the seconds the choice may spend, the finish reserved at the
-    slowest candidate's speed (the winner is not known yet)."""
+    finish), before any image is read again."""
     rates = {m: throughput(*m, runtime) for m in _pool(cfg)}
     cheapest = max(rates, key=rates.get)  # the fastest
     need = (counts["train"] + counts["val"]) / rates[cheapest] + finish_seconds(counts["val"], counts["test"],
@@ -177,7 +176,6 @@ def check_fits(budget: Budget, cfg: TrainConfig, counts: dict[str, int], runtime
                          f"{cheapest[1]} px: features of {counts['train'] + counts['val']} train + validation images,"
                          f" then calibration, test and report) needs about {need:.0f} s on this machine; give at "
                          f"least {math.ceil(need / 60)}m.")
-    return budget.left() - finish_seconds(counts["val"], counts["test"], min(rates.values()))
 
 
 def resolve(budget: Budget, cfg: TrainConfig, counts: dict[str, int], runtime: Runtime,

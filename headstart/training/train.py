@@ -39,7 +39,7 @@ from headstart.predict.calibration import calibration_summary, run_temperature
 from headstart.predict.run import LoadedRun, cached_logits_of
 from headstart.report import TensorBoardLogger, write_report
 from headstart.training.auto import choose_strategy
-from headstart.training.budget import Budget, check_fits
+from headstart.training.budget import Budget, check_fits, finish_seconds
 from headstart.training.budget import resolve as resolve_budget
 from headstart.training.choose import choose_backbone
 from headstart.training.config import TrainConfig
@@ -323,14 +323,16 @@ def _announce(cfg: TrainConfig, run: RunDir, plan: _Plan, data: _Data, runtime: 
             "--balance weights (class-weighted loss) or --balance sampler (draw classes equally often)")
 
 
-def _choose(cfg: TrainConfig, splits: DataSplits, runtime: Runtime, seconds: float | None) -> tuple[TrainConfig,
-                                                                                                     dict]:
+def _choose(cfg: TrainConfig, splits: DataSplits, runtime: Runtime, budget: Budget | None) -> tuple[TrainConfig,
+                                                                                                    dict]:
     """The backbone and image size ``--choose`` picks on the train + validation images (never the test images),
-    within ``seconds``: the config with them (and no ``--choose`` left, so a resume trains the same), and the
-    evidence."""
-    log(f"choosing the backbone ({cfg.choose}"
-        + (f", within {seconds:.0f} s" if seconds else "") + ") on the train + validation images:")
-    choice = choose_backbone(splits, cfg.choose, runtime, cfg.head, seconds, cfg.seed, log=log)
+    within what is left of ``budget`` less the run's finish: the config with them (and no ``--choose`` left, so a
+    resume trains the same), and the evidence."""
+    left = budget.left() if budget else None
+    log(f"choosing the backbone ({cfg.choose}" + (f", {left:.0f} s left of the budget" if budget else "")
+        + ") on the train + validation images:")
+    finish = (lambda rate: finish_seconds(len(splits.val), len(splits.test), rate)) if budget else None
+    choice = choose_backbone(splits, cfg.choose, runtime, cfg.head, left, cfg.seed, log=log, finish=finish)
     winner = choice["winner"]
     log(f"chose {winner['backbone']} at {winner['size']} px: {choice['reason']}")
     return replace(cfg, model=winner["backbone"], image_size=winner["size"], choose=None), choice
@@ -358,10 +360,11 @@ def _room_for_another_epoch(last_epoch_s: float) -> bool:
 
 def _decide_here(cfg: TrainConfig, splits: DataSplits, runtime: Runtime, budget: Budget | None):
     counts = {k: len(getattr(splits, k)) for k in ("train", "val", "test")}
-    choice_s = check_fits(budget, cfg, counts, runtime) if budget else None
+    if budget:
+        check_fits(budget, cfg, counts, runtime)
     choice = plan = None
     if cfg.choose:
-        cfg, choice = _choose(cfg, splits, runtime, choice_s)
+        cfg, choice = _choose(cfg, splits, runtime, budget)
     if budget:
         cfg, plan = resolve_budget(budget, cfg, counts, runtime, features_cached=choice is not None)
         log(f"budget {budget.seconds:.0f} s, {budget.spent():.0f} s spent: {plan['strategy']}, {plan['reason']}")
