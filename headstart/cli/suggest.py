@@ -29,7 +29,7 @@ def add_parser(sub):
     p.add_argument("--uncertainty", default="margin", choices=["margin", "entropy"],
                    help="margin (default: 1 - the gap between the two highest probabilities) or entropy")
     p.add_argument("--pool-factor", type=int, default=None, metavar="F",
-                   help="the k-center pass spreads the F x N most uncertain images (default 10)")
+                   help="the k-center pass spreads the F x N most uncertain images (default 3)")
     options.add_batch_size(p)
     options.add_hardware(p, precision=True)
     return p

@@ -38,7 +38,7 @@ DEFAULT_FOLDS = 5
 # labels includes the probe's own confusions (shirt / T-shirt on Fashion-MNIST: 7.8% of a clean set flagged);
 # this keeps the ones it is sure of. Chosen on tuning sets disjoint from the reported ones
 # (benchmarks/label_issues.py, "tuning").
-MAX_GIVEN = 0.05
+MAX_GIVEN = 0.02
 FEW_PER_CLASS = 5  # below this many images in a class, its estimate rests on very little: said in a note
 COLUMNS = ["rank", "path", "split", "given_label", "suggested_label", "label_quality", "kind", "detail"]
 

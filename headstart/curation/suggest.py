@@ -32,7 +32,7 @@ from headstart.predict import open_predictor
 from headstart.predict.calibration import softmax
 
 UNCERTAINTIES = ("margin", "entropy")
-POOL_FACTOR = 10  # chosen on the tuning seeds of benchmarks/suggest.py
+POOL_FACTOR = 3  # chosen on the tuning seeds of benchmarks/suggest.py, from {3, 10, 30}
 CHUNK = 2048  # files per pass through the cache: memory holds one chunk's features at a time
 DUPLICATE_DISTANCE = 0.01  # cosine distance under which two images count as copies (re-encoded: ~0.001)
 COLUMNS = ["rank", "path", "predicted_label", "score", "uncertainty"]
