@@ -97,3 +97,22 @@ def test_check_labels_finds_planted_flips_in_digits_and_writes_csv_and_page(tmp_
     assert [int(r["rank"]) for r in rows] == list(range(1, len(rows) + 1))
     page = (out / "label_issues.html").read_text()
     assert page.count("<img") == min(len(rows), 48) and "Labels that look wrong" in page
+
+
+@pytest.mark.slow
+def test_check_labels_attached_to_a_run_shows_in_its_report(probe_run, capsys):
+    data, run = probe_run
+    zero = sorted((data / "0").glob("*.png"))[0]
+    moved = data / "1" / "really_a_zero.png"  # a planted wrong label
+    shutil.copy(zero, moved)
+    zero.unlink()
+    try:
+        assert main(["check", str(data), "--labels", "--run", str(run), "--workers", "0"]) == 0
+    finally:
+        shutil.copy(moved, zero)
+        moved.unlink()
+    rows = read_rows(run / "label_issues.csv")
+    assert rows and rows[0]["path"] == str(moved) and rows[0]["suggested_label"] == "0"
+    report = (run / "report.html").read_text()
+    assert "Labels that look wrong" in report and "really_a_zero.png" in report
+    assert "report.html shows them" in capsys.readouterr().out
