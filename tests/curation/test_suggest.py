@@ -68,3 +68,15 @@ def test_suggest_command_writes_a_csv_copies_images_and_leaves_out_copies(probe_
     assert main(["suggest", str(run), str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
     assert "nowhere does not exist" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_streaming_in_small_chunks_gives_the_same_suggestions(probe_run, tmp_path):
+    from headstart.curation.suggest import suggest
+
+    _, run = probe_run
+    pool = digits_folder(tmp_path / "pool", classes=(0, 1, 7), per_class=5, start=40)
+    whole = suggest(run, pool, n=6, workers=0)
+    streamed = suggest(run, pool, n=6, workers=0, chunk=4)  # 15 images through the cache 4 at a time
+    assert whole.images == streamed.images == 15
+    assert [r["path"] for r in whole.rows] == [r["path"] for r in streamed.rows] and len(whole.rows) == 6
