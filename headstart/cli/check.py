@@ -73,6 +73,10 @@ def run(args) -> int:
                          "--run RUN.")
     if args.folds < 2:
         raise UsageError(f"--folds must be at least 2 (got {args.folds}), e.g. --folds 5.")
+    if args.run:
+        from headstart.data.rundir import RunDir  # PIL: not at import time, so --help stays fast
+
+        RunDir(args.run).require_model()  # a wrong --run is said before the images are read
     report = check(args.data, val_fraction=args.val_fraction, seed=args.seed, max_pixels=args.max_pixels,
                    min_images=args.min_images, max_imbalance=args.max_imbalance, duplicates=args.duplicates,
                    near=args.near)

@@ -41,6 +41,10 @@ def run(args) -> int:
     from headstart.core.errors import UsageError
     from headstart.curation.suggest import POOL_FACTOR, copy_images, suggest, write_csv
 
+    if args.n < 1 or (args.pool_factor is not None and args.pool_factor < 1):
+        raise UsageError(f"--n and --pool-factor must be at least 1, got --n {args.n}"
+                         + (f" and --pool-factor {args.pool_factor}" if args.pool_factor is not None else "")
+                         + "; e.g. --n 100.")
     if args.copy_to and Path(args.copy_to).resolve().is_relative_to(Path(args.folder).resolve()):
         raise UsageError(f"--copy-to {args.copy_to} is inside {args.folder}: the copies would be suggested again "
                          "next time; pass a folder outside it.")

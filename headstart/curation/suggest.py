@@ -101,8 +101,8 @@ def suggest(run_dir: str | Path, folder: str | Path, n: int = 100, kind: str = "
         PathNotFoundError, RunNotFoundError: ``folder`` or the run is not there.
     """
     if n < 1 or pool_factor < 1:
-        raise UsageError(f"the batch size and pool factor must be at least 1 (got {n} and {pool_factor}), "
-                         "e.g. --n 100.")
+        raise UsageError(f"the number of images to suggest and the pool factor must be at least 1, got {n} and "
+                         f"{pool_factor}.")
     uncertainty(np.full((1, 2), 0.5), kind)  # an unknown kind is said before any image is read
     predictor = open_predictor(run_dir, device=device, precision=precision, cache_dir=cache_dir)
     if predictor.engine == "onnxruntime":
