@@ -42,7 +42,7 @@ def test_rank_prefers_uncertain_images_and_spreads_them():
 
 @pytest.mark.slow
 def test_suggest_command_writes_a_csv_copies_images_and_leaves_out_copies(probe_run, tmp_path, capsys):
-    _, run = probe_run
+    data, run = probe_run
     pool = digits_folder(tmp_path / "pool", classes=(0, 1, 7, 4), per_class=4, start=20)
     originals = sorted(pool.rglob("*.png"))
     for p in originals:  # an exact copy and a copy with one pixel changed (other bytes) of every unlabelled image
@@ -50,6 +50,8 @@ def test_suggest_command_writes_a_csv_copies_images_and_leaves_out_copies(probe_
         pixels = np.array(Image.open(p))
         pixels[0, 0] ^= 1
         Image.fromarray(pixels).save(p.with_name(f"edit_{p.name}"))
+    labelled = sorted((data / "7").glob("*.png"))[0]
+    shutil.copy(labelled, pool / "7" / "already_labelled.png")  # a copy of an image the run was fitted on
     capsys.readouterr()
     out, dest = tmp_path / "next.csv", tmp_path / "to_label"
     assert main(["suggest", str(run), str(pool), "--n", "20", "--out", str(out), "--copy-to", str(dest),
@@ -64,6 +66,8 @@ def test_suggest_command_writes_a_csv_copies_images_and_leaves_out_copies(probe_
     assert [int(r["rank"]) for r in rows] == list(range(1, len(rows) + 1))
     assert all(r["predicted_label"] in {"0", "1", "7"} for r in rows)
     assert len(list(dest.iterdir())) == len(rows)
+    assert "left out 1 image(s) the run was fitted on" in capsys.readouterr().out
+    assert not any("already_labelled" in r["path"] for r in rows)
 
     assert main(["suggest", str(run), str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
