@@ -16,7 +16,7 @@ import headstart
 from headstart.core.errors import HeadstartError
 from headstart.data.balance import SKEW_HINT, skew
 from headstart.data.rundir import RunDir
-from headstart.report import figures
+from headstart.report import figures, label_issues
 from headstart.report.html import (
     bar,
     callout,
@@ -65,7 +65,8 @@ class RunReport:
 
     def html(self) -> str:
         sections = [s for s in (self.adaptation(), self.data(), self.training_setup(), self.training(),
-                                self.results(), self.evaluation_section(), self.calibration(), self.errors())
+                                self.results(), self.evaluation_section(), self.calibration(), self.errors(),
+                                self.labels())
                     if s is not None]
         model = self.config.get("model", "?")
         strategy = self.summary.get("strategy") or self.config.get("strategy_resolved") or self.config.get("strategy")
@@ -477,6 +478,14 @@ class RunReport:
         body += para("Under each image: the true class and the score the model gave it, then its prediction and "
                      "that score (calibrated probabilities).", "note")
         return "top-losses", title, body
+
+
+    def labels(self):
+        """``check --labels --run`` wrote ``label_issues.csv`` here: its thumbnails."""
+        if not self.run.has(RunDir.LABEL_ISSUES):
+            return None
+        rows = label_issues.read_rows(self.run / RunDir.LABEL_ISSUES)
+        return "label-issues", "Labels that look wrong", label_issues.section_body(rows, RunDir.LABEL_ISSUES)
 
 
 def metrics_block(m: dict) -> str:
