@@ -22,6 +22,7 @@ LAYERS = [
     {"evaluation"},
     {"report"},
     {"training"},
+    {"curation"},
     {"export"},
     {"serve"},
     {"cli", "__main__", "__init__"},

@@ -95,3 +95,14 @@ def leave() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def broadcast_from_main(value):
+    """Rank 0's ``value`` on every rank (itself on one process): a decision one rank makes for all, such as the
+    backbone ``train --choose`` picks within a budget, which other ranks' clocks could decide otherwise. Only
+    ever sends what headstart's own ranks made (it pickles)."""
+    if not is_distributed():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

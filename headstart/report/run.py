@@ -16,7 +16,7 @@ import headstart
 from headstart.core.errors import HeadstartError
 from headstart.data.balance import SKEW_HINT, skew
 from headstart.data.rundir import RunDir
-from headstart.report import figures
+from headstart.report import figures, label_issues
 from headstart.report.html import (
     bar,
     callout,
@@ -65,7 +65,8 @@ class RunReport:
 
     def html(self) -> str:
         sections = [s for s in (self.adaptation(), self.data(), self.training_setup(), self.training(),
-                                self.results(), self.evaluation_section(), self.calibration(), self.errors())
+                                self.results(), self.evaluation_section(), self.calibration(), self.errors(),
+                                self.labels())
                     if s is not None]
         model = self.config.get("model", "?")
         strategy = self.summary.get("strategy") or self.config.get("strategy_resolved") or self.config.get("strategy")
@@ -262,8 +263,15 @@ class RunReport:
         if strategy:  # the description as the run recorded it (runs before it was recorded show the name only)
             described = f": {esc(c['strategy_description'])}" if c.get("strategy_description") else ""
             pairs.append(("strategy", f"<b>{esc(strategy)}</b>{described}"))
-        choice = c.get("strategy_choice")
-        if choice:
+        choice, budget = c.get("strategy_choice"), c.get("budget_plan")
+        if budget:
+            spent = (s.get("budget") or {}).get("spent_s")
+            pairs.append(("why", f"<code>--budget {duration(budget['budget_s'])}</code> planned it: "
+                                 f"{esc(budget.get('reason', ''))}"))
+            spent = duration(spent) if spent is not None else f"{duration(s.get('seconds'))} before this page"
+            pairs.append(("budget", esc(f"{duration(budget['budget_s'])}; spent {spent}; "
+                                        f"{(s.get('budget') or {}).get('shipped', '')}")))
+        elif choice:
             pairs.append(("why", f"<code>--strategy auto</code> chose it: {esc(choice.get('reason', ''))}"))
         elif c.get("strategy") and c.get("strategy") != "auto":
             pairs.append(("why", "asked for by name"))
@@ -470,6 +478,14 @@ class RunReport:
         body += para("Under each image: the true class and the score the model gave it, then its prediction and "
                      "that score (calibrated probabilities).", "note")
         return "top-losses", title, body
+
+
+    def labels(self):
+        """``check --labels --run`` wrote ``label_issues.csv`` here: its thumbnails."""
+        if not self.run.has(RunDir.LABEL_ISSUES):
+            return None
+        rows = label_issues.read_rows(self.run / RunDir.LABEL_ISSUES)
+        return "label-issues", "Labels that look wrong", label_issues.section_body(rows, RunDir.LABEL_ISSUES)
 
 
 def metrics_block(m: dict) -> str:

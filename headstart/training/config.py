@@ -135,8 +135,6 @@ class TrainConfig:
         if self.max_pixels is not None:
             _positive_int("--max-pixels", self.max_pixels, 1)
         self.budget = parse_budget(self.budget)
-        if self.budget is not None and self.choose is None:
-            raise UsageError("--budget limits the backbone choice: give it with --choose fast, balanced or best.")
         if self.choose is not None and (self.image_size is not None or self.model != DEFAULT_MODEL):
             raise UsageError("--choose picks the backbone and its image size; leave out --model and --image-size "
                              "(or --choose).")

@@ -167,6 +167,7 @@ class FitState:
     phase_best_val_loss: float = math.inf
     bad_epochs: int = 0
     phase_done: bool = False
+    stopped_by_budget: str | None = None  # the phase --budget ended before its last epoch
 
     def start_phase(self, index: int) -> None:
         """Counts from the start of phase ``index``; the run's best so far is kept."""
@@ -185,6 +186,7 @@ class _Training:
     weight_decay: float
     patience: int
     seed: int
+    budget: Callable[[float], bool] | None = None  # another epoch as long as the last fits? (train --budget)
 
 
 def _seed_epoch(seed: int, global_epoch: int, rank: int) -> None:
@@ -208,6 +210,7 @@ def fit(
     cutmix: float = 0.0,
     class_weights: torch.Tensor | None = None,
     l2sp_reference: dict[str, torch.Tensor] | None = None,
+    budget: Callable[[float], bool] | None = None,
 ) -> FitState:
     """Runs every phase of ``strategy``.
 
@@ -232,13 +235,17 @@ def fit(
             validation loss that picks the best epoch stays plain cross-entropy (temperature-scaled).
         l2sp_reference: pretrained backbone parameters by name, for phases with ``l2sp``; default the backbone's
             weights when ``fit`` starts (pass them when resuming: the model then holds trained weights).
+        budget: ``train --budget``'s clock (:meth:`headstart.training.budget.Budget.allows`): called before each
+            gradient-descent epoch after a phase's first with the last epoch's seconds; when it says another would
+            not fit, the phase ends as early stopping ends it (its best weights kept) and
+            ``FitState.stopped_by_budget`` names it. Every rank decides the same.
     """
     state = FitState(**resume["fit_state"]) if resume else FitState()
     phase_best_state = resume.get("phase_best_state") if resume else None
     if l2sp_reference is None and any(p.l2sp for p in strategy.phases):
         l2sp_reference = {n: p.detach().clone() for n, p in model.backbone.named_parameters()}
     training = _Training(make_criterion(label_smoothing, class_weights), make_mixer(model.num_classes, mixup, cutmix),
-                         l2sp_reference, weight_decay, patience, seed)
+                         l2sp_reference, weight_decay, patience, seed, budget)
     for phase_index, phase in enumerate(strategy.phases):
         if phase_index < state.phase:
             continue  # finished before the run was interrupted
@@ -317,6 +324,17 @@ def _end_epoch(state: FitState, val_loss: float, patience: int, max_epochs: int 
     return improved, phase_improved
 
 
+def _out_of_time(budget: Callable[[float], bool] | None, last_epoch_s: float | None, runtime: Runtime) -> bool:
+    """Whether ``budget`` has no room for another epoch as long as the last; the first epoch of a phase always
+    runs (the budget planned it). Under DDP the ranks' clocks differ: one rank out of time stops them all."""
+    if budget is None or last_epoch_s is None:
+        return False
+    late = float(not budget(last_epoch_s))
+    if runtime.world_size > 1:
+        late = all_reduce_sum([late], runtime.device)[0]
+    return late > 0
+
+
 def _run_sgd_phase(model, phase: Phase, loaders, runtime: Runtime, state: FitState, training: _Training, on_epoch,
                    phase_best_state, resume: dict | None):
     """The epochs of a gradient-descent phase, until its last or early stopping; returns its best weights."""
@@ -334,7 +352,14 @@ def _run_sgd_phase(model, phase: Phase, loaders, runtime: Runtime, state: FitSta
     if resume is not None and "optimizer" in resume:
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
+    last_epoch_s = None
     while not state.phase_done and state.epoch < phase.epochs:
+        if _out_of_time(training.budget, last_epoch_s, runtime):
+            state.phase_done, state.stopped_by_budget = True, phase.name
+            if runtime.is_main:
+                print(f"stopped {phase.name} after epoch {state.epoch}: another epoch (about {last_epoch_s:.0f} s) "
+                      "would end past the --budget", file=sys.stderr, flush=True)
+            break
         t0 = time.time()
         _seed_epoch(seed, state.global_epoch, runtime.rank)
         if (generator := getattr(loaders["train"], "generator", None)) is not None:
@@ -356,6 +381,7 @@ def _run_sgd_phase(model, phase: Phase, loaders, runtime: Runtime, state: FitSta
                   "lr": optimizer.param_groups[-1]["lr"],
                   "lrs": {g["name"]: g["lr"] for g in optimizer.param_groups},
                   "trainable_params": model.trainable_parameters(), "seconds": time.time() - t0}
+        last_epoch_s = record["seconds"]
         if on_epoch:
             on_epoch(record, state, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                      "scheduler": scheduler.state_dict(), "improved": improved,

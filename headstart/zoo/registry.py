@@ -68,6 +68,8 @@ class BackboneSpec:
         classifier_prefixes: keys of the pretrained classifier, dropped before loading into the headless backbone.
         family: a word for listings (``timm``, ``torchvision``, ``headstart``).
         small_images: the architecture is meant for small inputs (32 px) rather than ImageNet's 224 px.
+        imagenet_top1: ImageNet-1k validation top-1 (%) of the pretrained weights, as their publisher reports it
+            (torchvision's weight metadata; Google's figures for the Lite models); None for scratch-only ones.
     """
 
     name: str
@@ -84,6 +86,7 @@ class BackboneSpec:
     classifier_prefixes: tuple[str, ...] = ()
     family: str = ""
     small_images: bool = False
+    imagenet_top1: float | None = None
 
     def preprocessing(self, image_size: int | None = None) -> Preprocessing:
         """The preprocessing a run records, so predict needs nothing but the run directory."""

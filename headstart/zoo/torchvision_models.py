@@ -68,7 +68,7 @@ def _spec_preprocessing(weights) -> dict:
     t = weights.transforms()
     crop = t.crop_size[0]
     return dict(mean=tuple(t.mean), std=tuple(t.std), input_size=crop, crop_pct=crop / t.resize_size[0],
-                interpolation=t.interpolation.value)
+                interpolation=t.interpolation.value, imagenet_top1=weights.meta["_metrics"]["ImageNet-1K"]["acc@1"])
 
 
 def _register(name: str, builder, weights, replace: str, num_features: int, groups, classifier: str) -> None:
