@@ -69,4 +69,5 @@ for _name, (_arch, _pkg, _module, _cls, _size, _crop) in _LITE.items():
         convert=_converter(_arch),
         classifier_prefixes=("classifier.",),
         family="timm (weights: pip package)",
+        cam_layer="bn2",  # conv_head's 1280 channels after BatchNorm and ReLU6: the map global pooling averages
     ))

@@ -68,6 +68,9 @@ class BackboneSpec:
         classifier_prefixes: keys of the pretrained classifier, dropped before loading into the headless backbone.
         family: a word for listings (``timm``, ``torchvision``, ``headstart``).
         small_images: the architecture is meant for small inputs (32 px) rather than ImageNet's 224 px.
+        cam_layer: the backbone's module whose output Grad-CAM explains (``headstart.explain``): the last
+            convolutional feature map before global pooling, as Selvaraju et al. (2017) use; "" when the backbone
+            has none (a vision transformer's tokens).
     """
 
     name: str
@@ -84,6 +87,7 @@ class BackboneSpec:
     classifier_prefixes: tuple[str, ...] = ()
     family: str = ""
     small_images: bool = False
+    cam_layer: str = ""
 
     def preprocessing(self, image_size: int | None = None) -> Preprocessing:
         """The preprocessing a run records, so predict needs nothing but the run directory."""
