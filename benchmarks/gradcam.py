@@ -72,7 +72,10 @@ def make_data(folder: Path, per_class: dict[str, int], seed: int) -> dict[str, t
     return boxes
 
 
-def train(data: Path, run: Path, strategy: str, seed: int, epochs: int) -> float:
+def train(data: Path, run: Path, strategy: str, seed: int, epochs: int) -> float | None:
+    """``headstart train`` on the canvases; its wall time, or None when ``run`` holds a finished run already."""
+    if (run / "summary.json").is_file():
+        return None
     cmd = [sys.executable, "-m", "headstart", "train", str(data), "--strategy", strategy, "--image-size", str(CANVAS),
            "--seed", str(seed), "--out", str(run), "--overwrite", "--no-report"]
     cmd += ["--epochs", str(epochs)] if strategy != "linear-probe" else []
@@ -144,9 +147,10 @@ def timing(loaded, paths: list[str], repeats: int = 2) -> dict:
             "gradcam_batch16_s_per_image": best(lambda: grad_cam(loaded.model, x, [0] * len(x), batch_size=16))}
 
 
-def split_files(data: Path, split: str) -> tuple[list[str], list[int]]:
+def split_files(data: Path, split: str, classes: list[str]) -> tuple[list[str], list[int]]:
+    """The split's files and their labels as indices into the run's ``classes``."""
     paths = sorted(str(p) for p in (data / split).rglob("*.png"))
-    return paths, [fashion_mnist.CLASSES.index(Path(p).parent.name) for p in paths]
+    return paths, [classes.index(Path(p).parent.name) for p in paths]
 
 
 def main(argv=None) -> int:
@@ -161,8 +165,11 @@ def main(argv=None) -> int:
                    help="backbone modules: the declared cam_layer first; blocks.5 and bn2 are 7x7 at 224 px, "
                         "blocks.4 14x14, blocks.2 28x28")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--parts", default="localisation,timing",
+                   help="what to measure; each part replaces its own entries in an existing --json")
     p.add_argument("--json", type=Path, default=Path("docs/measurements/gradcam.json"))
     args = p.parse_args(argv)
+    parts = args.parts.split(",")
     data = args.out / "canvases"
     boxes_file = args.out / "boxes.json"
     if not boxes_file.exists():
@@ -171,21 +178,25 @@ def main(argv=None) -> int:
         boxes_file.write_text(json.dumps(make_data(data, per_class, args.seed)))
     boxes = json.loads(boxes_file.read_text())
     layers = args.layers.split(",")
-    result = {"setup": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-              "machine": "2 CPU cores shared with other jobs: wall times are indicative", "runs": {}}
+    result = json.loads(args.json.read_text()) if args.json.is_file() else {"runs": {}}
+    result.update(setup={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                  machine="2 CPU cores shared with other jobs: wall times are indicative")
     for strategy in args.strategies.split(","):
         run = args.out / f"run-{strategy}"
         wall = train(data, run, strategy, args.seed, args.epochs)
         loaded = load_run(run, device="cpu", precision="fp32")
-        val = localisation(loaded, *split_files(data, "val"), boxes, layers)
+        if "timing" in parts:
+            result["timing"] = timing(loaded, split_files(data, "test", loaded.classes)[0][:32])
+            print(json.dumps(result["timing"]), flush=True)
+            parts.remove("timing")  # once, on the first run
+        if "localisation" not in parts:
+            continue
+        val = localisation(loaded, *split_files(data, "val", loaded.classes), boxes, layers)
         chosen = max(layers, key=lambda name: val["layers"][name]["peak_in_box"])
-        test = localisation(loaded, *split_files(data, "test"), boxes, layers)
-        result["runs"][strategy] = {"train_wall_s": round(wall, 1), "val": val, "test": test,
+        test = localisation(loaded, *split_files(data, "test", loaded.classes), boxes, layers)
+        result["runs"][strategy] = {"train_wall_s": wall and round(wall, 1), "val": val, "test": test,
                                     "layer_chosen_on_val": chosen, "declared_layer": loaded.model.spec.cam_layer}
         print(json.dumps(result["runs"][strategy], indent=1), flush=True)
-        if "timing" not in result:
-            result["timing"] = timing(loaded, split_files(data, "test")[0][:32])
-            print(json.dumps(result["timing"]), flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1) + "\n")
     print(f"written: {args.json}")
