@@ -38,6 +38,7 @@ from headstart.data import fashion_mnist
 from headstart.data.transforms import eval_transform
 from headstart.explain import grad_cam, peak
 from headstart.predict.run import load_run
+from headstart.report import write_report
 
 CANVAS, SIZES = 224, (64, 80)
 
@@ -144,7 +145,18 @@ def timing(loaded, paths: list[str], repeats: int = 2) -> dict:
         forward = best(lambda: loaded.model(x.float()))
     return {"images": len(x), "threads": torch.get_num_threads(), "forward_fp32_s_per_image": forward,
             "gradcam_batch1_s_per_image": best(lambda: grad_cam(loaded.model, x, [0] * len(x), batch_size=1)),
-            "gradcam_batch16_s_per_image": best(lambda: grad_cam(loaded.model, x, [0] * len(x), batch_size=16))}
+            "gradcam_batch16_s_per_image": best(lambda: grad_cam(loaded.model, x, [0] * len(x), batch_size=16)),
+            **report_seconds(loaded)}
+
+
+def report_seconds(loaded) -> dict:
+    """``write_report`` of the run (24 top losses, the run already loaded) with and without their heat maps."""
+    out = {}
+    for heatmaps in (False, True, False):  # the first call pays the predictions' warm-up; the last one counts
+        start = time.perf_counter()
+        write_report(loaded.path, loaded.path.parent / "report-timing.html", loaded=loaded, heatmaps=heatmaps)
+        out[f"report_{'with' if heatmaps else 'without'}_heatmaps_s"] = round(time.perf_counter() - start, 2)
+    return out
 
 
 def split_files(data: Path, split: str, classes: list[str]) -> tuple[list[str], list[int]]:
@@ -162,8 +174,8 @@ def main(argv=None) -> int:
     p.add_argument("--strategies", default="linear-probe")
     p.add_argument("--epochs", type=int, default=3, help="for strategies other than linear-probe")
     p.add_argument("--layers", default="blocks.5,bn2,blocks.4,blocks.2",
-                   help="backbone modules (the declared cam_layer, blocks.5, first); blocks.5 and bn2 are 7x7 at "
-                        "224 px, blocks.4 14x14, blocks.2 28x28")
+                   help="backbone modules (the declared cam_layer, blocks.5, first); blocks.5, blocks.6, conv_head "
+                        "and bn2 are 7x7 at 224 px, blocks.4 14x14, blocks.2 28x28")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--parts", default="localisation,timing",
                    help="what to measure; each part replaces its own entries in an existing --json")
