@@ -203,12 +203,16 @@ def main(argv=None) -> int:
             parts.remove("timing")  # once, on the first run
         if "localisation" not in parts:
             continue
-        val = localisation(loaded, *split_files(data, "val", loaded.classes), boxes, layers)
-        chosen = max(layers, key=lambda name: val["layers"][name]["peak_in_box"])
-        test = localisation(loaded, *split_files(data, "test", loaded.classes), boxes, layers)
-        result["runs"][strategy] = {"train_wall_s": wall and round(wall, 1), "val": val, "test": test,
-                                    "layer_chosen_on_val": chosen, "declared_layer": loaded.model.spec.cam_layer}
-        print(json.dumps(result["runs"][strategy], indent=1), flush=True)
+        entry = result["runs"].setdefault(strategy, {})
+        for split in ("val", "test"):  # layers measured before on the same run are kept
+            got = localisation(loaded, *split_files(data, split, loaded.classes), boxes, layers)
+            got["layers"] = {**entry.get(split, {}).get("layers", {}), **got["layers"]}
+            entry[split] = got
+        entry["train_wall_s"] = wall and round(wall, 1) or entry.get("train_wall_s")
+        on_val = entry["val"]["layers"]
+        entry["layer_chosen_on_val"] = max(on_val, key=lambda k: on_val[k]["peak_in_box"])
+        entry["declared_layer"] = loaded.model.spec.cam_layer
+        print(json.dumps(entry, indent=1), flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1) + "\n")
     print(f"written: {args.json}")
