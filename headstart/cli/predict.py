@@ -34,6 +34,10 @@ def add_parser(sub):
     add_device(p, help=DEVICE_HELP + "; an .onnx file runs on the CPU")
     add_precision(p, help=PREDICT_PRECISION_HELP)
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average over each image and its mirror")
+    p.add_argument("--explain", nargs="?", const="heatmaps", metavar="DIR",
+                   help="write a Grad-CAM heat map of each prediction (where the evidence for the predicted class "
+                        "lies) as DIR/<name>.gradcam.png (default DIR: ./heatmaps), recorded in the output's "
+                        "heatmap column; needs the run directory, not an .onnx file. Put it after the images")
     return p
 
 
@@ -44,11 +48,15 @@ def run(args) -> int:
         raise UsageError(f"--topk must be at least 1, got {args.topk}.")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}.")
-    classes, predict = _load(args)
+    predictor, predict = _load(args)
+    classes = predictor.classes
     if args.topk > len(classes):
         print(f"--topk {args.topk}: the model has {len(classes)} classes; listing all of them.", file=sys.stderr)
         args.topk = len(classes)
     results, failed, count = predict(args.paths), [], 0  # records stream out, STREAM_CHUNK images at a time
+    if args.explain:  # heat maps of every record first (explaining is for a few images, not a stream)
+        results = list(results)
+        _explain(predictor, results, args.explain)
     if args.format == "json":
         print("[", end="")
         for count, r in enumerate(results, 1):
@@ -57,10 +65,13 @@ def run(args) -> int:
         print("\n]" if count else "]")
     elif args.format == "csv":
         w = csv.writer(sys.stdout)
-        w.writerow(["path"] + [f"{k}{i + 1}" for i in range(args.topk) for k in ("label", "score")] + ["error"])
+        extra = ["heatmap"] if args.explain else []
+        w.writerow(["path"] + [f"{k}{i + 1}" for i in range(args.topk) for k in ("label", "score")] + ["error"]
+                   + extra)
         for count, r in enumerate(results, 1):
             tops = [v for t in r.get("topk", []) for v in (t["label"], t["score"])]
-            w.writerow(map(_inert, [r["path"]] + tops + [""] * (2 * args.topk - len(tops)) + [r.get("error", "")]))
+            w.writerow(map(_inert, [r["path"]] + tops + [""] * (2 * args.topk - len(tops)) + [r.get("error", "")]
+                           + [r.get(k, "") for k in extra]))
             failed += [r["path"]] if r.get("error") else []
     else:
         from rich.table import Table  # in the command, not at import: --help stays fast
@@ -70,9 +81,11 @@ def run(args) -> int:
         table = Table()
         table.add_column("path")
         table.add_column("prediction")
+        if args.explain:
+            table.add_column("heat map")
         for count, r in enumerate(results, 1):
             pred = r.get("error") or "  ".join(f"{t['label']} {t['score']:.3f}" for t in r["topk"])
-            table.add_row(r["path"], pred)
+            table.add_row(r["path"], pred, *([r.get("heatmap", "")] if args.explain else []))
             failed += [r["path"]] if r.get("error") else []
         console().print(table)
     if failed:
@@ -88,8 +101,18 @@ def _inert(cell):
     return "'" + cell if isinstance(cell, str) and cell[:1] in ("=", "+", "-", "@", "\t", "\r") else cell
 
 
+def _explain(predictor, results: list[dict], folder: str) -> None:
+    """Heat maps of the predictions, written into ``folder``, their paths added to ``results``; through the run's
+    torch network, loaded here when a cached-feature predictor answered."""
+    from headstart.explain import explain_records, torch_run  # in the command, not at import: --help stays fast
+
+    explain_records(torch_run(predictor), results, folder)
+    written = sum(1 for r in results if r.get("heatmap"))
+    print(f"heat maps: {written} written to {folder}", file=sys.stderr)
+
+
 def _load(args):
-    """The model's classes and a function from the paths given to the results, through the predictor
+    """The predictor and a function from the paths given to the results, through the predictor
     :func:`headstart.predict.open_predictor` picks (errors about the run come before any image is read)."""
     from pathlib import Path  # in the command, not at import: --help stays fast
 
@@ -100,8 +123,11 @@ def _load(args):
     if Path(args.run).suffix.lower() in (".pt2", ".pt", ".pth", ".safetensors") and Path(args.run).is_file():
         raise UsageError(f"{args.run} is a weights or .pt2 file; predict takes a run directory or an .onnx file "
                          "made by `headstart export` (a .pt2 loads in Python with torch.export.load).")
+    if args.explain and Path(args.run).suffix.lower() == ".onnx":
+        raise UsageError(f"--explain needs the run directory {args.run} was exported from: an .onnx model holds no "
+                         "gradients for heat maps.")
     predictor = open_predictor(args.run, device=args.device, precision=args.precision, tta=args.tta)
-    return predictor.classes, lambda paths: _stream(predictor, expand_paths(paths), args)
+    return predictor, lambda paths: _stream(predictor, expand_paths(paths), args)
 
 
 def _stream(predictor, paths: list[str], args):
