@@ -491,6 +491,13 @@ class RunReport:
             return [None] * len(shown), str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return [None if isinstance(picture, str) else picture for picture in pictures], ""
 
+    def labels(self):
+        """``check --labels --run`` wrote ``label_issues.csv`` here: its thumbnails."""
+        if not self.run.has(RunDir.LABEL_ISSUES):
+            return None
+        rows = label_issues.read_rows(self.run / RunDir.LABEL_ISSUES)
+        return "label-issues", "Labels that look wrong", label_issues.section_body(rows, RunDir.LABEL_ISSUES)
+
 
 def _tile(p, cam) -> str:
     """One top loss: its thumbnail (and its heat map beside it), the true class and the prediction."""
@@ -506,14 +513,6 @@ def _tile(p, cam) -> str:
                if p.wrong else f"<div>predicted {esc(p.predicted)} {p.score:.2f}</div>")
     return (f'<div class="thumb">{picture}<div>true <span class="true">{esc(p.true)}</span> {p.p_true:.2f}</div>'
             f'{verdict}<div class="path">{esc(p.split)} · {esc(Path(p.path).name)}</div></div>')
-
-
-    def labels(self):
-        """``check --labels --run`` wrote ``label_issues.csv`` here: its thumbnails."""
-        if not self.run.has(RunDir.LABEL_ISSUES):
-            return None
-        rows = label_issues.read_rows(self.run / RunDir.LABEL_ISSUES)
-        return "label-issues", "Labels that look wrong", label_issues.section_body(rows, RunDir.LABEL_ISSUES)
 
 
 def metrics_block(m: dict) -> str:
