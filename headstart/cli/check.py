@@ -29,6 +29,7 @@ def add_parser(sub):
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", help="folder of class subfolders (optionally inside train/, val/, test/), or a CSV")
     options.add_json(p, "print the report as JSON")
+    options.add_label_delimiter(p)
     p.add_argument("--quarantine", metavar="DIR", default=None,
                    help="move the unusable files to DIR (outside DATA), keeping their paths relative to DATA")
     p.add_argument("--min-images", type=int, default=5, help="warn about training classes with fewer (default 5)")
@@ -52,9 +53,15 @@ def run(args) -> int:
         raise UsageError(f"--near {args.near} is out of range; pass a number of bits from 0 to 16, e.g. --near 8.")
     if args.min_images < 1 or args.max_imbalance < 1 or args.max_pixels < 1:
         raise UsageError("--min-images, --max-imbalance and --max-pixels must be at least 1, e.g. --min-images 5.")
-    report = check(args.data, val_fraction=args.val_fraction, seed=args.seed, max_pixels=args.max_pixels,
-                   min_images=args.min_images, max_imbalance=args.max_imbalance, duplicates=args.duplicates,
-                   near=args.near)
+    from headstart.data.multilabel import check_multilabel, discover_multilabel, is_multilabel_csv
+
+    common = dict(max_pixels=args.max_pixels, duplicates=args.duplicates, near=args.near)
+    if is_multilabel_csv(args.data):  # several labels per image
+        splits = discover_multilabel(args.data, args.label_delimiter, args.val_fraction, args.seed)
+        report = check_multilabel(splits, args.data, min_positives=args.min_images, **common)
+    else:
+        report = check(args.data, val_fraction=args.val_fraction, seed=args.seed, min_images=args.min_images,
+                       max_imbalance=args.max_imbalance, **common)
     moved = quarantine(report, args.quarantine) if args.quarantine else None
     if args.json:
         out = report.to_json()
