@@ -66,6 +66,10 @@ def _add_model_and_schedule(p) -> None:
                    help=f"early stopping: epochs without a better validation loss (default {d('patience')}; 0: never)")
     options.add_val_fraction(p, f"share of each class held out when there is no val/ folder (default "
                                 f"{d('val_fraction')})", default=d("val_fraction"))
+    options.add_label_delimiter(p, default=d("label_delimiter"))
+    p.add_argument("--threshold", type=float, default=d("threshold"), metavar="T",
+                   help="multi-label CSV: give a label when its score reaches T (e.g. 0.5) instead of each label's "
+                        "F1-optimal threshold on the validation images")
 
 
 def _add_outputs(p) -> None:
