@@ -15,7 +15,8 @@ from headstart.cli.options import DEVICE_HELP, PREDICT_PRECISION_HELP, add_batch
 
 
 def add_parser(sub):
-    p = sub.add_parser("predict", help="predict the class of image files or folders with a trained run",
+    p = sub.add_parser("predict", help="predict the class of image files or folders with a trained run (a "
+                                       "multi-label run: every label above its threshold, with its score)",
                        epilog="examples:\n  headstart predict runs/photos new_photos/ --topk 3 --format csv > "
                               "predictions.csv\n  headstart predict runs/photos/model.onnx new_photos/ --format json",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -41,13 +42,15 @@ def run(args) -> int:
         raise UsageError(f"--topk must be at least 1, got {args.topk}.")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}.")
-    classes, predict = _load(args)
-    if args.topk > len(classes):
+    classes, predict, multilabel = _load(args)
+    if args.topk > len(classes) and not multilabel:
         print(f"--topk {args.topk}: the model has {len(classes)} classes; listing all of them.", file=sys.stderr)
         args.topk = len(classes)
     results = predict(args.paths)
     if args.format == "json":
         print(json.dumps(results, indent=1))
+    elif args.format == "csv" and multilabel:
+        _multilabel_csv(results, classes)
     elif args.format == "csv":
         w = csv.writer(sys.stdout)
         w.writerow(["path"] + [f"{k}{i + 1}" for i in range(args.topk) for k in ("label", "score")] + ["error"])
@@ -63,7 +66,9 @@ def run(args) -> int:
         table.add_column("path")
         table.add_column("prediction")
         for r in results:
-            pred = r.get("error") or "  ".join(f"{t['label']} {t['score']:.3f}" for t in r["topk"])
+            pred = r.get("error") or ("  ".join(f"{t['label']} {t['score']:.3f}" for t in r["topk"]) if not multilabel
+                                      else "  ".join(f"{a} {b:.3f}" for a, b in zip(r["labels"], r["scores"]))
+                                      or "(no label above its threshold)")
             table.add_row(r["path"], pred)
         console().print(table)
     failed = [r["path"] for r in results if r.get("error")]
@@ -72,6 +77,17 @@ def run(args) -> int:
         print(f"headstart predict: {len(failed)} of {len(results)} images could not be predicted: {shown}",
               file=sys.stderr)
     return 1 if failed else 0
+
+
+def _multilabel_csv(results: list[dict], classes: list[str]) -> None:
+    """A multi-label run's CSV: the labels given (``;``-separated, best first) with their scores, then every label's
+    score in a column of its own."""
+    w = csv.writer(sys.stdout)
+    w.writerow(["path", "labels", "scores"] + [f"score:{c}" for c in classes] + ["error"])
+    for r in results:
+        given = ";".join(r.get("labels") or []), ";".join(f"{s:.6f}" for s in r.get("scores") or [])
+        every = [r["all_scores"][c] for c in classes] if "all_scores" in r else [""] * len(classes)
+        w.writerow(map(_inert, [r["path"], *given, *every, r.get("error", "")]))
 
 
 def _inert(cell):
@@ -94,4 +110,5 @@ def _load(args):
                          "made by `headstart export` (a .pt2 loads in Python with torch.export.load).")
     predictor = open_predictor(args.run, device=args.device, precision=args.precision, tta=args.tta)
     return predictor.classes, lambda paths: predictor.predict_paths(expand_paths(paths), topk=args.topk,
-                                                                    batch_size=args.batch_size, tta=args.tta)
+                                                                    batch_size=args.batch_size, tta=args.tta), \
+        predictor.decision is not None

@@ -33,9 +33,7 @@ def open_predictor(path: str | Path, device: str = "auto", precision: str = "aut
             raise PathNotFoundError(f"{path} does not exist; pass an exported .onnx file or a run directory.")
         from headstart.predict.onnx import OnnxModel  # torch and ONNX Runtime: loaded only for this engine
 
-        onnx = OnnxModel(path)
-        onnx.decision = Decision.of(onnx.classes, onnx.metadata.decision)
-        return onnx
+        return OnnxModel(path)  # a multi-label export's decision is in its metadata
     if path.is_file():
         raise UsageError(f"{path} is a file, not a run directory; pass the folder of a `headstart train` run or an "
                          "exported .onnx model (a .pt2 loads in Python with torch.export.load).")
