@@ -126,12 +126,14 @@ def test_export_carries_the_decision_and_onnx_gives_the_same_labels(mosaic_run, 
 
 
 @pytest.mark.slow
-def test_fine_tune_trains_the_network_with_the_same_machinery(mosaic_run, tmp_path):
+@pytest.mark.parametrize("strategy,phases", [("fine-tune", {"head", "fine-tune"}), ("lp-ft", {"probe", "ft"}),
+                                             ("full", {"full"})])
+def test_every_strategy_trains_the_network_with_the_same_machinery(mosaic_run, tmp_path, strategy, phases):
     manifest, _ = mosaic_run
-    run = tmp_path / "ft"
-    assert main(["train", str(manifest), "--out", str(run), "--strategy", "fine-tune", "--epochs", "1",
+    run = tmp_path / strategy
+    assert main(["train", str(manifest), "--out", str(run), "--strategy", strategy, "--epochs", "1",
                  "--no-report", *FAST]) == 0
     summary = json.loads((run / "summary.json").read_text())
-    assert set(summary["phases"]) == {"head", "fine-tune"} and summary["test_map"] > 0.4
+    assert set(summary["phases"]) == phases and summary["test_map"] > 0.4
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert any("train_loss" in r for r in records)  # a gradient-descent epoch ran, with BCE
