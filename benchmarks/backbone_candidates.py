@@ -27,7 +27,7 @@ CANDIDATES = [("efficientnet_lite0", 128), ("efficientnet_lite0", 224), ("effici
               ("efficientnet_lite2", 260)]
 
 
-def make_sets(work: Path, labels: list[int], seed: int) -> dict[str, Path]:
+def make_sets(work: Path, labels: list[int], seed: int, test_images: int = 2000) -> dict[str, Path]:
     from headstart.data.fashion_mnist import make_image_folder
     sys.path.insert(0, str(Path(__file__).parent))
     from auto_rule import write_digits
@@ -36,7 +36,7 @@ def make_sets(work: Path, labels: list[int], seed: int) -> dict[str, Path]:
     for n in labels:
         folder = work / f"fmnist-{n}-seed{seed}"
         if not folder.exists():
-            make_image_folder(folder, train_per_class=n, val_per_class=10, test_images=2000, seed=seed)
+            make_image_folder(folder, train_per_class=n, val_per_class=10, test_images=test_images, seed=seed)
         sets[f"fashion-mnist, {n} labels/class"] = folder
     digits = work / "digits"
     if not digits.exists():
@@ -45,13 +45,14 @@ def make_sets(work: Path, labels: list[int], seed: int) -> dict[str, Path]:
     return sets
 
 
-def timed_train(folder: Path, extra: list[str], seed: int, out: Path, cache: Path) -> dict:
-    """One whole linear-probe ``headstart train`` with ``HEADSTART_CACHE=cache``: ``wall_s`` and the run's
-    ``summary``, ``test`` metrics and ``config``, or ``error``."""
+def timed_train(folder: Path, extra: list[str], seed: int, out: Path, cache: Path,
+                strategy: str | None = "linear-probe", report: bool = False) -> dict:
+    """One whole ``headstart train`` (linear-probe unless ``strategy`` says otherwise; None: auto) with
+    ``HEADSTART_CACHE=cache``: ``wall_s`` and the run's ``summary``, ``test`` metrics and ``config``, or ``error``."""
     import yaml
 
-    cmd = [sys.executable, "-m", "headstart", "train", str(folder), "--strategy", "linear-probe", "--seed", str(seed),
-           "--out", str(out), "--overwrite", "--no-report", *extra]
+    cmd = [sys.executable, "-m", "headstart", "train", str(folder), *(["--strategy", strategy] if strategy else []),
+           "--seed", str(seed), "--out", str(out), "--overwrite", *([] if report else ["--no-report"]), *extra]
     start = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, check=False,
                           env={**os.environ, "HEADSTART_CACHE": str(cache)})

@@ -19,9 +19,11 @@ LAYERS = [
     {"zoo"},
     {"features"},
     {"predict"},
+    {"explain"},
     {"evaluation"},
     {"report"},
     {"training"},
+    {"curation"},
     {"export"},
     {"serve"},
     {"cli", "__main__", "__init__"},
@@ -74,7 +76,8 @@ def test_the_named_rules_of_the_redesign():
     assert graph["core"] == set()
     assert graph["data"] <= {"core"} and graph["zoo"] <= {"core", "data"}
     assert graph["features"] <= {"core", "data", "zoo"}
-    assert not graph["predict"] & {"training", "evaluation", "report", "export", "serve", "cli"}
+    assert not graph["predict"] & {"explain", "training", "evaluation", "report", "export", "serve", "cli"}
+    assert graph["explain"] <= {"core", "data", "zoo", "features", "predict"}
     assert {p.name for p in PACKAGE.glob("*.py")} == {"__init__.py", "__main__.py"}, "the root holds packages only"
 
 

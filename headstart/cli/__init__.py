@@ -17,7 +17,7 @@ from headstart.core.choices import engine_setting
 from headstart.core.errors import HeadstartError
 
 COMMANDS = ["check", "train", "evaluate", "predict", "models", "compare", "demo", "embed", "lr-find", "adapt", "cache",
-            "serve", "report", "export"]
+            "serve", "report", "export", "suggest"]
 
 
 def build_parser() -> argparse.ArgumentParser:

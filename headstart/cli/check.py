@@ -1,4 +1,4 @@
-"""headstart check DATA [--json] [--quarantine DIR]
+"""headstart check DATA [--json] [--quarantine DIR] [--labels [--labels-out DIR | --run RUN]]
 
 Exit code 0: the data is usable (warnings allowed); 1: problems were found that training would have to skip or
 would refuse (also with --quarantine, which moves them; a second check then passes); 2: wrong usage.
@@ -25,7 +25,9 @@ def add_parser(sub):
                                    "extensions that do not match the content, unusual modes, EXIF rotation, small "
                                    "classes and class imbalance. The splits are found as `headstart train` finds "
                                    "them.",
-                       epilog="examples:\n  headstart check photos/\n  headstart check photos/ --json > report.json",
+                       epilog="examples:\n  headstart check photos/\n  headstart check photos/ --json > report.json\n"
+                              "  headstart check photos/ --labels                  # + labels that look wrong\n"
+                              "  headstart check photos/ --labels --run runs/photos # ...shown in its report",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", help="folder of class subfolders (optionally inside train/, val/, test/), or a CSV")
     options.add_json(p, "print the report as JSON")
@@ -43,6 +45,20 @@ def add_parser(sub):
     options.add_max_pixels(p, f"pixel limit (default {MAX_PIXELS:,})", default=MAX_PIXELS)
     options.add_val_fraction(p, "share held out when there is no val/ folder, as in train")
     options.add_seed(p, "seed of that split, as in train")
+    labels = p.add_argument_group("labels that look wrong (--labels)")
+    labels.add_argument("--labels", action="store_true",
+                        help="also rank the labelled images by how likely their label is wrong: out-of-fold "
+                             "probabilities of a linear probe on frozen features, given to cleanlab's confident "
+                             "learning; writes label_issues.csv and label_issues.html")
+    labels.add_argument("--labels-out", metavar="DIR", default="label_issues",
+                        help="where --labels writes its CSV and page (default ./label_issues)")
+    labels.add_argument("--run", metavar="RUN", default=None,
+                        help="attach the findings to a run: its pretrained backbone and image size, the files "
+                             "written into RUN and shown in its report.html")
+    options.add_model(labels, "pretrained backbone whose features the probe reads (default %(default)s)")
+    options.add_image_size(labels, "its input size (default: the backbone's own)")
+    labels.add_argument("--folds", type=int, default=5, help="K of the K-fold scoring (default 5)")
+    options.add_hardware(labels, precision=True)
     return p
 
 
@@ -53,10 +69,22 @@ def run(args) -> int:
         raise UsageError(f"--near {args.near} is out of range; pass a number of bits from 0 to 16, e.g. --near 8.")
     if args.min_images < 1 or args.max_imbalance < 1 or args.max_pixels < 1:
         raise UsageError("--min-images, --max-imbalance and --max-pixels must be at least 1, e.g. --min-images 5.")
+    if args.run and not args.labels:
+        raise UsageError("--run attaches the --labels findings to a run; add --labels, e.g. check DATA --labels "
+                         "--run RUN.")
+    if args.folds < 2:
+        raise UsageError(f"--folds must be at least 2 (got {args.folds}), e.g. --folds 5.")
+    if args.run:
+        from headstart.data.rundir import RunDir  # PIL: not at import time, so --help stays fast
+
+        RunDir(args.run).require_model()  # a wrong --run is said before the images are read
     from headstart.data.multilabel import check_multilabel, discover_multilabel, is_multilabel_csv
 
     common = dict(max_pixels=args.max_pixels, duplicates=args.duplicates, near=args.near)
     if is_multilabel_csv(args.data):  # several labels per image
+        if args.labels:
+            raise UsageError("--labels looks for wrong labels among single-label classes; leave it out for a "
+                             "multi-label CSV.")
         splits = discover_multilabel(args.data, args.label_delimiter, args.val_fraction, args.seed)
         report = check_multilabel(splits, args.data, min_positives=args.min_images, **common)
     else:
@@ -70,7 +98,50 @@ def run(args) -> int:
         print(json.dumps(out, indent=1))
     else:
         print_report(report, moved, args.quarantine)
+    if args.labels:
+        check_labels(args, report)
     return 1 if report.verdict == "problems" else 0
+
+
+def check_labels(args, report) -> None:
+    """``--labels``: the labels that look wrong, written as a CSV and a page (into the run with ``--run``)."""
+    import sys
+
+    from headstart.core.preprocessing import Preprocessing
+    from headstart.core.runtime import make_runtime  # torch: only for --labels
+    from headstart.curation.label_issues import find_label_issues, write_csv, write_page
+    from headstart.data.rundir import RunDir
+    from headstart.data.sources import discover
+
+    if not any(report.counts["train"].values()) or any(i.kind == "unusable" for i in report.issues):
+        raise UsageError(f"{args.data} cannot be used as it is (see the findings above), so its labels were not "
+                         "checked; fix the data first.")
+    model, size, out = args.model, args.image_size, Path(args.labels_out)
+    if args.run:
+        run = RunDir(args.run).require_model()
+        config = run.config()
+        model, size, out = config["model"], Preprocessing.of(config["preprocessing"]).crop, run.path
+    bad = {p for p, _ in report.bad_files()}
+    splits = discover(args.data, val_fraction=args.val_fraction, seed=args.seed, check=False)
+    for name in ("train", "val", "test"):
+        setattr(splits, name, [s for s in getattr(splits, name) if s[0] not in bad])
+    conflicts = [(i.files[0], i.files[1]) for i in report.issues if i.kind == "label-conflict"]
+    found = find_label_issues(splits, make_runtime(args.device, args.precision), model, size, args.folds, args.seed,
+                              conflicts=conflicts, known_hashes=report.known_hashes(), workers=args.workers)
+    csv_path = write_csv(found.rows, out / RunDir.LABEL_ISSUES)
+    page = write_page(found, out / RunDir.LABEL_ISSUES_PAGE, str(args.data), RunDir.LABEL_ISSUES)
+    print(f"labels: {found.summary()}", file=sys.stderr if args.json else sys.stdout)
+    for note in found.notes:
+        print(f"labels: {note}", file=sys.stderr if args.json else sys.stdout)
+    for row in found.rows[:ROWS_PER_KIND]:
+        print(f"  {row['path']}: labelled {row['given_label']}, looks like {row['suggested_label']} "
+              f"(quality {row['label_quality']})", file=sys.stderr if args.json else sys.stdout)
+    written = f"written: {csv_path} and {page}"
+    if args.run:
+        from headstart.report import write_report
+
+        written += f"; {write_report(run.path, device=args.device)} shows them"
+    print(written, file=sys.stderr if args.json else sys.stdout)
 
 
 def _where(root: Path, f: dict) -> str:

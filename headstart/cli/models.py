@@ -33,14 +33,19 @@ def run(args) -> int:
     from headstart.cli.console import Table, console  # rich: not at import time, so --help stays fast
 
     table = Table(title="headstart backbones (any timm model also works as timm:<name>)")
-    for col in ("name", "family", "features", "input", "pretrained weights", "img/s here"):
+    for col in ("name", "family", "params", "ImageNet top-1", "features", "input", "pretrained weights",
+                "img/s here"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["name"], r["family"], str(r["num_features"]), str(r["input_size"]),
+        table.add_row(r["name"], r["family"], f"{r['params_m']:g} M" if r["params_m"] is not None else "",
+                      f"{r['imagenet_top1']:.1f}%" if r["imagenet_top1"] is not None else "",
+                      str(r["num_features"]), str(r["input_size"]),
                       ("[green]" if r["available"] else "[yellow]")
                       + (r["weights"].split(":")[0] + ": offline" if r["available"] else r["weights"]),
                       f"{r['img_per_s']:,.0f}" if r["img_per_s"] else "")
     console().print(table)
+    print("params: the headless backbone's; ImageNet top-1: as the weights' publisher reports it (torchvision; "
+          "Google for the Lite models).")
     if not any(r["img_per_s"] for r in rows):
         print("img/s here: `headstart models --measure` measures the backbones whose weights are here.")
     return 0

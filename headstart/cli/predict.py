@@ -32,6 +32,10 @@ def add_parser(sub):
     add_device(p, help=DEVICE_HELP + "; an .onnx file runs on the CPU")
     add_precision(p, help=PREDICT_PRECISION_HELP)
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average over each image and its mirror")
+    p.add_argument("--explain", nargs="?", const="heatmaps", metavar="DIR",
+                   help="write a Grad-CAM heat map of each prediction (where the evidence for the predicted class "
+                        "lies) as DIR/<name>.gradcam.png (default DIR: ./heatmaps), recorded in the output's "
+                        "heatmap column; needs the run directory, not an .onnx file. Put it after the images")
     return p
 
 
@@ -42,21 +46,29 @@ def run(args) -> int:
         raise UsageError(f"--topk must be at least 1, got {args.topk}.")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}.")
-    classes, predict, multilabel = _load(args)
+    predictor, predict = _load(args)
+    classes, multilabel = predictor.classes, predictor.decision is not None
+    if multilabel and args.explain:
+        raise UsageError("--explain draws heat maps for single-label classes; leave it out for a multi-label run.")
     if args.topk > len(classes) and not multilabel:
         print(f"--topk {args.topk}: the model has {len(classes)} classes; listing all of them.", file=sys.stderr)
         args.topk = len(classes)
     results = predict(args.paths)
+    if args.explain:
+        _explain(predictor, results, args.explain)
     if args.format == "json":
         print(json.dumps(results, indent=1))
     elif args.format == "csv" and multilabel:
         _multilabel_csv(results, classes)
     elif args.format == "csv":
         w = csv.writer(sys.stdout)
-        w.writerow(["path"] + [f"{k}{i + 1}" for i in range(args.topk) for k in ("label", "score")] + ["error"])
+        extra = ["heatmap"] if args.explain else []
+        w.writerow(["path"] + [f"{k}{i + 1}" for i in range(args.topk) for k in ("label", "score")] + ["error"]
+                   + extra)
         for r in results:
             tops = [v for t in r.get("topk", []) for v in (t["label"], t["score"])]
-            w.writerow(map(_inert, [r["path"]] + tops + [""] * (2 * args.topk - len(tops)) + [r.get("error", "")]))
+            w.writerow(map(_inert, [r["path"]] + tops + [""] * (2 * args.topk - len(tops)) + [r.get("error", "")]
+                           + [r.get(k, "") for k in extra]))
     else:
         from rich.table import Table  # in the command, not at import: --help stays fast
 
@@ -65,11 +77,13 @@ def run(args) -> int:
         table = Table()
         table.add_column("path")
         table.add_column("prediction")
+        if args.explain:
+            table.add_column("heat map")
         for r in results:
             pred = r.get("error") or ("  ".join(f"{t['label']} {t['score']:.3f}" for t in r["topk"]) if not multilabel
                                       else "  ".join(f"{a} {b:.3f}" for a, b in zip(r["labels"], r["scores"]))
                                       or "(no label above its threshold)")
-            table.add_row(r["path"], pred)
+            table.add_row(r["path"], pred, *([r.get("heatmap", "")] if args.explain else []))
         console().print(table)
     failed = [r["path"] for r in results if r.get("error")]
     if failed:
@@ -96,8 +110,18 @@ def _inert(cell):
     return "'" + cell if isinstance(cell, str) and cell[:1] in ("=", "+", "-", "@", "\t", "\r") else cell
 
 
+def _explain(predictor, results: list[dict], folder: str) -> None:
+    """Heat maps of the predictions, written into ``folder``, their paths added to ``results``; through the run's
+    torch network, loaded here when a cached-feature predictor answered."""
+    from headstart.explain import explain_records, torch_run  # in the command, not at import: --help stays fast
+
+    explain_records(torch_run(predictor), results, folder)
+    written = sum(1 for r in results if r.get("heatmap"))
+    print(f"heat maps: {written} written to {folder}", file=sys.stderr)
+
+
 def _load(args):
-    """The model's classes and a function from the paths given to the results, through the predictor
+    """The predictor and a function from the paths given to the results, through the predictor
     :func:`headstart.predict.open_predictor` picks (errors about the run come before any image is read)."""
     from pathlib import Path  # in the command, not at import: --help stays fast
 
@@ -108,7 +132,9 @@ def _load(args):
     if Path(args.run).suffix.lower() in (".pt2", ".pt", ".pth", ".safetensors") and Path(args.run).is_file():
         raise UsageError(f"{args.run} is a weights or .pt2 file; predict takes a run directory or an .onnx file "
                          "made by `headstart export` (a .pt2 loads in Python with torch.export.load).")
+    if args.explain and Path(args.run).suffix.lower() == ".onnx":
+        raise UsageError(f"--explain needs the run directory {args.run} was exported from: an .onnx model holds no "
+                         "gradients for heat maps.")
     predictor = open_predictor(args.run, device=args.device, precision=args.precision, tta=args.tta)
-    return predictor.classes, lambda paths: predictor.predict_paths(expand_paths(paths), topk=args.topk,
-                                                                    batch_size=args.batch_size, tta=args.tta), \
-        predictor.decision is not None
+    return predictor, lambda paths: predictor.predict_paths(expand_paths(paths), topk=args.topk,
+                                                            batch_size=args.batch_size, tta=args.tta)

@@ -27,6 +27,9 @@ def add_parser(sub):
                         "none, and the model is not loaded)")
     p.add_argument("--max-images", type=int, default=2000, metavar="N",
                    help="predict at most N test and validation images to find them, test first (default 2000)")
+    p.add_argument("--no-heatmaps", dest="heatmaps", action="store_false",
+                   help="leave out the Grad-CAM heat map beside each top loss (where the evidence for the predicted "
+                        "class lies)")
     add_device(p)
     return p
 
@@ -40,6 +43,6 @@ def run(args) -> int:
     from headstart.report import write_report  # in the command, not at import: --help stays fast
 
     path = write_report(args.path, args.out, top_losses=args.top_losses, max_images=args.max_images,
-                        device=args.device)
+                        device=args.device, heatmaps=args.heatmaps)
     print(f"written: {path} (self-contained; open it in a browser)")
     return 0

@@ -8,6 +8,7 @@ import json
 from headstart.cli import options
 from headstart.core.choices import BALANCE, BN_POLICIES, CHOICE_PRESETS, HEADS
 from headstart.core.errors import UsageError
+from headstart.core.progress import process_started
 from headstart.training.config import TrainConfig
 from headstart.training.strategy import STRATEGIES
 
@@ -54,8 +55,11 @@ def _add_model_and_schedule(p) -> None:
                         "Lite2 260) or best (+ larger sizes and any backbone whose weights are already here); the "
                         "evidence goes to RUN/backbone_choice.json")
     p.add_argument("--budget", default=d("budget"),
-                   help="time for --choose, e.g. 90s, 10m, 1h: candidates are scored cheapest first, by the speed "
-                        "measured on this machine, and those that would not fit are skipped")
+                   help="a time limit for the whole command, e.g. 90s, 10m, 1h, planned from speeds measured on "
+                        "this machine: --choose's candidates are scored cheapest first (those that would not fit "
+                        "are skipped), and with --strategy auto the rest fine-tunes the backbone for the epochs "
+                        "that fit; validation decides whether the fine-tuned weights or the probe ship. A budget "
+                        "too short is refused before training starts")
     options.add_batch_size(p, d("batch_size"), help="images per training step (default %(default)s)")
     options.add_weights(p, "pretrained weights file (.safetensors/.pth/.pt state dict) instead of the zoo's",
                         default=d("weights"))
@@ -128,7 +132,7 @@ def run(args) -> int:
     cfg = _config(args)  # a wrong option fails before torch is even loaded
     from headstart.training.train import train  # torch: loaded once the options are right, and never for --help
 
-    summary = train(cfg, resume=bool(args.resume))
+    summary = train(cfg, resume=bool(args.resume), started=process_started())
     if not summary:  # another rank under torchrun: rank 0 reports
         return 0
     if args.json:

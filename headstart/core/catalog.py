@@ -55,6 +55,7 @@ def listing() -> list[dict]:
             status = "none (random init: scratch only)"
         else:
             status = f"{found[0]}: {found[1]}" if found else "needs network or --weights FILE"
-        rows.append({k: entry[k] for k in ("name", "family", "num_features", "input_size")}
+        rows.append({k: entry.get(k) for k in ("name", "family", "num_features", "input_size", "params_m",
+                                               "imagenet_top1")}
                     | {"weights": status, "available": found is not None})
     return rows

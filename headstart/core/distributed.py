@@ -74,3 +74,14 @@ class EpochSampler(Sampler):
         if self.per_rank is not None:
             return self.per_rank
         return len(range(self.rank, self.n, self.world))
+
+
+def broadcast_from_main(value):
+    """Rank 0's ``value`` on every rank (itself on one process): a decision one rank makes for all, such as the
+    backbone ``train --choose`` picks within a budget, which other ranks' clocks could decide otherwise. Only
+    ever sends what headstart's own ranks made (it pickles)."""
+    if not is_distributed():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 from tqdm.auto import tqdm
 
@@ -53,3 +54,14 @@ class _Lines:
                 print(f"{self.desc}: {done}{of} {self.unit}es" if self.unit.endswith("ch") else
                       f"{self.desc}: {done}{of} {self.unit}s", f"({done / (now - start):.2f}/s)",
                       file=sys.stderr, flush=True)
+
+
+def process_started() -> float:
+    """When this process started, on the ``time.monotonic()`` clock (Linux: ``/proc/self/stat``; elsewhere now):
+    the budget counts the imports too, as the user waits for them."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+        return time.monotonic() - max(0.0, age)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return time.monotonic()

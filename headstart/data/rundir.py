@@ -86,10 +86,12 @@ class RunDir:
     BACKBONE_CHOICE = "backbone_choice.json"  # train --choose: every candidate's evidence and the winner
     CURVES = "training_curves.png"  # drawn by the report from metrics.jsonl; drawn again when that is newer
     RELIABILITY = "reliability.png"  # drawn by the report from the calibration it shows; again when that changes
+    LABEL_ISSUES = "label_issues.csv"  # check --labels --run RUN: the labels that look wrong, shown by the report
+    LABEL_ISSUES_PAGE = "label_issues.html"
     # Everything a run of headstart writes here; --overwrite removes these (and only these) first.
     OWNED = (CONFIG, CLASSES, SPLIT, SKIPPED, LEAKAGE, FINGERPRINTS, METRICS, BEST, PHASE_BEST, LAST, SUMMARY,
              TEST_METRICS, EVALUATION, CONFUSION, ADAPT, LR_FIND, LR_FIND_PLOT, REPORT, TENSORBOARD, ONNX, ONNX_INT8,
-             PT2, EXPORT, CURVES, RELIABILITY, BACKBONE_CHOICE)
+             PT2, EXPORT, CURVES, RELIABILITY, BACKBONE_CHOICE, LABEL_ISSUES, LABEL_ISSUES_PAGE)
 
     def __init__(self, path: str | Path):
         self.path = Path(path)

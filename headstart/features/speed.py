@@ -4,8 +4,9 @@ Choosing a backbone within a time budget needs each candidate's cost here, not a
 images x seconds per image of that backbone, at that resolution, in the precision this machine computes in.
 :func:`throughput` measures it (the eval forward the feature extraction uses: BatchNorm folded, channels-last,
 the runtime's autocast, batch 32 of random images) and remembers it in ``speeds.json`` beside the feature cache,
-keyed by everything that changes it: backbone, resolution, precision, threads, the CPU model (or GPU name) and
-torch's version. ``headstart models --measure`` fills it; the listing shows what is there.
+keyed by everything that changes it: backbone, resolution, the work (extraction, or a training phase:
+:mod:`headstart.training.budget` measures those), precision, threads, the CPU model (or GPU name) and torch's
+version. ``headstart models --measure`` fills it; the listing shows what is there.
 """
 
 from __future__ import annotations
@@ -31,10 +32,28 @@ def where() -> str:
     return cpu_model()
 
 
-def _conditions(backbone: str, resolution: int, runtime: Runtime) -> dict:
+def conditions(backbone: str, resolution: int, runtime: Runtime, work: str = "extract") -> dict:
+    """What a figure depends on; ``work`` is ``extract`` (the eval forward) or a training phase's name."""
     precision = str(runtime.amp_dtype).removeprefix("torch.") if runtime.amp_dtype else "fp32"
-    return {"backbone": backbone, "resolution": resolution, "device": runtime.device.type, "precision": precision,
-            "machine": where(), "threads": torch.get_num_threads(), "torch": torch.__version__}
+    return {"backbone": backbone, "resolution": resolution, "work": work, "device": runtime.device.type,
+            "precision": precision, "machine": where(), "threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+def remembered(conditions: dict, root: str | Path | None = None) -> float | None:
+    """The last figure measured under exactly these conditions, or None."""
+    same = [r for r in remembered_speeds(root) if {k: r.get(k) for k in conditions} == conditions]
+    return same[-1]["img_per_s"] if same else None
+
+
+def remember(conditions: dict, rate: float, root: str | Path | None = None) -> float:
+    """Keeps ``rate`` as the figure for ``conditions`` (replacing an older one) and returns it."""
+    others = [r for r in remembered_speeds(root) if {k: r.get(k) for k in conditions} != conditions]
+    try:
+        write_json(Path(root or cache_root()) / SPEEDS, [*others, {**conditions, "img_per_s": round(rate, 1),
+                                                                    "measured": time.strftime("%Y-%m-%d")}])
+    except OSError:  # a read-only cache: the figure is still returned
+        pass
+    return rate
 
 
 @torch.inference_mode()
@@ -42,10 +61,9 @@ def throughput(backbone: str, resolution: int, runtime: Runtime, root: str | Pat
                seconds: float = 3.0, remeasure: bool = False) -> float:
     """Images per second of ``backbone``'s feature extraction at ``resolution`` on this machine: remembered, or
     measured (at least two timed batches after a warm-up, about ``seconds`` in all) and remembered."""
-    conditions = _conditions(backbone, resolution, runtime)
-    same = [r for r in remembered_speeds(root) if {k: r.get(k) for k in conditions} == conditions]
-    if same and not remeasure:
-        return same[-1]["img_per_s"]
+    measured = conditions(backbone, resolution, runtime)
+    if not remeasure and (rate := remembered(measured, root)) is not None:
+        return rate
     model = runtime.prepare(build_model(backbone, 2, pretrained=False).eval())
     x = runtime.to_input(torch.randn(BATCH, 3, resolution, resolution))
     forward = fast_forward(model.backbone, runtime, x[:1], images=BATCH, engine="torch")
@@ -55,11 +73,4 @@ def throughput(backbone: str, resolution: int, runtime: Runtime, root: str | Pat
         while done < 2 * BATCH or time.perf_counter() - start < seconds:
             forward(x)
             done += BATCH
-    rate = done / (time.perf_counter() - start)
-    others = [r for r in remembered_speeds(root) if {k: r.get(k) for k in conditions} != conditions]
-    try:
-        write_json(Path(root or cache_root()) / SPEEDS, [*others, {**conditions, "img_per_s": round(rate, 1),
-                                                                    "measured": time.strftime("%Y-%m-%d")}])
-    except OSError:  # a read-only cache: the figure is still returned
-        pass
-    return rate
+    return remember(measured, done / (time.perf_counter() - start), root)

@@ -3,8 +3,9 @@
 A run's page holds what was trained on what (data per split and class, skipped and duplicate files, imbalance),
 the model and the strategy with auto's reason, the training curves, per-class figures and the confusion matrix
 (test split and the last ``evaluate``), the reliability diagram, and the top losses: the held-out images the model
-gets most confidently wrong, as thumbnails. Images and styles are inside the file (base64 PNG/JPEG, inline CSS):
-it opens offline and can be emailed. :class:`TensorBoardLogger` is the live counterpart, for ``train``.
+gets most confidently wrong, as thumbnails, each with its Grad-CAM heat map. Images and styles are inside the file
+(base64 PNG/JPEG, inline CSS): it opens offline and can be emailed. :class:`TensorBoardLogger` is the live
+counterpart, for ``train``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from headstart.report.tensorboard import TensorBoardLogger
 
 
 def write_report(path: str | Path, out: str | Path | None = None, *, top_losses: int = 24, max_images: int = 2000,
-                 device: str = "auto", loaded=None) -> Path:
+                 device: str = "auto", loaded=None, heatmaps: bool = True) -> Path:
     """Writes the report of a run directory, or of a ``compare`` output folder, and returns the file's path.
 
     Args:
@@ -30,6 +31,8 @@ def write_report(path: str | Path, out: str | Path | None = None, *, top_losses:
         device: where the model predicts them (``auto``: CUDA when present).
         loaded: the run's :class:`~headstart.predict.run.LoadedRun` when the caller has it (``evaluate``): not loaded
             a second time.
+        heatmaps: show each top loss's Grad-CAM heat map beside it (:mod:`headstart.explain`), when the run's
+            network can be loaded through torch.
 
     Raises:
         RunNotFoundError: ``path`` is neither.
@@ -53,7 +56,8 @@ def write_report(path: str | Path, out: str | Path | None = None, *, top_losses:
     elif run.is_run():
         from headstart.report.run import run_report  # only the page asked for is imported
 
-        html = run_report(path, top_losses=top_losses, max_images=max_images, device=device, loaded=loaded)
+        html = run_report(path, top_losses=top_losses, max_images=max_images, device=device, loaded=loaded,
+                          heatmaps=heatmaps)
     else:
         html = compare_report(path)
     try:

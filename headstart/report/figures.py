@@ -192,7 +192,11 @@ def confusion_image(matrix: list[list[int]], classes: list[str]) -> bytes:
 def thumbnail(path: str | Path, size: int = 96) -> tuple[bytes, str]:
     """A small copy of an image (longest side at most ``size``) as JPEG bytes and its MIME type; PNG for images
     with few colours (line art, greyscale clothes and digits), where JPEG smears edges."""
-    image = load_image(path)
+    return picture_bytes(load_image(path), size)
+
+
+def picture_bytes(image: Image.Image, size: int = 96) -> tuple[bytes, str]:
+    """:func:`thumbnail` of an image in memory (a heat map)."""
     if max(image.size) <= size // 2:  # a small image (28-px Fashion-MNIST) is enlarged in whole pixels: crisp
         factor = size // max(image.size)
         image = image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)

@@ -68,6 +68,9 @@ table.cm th.corner { background: #fff; font-weight: 400; color: var(--muted); te
          text-align: center; }
 .thumb img { width: 96px; height: 96px; object-fit: contain; background: var(--soft); border-radius: 4px;
              display: block; margin: 0 auto 6px; }
+.thumbs.cams { grid-template-columns: repeat(auto-fill, minmax(220px, 1fr)); }
+.thumb .pair { display: flex; gap: 6px; justify-content: center; }
+.thumb .pair img { margin: 0 0 6px; }
 .thumb .true { color: var(--good); font-weight: 600; }
 .thumb .pred { color: var(--bad); font-weight: 600; }
 .thumb .path { color: var(--muted); font-size: 11px; overflow-wrap: anywhere; }

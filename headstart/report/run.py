@@ -16,7 +16,8 @@ import headstart
 from headstart.core.errors import HeadstartError
 from headstart.data.balance import SKEW_HINT, skew
 from headstart.data.rundir import RunDir
-from headstart.report import figures
+from headstart.predict import open_predictor
+from headstart.report import figures, label_issues
 from headstart.report.html import (
     bar,
     callout,
@@ -44,7 +45,7 @@ class RunReport:
     """Gathers a run's files once, then renders each section."""
 
     def __init__(self, run_dir: str | Path, top_losses: int = 24, max_images: int = 2000, device: str = "auto",
-                 loaded=None):
+                 loaded=None, heatmaps: bool = True):
         self.run = RunDir(run_dir)
         self.config = self.run.config()
         self.summary = self.run.summary()
@@ -55,6 +56,7 @@ class RunReport:
         self.leakage = self.run.read_json(self.run.LEAKAGE, {})
         self.skipped = self.run.skipped()
         self.top_losses, self.max_images, self.device, self.loaded = top_losses, max_images, device, loaded
+        self.heatmaps = heatmaps
         try:
             self.splits = self.run.split()
         except HeadstartError:
@@ -65,7 +67,8 @@ class RunReport:
 
     def html(self) -> str:
         sections = [s for s in (self.adaptation(), self.data(), self.training_setup(), self.training(),
-                                self.results(), self.evaluation_section(), self.calibration(), self.errors())
+                                self.results(), self.evaluation_section(), self.calibration(), self.errors(),
+                                self.labels())
                     if s is not None]
         model = self.config.get("model", "?")
         strategy = self.summary.get("strategy") or self.config.get("strategy_resolved") or self.config.get("strategy")
@@ -262,8 +265,15 @@ class RunReport:
         if strategy:  # the description as the run recorded it (runs before it was recorded show the name only)
             described = f": {esc(c['strategy_description'])}" if c.get("strategy_description") else ""
             pairs.append(("strategy", f"<b>{esc(strategy)}</b>{described}"))
-        choice = c.get("strategy_choice")
-        if choice:
+        choice, budget = c.get("strategy_choice"), c.get("budget_plan")
+        if budget:
+            spent = (s.get("budget") or {}).get("spent_s")
+            pairs.append(("why", f"<code>--budget {duration(budget['budget_s'])}</code> planned it: "
+                                 f"{esc(budget.get('reason', ''))}"))
+            spent = duration(spent) if spent is not None else f"{duration(s.get('seconds'))} before this page"
+            pairs.append(("budget", esc(f"{duration(budget['budget_s'])}; spent {spent}; "
+                                        f"{(s.get('budget') or {}).get('shipped', '')}")))
+        elif choice:
             pairs.append(("why", f"<code>--strategy auto</code> chose it: {esc(choice.get('reason', ''))}"))
         elif c.get("strategy") and c.get("strategy") != "auto":
             pairs.append(("why", "asked for by name"))
@@ -426,6 +436,8 @@ class RunReport:
         if self.top_losses <= 0:
             return None
         try:
+            # Opened once, for the predictions and the heat maps.
+            self.loaded = self.loaded if self.loaded is not None else open_predictor(self.run.path, self.device)
             held = held_out_predictions(str(self.run.path), self.max_images, self.device, loaded=self.loaded)
         except HeadstartError as exc:
             return "top-losses", title, para(f"The model could not predict its held-out images: {esc(exc)}", "note")
@@ -454,22 +466,54 @@ class RunReport:
         if held.unreadable:
             body += para(f"{len(held.unreadable)} image(s) could not be read now (moved or deleted since training).",
                          "note")
-        tiles = []
-        for p in shown:
-            try:
-                data, mime = figures.thumbnail(p.path)
-                picture = img(data, f"{p.true} predicted as {p.predicted}", mime)
-            except (HeadstartError, OSError, ValueError) as exc:
-                picture = f'<div class="note">cannot show: {esc(exc)}</div>'
-            verdict = (f'<div>predicted <span class="pred">{esc(p.predicted)}</span> {p.score:.2f}</div>'
-                       if p.wrong else f"<div>predicted {esc(p.predicted)} {p.score:.2f}</div>")
-            tiles.append(f'<div class="thumb">{picture}<div>true <span class="true">{esc(p.true)}</span> '
-                         f"{p.p_true:.2f}</div>{verdict}<div class=\"path\">{esc(p.split)} · "
-                         f"{esc(Path(p.path).name)}</div></div>")
-        body += f'<div class="thumbs">{"".join(tiles)}</div>'
+        cams, why = self._heatmaps(shown) if self.heatmaps else ([None] * len(shown), "")
+        tiles = [_tile(p, cam) for p, cam in zip(shown, cams)]
+        with_cams = any(cam is not None for cam in cams)
+        body += f'<div class="thumbs{" cams" if with_cams else ""}">{"".join(tiles)}</div>'
         body += para("Under each image: the true class and the score the model gave it, then its prediction and "
-                     "that score (calibrated probabilities).", "note")
+                     "that score (calibrated probabilities)." + (" Beside it, what the network saw with its Grad-CAM "
+                     "heat map for the predicted class: red where the evidence for that class lies." if with_cams
+                     else ""), "note")
+        if why:
+            body += para(f"No heat maps: {esc(why)}", "note")
         return "top-losses", title, body
+
+    def _heatmaps(self, shown) -> tuple[list, str]:
+        """The Grad-CAM overlay of each shown image for its predicted class (None where there is none), through
+        the run's torch network; and why there are none when it cannot be loaded or explained."""
+        from headstart.explain import heatmap_images, torch_run  # torch and captum: only when heat maps are drawn
+
+        try:
+            run = torch_run(self.loaded)
+            index = {c: i for i, c in enumerate(run.classes)}
+            pictures = heatmap_images(run, [p.path for p in shown], [index.get(p.predicted, 0) for p in shown])
+        except (HeadstartError, RuntimeError) as exc:  # the page is still worth having without them
+            return [None] * len(shown), str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return [None if isinstance(picture, str) else picture for picture in pictures], ""
+
+
+def _tile(p, cam) -> str:
+    """One top loss: its thumbnail (and its heat map beside it), the true class and the prediction."""
+    try:
+        data, mime = figures.thumbnail(p.path)
+        picture = img(data, f"{p.true} predicted as {p.predicted}", mime)
+    except (HeadstartError, OSError, ValueError) as exc:
+        picture = f'<div class="note">cannot show: {esc(exc)}</div>'
+    if cam is not None:
+        data, mime = figures.picture_bytes(cam)
+        picture = f'<div class="pair">{picture}{img(data, f"Grad-CAM for {p.predicted}", mime)}</div>'
+    verdict = (f'<div>predicted <span class="pred">{esc(p.predicted)}</span> {p.score:.2f}</div>'
+               if p.wrong else f"<div>predicted {esc(p.predicted)} {p.score:.2f}</div>")
+    return (f'<div class="thumb">{picture}<div>true <span class="true">{esc(p.true)}</span> {p.p_true:.2f}</div>'
+            f'{verdict}<div class="path">{esc(p.split)} · {esc(Path(p.path).name)}</div></div>')
+
+
+    def labels(self):
+        """``check --labels --run`` wrote ``label_issues.csv`` here: its thumbnails."""
+        if not self.run.has(RunDir.LABEL_ISSUES):
+            return None
+        rows = label_issues.read_rows(self.run / RunDir.LABEL_ISSUES)
+        return "label-issues", "Labels that look wrong", label_issues.section_body(rows, RunDir.LABEL_ISSUES)
 
 
 def metrics_block(m: dict) -> str:
@@ -537,9 +581,9 @@ def _reason_kind(reason: str) -> str:
 
 
 def run_report(run_dir: str | Path, top_losses: int = 24, max_images: int = 2000, device: str = "auto",
-               loaded=None) -> str:
+               loaded=None, heatmaps: bool = True) -> str:
     """The HTML of a run's report (see :func:`headstart.report.write_report`)."""
-    return RunReport(run_dir, top_losses, max_images, device, loaded).html()
+    return RunReport(run_dir, top_losses, max_images, device, loaded, heatmaps).html()
 
 
 __all__ = ["RunReport", "confusion_html", "metrics_block", "run_report"]

@@ -13,14 +13,17 @@ looked at.
 
 A budget (seconds) is spent in order of estimated cost: each candidate's cost is its images over the extraction
 speed measured on this machine (:func:`headstart.features.speed.throughput`, measured once and remembered). A
-candidate whose estimate would pass the budget is skipped, and said so; when not even the cheapest fits, the
-command says so before extracting anything. The budget covers the choice, not the training of the winner.
+candidate whose estimate, with the run's finish after it (``finish``: calibration, test, report at that
+candidate's speed), would pass the budget is skipped, and said so; when not even the cheapest fits, the command
+says so before extracting anything. What the choice leaves of ``train --budget`` fine-tunes the winner
+(:mod:`headstart.training.budget`).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -59,16 +62,21 @@ def candidates(preset: str) -> list[Candidate]:
     chosen = [Candidate(b, s) for b, s in PRESETS[preset] if weights_available(get_spec(b))]
     if preset == "best":
         named = {c.backbone for c in chosen}
+        # headstart's own ResNets load torchvision's files into the same network: scored once, as torchvision's
         chosen += [Candidate(s.name, s.input_size) for s in list_specs()
-                   if s.name not in named and s.sources and weights_available(s)]
+                   if s.name not in named and s.sources and not s.name.startswith("hs_") and weights_available(s)]
     return chosen
 
 
 def choose_backbone(splits: DataSplits, preset: str, runtime: Runtime, head: str = "logreg",
-                    budget: float | None = None, seed: int = 0, log=print) -> dict:
+                    budget: float | None = None, seed: int = 0, log=print,
+                    finish: Callable[[float], float] | None = None) -> dict:
     """Scores the preset's candidates on ``splits``' train + validation images and returns the choice: ``winner``
     (backbone, size), ``reason`` and ``candidates`` (one row each: cross-validated accuracy and loss, validation
     accuracy, seconds spent, or why it was skipped).
+
+    ``finish(img_per_s)``: the seconds the run needs after training with a backbone of that speed (``--budget``
+    reserves them): a candidate is scored only while, after it, the slowest finish among those scored still fits.
 
     Raises:
         UsageError: no candidate has its weights here, or none fits the budget.
@@ -78,19 +86,23 @@ def choose_backbone(splits: DataSplits, preset: str, runtime: Runtime, head: str
         raise UsageError(f"no candidate of --choose {preset} has its weights on this machine; see `headstart models`.")
     paths = [p for p, _ in splits.train] + [p for p, _ in splits.val]
     started, rows, losses = time.perf_counter(), [], {}
-    costs = {c: len(paths) / throughput(c.backbone, c.size, runtime) for c in pool}
-    if budget is not None and min(costs.values()) > budget:
-        cheapest = min(costs, key=costs.get)
-        raise UsageError(f"--budget {budget:.0f} s is too short: the cheapest candidate ({cheapest}) needs about "
-                         f"{costs[cheapest]:.0f} s for {len(paths)} images on this machine; give at least that.")
+    rates = {c: throughput(c.backbone, c.size, runtime) for c in pool}
+    costs = {c: len(paths) / rates[c] for c in pool}
+    reserve = {c: finish(rates[c]) if finish else 0.0 for c in pool}
+    if budget is not None and min(costs[c] + reserve[c] for c in pool) > budget:
+        cheapest = min(pool, key=lambda c: costs[c] + reserve[c])
+        raise UsageError(f"--budget is too short: {budget:.0f} s are left, and the cheapest candidate ({cheapest}) "
+                         f"needs about {costs[cheapest] + reserve[cheapest]:.0f} s for {len(paths)} images and the "
+                         "rest of the run on this machine; give more.")
+    kept = 0.0  # the slowest finish among the candidates scored: the winner's is at most this
     for c in sorted(pool, key=costs.get):
         spent = time.perf_counter() - started
-        if budget is not None and spent + costs[c] > budget:
+        if budget is not None and spent + costs[c] + max(kept, reserve[c]) > budget:
             rows.append({"backbone": c.backbone, "size": c.size, "estimated_s": round(costs[c], 1),
                          "skipped": f"over the budget ({spent:.0f} s spent, about {costs[c]:.0f} s more needed)"})
             log(f"  {c}: skipped, over the budget")
             continue
-        t0 = time.perf_counter()
+        t0, kept = time.perf_counter(), max(kept, reserve[c])
         scores, losses[(c.backbone, c.size)] = _score(c, splits, runtime, head, seed)
         row = {"backbone": c.backbone, "size": c.size, "estimated_s": round(costs[c], 1), **scores,
                "seconds": round(time.perf_counter() - t0, 1)}

@@ -143,8 +143,6 @@ class TrainConfig:
         if not self.label_delimiter:
             raise UsageError("--label-delimiter must be at least one character, e.g. ';'.")
         self.budget = parse_budget(self.budget)
-        if self.budget is not None and self.choose is None:
-            raise UsageError("--budget limits the backbone choice: give it with --choose fast, balanced or best.")
         if self.choose is not None and (self.image_size is not None or self.model != DEFAULT_MODEL):
             raise UsageError("--choose picks the backbone and its image size; leave out --model and --image-size "
                              "(or --choose).")

@@ -70,7 +70,10 @@ def _standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     gets a huge validation loss and the strongest regularisation is picked. Measured on digits (``auto.py``'s
     docstring): about 11% of Lite0's 1,280 features were constant on 400 training images (40 per class)."""
     std = x.std(0)
-    return x.mean(0), np.maximum(std, 0.1 * float(np.median(std)) + 1e-12)
+    # the median of the features that vary: with most features constant (small or plain images) the median of all
+    # would be 0 and a feature constant here but not later would again lie ~10^12 standard deviations out
+    varying = std[std > 0]
+    return x.mean(0), np.maximum(std, 0.1 * float(np.median(varying)) if varying.size else 1.0)
 
 
 def _unstandardise(coef: np.ndarray, intercept: np.ndarray, mean: np.ndarray, std: np.ndarray):

@@ -19,7 +19,7 @@ import copy
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -170,6 +170,7 @@ class FitState:
     phase_best_val_loss: float = math.inf
     bad_epochs: int = 0
     phase_done: bool = False
+    stopped_by_budget: str | None = None  # the phase --budget ended before its last epoch
 
     def start_phase(self, index: int) -> None:
         """Counts from the start of phase ``index``; the run's best so far is kept."""
@@ -188,6 +189,7 @@ class _Training:
     weight_decay: float
     patience: int
     seed: int
+    budget: Callable[[float], bool] | None = None  # another epoch as long as the last fits? (train --budget)
     evaluate: Callable = evaluate
     correct: Callable | None = None
 
@@ -213,6 +215,7 @@ def fit(
     cutmix: float = 0.0,
     class_weights: torch.Tensor | None = None,
     l2sp_reference: dict[str, torch.Tensor] | None = None,
+    budget: Callable[[float], bool] | None = None,
     objective=None,
 ) -> FitState:
     """Runs every phase of ``strategy``.
@@ -238,6 +241,10 @@ def fit(
             validation loss that picks the best epoch stays plain cross-entropy (temperature-scaled).
         l2sp_reference: pretrained backbone parameters by name, for phases with ``l2sp``; default the backbone's
             weights when ``fit`` starts (pass them when resuming: the model then holds trained weights).
+        budget: ``train --budget``'s clock (:meth:`headstart.training.budget.Budget.allows`): called before each
+            gradient-descent epoch after a phase's first with the last epoch's seconds; when it says another would
+            not fit, the phase ends as early stopping ends it (its best weights kept) and
+            ``FitState.stopped_by_budget`` names it. Every rank decides the same.
         objective: what another task optimises and how its epochs are judged: an object with ``criterion``,
             ``correct`` and ``evaluate`` (:class:`headstart.training.multilabel.MultiLabelObjective`); it replaces
             the cross-entropy, the top-1 accuracy and :func:`evaluate`. None: single-label classification.
@@ -247,10 +254,10 @@ def fit(
     if l2sp_reference is None and any(p.l2sp for p in strategy.phases):
         l2sp_reference = {n: p.detach().clone() for n, p in model.backbone.named_parameters()}
     training = _Training(make_criterion(label_smoothing, class_weights), make_mixer(model.num_classes, mixup, cutmix),
-                         l2sp_reference, weight_decay, patience, seed)
-    if objective is not None:
-        training = _Training(objective.criterion, None, l2sp_reference, weight_decay, patience, seed,
-                             objective.evaluate, objective.correct)
+                         l2sp_reference, weight_decay, patience, seed, budget)
+    if objective is not None:  # another task: its loss, its accuracy, its validation figures
+        training = replace(training, criterion=objective.criterion, mix=None, evaluate=objective.evaluate,
+                           correct=objective.correct)
     for phase_index, phase in enumerate(strategy.phases):
         if phase_index < state.phase:
             continue  # finished before the run was interrupted
@@ -329,6 +336,17 @@ def _end_epoch(state: FitState, val_loss: float, patience: int, max_epochs: int 
     return improved, phase_improved
 
 
+def _out_of_time(budget: Callable[[float], bool] | None, last_epoch_s: float | None, runtime: Runtime) -> bool:
+    """Whether ``budget`` has no room for another epoch as long as the last; the first epoch of a phase always
+    runs (the budget planned it). Under DDP the ranks' clocks differ: one rank out of time stops them all."""
+    if budget is None or last_epoch_s is None:
+        return False
+    late = float(not budget(last_epoch_s))
+    if runtime.world_size > 1:
+        late = all_reduce_sum([late], runtime.device)[0]
+    return late > 0
+
+
 def _run_sgd_phase(model, phase: Phase, loaders, runtime: Runtime, state: FitState, training: _Training, on_epoch,
                    phase_best_state, resume: dict | None):
     """The epochs of a gradient-descent phase, until its last or early stopping; returns its best weights."""
@@ -346,7 +364,14 @@ def _run_sgd_phase(model, phase: Phase, loaders, runtime: Runtime, state: FitSta
     if resume is not None and "optimizer" in resume:
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
+    last_epoch_s = None
     while not state.phase_done and state.epoch < phase.epochs:
+        if _out_of_time(training.budget, last_epoch_s, runtime):
+            state.phase_done, state.stopped_by_budget = True, phase.name
+            if runtime.is_main:
+                print(f"stopped {phase.name} after epoch {state.epoch}: another epoch (about {last_epoch_s:.0f} s) "
+                      "would end past the --budget", file=sys.stderr, flush=True)
+            break
         t0 = time.time()
         _seed_epoch(seed, state.global_epoch, runtime.rank)
         if (generator := getattr(loaders["train"], "generator", None)) is not None:
@@ -368,6 +393,7 @@ def _run_sgd_phase(model, phase: Phase, loaders, runtime: Runtime, state: FitSta
                   "lr": optimizer.param_groups[-1]["lr"],
                   "lrs": {g["name"]: g["lr"] for g in optimizer.param_groups},
                   "trainable_params": model.trainable_parameters(), "seconds": time.time() - t0}
+        last_epoch_s = record["seconds"]
         if on_epoch:
             on_epoch(record, state, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                      "scheduler": scheduler.state_dict(), "improved": improved,

@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from headstart.core.distributed import EpochSampler, barrier
+from headstart.core.distributed import EpochSampler, barrier, broadcast_from_main
 from headstart.core.errors import DataError, HeadstartError
 from headstart.core.hashing import KnownHashes
 from headstart.core.preprocessing import Preprocessing
@@ -40,6 +40,8 @@ from headstart.predict.calibration import calibration_summary, run_temperature
 from headstart.predict.run import LoadedRun, cached_logits_of
 from headstart.report import TensorBoardLogger, write_report
 from headstart.training.auto import choose_strategy
+from headstart.training.budget import Budget, check_fits, finish_seconds
+from headstart.training.budget import resolve as resolve_budget
 from headstart.training.choose import choose_backbone
 from headstart.training.config import TrainConfig
 from headstart.training.loop import FitState, fit, predict_logits
@@ -322,24 +324,62 @@ def _announce(cfg: TrainConfig, run: RunDir, plan: _Plan, data: _Data, runtime: 
             "--balance weights (class-weighted loss) or --balance sampler (draw classes equally often)")
 
 
-def _choose(cfg: TrainConfig, splits: DataSplits, runtime: Runtime) -> tuple[TrainConfig, dict]:
-    """The backbone and image size ``--choose`` picks on the train + validation images (never the test images):
-    the config with them (and no ``--choose`` left, so a resume trains the same), and the evidence."""
-    log(f"choosing the backbone ({cfg.choose}"
-        + (f", within {cfg.budget:.0f} s" if cfg.budget else "") + ") on the train + validation images:")
-    choice = choose_backbone(splits, cfg.choose, runtime, cfg.head, cfg.budget, cfg.seed, log=log)
+def _choose(cfg: TrainConfig, splits: DataSplits, runtime: Runtime, budget: Budget | None) -> tuple[TrainConfig,
+                                                                                                    dict]:
+    """The backbone and image size ``--choose`` picks on the train + validation images (never the test images),
+    within what is left of ``budget`` less the run's finish: the config with them (and no ``--choose`` left, so a
+    resume trains the same), and the evidence."""
+    left = budget.left() if budget else None
+    log(f"choosing the backbone ({cfg.choose}" + (f", {left:.0f} s left of the budget" if budget else "")
+        + ") on the train + validation images:")
+    finish = (lambda rate: finish_seconds(len(splits.val), len(splits.test), rate)) if budget else None
+    choice = choose_backbone(splits, cfg.choose, runtime, cfg.head, left, cfg.seed, log=log, finish=finish)
     winner = choice["winner"]
     log(f"chose {winner['backbone']} at {winner['size']} px: {choice['reason']}")
-    return replace(cfg, model=winner["backbone"], image_size=winner["size"], choose=None, budget=None), choice
+    return replace(cfg, model=winner["backbone"], image_size=winner["size"], choose=None), choice
+
+
+def _decide(cfg: TrainConfig, splits: DataSplits, runtime: Runtime, budget: Budget | None):
+    """The backbone (``--choose``) and, under ``--budget``, what the rest of it buys: the config that trains, the
+    choice's evidence and the budget's plan (None when not asked for). Under torchrun rank 0 decides alone (its
+    clock, its measurements) and every rank takes its decision; the other ranks' loops ask no clock (rank 0's
+    stops them all)."""
+    if runtime.world_size == 1 or not (cfg.choose or budget):
+        return _decide_here(cfg, splits, runtime, budget)
+    decided = _decide_here(cfg, splits, replace(runtime, rank=0, world_size=1), budget) if runtime.is_main else None
+    clock = decided[2].pop("clock") if decided and decided[2] else None
+    cfg, choice, plan = broadcast_from_main(decided)
+    if plan is not None:
+        plan["clock"] = clock or _room_for_another_epoch
+    return cfg, choice, plan
+
+
+def _room_for_another_epoch(last_epoch_s: float) -> bool:
+    """The clock of a rank that does not keep the budget: rank 0's decides."""
+    return True
+
+
+def _decide_here(cfg: TrainConfig, splits: DataSplits, runtime: Runtime, budget: Budget | None):
+    counts = {k: len(getattr(splits, k)) for k in ("train", "val", "test")}
+    if budget:
+        check_fits(budget, cfg, counts, runtime)
+    choice = plan = None
+    if cfg.choose:
+        cfg, choice = _choose(cfg, splits, runtime, budget)
+    if budget:
+        cfg, plan = resolve_budget(budget, cfg, counts, runtime, features_cached=choice is not None)
+        log(f"budget {budget.seconds:.0f} s, {budget.spent():.0f} s spent: {plan['strategy']}, {plan['reason']}")
+    return replace(cfg, budget=None), choice, plan
 
 
 def _record_start(run: RunDir, cfg: TrainConfig, plan: _Plan, splits: DataSplits, runtime: Runtime,
-                  choice: dict | None = None) -> None:
+                  choice: dict | None = None, budget: dict | None = None) -> None:
     """``config.yaml`` (every setting resolved), ``classes.json``, ``split.json`` and the backbone choice's
     evidence (``backbone_choice.json``) when ``--choose`` made one."""
     if choice is not None:
         run.write_json(run.BACKBONE_CHOICE, choice)
     run.write_config({**asdict(cfg), "strategy_resolved": plan.strategy.name,
+                      "budget_plan": {k: v for k, v in budget.items() if k != "clock"} if budget else None,
                       "backbone_choice": {k: choice[k] for k in ("preset", "winner", "reason")} if choice else None,
                       "strategy_choice": plan.choice.to_dict() if plan.choice else None,
                       "strategy_phases": plan.strategy.to_dict()["phases"],
@@ -373,7 +413,7 @@ def _checkpointer(run: RunDir, model: TransferModel, meta: dict, tensorboard=Non
 
 
 def _fit(cfg: TrainConfig, run: RunDir, plan: _Plan, data: _Data, loaders: dict, probe: ProbeOptions,
-         weights, runtime: Runtime, meta: dict, tensorboard) -> FitState:
+         weights, runtime: Runtime, meta: dict, tensorboard, budget) -> FitState:
     resume = data.resume_state
     try:
         return fit(plan.model, plan.strategy, loaders, runtime, patience=cfg.patience, seed=cfg.seed, resume=resume,
@@ -382,7 +422,7 @@ def _fit(cfg: TrainConfig, run: RunDir, plan: _Plan, data: _Data, loaders: dict,
                    label_smoothing=cfg.label_smoothing, mixup=cfg.mixup, cutmix=cfg.cutmix,
                    class_weights=weights if cfg.balance == "weights" else None,
                    l2sp_reference=_pretrained_backbone(cfg, len(data.splits.classes)) if resume and cfg.l2sp
-                   else None)
+                   else None, budget=budget)
     except KeyboardInterrupt:
         if runtime.is_main:
             log(f"interrupted: the last finished epoch is saved; continue with `headstart train --resume {run.path}`.")
@@ -441,12 +481,14 @@ def _finish(cfg: TrainConfig, run: RunDir, plan: _Plan, data: _Data, state: FitS
     return summary
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> dict:
+def train(cfg: TrainConfig, resume: bool = False, started: float | None = None) -> dict:
     """Trains one model as ``cfg`` says and returns its summary (also written to ``summary.json``).
 
     Args:
         cfg: the run's settings.
         resume: continue the run in ``cfg.out`` from its ``last.pt`` (model, optimizer, scheduler, epoch, phase).
+        started: when ``cfg.budget``'s clock started (``time.monotonic()``); default now. The command line passes
+            its process's start, so the budget covers what its user waits for.
     """
     if (RunDir(cfg.out).config().get("task") if resume else "multilabel" * is_multilabel_csv(cfg.data)):
         from headstart.training.train_multilabel import train_multilabel  # it builds on this module
@@ -454,6 +496,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         return train_multilabel(cfg, resume)
     t_start = time.time()
     _check_options(cfg)
+    budget = Budget(cfg.budget, started or time.monotonic()) if cfg.budget is not None and not resume else None
     seed_everything(cfg.seed)
     run = RunDir(cfg.out)
     runtime = make_runtime(cfg.device, cfg.precision)
@@ -461,9 +504,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     if not data.splits.val:
         raise DataError(f"no validation images in {cfg.data}: add a val/ folder or more images per class "
                         "(each class needs at least two images to hold one out).")
-    choice = None
-    if cfg.choose and not resume:  # a resumed run's config already names the backbone chosen
-        cfg, choice = _choose(cfg, data.splits, runtime)
+    choice = budget_plan = None
+    if not resume:  # a resumed run's config already names the backbone chosen and the strategy
+        cfg, choice, budget_plan = _decide(cfg, data.splits, runtime, budget)
     plan = _plan(cfg, data, runtime)
     loaders = _loaders(data.splits, plan.preprocessing, cfg, runtime,
                        bn_trains=any(p.bn == "train" and p.fit == "sgd" for p in plan.strategy.phases))
@@ -473,24 +516,40 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         if resume:  # epochs after the checkpoint were lost with the crash; their metrics lines go too
             run.keep_metrics_until(data.resume_state["fit_state"]["global_epoch"])
         else:
-            _record_start(run, cfg, plan, data.splits, runtime, choice)
+            _record_start(run, cfg, plan, data.splits, runtime, choice, budget_plan)
     weights = class_weights([y for _, y in data.splits.train], len(data.splits.classes))
     # A head fitted on features sees every image once, not sampled: both --balance options weight its loss.
     probe = ProbeOptions(cfg.head, plan.preprocessing, class_weights=weights if cfg.balance != "none" else None,
                          known_hashes=data.splits.hashes)
     tensorboard = _tensorboard(cfg, run, data) if runtime.is_main else None
-    state = _fit(cfg, run, plan, data, loaders, probe, weights, runtime, meta, tensorboard)
+    state = _fit(cfg, run, plan, data, loaders, probe, weights, runtime, meta, tensorboard,
+                 budget_plan["clock"] if budget_plan else None)
     barrier()
     if not runtime.is_main:
         return {}
     summary = _finish(cfg, run, plan, data, state, loaders, probe, runtime, meta)
     summary["seconds"] = time.time() - t_start
+    if budget_plan:
+        summary["budget"] = _budget_outcome(budget_plan, state, summary)
     run.write_json(run.SUMMARY, summary)
     if tensorboard is not None:
         tensorboard.close(summary, run.read_json(run.TEST_METRICS))
     if cfg.report:
         _report(run, plan, summary, replace(runtime, rank=0, world_size=1), data.splits.hashes)
+    if budget_plan:  # the whole command, its imports and the report included
+        summary["budget"]["spent_s"] = round(budget.spent(), 1)
+        summary["budget"]["within"] = summary["budget"]["spent_s"] <= budget.seconds
+        run.write_json(run.SUMMARY, summary)
+        log(f"budget: {summary['budget']['spent_s']:.0f} s of {budget.seconds:.0f} s spent; shipped: "
+            f"{summary['budget']['shipped']}")
     return summary
+
+
+def _budget_outcome(plan: dict, state: FitState, summary: dict) -> dict:
+    """What ``--budget`` planned and what happened: which phase's weights ship (validation chose them), whether the
+    deadline ended fine-tuning early."""
+    return {**{k: v for k, v in plan.items() if k != "clock"}, "stopped_by_budget": state.stopped_by_budget,
+            "shipped": f"the {summary['best_phase']} phase's weights (lowest calibrated validation loss)"}
 
 
 def _tensorboard(cfg: TrainConfig, run: RunDir, data: _Data):

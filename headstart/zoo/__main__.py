@@ -7,8 +7,11 @@ from headstart.zoo import list_specs
 
 
 def catalog_entries() -> list[dict]:
-    """What ``headstart models`` lists of each registered backbone, and where its weights may be offline."""
+    """What ``headstart models`` lists of each registered backbone, and where its weights may be offline. The
+    parameter count is the headless backbone's (what transfers), counted on a randomly initialised build."""
     return [{"name": s.name, "family": s.family, "num_features": s.num_features, "input_size": s.input_size,
+             "params_m": round(sum(p.numel() for p in s.build().parameters()) / 1e6, 1),
+             "imagenet_top1": s.imagenet_top1,
              "sources": [[src.kind, list(src.where)] + ([src.sha256] if src.sha256 else [])
                          for src in s.sources if src.kind != "download"]}
             for s in list_specs()]

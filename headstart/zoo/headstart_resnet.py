@@ -44,6 +44,7 @@ for _name, (_weights, _features) in _TV_WEIGHTS.items():
     register(BackboneSpec(
         name=f"hs_{_name}", build=_headless(resnet.BUILDERS[_name]), num_features=_features, groups=_groups,
         sources=_sources(_weights), classifier_prefixes=("fc.",), family="headstart (torchvision weights)",
+        cam_layer="layer4",
         **_spec_preprocessing(_weights),
     ))
 
@@ -51,5 +52,5 @@ for _depth in (20, 32, 56):
     register(BackboneSpec(
         name=f"resnet{_depth}", build=_headless(resnet.BUILDERS[f"resnet{_depth}"]), num_features=64,
         mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_size=32, interpolation="bilinear", crop_pct=1.0,
-        groups=_groups, family="headstart (small images, scratch)", small_images=True,
+        groups=_groups, family="headstart (small images, scratch)", small_images=True, cam_layer="layer3",
     ))

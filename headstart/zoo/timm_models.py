@@ -66,6 +66,9 @@ def timm_spec(model_name: str) -> BackboneSpec:
         sources=sources,
         classifier_prefixes=tuple(f"{c}." for c in ([classifier] if isinstance(classifier, str) else classifier)),
         family="timm",
+        # timm's own record of its last stage: a convolutional map for CNNs (tokens for a transformer, which
+        # headstart.explain refuses in a sentence).
+        cam_layer=probe.feature_info[-1]["module"] if getattr(probe, "feature_info", None) else "",
     )
 
 

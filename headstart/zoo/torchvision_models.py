@@ -68,20 +68,26 @@ def _spec_preprocessing(weights) -> dict:
     t = weights.transforms()
     crop = t.crop_size[0]
     return dict(mean=tuple(t.mean), std=tuple(t.std), input_size=crop, crop_pct=crop / t.resize_size[0],
-                interpolation=t.interpolation.value)
+                interpolation=t.interpolation.value, imagenet_top1=weights.meta["_metrics"]["ImageNet-1K"]["acc@1"])
 
 
-def _register(name: str, builder, weights, replace: str, num_features: int, groups, classifier: str) -> None:
+def _register(name: str, builder, weights, replace: str, num_features: int, groups, classifier: str,
+              cam_layer: str = "features") -> None:
+    """``cam_layer``: the last convolutional map before pooling; ``features`` (the whole trunk) for every family
+    but the ResNets."""
     register(BackboneSpec(
         name=name, build=_headless(builder, replace), num_features=num_features, groups=groups,
         sources=_sources(weights), classifier_prefixes=(classifier,), family="torchvision",
-        **_spec_preprocessing(weights),
+        cam_layer=cam_layer, **_spec_preprocessing(weights),
     ))
 
 
-_register("resnet18", tvm.resnet18, tvm.ResNet18_Weights.IMAGENET1K_V1, "fc", 512, _resnet_groups(), "fc.")
-_register("resnet34", tvm.resnet34, tvm.ResNet34_Weights.IMAGENET1K_V1, "fc", 512, _resnet_groups(), "fc.")
-_register("resnet50", tvm.resnet50, tvm.ResNet50_Weights.IMAGENET1K_V2, "fc", 2048, _resnet_groups(), "fc.")
+_register("resnet18", tvm.resnet18, tvm.ResNet18_Weights.IMAGENET1K_V1, "fc", 512, _resnet_groups(), "fc.",
+          "layer4")
+_register("resnet34", tvm.resnet34, tvm.ResNet34_Weights.IMAGENET1K_V1, "fc", 512, _resnet_groups(), "fc.",
+          "layer4")
+_register("resnet50", tvm.resnet50, tvm.ResNet50_Weights.IMAGENET1K_V2, "fc", 2048, _resnet_groups(), "fc.",
+          "layer4")
 _register("vgg16", tvm.vgg16, tvm.VGG16_Weights.IMAGENET1K_V1, "classifier.6", 4096, _vgg_groups, "classifier.6.")
 _register("vgg16_bn", tvm.vgg16_bn, tvm.VGG16_BN_Weights.IMAGENET1K_V1, "classifier.6", 4096, _vgg_groups,
           "classifier.6.")

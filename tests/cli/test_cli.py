@@ -112,6 +112,11 @@ def test_models_lists_offline_availability(capsys):
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["efficientnet_lite0"]["available"]
     assert {"resnet18", "resnet50", "vgg16", "vgg16_bn", "efficientnet_b0", "mobilenet_v3_large"} <= set(rows)
+    # size and ImageNet top-1: torchvision's own metadata for its weights (and headstart's ResNets that load them)
+    assert rows["resnet50"]["imagenet_top1"] == pytest.approx(80.858) == rows["hs_resnet50"]["imagenet_top1"]
+    assert rows["efficientnet_lite0"]["imagenet_top1"] < rows["efficientnet_lite2"]["imagenet_top1"]
+    assert rows["efficientnet_lite0"]["params_m"] == pytest.approx(3.4, abs=0.1)
+    assert rows["resnet20"]["imagenet_top1"] is None  # scratch only: no ImageNet weights
 
 
 def test_loaded_run_predicts_images_in_memory_as_predict_does_on_files(trained_run):

@@ -214,6 +214,22 @@ def test_class_weights_raise_the_recall_of_a_rare_class(kind):
     assert recall["weighted"] > recall["plain"] + 0.2
 
 
+def test_features_constant_on_the_training_images_cannot_decide_the_head():
+    # most features constant on the training images (plain pictures), one of them stray on a later image: scaled by
+    # a tenth of the median std of the features that vary, not ~1e-12, it stays a few standard deviations out
+    from headstart.training.heads import _standardiser
+
+    rng = np.random.default_rng(0)
+    x = np.zeros((40, 100))
+    x[:, :30] = rng.normal(size=(40, 30))  # 70 of 100 features constant here
+    mean, scale = _standardiser(x)
+    assert scale[50] == pytest.approx(0.1 * np.median(x[:, :30].std(0)))
+    later = np.zeros(100)
+    later[50] = 1.0
+    assert np.abs((later - mean) / scale).max() < 100
+    assert _standardiser(np.ones((5, 4)))[1].tolist() == [1.0] * 4  # nothing varies: unscaled
+
+
 def test_unknown_head_is_a_clear_error():
     x, y = _blobs()
     with pytest.raises(ValueError, match="choose one of logreg, ncm, sgd"):

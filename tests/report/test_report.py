@@ -102,6 +102,10 @@ def test_report_of_a_run_has_every_section_and_is_self_contained(run_with_test, 
     assert "mislabelled.png" in first[:first.index("</div></div>")]
     assert top.count('class="thumb"') >= 1 and "data:image/" in top
     assert html.count("<img ") == html.count('<img src="data:image/')
+    # beside each top loss, its Grad-CAM heat map for the predicted class (the network loaded through torch)
+    assert top.count('alt="Grad-CAM for ') == top.count('class="thumb"') and "No heat maps" not in top
+    assert main(["report", str(run), "--out", str(run.parent / "plain.html"), "--no-heatmaps"]) == 0
+    assert "Grad-CAM" not in (run.parent / "plain.html").read_text(encoding="utf-8")
 
 
 

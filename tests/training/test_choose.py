@@ -38,7 +38,7 @@ def test_a_budget_too_short_is_said_before_any_work(tmp_path, capsys):
     code = main(["train", str(data), "--out", str(tmp_path / "run"), "--choose", "fast", "--budget", "0.001s"])
     assert code == 2
     err = capsys.readouterr().err
-    assert "--budget 0 s is too short" in err and "cheapest candidate" in err
+    assert "--budget 0 s is too short" in err and "the cheapest plan" in err
     assert not (tmp_path / "run" / "backbone_choice.json").exists()
 
 
@@ -47,11 +47,23 @@ def test_budget_and_choose_options_are_checked():
     for bad in ("soon", "-5m", "0", "inf"):
         with pytest.raises(UsageError, match="--budget"):
             parse_budget(bad)
-    with pytest.raises(UsageError, match="give it with --choose"):
-        TrainConfig(data="d", out="o", budget="10m").check()
+    assert TrainConfig(data="d", out="o", budget="10m").check().budget == 600  # alone: the default backbone
     with pytest.raises(UsageError, match="leave out --model and --image-size"):
         TrainConfig(data="d", out="o", choose="fast", image_size=64).check()
     with pytest.raises(UsageError, match="leave out --model and --image-size"):
         TrainConfig(data="d", out="o", choose="balanced", model="resnet50").check()
     with pytest.raises(UsageError, match="--choose must be one of"):
         TrainConfig(data="d", out="o", choose="quick").check()
+
+
+def test_best_adds_every_backbone_whose_weights_are_already_here(monkeypatch):
+    from headstart.training import choose
+
+    # resnet18's file in torch's cache: headstart's own hs_resnet18 loads the same file into the same network
+    here = {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18", "hs_resnet18"}
+    monkeypatch.setattr(choose, "weights_available", lambda spec: spec.name in here)
+    best = {(c.backbone, c.size) for c in choose.candidates("best")}
+    assert ("resnet18", 224) in best and ("resnet50", 224) not in best  # not downloaded: never fetched for a choice
+    assert not any(b == "hs_resnet18" for b, _ in best)  # the same weights in the same network: scored once
+    assert not any(c.backbone == "resnet18" for c in choose.candidates("balanced"))  # the offline Lites only
+    assert all(c.backbone.startswith("efficientnet_lite") for c in choose.candidates("fast"))

@@ -1,0 +1,206 @@
+"""Which labels look wrong (``headstart check DATA --labels``): confident learning on out-of-fold probabilities.
+
+With few labels each one matters: a wrong label costs more than a missing one. Every labelled image (train,
+validation and test) gets class probabilities from a linear probe on frozen pretrained features that never saw it:
+the images are split into K stratified folds and each fold is scored by a head fitted on the others
+(:func:`headstart.training.heads.cross_fitted_logits`; the head's C chosen on the first fold's held-out images,
+the scores calibrated by one temperature fitted on all out-of-fold logits). Those go to cleanlab's
+``find_label_issues`` (confident learning, Northcutt et al. 2021, JAIR 70): it estimates how many images of each
+given class belong to each other class and flags that many, least confident first. Copies of one picture labelled
+differently (the check's ``label-conflict``) are listed too: one of each such pair is wrong whatever a model says.
+
+The backbone is always the pretrained one, never a run's fine-tuned network, which has seen the labels it would
+judge. Measured on Fashion-MNIST and digits with planted flips: ``benchmarks/label_issues.py``
+(docs/measurements, "Label issues").
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from headstart.core.errors import DataError, OutputError
+from headstart.core.hashing import KnownHashes
+from headstart.core.runtime import Runtime
+from headstart.data.sources import DataSplits
+from headstart.features.extract import extract_features
+from headstart.predict.calibration import run_temperature, softmax
+from headstart.report import label_issues as pages
+from headstart.report.html import esc, page, para
+from headstart.training.heads import cross_fitted_logits, fit_head
+from headstart.zoo.model import build_model
+
+DEFAULT_FOLDS = 5
+# A flagged label also needs the probe to give it less than this probability. Confident learning's count of wrong
+# labels includes the probe's own confusions (shirt / T-shirt on Fashion-MNIST: 7.8% of a clean set flagged);
+# this keeps the ones it is sure of. Chosen on tuning sets disjoint from the reported ones
+# (benchmarks/label_issues.py, "tuning").
+MAX_GIVEN = 0.02
+FEW_PER_CLASS = 5  # below this many images in a class, its estimate rests on very little: said in a note
+COLUMNS = ["rank", "path", "split", "given_label", "suggested_label", "label_quality", "kind", "detail"]
+
+
+@dataclass
+class LabelIssues:
+    """What ``check --labels`` found: ``rows`` (:data:`COLUMNS`, ranked: confident learning's least likely
+    labels first, then the copies labelled differently) and how they were found."""
+
+    rows: list[dict]
+    classes: list[str]
+    images: int  # labelled images scored out of fold
+    folds: int
+    oof_accuracy: float  # how often the out-of-fold prediction agrees with the given label
+    settings: dict  # backbone, image size, C, temperature
+    notes: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): could not be decoded
+
+    @property
+    def flagged(self) -> int:
+        return sum(r["kind"] == "confident-learning" for r in self.rows)
+
+    def summary(self) -> str:
+        conflicts = sum(r["kind"] == "label-conflict" for r in self.rows)
+        return (f"{self.flagged} of {self.images} labels look wrong (confident learning on {self.folds}-fold "
+                f"out-of-fold probabilities; the probe agrees with {self.oof_accuracy:.1%} of the given labels)"
+                + (f"; {conflicts} image(s) are copies of a picture labelled differently" if conflicts else ""))
+
+
+def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray, classes: list[str], folds: int = DEFAULT_FOLDS,
+                              seed: int = 0) -> tuple[np.ndarray, int, dict]:
+    """Calibrated class probabilities of every image from a logistic-regression head that never saw it.
+
+    Returns ``(probabilities (n, classes), folds used, {"C", "temperature"})``; fewer folds than asked when the
+    smallest class has fewer images.
+
+    Raises:
+        DataError: a class has a single image (no fold can hold it out and still train on it).
+    """
+    from sklearn.model_selection import StratifiedKFold  # sklearn: 1.5 s to import, paid only here
+
+    counts = np.bincount(y, minlength=len(classes))
+    single = [classes[c] for c in np.flatnonzero(counts == 1)]
+    if single:
+        raise DataError(f"class{'es' if len(single) > 1 else ''} {', '.join(single)} "
+                        f"{'have' if len(single) > 1 else 'has'} a single labelled image; finding wrong labels needs "
+                        "at least 2 per class (each image is judged by a head fitted without it): add images or "
+                        "leave the class out.")
+    k = min(folds, int(counts[counts > 0].min()))
+    fit, held = next(StratifiedKFold(k, shuffle=True, random_state=seed).split(x, y))
+    chosen = fit_head("logreg", x[fit], y[fit], x[held], y[held], len(classes)).info
+    logits, used = cross_fitted_logits("logreg", x, y, len(classes), chosen, folds=k, seed=seed)
+    temperature = run_temperature(logits, y)
+    return softmax(logits, temperature), used, {"C": chosen["C"], "temperature": round(float(temperature), 4)}
+
+
+def confident_learning(probs: np.ndarray, y: np.ndarray, max_given: float | None = MAX_GIVEN
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """cleanlab's ``find_label_issues`` at its defaults (prune by noise rate) on the classes that have images,
+    keeping those whose given label has a probability under ``max_given`` (None: all): ``(indices of the flagged
+    images, least likely label first; each image's label quality in [0, 1])``."""
+    from cleanlab.filter import find_label_issues  # cleanlab and pandas: loaded only by this check
+    from cleanlab.rank import get_label_quality_scores
+
+    present = np.flatnonzero(np.bincount(y, minlength=probs.shape[1]))
+    p = probs[:, present]
+    p = p / p.sum(1, keepdims=True)
+    labels = np.searchsorted(present, y)
+    quality = get_label_quality_scores(labels, p)
+    ranked = np.asarray(find_label_issues(labels, p, return_indices_ranked_by="self_confidence"), dtype=np.int64)
+    if max_given is not None:
+        ranked = ranked[p[ranked, labels[ranked]] < max_given]
+    return ranked, quality
+
+
+def find_label_issues(splits: DataSplits, runtime: Runtime, model: str = "efficientnet_lite0",
+                      image_size: int | None = None, folds: int = DEFAULT_FOLDS, seed: int = 0,
+                      max_given: float | None = MAX_GIVEN, conflicts: list[tuple[dict, dict]] = (),
+                      cache_dir: str | Path | None = None, known_hashes: KnownHashes | None = None,
+                      batch_size: int = 64, workers: int | None = None) -> LabelIssues:
+    """Ranks the labelled images of ``splits`` (every split) by how likely their label is wrong.
+
+    Args:
+        splits: the usable labelled images (what the check kept).
+        runtime: device and precision of the backbone pass.
+        model: the pretrained backbone whose frozen features the probe reads.
+        image_size: its input size (default: the backbone's own).
+        folds: K of the stratified K-fold scoring (fewer when a class has fewer images).
+        seed: the folds' shuffle.
+        max_given: flag only labels the probe gives less than this probability (None: every one cleanlab flags).
+        conflicts: pairs of copies labelled differently (``{"path", "split", "class"}`` each), listed after the
+            confident-learning findings.
+        cache_dir, known_hashes, batch_size, workers: as in :func:`headstart.features.extract.extract_features`.
+    """
+    samples = [(p, y, s) for s in ("train", "val", "test") for p, y in getattr(splits, s)]
+    net = build_model(model, len(splits.classes), pretrained=True)
+    runtime.prepare(net).eval()
+    pre = net.spec.preprocessing(image_size=image_size)
+    feats = extract_features(net, [p for p, _, _ in samples], pre, runtime, batch_size=batch_size, workers=workers,
+                             cache_dir=cache_dir, desc="features (labels)", verbose=False, known_hashes=known_hashes)
+    kept = [samples[i] for i in feats.positions]
+    y = np.array([label for _, label, _ in kept], dtype=np.int64)
+    probs, used, settings = out_of_fold_probabilities(feats.array(), y, splits.classes, folds, seed)
+    ranked, quality = confident_learning(probs, y, max_given)
+    names = splits.classes
+    rows = [{"path": kept[i][0], "split": kept[i][2], "given_label": names[y[i]],
+             "suggested_label": names[int(probs[i].argmax())], "label_quality": round(float(quality[i]), 4),
+             "kind": "confident-learning",
+             "detail": f"p(given) {probs[i, y[i]]:.3f}, p(suggested) {probs[i].max():.3f}"} for i in ranked]
+    rows += _conflict_rows(conflicts, {p: i for i, (p, _, _) in enumerate(kept)}, probs, quality, names)
+    for rank, row in enumerate(rows, 1):
+        row["rank"] = rank
+    counts = np.bincount(y, minlength=len(names))
+    few = [f"{names[c]} ({counts[c]})" for c in np.flatnonzero((counts > 0) & (counts < FEW_PER_CLASS))]
+    notes = [f"few images in {', '.join(few)}: with under {FEW_PER_CLASS} per class the estimate of how many "
+             "labels are wrong rests on very little; treat these findings as hints."] if few else []
+    settings = {"backbone": model, "image_size": pre.crop, "max_given": max_given, **settings}
+    return LabelIssues(rows, names, len(y), used, round(float((probs.argmax(1) == y).mean()), 4), settings, notes,
+                       feats.bad)
+
+
+def _conflict_rows(conflicts, index: dict[str, int], probs: np.ndarray, quality: np.ndarray,
+                   names: list[str]) -> list[dict]:
+    """One row per image of each pair of copies labelled differently, naming the other copy."""
+    rows = []
+    for a, b in conflicts:
+        for this, other in ((a, b), (b, a)):
+            i = index.get(this["path"])
+            rows.append({"path": this["path"], "split": this["split"], "given_label": this["class"],
+                         "suggested_label": names[int(probs[i].argmax())] if i is not None else "",
+                         "label_quality": round(float(quality[i]), 4) if i is not None else "",
+                         "kind": "label-conflict",
+                         "detail": f"a copy of {other['path']}, labelled {other['class']}"})
+    return rows
+
+
+def write_csv(rows: list[dict], path: str | Path) -> Path:
+    """The ranked rows as a CSV with :data:`COLUMNS`."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path} ({exc.strerror or exc}); pass a folder you can write to.") from exc
+    return path
+
+
+def write_page(found: LabelIssues, path: str | Path, data: str, csv_name: str) -> Path:
+    """One self-contained HTML page of the findings' thumbnails beside the CSV."""
+    how = (f"{found.images} labelled images of {esc(data)}, each scored by a logistic-regression head fitted on "
+           f"the other {found.folds - 1} of {found.folds} folds ({esc(found.settings['backbone'])} features at "
+           f"{found.settings['image_size']} px); flagged: cleanlab's confident learning, keeping labels the probe "
+           f"gives under {found.settings['max_given']} probability.")
+    body = pages.section_body(found.rows, csv_name) + para(how, "note")
+    body += "".join(para(esc(n), "note") for n in found.notes)
+    html = page("Labels that look wrong", esc(found.summary()), [("label-issues", "Labels that look wrong", body)])
+    path = Path(path)
+    try:
+        path.write_text(html)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path} ({exc.strerror or exc}); pass a folder you can write to.") from exc
+    return path
