@@ -61,6 +61,8 @@ def _refuse_single_label_options(cfg: TrainConfig) -> None:
                      ("--choose", cfg.choose)):
         if on:
             raise UsageError(f"{name} is for single-label data; leave it out for a multi-label CSV.")
+    if cfg.budget:
+        raise UsageError("--budget does not plan multi-label runs yet; leave it out and set --epochs instead.")
     if cfg.balance == "sampler":
         raise UsageError("--balance sampler draws classes equally often, which an image with several labels cannot "
                          "be; use --balance weights (a positive weight per label) for a multi-label CSV.")
