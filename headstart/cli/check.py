@@ -32,6 +32,7 @@ def add_parser(sub):
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", help="folder of class subfolders (optionally inside train/, val/, test/), or a CSV")
     options.add_json(p, "print the report as JSON")
+    options.add_label_delimiter(p)
     p.add_argument("--quarantine", metavar="DIR", default=None,
                    help="move the unusable files to DIR (outside DATA), keeping their paths relative to DATA")
     p.add_argument("--min-images", type=int, default=5, help="warn about training classes with fewer (default 5)")
@@ -78,9 +79,18 @@ def run(args) -> int:
         from headstart.data.rundir import RunDir  # PIL: not at import time, so --help stays fast
 
         RunDir(args.run).require_model()  # a wrong --run is said before the images are read
-    report = check(args.data, val_fraction=args.val_fraction, seed=args.seed, max_pixels=args.max_pixels,
-                   min_images=args.min_images, max_imbalance=args.max_imbalance, duplicates=args.duplicates,
-                   near=args.near)
+    from headstart.data.multilabel import check_multilabel, discover_multilabel, is_multilabel_csv
+
+    common = dict(max_pixels=args.max_pixels, duplicates=args.duplicates, near=args.near)
+    if is_multilabel_csv(args.data):  # several labels per image
+        if args.labels:
+            raise UsageError("--labels looks for wrong labels among single-label classes; leave it out for a "
+                             "multi-label CSV.")
+        splits = discover_multilabel(args.data, args.label_delimiter, args.val_fraction, args.seed)
+        report = check_multilabel(splits, args.data, min_positives=args.min_images, **common)
+    else:
+        report = check(args.data, val_fraction=args.val_fraction, seed=args.seed, min_images=args.min_images,
+                       max_imbalance=args.max_imbalance, **common)
     if launched()[0] != 0:  # under torchrun, every rank checked its share; rank 0 reports and acts
         return 1 if report.verdict == "problems" else 0
     moved = quarantine(report, args.quarantine) if args.quarantine else None

@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 
+from headstart.cli import options
 from headstart.cli.options import (
     PREDICT_PRECISION_HELP,
     add_batch_size,
@@ -26,7 +27,9 @@ def add_parser(sub):
                               "  headstart evaluate runs/photos new_labelled_photos/ --json | jq .accuracy",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="run directory made by `headstart train`")
-    p.add_argument("data", help="folder of class subfolders named like the run's classes")
+    p.add_argument("data", help="folder of class subfolders named like the run's classes (a multi-label run: a CSV "
+                                "with path and labels columns, or one 0/1 column per label)")
+    options.add_label_delimiter(p)
     add_json(p, 'print only one JSON object on stdout (messages go to stderr) instead of a table')
     add_batch_size(p)
     add_device(p)
@@ -49,6 +52,8 @@ def run(args) -> int:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}.")
     # A frozen-backbone run whose features are cached is answered without torch; any other is loaded.
     loaded = open_predictor(args.run, device=args.device, precision=args.precision, tta=args.tta)
+    if loaded.decision is not None:  # a multi-label run
+        return _multilabel(args, loaded)
     m = evaluate_run(loaded, args.data, batch_size=args.batch_size, tta=args.tta, keep_leaked=args.keep_leaked,
                      duplicates=args.duplicates)
     rank, world = launched()
@@ -86,4 +91,37 @@ def run(args) -> int:
     if m["leaked_excluded"]:
         print(f"left out {m['leaked_excluded']} image(s) that duplicate training images (--keep-leaked scores them)")
     print(f"confusion matrix: {loaded.path / 'confusion_matrix.png'} (and evaluation.json)")
+    return 0
+
+
+def _multilabel(args, loaded) -> int:
+    """``evaluate`` of a multi-label run: mAP, exact match, Hamming loss and each label's figures at its threshold."""
+    from headstart.evaluation.multilabel import evaluate_multilabel_run  # in the command: --help stays fast
+
+    m = evaluate_multilabel_run(loaded, args.data, batch_size=args.batch_size, tta=args.tta,
+                                keep_leaked=args.keep_leaked, duplicates=args.duplicates,
+                                delimiter=args.label_delimiter)
+    if args.report:
+        from headstart.report import write_report  # in the command, not at import: --help stays fast
+
+        print(f"report: {write_report(loaded.path, loaded=loaded)}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(m))
+        return 0
+    from rich.table import Table  # in the command, not at import: --help stays fast
+
+    from headstart.cli.console import console  # in the command, not at import: --help stays fast
+
+    table = Table(title=f"{args.run} on {args.data}: mAP {m['map']:.4f} (micro {m['map_micro']:.4f}), exact match "
+                        f"{m['exact_match']:.4f}, Hamming loss {m['hamming_loss']:.4f} ({m['num_images']} images, "
+                        f"{m['label_cardinality']:.2f} labels each, {m['predicted_cardinality']:.2f} given)")
+    for col in ("label", "AP", "precision", "recall", "f1", "threshold", "support"):
+        table.add_column(col, justify="left" if col == "label" else "right")
+    for name, r in m["per_class"].items():
+        ap = "-" if r["ap"] is None else f"{r['ap']:.3f}"
+        table.add_row(name, ap, f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}",
+                      f"{r['threshold']:.3f}", str(r["support"]))
+    console().print(table)
+    if m["leaked_excluded"]:
+        print(f"left out {m['leaked_excluded']} image(s) that duplicate training images (--keep-leaked scores them)")
     return 0

@@ -54,16 +54,17 @@ def run(args) -> int:
         return 0
     p, n = record["parity"], record["images"]
     agree = f"{round(p['top1_agreement'] * n)}/{n}"
+    same = "label sets" if "label_set_agreement" in p else "top-1"  # a multi-label run: every label given
     print(f"wrote {record['file']} ({record['bytes'] / 1e6:.1f} MB) in {record['seconds']:.0f} s")
     if args.quantize:
         change = f", accuracy {p['accuracy_change'] * 100:+.1f} points" if "accuracy_change" in p else ""
-        print(f"int8: the same top-1 as the run on {agree} images{change} (fp32 graph within {record['tolerance']:g}: "
+        print(f"int8: the same {same} as the run on {agree} images{change} (fp32 graph within {record['tolerance']:g}: "
               f"max probability difference {record['fp32_parity']['max_prob_diff']:.1g})")
         if p["top1_agreement"] < 0.99:
             print(f"note: int8 changes {p['top1_disagreements']} of {n} predictions; keep the fp32 model unless "
                   "that is acceptable.", file=sys.stderr)
     else:
-        print(f"parity: the same top-1 as the run on {agree} images, max probability difference "
+        print(f"parity: the same {same} as the run on {agree} images, max probability difference "
               f"{p['max_prob_diff']:.1g} (tolerance {record['tolerance']:g})")
     if pil := record.get("pil_preprocessing"):
         print(f"ONNX Runtime with headstart's PIL preprocessing (as `predict` uses it): the same top-1 on "

@@ -99,3 +99,9 @@ def add_overwrite(p: Group, help: str) -> None:
 
 def add_json(p: Group, help: str) -> None:
     p.add_argument("--json", action="store_true", help=help)
+
+
+def add_label_delimiter(p: Group, default: str = ";") -> None:
+    p.add_argument("--label-delimiter", default=default, metavar="SEP",
+                   help="multi-label CSV (path,labels columns): what separates an image's labels (default "
+                        "%(default)s)")

@@ -18,7 +18,8 @@ STREAM_CHUNK = 4096  # images per predictor call (their records are written befo
 
 
 def add_parser(sub):
-    p = sub.add_parser("predict", help="predict the class of image files or folders with a trained run",
+    p = sub.add_parser("predict", help="predict the class of image files or folders with a trained run (a "
+                                       "multi-label run: every label above its threshold, with its score)",
                        epilog="examples:\n  headstart predict runs/photos new_photos/ --topk 3 --format csv > "
                               "predictions.csv\n  headstart predict runs/photos/model.onnx new_photos/ --format json",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -49,8 +50,10 @@ def run(args) -> int:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}.")
     predictor, predict = _load(args)
-    classes = predictor.classes
-    if args.topk > len(classes):
+    classes, multilabel = predictor.classes, predictor.decision is not None
+    if multilabel and args.explain:
+        raise UsageError("--explain draws heat maps for single-label classes; leave it out for a multi-label run.")
+    if args.topk > len(classes) and not multilabel:
         print(f"--topk {args.topk}: the model has {len(classes)} classes; listing all of them.", file=sys.stderr)
         args.topk = len(classes)
     results, failed, count = predict(args.paths), [], 0  # records stream out, STREAM_CHUNK images at a time
@@ -63,6 +66,8 @@ def run(args) -> int:
             print("," if count > 1 else "", "\n", textwrap.indent(json.dumps(r, indent=1), " "), sep="", end="")
             failed += [r["path"]] if r.get("error") else []
         print("\n]" if count else "]")
+    elif args.format == "csv" and multilabel:
+        failed, count = _multilabel_csv(results, classes)
     elif args.format == "csv":
         w = csv.writer(sys.stdout)
         extra = ["heatmap"] if args.explain else []
@@ -84,7 +89,9 @@ def run(args) -> int:
         if args.explain:
             table.add_column("heat map")
         for count, r in enumerate(results, 1):
-            pred = r.get("error") or "  ".join(f"{t['label']} {t['score']:.3f}" for t in r["topk"])
+            pred = r.get("error") or ("  ".join(f"{t['label']} {t['score']:.3f}" for t in r["topk"]) if not multilabel
+                                      else "  ".join(f"{a} {b:.3f}" for a, b in zip(r["labels"], r["scores"]))
+                                      or "(no label above its threshold)")
             table.add_row(r["path"], pred, *([r.get("heatmap", "")] if args.explain else []))
             failed += [r["path"]] if r.get("error") else []
         console().print(table)
@@ -93,6 +100,19 @@ def run(args) -> int:
         print(f"headstart predict: {len(failed)} of {count} images could not be predicted: {shown}",
               file=sys.stderr)
     return 1 if failed else 0
+
+
+def _multilabel_csv(results, classes: list[str]) -> tuple[list[str], int]:
+    """A multi-label run's CSV: the labels given (``;``-separated, best first) with their scores, then every label's
+    score in a column of its own. Returns the paths that failed and how many records were written."""
+    w, failed, count = csv.writer(sys.stdout), [], 0
+    w.writerow(["path", "labels", "scores"] + [f"score:{c}" for c in classes] + ["error"])
+    for count, r in enumerate(results, 1):
+        failed += [r["path"]] if r.get("error") else []
+        given = ";".join(r.get("labels") or []), ";".join(f"{s:.6f}" for s in r.get("scores") or [])
+        every = [r["all_scores"][c] for c in classes] if "all_scores" in r else [""] * len(classes)
+        w.writerow(map(_inert, [r["path"], *given, *every, r.get("error", "")]))
+    return failed, count
 
 
 def _inert(cell):

@@ -70,6 +70,10 @@ def _add_model_and_schedule(p) -> None:
                    help=f"early stopping: epochs without a better validation loss (default {d('patience')}; 0: never)")
     options.add_val_fraction(p, f"share of each class held out when there is no val/ folder (default "
                                 f"{d('val_fraction')})", default=d("val_fraction"))
+    options.add_label_delimiter(p, default=d("label_delimiter"))
+    p.add_argument("--threshold", type=float, default=d("threshold"), metavar="T",
+                   help="multi-label CSV: give a label when its score reaches T (e.g. 0.5) instead of each label's "
+                        "F1-optimal threshold on the validation images")
 
 
 def _add_outputs(p) -> None:
@@ -169,9 +173,13 @@ def _report(summary: dict, out: str) -> None:
     from headstart.cli.console import console  # rich: not at import time, so --help stays fast
 
     lines = [f"trained {summary['model']} with {summary['strategy']} (phase '{summary['best_phase']}' shipped): "
-             f"validation accuracy {summary['val_acc']:.4f}"]
+             + (f"validation accuracy {summary['val_acc']:.4f}" if "val_acc" in summary else
+                f"validation mAP {summary['val_map']:.4f}, exact match {summary['val_exact_match']:.4f}")]
     if "test_acc" in summary:
         lines.append(f"test accuracy {summary['test_acc']:.4f} (balanced {summary['test_balanced_acc']:.4f})")
+    if "test_map" in summary:  # a multi-label run
+        lines.append(f"test mAP {summary['test_map']:.4f} (micro {summary['test_map_micro']:.4f}), exact match "
+                     f"{summary['test_exact_match']:.4f}, Hamming loss {summary['test_hamming_loss']:.4f}")
     lines += [f"took {summary['seconds']:.0f} s; the model and its record are in {out}/ (summary.json, "
               "test_metrics.json, best.safetensors)",
               "next:",

@@ -36,6 +36,8 @@ SPLITS = ("train", "val", "test")
 # train uses but that deserves a look; info is for the record. The order is the order of the report.
 KINDS = {
     "unusable": ("error", "training would refuse"),
+    "bad-row": ("error", "CSV row that cannot be used"),
+    "label-unused": ("error", "label without training images"),
     "unreadable": ("error", "cannot be read"),
     "empty": ("error", "empty file"),
     "not-image": ("error", "not an image"),
@@ -46,6 +48,10 @@ KINDS = {
     "duplicate": ("warning", "duplicate within a split"),
     "few-images": ("warning", "class with few images"),
     "imbalance": ("warning", "class imbalance"),
+    "label-typo": ("warning", "label that looks like a typo"),
+    "rare-label": ("warning", "label too rare to evaluate"),
+    "label-not-held-out": ("warning", "label missing from a held-out split"),
+    "no-label": ("info", "image without a label"),
     "wrong-extension": ("warning", "extension does not match content"),
     "unusual-mode": ("warning", "unusual mode (converted)"),
     "exif-rotated": ("info", "EXIF rotation (applied)"),

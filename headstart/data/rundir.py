@@ -47,6 +47,8 @@ from headstart.core.io import (
     write_text,
     write_yaml,
 )
+from headstart.data.multilabel import TASK as MULTILABEL
+from headstart.data.multilabel import MultiLabelSplits
 from headstart.data.sources import DataSplits
 
 # What ``headstart compare`` writes into its folder: the results (resumable: finished runs are kept), the table,
@@ -183,7 +185,10 @@ class RunDir:
         they were (or move together). Paths that cannot be found stay as they were (and fail when read)."""
         if not self.has(self.SPLIT):
             raise RunNotFoundError(f"{self.path} has no {self.SPLIT}; it is not a complete run directory.")
-        splits = DataSplits.from_json(json.loads((self.path / self.SPLIT).read_text()))
+        record = json.loads((self.path / self.SPLIT).read_text())
+        if record.get("task") == MULTILABEL:  # written with absolute paths from the start
+            return MultiLabelSplits.from_json(record)
+        splits = DataSplits.from_json(record)
         relative = [p for name in ("train", "val", "test") for p, _ in getattr(splits, name)
                     if not Path(p).is_absolute()]
         if not relative:

@@ -49,23 +49,29 @@ from headstart.core.onnx import export_onnx
 from headstart.data.images import BadImageError, load_image
 from headstart.data.rundir import RunDir, refuse_run_files
 from headstart.data.transforms import eval_transform
+from headstart.predict import run_decision
 from headstart.predict.metadata import INPUT, OUTPUTS, PT2_EXTRA_FILE, ExportMetadata, headline_test_metrics
 from headstart.predict.onnx import OnnxModel
-from headstart.predict.run import LoadedRun, load_run, predict_probs
+from headstart.predict.run import LoadedRun, load_run, predict_probs, view_logits
 
 DEFAULT_TOLERANCE = 1e-4
 DEFAULT_MAX_IMAGES = 256
 
 
 class CalibratedModel(torch.nn.Module):
-    """The run's model with its calibration: ``image -> (logits, softmax(logits / temperature))``."""
+    """The run's model with its calibration: ``image -> (logits, softmax(logits / temperature))``; for a
+    multi-label run (``temperatures``, one per label) ``image -> (logits, sigmoid(logits / temperatures))``."""
 
-    def __init__(self, model: torch.nn.Module, temperature: float = 1.0):
+    def __init__(self, model: torch.nn.Module, temperature: float = 1.0, temperatures: list[float] | None = None):
         super().__init__()
         self.model, self.temperature = model, float(temperature)
+        self.multilabel = temperatures is not None
+        self.register_buffer("temperatures", torch.tensor(temperatures or [1.0], dtype=torch.float32))
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model(image)
+        if self.multilabel:
+            return logits, torch.sigmoid(logits / self.temperatures)
         return logits, torch.softmax(logits / self.temperature, dim=-1)
 
 
@@ -97,6 +103,7 @@ def export_run(run: str | Path, format: str = "onnx", out: str | Path | None = N
         log(f"exporting {rd.path} to {out} and checking it against the run on up to {max_images} of its images...")
     started = time.perf_counter()
     loaded = load_run(rd.path, device="cpu", precision="fp32")
+    loaded.decision = run_decision(rd.path, loaded.classes)
     meta = _metadata(loaded, rd, quantize)
     samples, origin = _parity_samples(rd, max_images)
     partial = out.with_name(f".{out.name}.partial")
@@ -145,7 +152,7 @@ def _write_and_check(loaded: LoadedRun, meta: ExportMetadata, format: str, quant
     """Writes the file to ``partial`` (the int8 one there, the fp32 graph beside it, when quantizing) and returns
     the parity figures of it against the run on ``samples``."""
     module = CalibratedModel(copy.deepcopy(loaded.model).to(memory_format=torch.contiguous_format),
-                             loaded.temperature).eval()
+                             loaded.temperature, loaded.decision.temperatures if loaded.decision else None).eval()
     example = torch.zeros(2, 3, loaded.preprocessing.crop, loaded.preprocessing.crop)
     if format == "pt2":
         _save_pt2(module, example, partial, meta)
@@ -173,7 +180,8 @@ def _metadata(loaded: LoadedRun, rd: RunDir, quantize: str | None) -> ExportMeta
     return ExportMetadata(list(loaded.classes), loaded.preprocessing, loaded.config.get("model", ""),
                           headstart.__version__, float(loaded.temperature), "int8-dynamic" if quantize else "none",
                           str(rd.path.resolve()), summary.get("strategy", loaded.config.get("strategy", "")),
-                          headline_test_metrics(rd.read_json(rd.TEST_METRICS), summary))
+                          headline_test_metrics(rd.read_json(rd.TEST_METRICS), summary),
+                          loaded.decision.to_dict() if loaded.decision else None)
 
 
 def _save_onnx(module: torch.nn.Module, example: torch.Tensor, path: Path, meta: ExportMetadata) -> None:
@@ -280,7 +288,10 @@ def _parity(loaded: LoadedRun, samples: list[tuple[str, int]], candidates: dict,
     def feed(images: list, ys: list) -> None:
         nonlocal input_diff
         x = torch.stack([transform(im) for im in images])
-        run.append(predict_probs(loaded.model, x, loaded.runtime, temperature=loaded.temperature).numpy())
+        if loaded.decision is None:
+            run.append(predict_probs(loaded.model, x, loaded.runtime, temperature=loaded.temperature).numpy())
+        else:
+            run.append(loaded.scores(view_logits(loaded.model, x, loaded.runtime).numpy()).astype(np.float32))
         labels.extend(ys)
         batch = x.numpy()
         for name, probabilities in candidates.items():
@@ -308,7 +319,7 @@ def _parity(loaded: LoadedRun, samples: list[tuple[str, int]], candidates: dict,
             feed(images[start:start + batch_size], [None] * len(images[start:start + batch_size]))
     ref = np.concatenate(run)
     y = None if synthetic else np.asarray(labels)
-    figures = {name: _compare(ref, np.concatenate(probs), y) for name, probs in outputs.items()}
+    figures = {name: _compare(ref, np.concatenate(probs), y, loaded.decision) for name, probs in outputs.items()}
     if "predict_path" in figures:
         figures["predict_path"]["max_input_diff_levels"] = round(input_diff, 3)
     return {"images": len(ref), "unreadable": unreadable, "synthetic": synthetic, "figures": figures}
@@ -327,7 +338,9 @@ def _synthetic_images(n: int, size: int, seed: int = 0) -> list:
     return out
 
 
-def _compare(ref: np.ndarray, probs: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
+def _compare(ref: np.ndarray, probs: np.ndarray, labels: np.ndarray | None, decision=None) -> dict[str, Any]:
+    if decision is not None:  # multi-label: the label sets given, and the exact-match ratio
+        return _compare_label_sets(ref, probs, labels, decision)
     top_ref, top = ref.argmax(1), probs.argmax(1)
     best2 = np.sort(ref, axis=1)[:, -2:]
     differ = top_ref != top
@@ -340,6 +353,22 @@ def _compare(ref: np.ndarray, probs: np.ndarray, labels: np.ndarray | None) -> d
         figures.update(accuracy_run=round(float((top_ref == labels).mean()), 6),
                        accuracy_exported=round(float((top == labels).mean()), 6),
                        accuracy_change=round(float((top == labels).mean() - (top_ref == labels).mean()), 6))
+    return figures
+
+
+def _compare_label_sets(ref: np.ndarray, probs: np.ndarray, labels: np.ndarray | None, decision) -> dict[str, Any]:
+    """A multi-label export against its run: the label sets given, and where they differ whether the score was
+    within the tolerance of its threshold (a tie). Reported under the single-label keys ``_judge`` reads."""
+    given_ref, given = decision.given(ref), decision.given(probs)
+    differ = (given_ref != given).any(1)
+    gap = np.abs(ref - np.asarray(decision.thresholds))[given_ref != given]
+    agreement = round(float(1 - differ.mean()), 6)
+    figures = {"label_set_agreement": agreement, "top1_agreement": agreement, "top1_disagreements": int(differ.sum()),
+               "widest_margin_where_top1_differs": float(gap.max()) if gap.size else None,
+               "max_prob_diff": float(np.abs(ref - probs).max()), "mean_prob_diff": float(np.abs(ref - probs).mean())}
+    if labels is not None:
+        figures.update(exact_match_run=round(float((given_ref == labels).all(1).mean()), 6),
+                       exact_match_exported=round(float((given == labels).all(1).mean()), 6))
     return figures
 
 

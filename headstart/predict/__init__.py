@@ -10,8 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from headstart.core.errors import PathNotFoundError, UsageError
+from headstart.data.rundir import RunDir
 from headstart.predict.base import Predictor
 from headstart.predict.cached import open_cached_run
+from headstart.predict.multilabel import Decision
 
 
 def open_predictor(path: str | Path, device: str = "auto", precision: str = "auto", tta: bool = False,
@@ -31,16 +33,22 @@ def open_predictor(path: str | Path, device: str = "auto", precision: str = "aut
             raise PathNotFoundError(f"{path} does not exist; pass an exported .onnx file or a run directory.")
         from headstart.predict.onnx import OnnxModel  # torch and ONNX Runtime: loaded only for this engine
 
-        return OnnxModel(path)
+        return OnnxModel(path)  # a multi-label export's decision is in its metadata
     if path.is_file():
         raise UsageError(f"{path} is a file, not a run directory; pass the folder of a `headstart train` run or an "
                          "exported .onnx model (a .pt2 loads in Python with torch.export.load).")
-    cached = None if tta else open_cached_run(path, device=device, precision=precision, cache_dir=cache_dir)
-    if cached is not None:
-        return cached
-    from headstart.predict.run import load_run  # torch: a cached run answers without it
+    predictor = None if tta else open_cached_run(path, device=device, precision=precision, cache_dir=cache_dir)
+    if predictor is None:
+        from headstart.predict.run import load_run  # torch: a cached run answers without it
 
-    return load_run(path, device=device, precision=precision)
+        predictor = load_run(path, device=device, precision=precision)
+    predictor.decision = run_decision(path, predictor.classes)
+    return predictor
 
 
-__all__ = ["Predictor", "open_predictor"]
+def run_decision(path: str | Path, classes: list[str]) -> Decision | None:
+    """A multi-label run's decision (temperatures and thresholds, stored with its shipped weights), else None."""
+    return Decision.of(classes, RunDir(path).weights_metadata(RunDir.BEST).get("decision"))
+
+
+__all__ = ["Decision", "Predictor", "open_predictor", "run_decision"]

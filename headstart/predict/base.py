@@ -31,6 +31,7 @@ from headstart.core.preprocessing import Preprocessing
 from headstart.data.rundir import RunDir
 from headstart.predict.calibration import softmax
 from headstart.predict.metadata import headline_test_metrics
+from headstart.predict.multilabel import Decision
 from headstart.predict.records import path_records, predict_images, top_classes
 
 
@@ -43,6 +44,9 @@ class Predictor:
     temperature: float  # probabilities are softmax(logits / T), averaged over the views
     path: Path  # the run directory, or the .onnx file
     frozen_backbone: bool = False
+    # A multi-label run's sigmoid scores and per-label thresholds (:mod:`headstart.predict.multilabel`); None for
+    # a single-label one, whose scores are the softmax. :func:`headstart.predict.open_predictor` sets it.
+    decision: Decision | None = None
 
     def view_logits(self, paths: Sequence[str], known: KnownHashes | None = None, tta: bool = False,
                     batch_size: int = 64, workers: int | None = None
@@ -61,26 +65,35 @@ class Predictor:
         raise NotImplementedError
 
     def probabilities(self, ready: list, tta: bool = False) -> np.ndarray:
-        """Calibrated probabilities ``(n, classes)`` of prepared images."""
-        return softmax(self.prepared_logits(ready, tta), self.temperature).mean(0)
+        """Calibrated probabilities ``(n, classes)`` of prepared images (per-label scores for a multi-label run)."""
+        return self.scores(self.prepared_logits(ready, tta))
+
+    def scores(self, view_logits: np.ndarray) -> np.ndarray:
+        """``(views, n, classes)`` logits -> calibrated ``(n, classes)`` scores, as the run's task defines them."""
+        if self.decision is not None:
+            return self.decision.scores(view_logits)
+        return softmax(view_logits, self.temperature).mean(0)
+
+    def record(self, row, topk: int = 1) -> dict[str, Any]:
+        """One image's answer: top-k classes, or a multi-label run's labels above their thresholds."""
+        return self.decision.record(row) if self.decision is not None else top_classes(row, self.classes, topk)
 
     def predict_paths(self, paths: Sequence[str], topk: int = 1, batch_size: int = 64, tta: bool = False,
                       workers: int | None = None) -> list[dict]:
         """One record per file, in order: ``path``, ``label``, ``score``, ``topk``; or ``error`` (said on stderr)
         for a file that cannot be used."""
         logits, positions, bad = self.view_logits(list(paths), tta=tta, batch_size=batch_size, workers=workers)
-        probs = softmax(logits, self.temperature).mean(0)
-        return path_records(list(paths), positions, probs, bad, self.classes, topk)
+        return path_records(list(paths), positions, self.scores(logits), bad, lambda row: self.record(row, topk))
 
     def predict(self, images, topk: int = 1, tta: bool = False, batch_size: int = 64) -> dict | list[dict]:
         """Top-k records for one image or a list (PIL images, numpy arrays or paths), without writing anything;
         an image that cannot be used gets ``label`` None and an ``error`` instead of stopping the others."""
-        return predict_images(images, self.prepare, lambda ready: self.probabilities(ready, tta), self.classes, topk,
-                              batch_size)
+        return predict_images(images, self.prepare, lambda ready: self.probabilities(ready, tta),
+                              lambda row: self.record(row, topk), batch_size)
 
     def predict_prepared(self, ready: list, topk: int = 1, tta: bool = False, batch_size: int = 64) -> list[dict]:
         """:meth:`predict` on images already through :meth:`prepare`, ``batch_size`` per pass."""
-        return [top_classes(row, self.classes, topk) for start in range(0, len(ready), batch_size)
+        return [self.record(row, topk) for start in range(0, len(ready), batch_size)
                 for row in self.probabilities(ready[start:start + batch_size], tta)]
 
     def info(self) -> dict[str, Any]:
@@ -91,5 +104,6 @@ class Predictor:
         return {"source": "run", "engine": self.engine, "run": self.path.name, "model": config.get("model"),
                 "strategy": summary.get("strategy", config.get("strategy")), "classes": list(self.classes),
                 "preprocessing": self.preprocessing.describe(), "temperature": self.temperature,
+                **({"task": "multilabel", "thresholds": self.decision.thresholds} if self.decision else {}),
                 "test_metrics": headline_test_metrics(run.read_json(RunDir.TEST_METRICS), summary)}
 

@@ -26,6 +26,7 @@ from headstart.data.images import BadImageError, load_image
 from headstart.data.transforms import eval_transform
 from headstart.predict.base import Predictor
 from headstart.predict.metadata import INPUT, ExportMetadata
+from headstart.predict.multilabel import Decision
 
 
 class OnnxModel(Predictor):
@@ -52,6 +53,7 @@ class OnnxModel(Predictor):
             raise PathNotFoundError(f"{self.path} does not exist; pass an .onnx file made by `headstart export`.")
         self.session = make_session(self.path, threads)
         self.metadata = ExportMetadata.from_props(self.session.get_modelmeta().custom_metadata_map, str(self.path))
+        self.decision = Decision.of(self.metadata.classes, self.metadata.decision)
         if [i.name for i in self.session.get_inputs()] != [INPUT]:
             raise WeightsError(f"{self.path} does not take one input named '{INPUT}'; export it again.")
         self._transforms: dict[int, object] = {}

@@ -21,12 +21,13 @@ def top_classes(probs, classes: Sequence[str], topk: int) -> dict[str, Any]:
 
 
 def predict_images(images, prepare: Callable[[Any], Any], probabilities: Callable[[list], Any],
-                   classes: Sequence[str], topk: int = 1, batch_size: int = 64) -> dict | list[dict]:
+                   record: Callable[[Any], dict], batch_size: int = 64) -> dict | list[dict]:
     """Top-k records for one image or a list of them (PIL images, numpy arrays or paths), ``batch_size`` at a time.
 
     Args:
         prepare: one RGB PIL image -> what ``probabilities`` batches (a tensor, an array).
         probabilities: a list of prepared images -> their calibrated probabilities, one row each.
+        record: one row of probabilities -> the image's answer (:func:`top_classes`, or a multi-label decision's).
 
     An image that cannot be used gets ``label`` and ``score`` None and an ``error`` instead of stopping the others.
     """
@@ -43,17 +44,17 @@ def predict_images(images, prepare: Callable[[Any], Any], probabilities: Callabl
                 results[i] = {"label": None, "score": None, "error": exc.reason}
         if ready:
             for i, row in zip(where, probabilities(ready)):
-                results[i] = top_classes(row, classes, topk)
+                results[i] = record(row)
     return results[0] if single else results
 
 
 def path_records(paths: Sequence[str], positions: Sequence[int], probs, bad: Sequence[tuple[str, str]],
-                 classes: Sequence[str], topk: int) -> list[dict]:
-    """One record per path, in order: top-k of ``probs`` (one row per position in ``positions``, the paths that
-    could be used), or ``error`` (the reason in ``bad``, said on stderr)."""
+                 record: Callable[[Any], dict]) -> list[dict]:
+    """One record per path, in order: ``record`` of its row of ``probs`` (one row per position in ``positions``,
+    the paths that could be used), or ``error`` (the reason in ``bad``, said on stderr)."""
     results: list[dict | None] = [None] * len(paths)
     for row, i in enumerate(positions):
-        results[i] = {"path": paths[i], **top_classes(probs[row], classes, topk)}
+        results[i] = {"path": paths[i], **record(probs[row])}
     reasons = dict(bad)
     for i, path in enumerate(paths):
         if results[i] is None:

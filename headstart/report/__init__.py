@@ -49,7 +49,11 @@ def write_report(path: str | Path, out: str | Path | None = None, *, top_losses:
                                "`headstart compare`.")
     target = Path(out) if out is not None else path / RunDir.REPORT
     refuse_run_files([target], own=path, allowed=(RunDir.REPORT,))  # before the work, not after it
-    if run.is_run():
+    if run.is_run() and run.config().get("task") == "multilabel":
+        from headstart.report.multilabel import multilabel_report  # only the page asked for is imported
+
+        html = multilabel_report(path, max_images=max_images, device=device, loaded=loaded)
+    elif run.is_run():
         from headstart.report.run import run_report  # only the page asked for is imported
 
         html = run_report(path, top_losses=top_losses, max_images=max_images, device=device, loaded=loaded,

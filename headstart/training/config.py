@@ -61,6 +61,8 @@ class TrainConfig:
         tensorboard: log each epoch (losses, accuracies, every layer group's learning rate) and the test confusion
             matrix to ``RUN/tensorboard`` (needs ``pip install 'headstart[tensorboard]'``).
         report: write ``RUN/report.html`` at the end (``compare`` turns it off and reports its whole folder).
+        label_delimiter: a multi-label CSV's separator between an image's labels.
+        threshold: multi-label: one threshold for every label instead of each label's F1-optimal one on validation.
     """
 
     data: str
@@ -97,6 +99,8 @@ class TrainConfig:
     report: bool = True
     choose: str | None = None
     budget: float | str | None = None
+    label_delimiter: str = ";"
+    threshold: float | None = None
 
     @classmethod
     def default(cls, name: str):
@@ -134,6 +138,10 @@ class TrainConfig:
                 raise UsageError(f"{name} must be 0 (off) or positive, got {value}.")
         if self.max_pixels is not None:
             _positive_int("--max-pixels", self.max_pixels, 1)
+        if self.threshold is not None and not 0 < self.threshold < 1:
+            raise UsageError(f"--threshold must be between 0 and 1 (e.g. 0.5), got {self.threshold}.")
+        if not self.label_delimiter:
+            raise UsageError("--label-delimiter must be at least one character, e.g. ';'.")
         self.budget = parse_budget(self.budget)
         if self.choose is not None and (self.image_size is not None or self.model != DEFAULT_MODEL):
             raise UsageError("--choose picks the backbone and its image size; leave out --model and --image-size "

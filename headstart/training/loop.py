@@ -19,7 +19,7 @@ import copy
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -76,15 +76,18 @@ def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]
 
 def train_one_epoch(model, loader: DataLoader, optimizer, scheduler, runtime: Runtime, desc: str = "train",
                     criterion: Callable | None = None, mix: Callable | None = None,
-                    penalty: Callable[[], torch.Tensor] | None = None) -> dict:
+                    penalty: Callable[[], torch.Tensor] | None = None,
+                    correct: Callable[[torch.Tensor, torch.Tensor], float] | None = None) -> dict:
     """One pass over ``loader``; ``model`` may be DDP-wrapped. Returns loss and accuracy summed over all ranks.
 
     Args:
         criterion: ``(logits, targets) -> loss``; default plain cross-entropy.
         mix: ``(images, labels) -> (images, soft targets)`` applied to each batch (MixUp / CutMix), or None.
         penalty: a regulariser added to the loss (L2-SP), or None. ``train_loss`` reports the data term only.
+        correct: ``(logits, targets) -> right decisions in the batch`` for ``train_acc``; default top-1.
     """
     criterion = criterion or make_criterion()
+    correct_in = correct or _correct
     scaler = runtime.grad_scaler()  # fp16 on CUDA; does nothing for bf16 and fp32
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
@@ -107,7 +110,7 @@ def train_one_epoch(model, loader: DataLoader, optimizer, scheduler, runtime: Ru
         scaler.update()
         scheduler.step()
         total_loss += data_loss.item() * len(labels)
-        correct += _correct(logits, targets)
+        correct += correct_in(logits, targets)
         seen += len(labels)
         bar.set_postfix(loss=f"{total_loss / seen:.3f}")
     total_loss, correct, seen = all_reduce_sum([total_loss, correct, seen], runtime.device)
@@ -187,6 +190,8 @@ class _Training:
     patience: int
     seed: int
     budget: Callable[[float], bool] | None = None  # another epoch as long as the last fits? (train --budget)
+    evaluate: Callable = evaluate
+    correct: Callable | None = None
 
 
 def _seed_epoch(seed: int, global_epoch: int, rank: int) -> None:
@@ -211,6 +216,7 @@ def fit(
     class_weights: torch.Tensor | None = None,
     l2sp_reference: dict[str, torch.Tensor] | None = None,
     budget: Callable[[float], bool] | None = None,
+    objective=None,
 ) -> FitState:
     """Runs every phase of ``strategy``.
 
@@ -239,6 +245,9 @@ def fit(
             gradient-descent epoch after a phase's first with the last epoch's seconds; when it says another would
             not fit, the phase ends as early stopping ends it (its best weights kept) and
             ``FitState.stopped_by_budget`` names it. Every rank decides the same.
+        objective: what another task optimises and how its epochs are judged: an object with ``criterion``,
+            ``correct`` and ``evaluate`` (:class:`headstart.training.multilabel.MultiLabelObjective`); it replaces
+            the cross-entropy, the top-1 accuracy and :func:`evaluate`. None: single-label classification.
     """
     state = FitState(**resume["fit_state"]) if resume else FitState()
     phase_best_state = resume.get("phase_best_state") if resume else None
@@ -246,6 +255,9 @@ def fit(
         l2sp_reference = {n: p.detach().clone() for n, p in model.backbone.named_parameters()}
     training = _Training(make_criterion(label_smoothing, class_weights), make_mixer(model.num_classes, mixup, cutmix),
                          l2sp_reference, weight_decay, patience, seed, budget)
+    if objective is not None:  # another task: its loss, its accuracy, its validation figures
+        training = replace(training, criterion=objective.criterion, mix=None, evaluate=objective.evaluate,
+                           correct=objective.correct)
     for phase_index, phase in enumerate(strategy.phases):
         if phase_index < state.phase:
             continue  # finished before the run was interrupted
@@ -371,8 +383,8 @@ def _run_sgd_phase(model, phase: Phase, loaders, runtime: Runtime, state: FitSta
             sampler.set_epoch(state.global_epoch)
         train = train_one_epoch(train_model, loaders["train"], optimizer, scheduler, runtime,
                                 desc=f"{phase.name} {state.epoch + 1}/{phase.epochs}", criterion=training.criterion,
-                                mix=training.mix, penalty=penalty)
-        val = evaluate(model, loaders["val"], runtime)
+                                mix=training.mix, penalty=penalty, correct=training.correct)
+        val = training.evaluate(model, loaders["val"], runtime)
         improved, phase_improved = _end_epoch(state, val["loss_calibrated"], training.patience, phase.epochs)
         if phase_improved:
             phase_best_state = copy.deepcopy(model.state_dict())

@@ -30,6 +30,7 @@ from headstart.data.leakage import (
     leak_proof_split,
     loud_classes,
 )
+from headstart.data.multilabel import is_multilabel_csv
 from headstart.data.rundir import RunDir, shipped_backbone_is_frozen
 from headstart.data.sources import DataSplits, discover, validate
 from headstart.data.transforms import eval_transform, train_transform
@@ -489,6 +490,10 @@ def train(cfg: TrainConfig, resume: bool = False, started: float | None = None) 
         started: when ``cfg.budget``'s clock started (``time.monotonic()``); default now. The command line passes
             its process's start, so the budget covers what its user waits for.
     """
+    if (RunDir(cfg.out).config().get("task") if resume else "multilabel" * is_multilabel_csv(cfg.data)):
+        from headstart.training.train_multilabel import train_multilabel  # it builds on this module
+
+        return train_multilabel(cfg, resume)
     t_start = time.time()
     _check_options(cfg)
     budget = Budget(cfg.budget, started or time.monotonic()) if cfg.budget is not None and not resume else None

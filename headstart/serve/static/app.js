@@ -88,10 +88,17 @@ function addCard(file) {
   return node;
 }
 
+// A multi-label run answers with every label above its threshold (labels, scores) instead of top-k classes.
+function multiLabel(p) {
+  const given = p.labels.map((label, i) => ({ label, score: p.scores[i] }));
+  return { label: p.labels.length ? p.labels.join(", ") : "no label above its threshold", score: null, topk: given };
+}
+
 function showPrediction(card, p) {
+  if (Array.isArray(p.labels)) p = multiLabel(p);
   card.classList.remove("pending");
   card.querySelector(".label").textContent = p.label;
-  card.querySelector(".score").textContent = pct(p.score);
+  card.querySelector(".score").textContent = p.score == null ? "" : pct(p.score);
   const bars = card.querySelector(".bars");
   bars.replaceChildren(...p.topk.map((t) => {
     const li = document.createElement("li");
@@ -134,7 +141,7 @@ async function predict(file, card) {
       return;
     }
     const p = data.predictions[0];
-    if (p.label == null) showError(card, p.error || "no prediction");
+    if (p.error || (p.label == null && !Array.isArray(p.labels))) showError(card, p.error || "no prediction");
     else showPrediction(card, p);
   } catch (err) {
     showError(card, "the server did not answer (" + err.message + ")");

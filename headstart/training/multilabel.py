@@ -1,0 +1,141 @@
+"""What training optimises when an image has several labels: the objective the loop takes, and the head fitted on
+cached features.
+
+- Loss: binary cross-entropy on each label's logit (``BCEWithLogits``), with a per-label positive weight
+  ``min(n_neg / n_pos, 10)`` when ``--balance weights`` is asked for or a label is rare (under a tenth of the images
+  hold it), so a rare label's few positives are not drowned by its negatives; capped, since a weight of 100 makes the
+  scores of that label useless as probabilities. (fastai and Keras use the plain loss by default.)
+- Selection: every epoch is judged by its validation loss after one temperature per label is fitted to it, as the
+  single-label loop judges its epochs after one temperature, so a calibrated probe and an over-confident network
+  are compared on the same footing. Under DDP each rank fits the temperatures on its own shard (an approximation).
+- Accuracy in the epoch lines is the share of right yes/no decisions at a score of 0.5 (1 - Hamming loss).
+- Probe: one logistic regression per label on the standardised frozen features, each label's C chosen by its own
+  validation loss (a rare label wants stronger regularisation than a common one); the heads stack into the model's
+  ``nn.Linear``. No refit on train + validation: the thresholds and temperatures chosen on validation belong to the
+  head validation saw.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from headstart.core.distributed import all_reduce_sum
+from headstart.core.hashing import KnownHashes
+from headstart.core.preprocessing import Preprocessing
+from headstart.core.runtime import Runtime
+from headstart.predict.multilabel import bce, fit_temperatures
+from headstart.training.heads import _standardiser, _threads_for, _unstandardise
+from headstart.training.loop import predict_logits
+from headstart.training.probe import _features
+
+C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+RARE_SHARE = 0.1  # a label held by fewer images than this share gets a positive weight even without --balance
+MAX_POS_WEIGHT = 10.0
+
+
+def positive_weights(y: np.ndarray, balance: bool) -> torch.Tensor | None:
+    """``n_neg / n_pos`` per label (at most 10; 1 for a label with no positive), for every label with ``balance``,
+    else only for rare ones; None when no label needs one."""
+    y = np.asarray(y, np.float64)
+    pos = y.sum(0)
+    ratio = np.where(pos > 0, (len(y) - pos) / np.maximum(pos, 1), 1.0)
+    weight = np.clip(ratio, 1.0, MAX_POS_WEIGHT)
+    if not balance:
+        weight = np.where(pos < RARE_SHARE * len(y), weight, 1.0)
+    return None if np.allclose(weight, 1.0) else torch.as_tensor(weight, dtype=torch.float32)
+
+
+def calibrated_bce(logits: np.ndarray, y: np.ndarray) -> tuple[float, list[float]]:
+    """Validation loss after one temperature per label, and the temperatures."""
+    temperatures = fit_temperatures(logits, y)
+    return bce(logits / np.asarray(temperatures), y), temperatures
+
+
+@dataclass(frozen=True)
+class MultiLabelObjective:
+    """The loop's objective for multi-label runs: ``criterion``, ``correct`` and ``evaluate`` (the same figures
+    under the same keys as the single-label ones)."""
+
+    pos_weight: torch.Tensor | None = None
+
+    def criterion(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        weight = self.pos_weight.to(logits.device) if self.pos_weight is not None else None
+        return F.binary_cross_entropy_with_logits(logits.float(), targets.float(), pos_weight=weight)
+
+    def correct(self, logits: torch.Tensor, targets: torch.Tensor) -> float:
+        """Images' shares of right decisions at 0.5, summed over the batch."""
+        return ((logits.detach() > 0) == (targets > 0.5)).float().mean(1).sum().item()
+
+    def evaluate(self, model, loader, runtime: Runtime, desc: str = "val") -> dict:
+        logits, labels = predict_logits(model, loader, runtime, desc)
+        z, y = logits.numpy().astype(np.float64), labels.numpy().astype(np.float64)
+        n = len(y)
+        raw = bce(z, y) * n if n else 0.0
+        calibrated, temperatures = calibrated_bce(z, y) if n else (0.0, [])
+        right = float(((z > 0) == (y > 0.5)).mean(1).sum()) if n else 0.0
+        raw, calibrated, right, n = all_reduce_sum([raw, calibrated * n, right, n], runtime.device)
+        return {"loss": raw / max(1, n), "acc": right / max(1, n), "loss_calibrated": calibrated / max(1, n),
+                "temperature": float(np.mean(temperatures)) if temperatures else 1.0, "all_correct": False}
+
+
+def fit_label_heads(x_train, y_train, x_val, y_val, grid=C_GRID) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """One standardised logistic regression per label, its C chosen by that label's validation loss; a label with
+    a single value in training gets a constant logit (its training log-odds, clipped). Returns the stacked weight,
+    bias (on raw features) and the chosen Cs."""
+    from sklearn.linear_model import LogisticRegression  # sklearn: 1.5 s to import, paid only by the runs that fit it
+
+    mean, std = _standardiser(x_train)
+    xt, xv = (x_train - mean) / std, (x_val - mean) / std
+    coef, intercept, chosen = np.zeros((y_train.shape[1], xt.shape[1])), np.zeros(y_train.shape[1]), []
+    for j in range(y_train.shape[1]):
+        yt = y_train[:, j]
+        if yt.min() == yt.max():
+            p = np.clip(yt.mean(), 1e-3, 1 - 1e-3)
+            intercept[j], chosen = np.log(p / (1 - p)), chosen + [None]
+            continue
+        clf, best = LogisticRegression(max_iter=1000, tol=1e-3, warm_start=True), None
+        for c in grid if len(y_val) else [1.0]:
+            clf.set_params(C=c).fit(xt, yt)
+            loss = bce(xv @ clf.coef_[0] + clf.intercept_[0], y_val[:, j]) if len(y_val) else 0.0
+            if best is None or loss < best[0]:
+                best = (loss, c, clf.coef_[0].copy(), clf.intercept_[0])
+        _, c, coef[j], intercept[j] = best
+        chosen.append(c)
+    weight, bias = _unstandardise(coef, intercept, mean, std)
+    return weight, bias, chosen
+
+
+@dataclass(frozen=True)
+class MultiLabelProbe:
+    """The ``probe`` of a ``fit="features"`` phase for multi-label runs (the loop calls it as
+    ``probe(model, train_loader, val_loader, runtime)``); features come from the cache as single-label probes'."""
+
+    preprocessing: Preprocessing | None = None
+    known_hashes: KnownHashes | None = None
+    cache_dir: str | None = None
+
+    def __call__(self, model, train_loader, val_loader, runtime: Runtime) -> dict:
+        t0 = time.time()
+        x_train, y_train, n_train = _features(model, train_loader, runtime, self.preprocessing, self.cache_dir,
+                                              "features (train)", self.known_hashes)
+        x_val, y_val, n_val = _features(model, val_loader, runtime, self.preprocessing, self.cache_dir,
+                                        "features (val)", self.known_hashes)
+        t1 = time.time()
+        with _threads_for(x_train.size):
+            weight, bias, cs = fit_label_heads(x_train, y_train, x_val, y_val)
+        with torch.no_grad():
+            model.head.weight.copy_(torch.as_tensor(weight, dtype=model.head.weight.dtype))
+            model.head.bias.copy_(torch.as_tensor(bias, dtype=model.head.bias.dtype))
+        logits = x_val @ weight.T + bias
+        calibrated, temperatures = calibrated_bce(logits, y_val)
+        return {"head": "logreg-per-label", "C": cs, "probe_val_loss": bce(logits, y_val),
+                "probe_val_acc": float(((logits > 0) == (y_val > 0.5)).mean()),
+                "probe_val_loss_calibrated": calibrated, "probe_temperature": float(np.mean(temperatures)),
+                "probe_val_all_correct": False, "features_computed": n_train + n_val,
+                "features_cached": len(y_train) + len(y_val) - n_train - n_val,
+                "feature_seconds": round(t1 - t0, 3), "head_seconds": round(time.time() - t1, 3)}
