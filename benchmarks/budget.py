@@ -13,7 +13,8 @@ what the run chose and shipped, wall time, and the machine's load average when t
 the CPU is labelled by it: a budget buys fewer epochs then).
 
 Data sets: Fashion-MNIST at `--labels` per class (train + 10 val per class from the training set, 1,000 test
-images), scikit-learn's digits (1,797 8x8 images as 32 px PNGs; headstart splits validation and test by seed) and
+images), scikit-learn's digits (1,797 8x8 images as 32 px PNGs, a stratified third held out as test by seed;
+headstart takes validation from the rest) and
 scikit-image textures: 64 px patches of six real pictures (brick, grass, gravel, a retina, stained tissue, the Hubble
 deep field), each class's train/validation patches from the top 60% of its picture and its test patches from the
 bottom 40%, so no test patch overlaps a training one.
@@ -59,6 +60,25 @@ def write_textures(folder: Path, per_class: int, seed: int, side: int = 64, test
     return folder
 
 
+def write_digits_split(folder: Path, seed: int, side: int = 32) -> Path:
+    """scikit-learn's digits as ``train/`` (2/3, headstart takes validation from it) and ``test/`` (1/3),
+    stratified by seed: a flat folder would give headstart no test split."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    idx = np.arange(len(digits.target))
+    train, test = train_test_split(idx, test_size=1 / 3, stratify=digits.target, random_state=seed)
+    for split, members in (("train", train), ("test", test)):
+        for i in members:
+            (folder / split / str(digits.target[i])).mkdir(parents=True, exist_ok=True)
+            pixels = np.round(digits.images[i] * (255 / 16)).astype(np.uint8)  # digits are 0-16
+            Image.fromarray(pixels, mode="L").resize((side, side), Image.BICUBIC).save(
+                folder / split / str(digits.target[i]) / f"{i:04d}.png")
+    return folder
+
+
 def arms(budgets: list[str]) -> dict[str, tuple[list[str], str | None]]:
     """Arm name -> (extra arguments, the strategy named or None for auto)."""
     out = {"default (auto, Lite0 224 px)": ([], None)}
@@ -101,7 +121,11 @@ def main() -> None:
     results = json.loads(results_file.read_text()) if results_file.exists() else []
     done = {(r["set"], r["arm"], r["seed"]) for r in results}
     for seed in args.seeds:
-        sets = make_sets(args.out / "data", args.labels, seed, test_images=1000)
+        sets = {k: v for k, v in make_sets(args.out / "data", args.labels, seed, test_images=1000).items()
+                if not k.startswith("digits")}  # a flat folder: no test split
+        digits = args.out / "data" / f"digits-split-seed{seed}"
+        sets["digits (sklearn), 1,198 train / 599 test"] = digits if digits.exists() else \
+            write_digits_split(digits, seed)
         textures = args.out / "data" / f"textures-seed{seed}"
         sets["scikit-image textures, 20 patches/class"] = textures if textures.exists() else \
             write_textures(textures, 20, seed)
