@@ -199,25 +199,13 @@ def _seed_epoch(seed: int, global_epoch: int, rank: int) -> None:
     torch.manual_seed(seed * 1_000_003 + global_epoch * 101 + rank)
 
 
-def fit(
-    model: TransferModel,
-    strategy: Strategy,
-    loaders: dict[str, DataLoader],
-    runtime: Runtime,
-    patience: int = 3,
-    weight_decay: float = 0.05,
-    on_epoch: Callable[[dict, FitState, dict], None] | None = None,
-    label_smoothing: float = 0.0,
-    seed: int = 0,
-    resume: dict | None = None,
-    probe: Callable[[TransferModel, DataLoader, DataLoader, Runtime], dict] | None = None,
-    mixup: float = 0.0,
-    cutmix: float = 0.0,
-    class_weights: torch.Tensor | None = None,
-    l2sp_reference: dict[str, torch.Tensor] | None = None,
-    budget: Callable[[float], bool] | None = None,
-    objective=None,
-) -> FitState:
+def fit(model: TransferModel, strategy: Strategy, loaders: dict[str, DataLoader], runtime: Runtime,
+        patience: int = 3, weight_decay: float = 0.05, on_epoch: Callable[[dict, FitState, dict], None] | None = None,
+        label_smoothing: float = 0.0, seed: int = 0, resume: dict | None = None,
+        probe: Callable[[TransferModel, DataLoader, DataLoader, Runtime], dict] | None = None, mixup: float = 0.0,
+        cutmix: float = 0.0, class_weights: torch.Tensor | None = None,
+        l2sp_reference: dict[str, torch.Tensor] | None = None, budget: Callable[[float], bool] | None = None,
+        objective=None) -> FitState:
     """Runs every phase of ``strategy``.
 
     Args:
@@ -241,10 +229,9 @@ def fit(
             validation loss that picks the best epoch stays plain cross-entropy (temperature-scaled).
         l2sp_reference: pretrained backbone parameters by name, for phases with ``l2sp``; default the backbone's
             weights when ``fit`` starts (pass them when resuming: the model then holds trained weights).
-        budget: ``train --budget``'s clock (:meth:`headstart.training.budget.Budget.allows`): called before each
-            gradient-descent epoch after a phase's first with the last epoch's seconds; when it says another would
-            not fit, the phase ends as early stopping ends it (its best weights kept) and
-            ``FitState.stopped_by_budget`` names it. Every rank decides the same.
+        budget: ``train --budget``'s clock (:class:`headstart.training.budget.TrainingClock`), asked before each
+            gradient-descent epoch after a phase's first with the last epoch's seconds; when no other fits, the
+            phase ends as early stopping ends it and ``FitState.stopped_by_budget`` names it (every rank agrees).
         objective: what another task optimises and how its epochs are judged: an object with ``criterion``,
             ``correct`` and ``evaluate`` (:class:`headstart.training.multilabel.MultiLabelObjective`); it replaces
             the cross-entropy, the top-1 accuracy and :func:`evaluate`. None: single-label classification.
@@ -255,9 +242,7 @@ def fit(
         l2sp_reference = {n: p.detach().clone() for n, p in model.backbone.named_parameters()}
     training = _Training(make_criterion(label_smoothing, class_weights), make_mixer(model.num_classes, mixup, cutmix),
                          l2sp_reference, weight_decay, patience, seed, budget)
-    if objective is not None:  # another task: its loss, its accuracy, its validation figures
-        training = replace(training, criterion=objective.criterion, mix=None, evaluate=objective.evaluate,
-                           correct=objective.correct)
+    training = _for_objective(training, objective)
     for phase_index, phase in enumerate(strategy.phases):
         if phase_index < state.phase:
             continue  # finished before the run was interrupted
@@ -270,6 +255,14 @@ def fit(
         if phase_best_state is not None:
             model.load_state_dict(phase_best_state)  # the next phase starts from this phase's best weights
     return state
+
+
+def _for_objective(training: _Training, objective) -> _Training:
+    """``training`` for another task (``fit``'s ``objective``): its loss, its accuracy, its validation figures."""
+    if objective is None:
+        return training
+    return replace(training, criterion=objective.criterion, mix=None, evaluate=objective.evaluate,
+                   correct=objective.correct)
 
 
 def _run_phase(model, phase: Phase, loaders, runtime: Runtime, state: FitState, training: _Training, probe,

@@ -536,13 +536,18 @@ def train(cfg: TrainConfig, resume: bool = False, started: float | None = None) 
         tensorboard.close(summary, run.read_json(run.TEST_METRICS))
     if cfg.report:
         _report(run, plan, summary, replace(runtime, rank=0, world_size=1), data.splits.hashes)
-    if budget_plan:  # the whole command, its imports and the report included
-        summary["budget"]["spent_s"] = round(budget.spent(), 1)
-        summary["budget"]["within"] = summary["budget"]["spent_s"] <= budget.seconds
-        run.write_json(run.SUMMARY, summary)
-        log(f"budget: {summary['budget']['spent_s']:.0f} s of {budget.seconds:.0f} s spent; shipped: "
-            f"{summary['budget']['shipped']}")
+    if budget_plan:
+        _budget_spent(run, summary, budget)
     return summary
+
+
+def _budget_spent(run: RunDir, summary: dict, budget: Budget) -> None:
+    """The whole command's time against ``--budget`` (its imports and the report included), in the summary."""
+    summary["budget"]["spent_s"] = round(budget.spent(), 1)
+    summary["budget"]["within"] = summary["budget"]["spent_s"] <= budget.seconds
+    run.write_json(run.SUMMARY, summary)
+    log(f"budget: {summary['budget']['spent_s']:.0f} s of {budget.seconds:.0f} s spent; shipped: "
+        f"{summary['budget']['shipped']}")
 
 
 def _budget_outcome(plan: dict, state: FitState, summary: dict) -> dict:
