@@ -79,6 +79,7 @@ class RunDir:
     LR_FIND_PLOT = "lr_find.png"
     REPORT = "report.html"
     TENSORBOARD = "tensorboard"  # a folder: TensorBoard's event files (``train --tensorboard``)
+    HEATMAPS = "heatmaps"  # a folder: the report's Grad-CAM overlays, kept so a page drawn again needs no torch
     ONNX = "model.onnx"
     ONNX_INT8 = "model.int8.onnx"
     PT2 = "model.pt2"
@@ -91,7 +92,7 @@ class RunDir:
     # Everything a run of headstart writes here; --overwrite removes these (and only these) first.
     OWNED = (CONFIG, CLASSES, SPLIT, SKIPPED, LEAKAGE, FINGERPRINTS, METRICS, BEST, PHASE_BEST, LAST, SUMMARY,
              TEST_METRICS, EVALUATION, CONFUSION, ADAPT, LR_FIND, LR_FIND_PLOT, REPORT, TENSORBOARD, ONNX, ONNX_INT8,
-             PT2, EXPORT, CURVES, RELIABILITY, BACKBONE_CHOICE, LABEL_ISSUES, LABEL_ISSUES_PAGE)
+             PT2, EXPORT, CURVES, RELIABILITY, BACKBONE_CHOICE, LABEL_ISSUES, LABEL_ISSUES_PAGE, HEATMAPS)
 
     def __init__(self, path: str | Path):
         self.path = Path(path)

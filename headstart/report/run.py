@@ -8,9 +8,13 @@ held-out images.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
+
+from PIL import Image
 
 import headstart
 from headstart.core.errors import HeadstartError
@@ -480,7 +484,12 @@ class RunReport:
 
     def _heatmaps(self, shown) -> tuple[list, str]:
         """The Grad-CAM overlay of each shown image for its predicted class (None where there is none), through
-        the run's torch network; and why there are none when it cannot be loaded or explained."""
+        the run's torch network; and why there are none when it cannot be loaded or explained. Each overlay is
+        kept in ``RUN/heatmaps/`` under a key of the image (path, size, mtime), the class and the weights file's
+        mtime, so a page drawn again with the same top losses (``evaluate`` on a cached run) loads no torch."""
+        kept = [self.run.path / RunDir.HEATMAPS / f"{self._heatmap_key(p)}.png" for p in shown]
+        if kept and all(k.exists() for k in kept):
+            return [Image.open(k) for k in kept], ""
         from headstart.explain import heatmap_images, torch_run  # torch and captum: only when heat maps are drawn
 
         try:
@@ -489,7 +498,23 @@ class RunReport:
             pictures = heatmap_images(run, [p.path for p in shown], [index.get(p.predicted, 0) for p in shown])
         except (HeadstartError, RuntimeError) as exc:  # the page is still worth having without them
             return [None] * len(shown), str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return [None if isinstance(picture, str) else picture for picture in pictures], ""
+        pictures = [None if isinstance(picture, str) else picture for picture in pictures]
+        try:
+            kept[0].parent.mkdir(exist_ok=True)
+            for picture, path in zip(pictures, kept):
+                if picture is not None:
+                    picture.save(path)
+        except (OSError, IndexError):  # a read-only run: drawn again next time
+            pass
+        return pictures, ""
+
+    def _heatmap_key(self, p) -> str:
+        try:
+            st, weights = os.stat(p.path), (self.run.path / RunDir.BEST).stat().st_mtime_ns
+        except OSError:
+            return "missing"
+        text = f"{p.path}|{st.st_size}|{st.st_mtime_ns}|{p.predicted}|{weights}"
+        return hashlib.sha1(text.encode()).hexdigest()[:20]
 
     def labels(self):
         """``check --labels --run`` wrote ``label_issues.csv`` here: its thumbnails."""

@@ -137,6 +137,7 @@ def test_a_cached_evaluate_and_predict_never_import_torch(probe):
                           env={**os.environ}, timeout=300, check=False)
     verdict = json.loads(done.stderr.strip().splitlines()[-1])
     assert verdict == {"rc": [0, 0], "torch": False}, done.stderr[-2000:]
+    assert any((run / "heatmaps").glob("*.png"))  # the report's Grad-CAM overlays, kept: drawn again without torch
     assert json.loads(done.stdout.split("\n[")[0])["num_images"] == 12
 
 
