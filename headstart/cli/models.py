@@ -54,7 +54,7 @@ def run(args) -> int:
 def _measured(name: str, size: int) -> float | None:
     """The last figure measured for ``name`` at ``size`` px on this CPU (any precision and threads), or None."""
     found = [r for r in remembered_speeds() if r.get("backbone") == name and r.get("resolution") == size
-             and r.get("machine") == cpu_model()]
+             and r.get("machine") == cpu_model() and r.get("work", "extract") == "extract"]  # the backbone's own
     return found[-1]["img_per_s"] if found else None
 
 

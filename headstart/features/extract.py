@@ -35,7 +35,7 @@ from headstart.data.dataset import ImageFiles, default_workers, make_loader
 from headstart.data.transforms import eval_resize_crop
 from headstart.features.cache import FeatureCache, feature_key
 from headstart.features.forward import choose_engine, eval_forward
-from headstart.features.speed import throughput
+from headstart.features.speed import observe, throughput
 from headstart.zoo.model import TransferModel
 
 SHARD_ROWS = 4096  # rows per cache shard (21 MB at 1280 features): what an interrupted extraction loses at most
@@ -247,6 +247,8 @@ def _compute_into(cache: FeatureCache, model, paths: list[str], keys: list[str],
         torch.distributed.barrier()
         cache.refresh()
     seconds = time.perf_counter() - started
+    if not distributed:  # the next plan (train --budget) starts from what this pass ran at
+        observe(model.spec.name, preprocessing.crop, runtime, len(paths), seconds)
     if runtime.is_main and paths and seconds > 5:
         print(f"{desc}: computed {len(paths) * world} images in {seconds:.0f} s "
               f"({len(paths) * world / seconds:.1f} img/s)", file=sys.stderr, flush=True)

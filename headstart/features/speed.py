@@ -74,3 +74,19 @@ def throughput(backbone: str, resolution: int, runtime: Runtime, root: str | Pat
             forward(x)
             done += BATCH
     return remember(measured, done / (time.perf_counter() - start), root)
+
+
+def observe(backbone: str, resolution: int, runtime: Runtime, images: int, seconds: float, work: str = "extract",
+            root: str | Path | None = None) -> None:
+    """Remembers the rate a real pass just ran at (decoding included: what the next run's user waits for), as
+    ``<work>:observed``; passes too short to say anything (under 32 images or half a second) are not kept."""
+    if images >= 32 and seconds >= 0.5:
+        remember(conditions(backbone, resolution, runtime, work=f"{work}:observed"), images / seconds, root)
+
+
+def planning_rate(backbone: str, resolution: int, runtime: Runtime, work: str = "extract",
+                  root: str | Path | None = None) -> float | None:
+    """The rate to plan with: the last real pass's (:func:`observe`), which follows the machine as it is now (a
+    figure measured once on a busy machine would stay pessimistic, one from an idle moment optimistic); None when
+    no pass has been seen here yet."""
+    return remembered(conditions(backbone, resolution, runtime, work=f"{work}:observed"), root)

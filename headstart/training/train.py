@@ -40,7 +40,7 @@ from headstart.predict.calibration import calibration_summary, run_temperature
 from headstart.predict.run import LoadedRun, cached_logits_of
 from headstart.report import TensorBoardLogger, write_report
 from headstart.training.auto import choose_strategy
-from headstart.training.budget import Budget, check_fits, finish_seconds
+from headstart.training.budget import Budget, check_fits, finish_seconds, observe_epochs
 from headstart.training.budget import resolve as resolve_budget
 from headstart.training.choose import choose_backbone
 from headstart.training.config import TrainConfig
@@ -527,6 +527,9 @@ def train(cfg: TrainConfig, resume: bool = False, started: float | None = None) 
     barrier()
     if not runtime.is_main:
         return {}
+    if runtime.world_size == 1:  # what an epoch took here, for the next --budget's plan
+        observe_epochs(run.metrics(), cfg.model, plan.preprocessing.crop, runtime, len(data.splits.train),
+                       [p for p in plan.strategy.phases if p.fit != "features"])
     summary = _finish(cfg, run, plan, data, state, loaders, probe, runtime, meta)
     summary["seconds"] = time.time() - t_start
     if budget_plan:

@@ -35,6 +35,8 @@ def test_models_lists_the_speed_measured_here(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path))
     (tmp_path / SPEEDS).write_text(json.dumps([
         {"backbone": "efficientnet_lite0", "resolution": 224, "machine": cpu_model(), "img_per_s": 123.4},
+        {"backbone": "efficientnet_lite0", "resolution": 224, "machine": cpu_model(), "img_per_s": 50.0,
+         "work": "extract:observed"},  # a real pass (decoding included): not the backbone's own speed
         {"backbone": "efficientnet_lite1", "resolution": 240, "machine": "another CPU", "img_per_s": 99.0}]))
     assert main(["models", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}

@@ -47,6 +47,22 @@ def test_a_training_speed_is_measured_once_and_remembered(tmp_path):
     assert training_throughput("resnet20", 32, RUNTIME, phase, root=tmp_path) == record["img_per_s"]
 
 
+def test_a_real_pass_sets_the_rate_the_next_plan_uses(tmp_path):
+    from headstart.features.speed import observe, planning_rate
+
+    assert planning_rate("resnet20", 32, RUNTIME, root=tmp_path) is None
+    observe("resnet20", 32, RUNTIME, images=8, seconds=1.0, root=tmp_path)  # too few images to say anything
+    assert planning_rate("resnet20", 32, RUNTIME, root=tmp_path) is None
+    observe("resnet20", 32, RUNTIME, images=600, seconds=10.0, root=tmp_path)
+    observe("resnet20", 32, RUNTIME, images=300, seconds=10.0, root=tmp_path)  # the machine got busier
+    assert planning_rate("resnet20", 32, RUNTIME, root=tmp_path) == 30.0  # the last pass's
+    records = [{"phase": "fine-tune", "train_loss": 1.0, "seconds": 4.0}, {"phase": "head", "seconds": 1.0},
+               {"phase": "fine-tune", "train_loss": 0.9, "seconds": 6.0}]
+    budget_mod.observe_epochs(records, "resnet20", 32, RUNTIME, 100, [budget_mod.fine_tune_phase()])
+    # (the session's feature cache: conftest points HEADSTART_CACHE at a temporary folder)
+    assert planning_rate("resnet20", 32, RUNTIME, work="train:0.5:epoch") == 20.0  # 200 images in 10 s
+
+
 def _fit_epochs(budget) -> loop.FitState:
     model = build_model("resnet20", 3, pretrained=False)
     strategy = make_strategy("fine-tune", epochs=3, groups=len(model.group_names))
@@ -72,6 +88,7 @@ def speeds(monkeypatch):
     rates = {"eval": 1000.0, "train": 100.0}
     monkeypatch.setattr(budget_mod, "throughput", lambda *a, **k: rates["eval"])
     monkeypatch.setattr(budget_mod, "training_throughput", lambda *a, **k: rates["train"])
+    monkeypatch.setattr(budget_mod, "planning_rate", lambda *a, **k: None)  # no real pass seen before
     monkeypatch.setattr("headstart.cli.train.process_started", time.monotonic)
     return rates
 
