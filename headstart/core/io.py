@@ -8,6 +8,7 @@ no pickle) and the training state (``torch.save`` of tensors and plain types onl
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import tempfile
@@ -18,7 +19,7 @@ import safetensors.numpy
 import yaml
 from safetensors import safe_open
 
-from headstart.core.errors import DataError
+from headstart.core.errors import DataError, OutputError
 
 if TYPE_CHECKING:
     import torch
@@ -69,6 +70,21 @@ def write_yaml(path: str | Path, obj) -> None:
 
 def write_bytes(path: str | Path, data: bytes) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def write_csv_rows(path: str | Path, columns: list[str], rows: list[dict], what: str = "a folder") -> Path:
+    """``rows`` (dicts keyed by ``columns``) as a CSV with a header, its folder made; a place that cannot be
+    written is one sentence that says to pass ``what`` you can write to."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, columns)
+            writer.writeheader()
+            writer.writerows(rows)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path} ({exc.strerror or exc}); pass {what} you can write to.") from exc
+    return path
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

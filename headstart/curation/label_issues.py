@@ -16,7 +16,6 @@ judge. Measured on Fashion-MNIST and digits with planted flips: ``benchmarks/lab
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import numpy as np
 
 from headstart.core.errors import DataError, OutputError
 from headstart.core.hashing import KnownHashes
+from headstart.core.io import write_csv_rows
 from headstart.core.runtime import Runtime
 from headstart.data.sources import DataSplits
 from headstart.features.extract import extract_features
@@ -177,16 +177,7 @@ def _conflict_rows(conflicts, index: dict[str, int], probs: np.ndarray, quality:
 
 def write_csv(rows: list[dict], path: str | Path) -> Path:
     """The ranked rows as a CSV with :data:`COLUMNS`."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path} ({exc.strerror or exc}); pass a folder you can write to.") from exc
-    return path
+    return write_csv_rows(path, COLUMNS, rows, "a folder")
 
 
 def write_page(found: LabelIssues, path: str | Path, data: str, csv_name: str) -> Path:

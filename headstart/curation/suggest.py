@@ -17,7 +17,6 @@ Measured against random choice in a simulated labelling loop: ``benchmarks/sugge
 
 from __future__ import annotations
 
-import csv
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from headstart.core.errors import OutputError, UsageError
+from headstart.core.io import write_csv_rows
 from headstart.data.rundir import RunDir
 from headstart.data.sources import expand_paths
 from headstart.features.extract import extract_features
@@ -145,17 +145,7 @@ def _score_chunks(run, paths: list[str], fitted: set, kind: str, batch_size: int
 
 def write_csv(rows: list[dict], path: str | Path) -> Path:
     """The suggestions as a CSV with :data:`COLUMNS` (a labelling tool imports ``path``)."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path} ({exc.strerror or exc}); pass a file in a folder you can write "
-                          "to.") from exc
-    return path
+    return write_csv_rows(path, COLUMNS, rows, "a file in a folder")
 
 
 def copy_images(rows: list[dict], dest: str | Path) -> list[str]:
