@@ -269,12 +269,13 @@ def _check_options(cfg: TrainConfig) -> None:
     get_spec(cfg.model)
 
 
-def _new_data(run: RunDir, cfg: TrainConfig, runtime: Runtime) -> _Data:
-    """Finds the images, makes the run folder, checks every image and splits leak-proof; records what was left out."""
-    splits = discover(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed)
+def _new_data(run: RunDir, cfg: TrainConfig, runtime: Runtime, found=None, check=check_and_split) -> _Data:
+    """Finds the images (``found``: splits another task discovered), makes the run folder, checks every image and
+    splits leak-proof (``check``: that task's check); records what was left out."""
+    splits = found if found is not None else discover(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed)
     if runtime.is_main:  # checked before the images are: a wrong --out fails at once
         run.prepare(cfg.overwrite, inside=Path(cfg.data), dry_run=True)
-    splits, bad, leakage, train_fingerprints = check_and_split(splits, cfg)
+    splits, bad, leakage, train_fingerprints = check(splits, cfg)
     if runtime.is_main:  # made only once the data is known to be usable
         run.prepare(cfg.overwrite, inside=Path(cfg.data))
     barrier()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 
@@ -50,6 +49,9 @@ from headstart.training.train import (
     _shipped_record,
     leakage_counts,
     log,
+)
+from headstart.training.train import (
+    _new_data as _new_run_data,
 )
 
 TASK = "multilabel"
@@ -114,18 +116,8 @@ def check_and_split_multilabel(splits: MultiLabelSplits, cfg: TrainConfig) -> tu
 
 
 def _new_data(run: RunDir, cfg: TrainConfig, runtime: Runtime) -> _Data:
-    splits = discover_multilabel(cfg.data, cfg.label_delimiter, cfg.val_fraction, cfg.seed)
-    if runtime.is_main:
-        run.prepare(cfg.overwrite, inside=Path(cfg.data), dry_run=True)
-    splits, bad, leakage, prints = check_and_split_multilabel(splits, cfg)
-    if runtime.is_main:
-        run.prepare(cfg.overwrite, inside=Path(cfg.data))
-    barrier()
-    if runtime.is_main:
-        run.write_skipped(bad)
-        run.write_json(run.LEAKAGE, leakage)
-        run.write_json(run.FINGERPRINTS, prints)
-    return _Data(splits, bad, leakage)
+    found = discover_multilabel(cfg.data, cfg.label_delimiter, cfg.val_fraction, cfg.seed)
+    return _new_run_data(run, cfg, runtime, found, check_and_split_multilabel)
 
 
 def _decide(logits: np.ndarray, y: np.ndarray, labels: list[str], fixed: float | None) -> tuple[Decision, dict]:
