@@ -90,3 +90,9 @@ def planning_rate(backbone: str, resolution: int, runtime: Runtime, work: str = 
     figure measured once on a busy machine would stay pessimistic, one from an idle moment optimistic); None when
     no pass has been seen here yet."""
     return remembered(conditions(backbone, resolution, runtime, work=f"{work}:observed"), root)
+
+
+def rate_to_plan(backbone: str, resolution: int, runtime: Runtime) -> float:
+    """Extraction speed to plan with: the last real pass's here (:func:`planning_rate`), else the backbone's own
+    (:func:`throughput`, measured once)."""
+    return planning_rate(backbone, resolution, runtime) or throughput(backbone, resolution, runtime)

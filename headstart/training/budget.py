@@ -33,7 +33,7 @@ import torch
 
 from headstart.core.errors import UsageError
 from headstart.core.runtime import Runtime
-from headstart.features.speed import BATCH, conditions, observe, planning_rate, remember, remembered, throughput
+from headstart.features.speed import BATCH, conditions, observe, planning_rate, rate_to_plan, remember, remembered
 from headstart.training.auto import full_epochs
 from headstart.training.choose import candidates
 from headstart.training.config import TrainConfig
@@ -136,19 +136,16 @@ def plan_strategy(budget: Budget, model: str, resolution: int, counts: dict[str,
                   features_cached: bool, batch_size: int, epochs: int | None) -> dict:
     """What the rest of ``budget`` buys for ``model`` at ``resolution``: ``strategy`` (``fine-tune`` or
     ``linear-probe``), ``epochs`` and the sentence saying why, with the estimates (seconds)."""
-    eval_rate = _eval_rate(model, resolution, runtime)
+    eval_rate = rate_to_plan(model, resolution, runtime)
     finish = finish_seconds(counts["val"], counts["test"], eval_rate)
     probe = 0.0 if features_cached else (counts["train"] + counts["val"]) / eval_rate
     left = budget.left() - finish - probe
     phase = fine_tune_phase()
     cap = epochs or full_epochs(counts["train"], batch_size)
+    # a real epoch's rate holds its decoding, augmentation and validation pass; a measured step's holds neither
     seen = planning_rate(model, resolution, runtime, work=f"train:{phase.train_from}:epoch")
-    if seen:  # a real epoch's rate (decoding, augmentation and its validation pass included)
-        train_rate = seen
-        n, epoch_s = plan_fine_tuning(left, counts["train"], 0, seen, eval_rate, cap)
-    else:
-        train_rate = training_throughput(model, resolution, runtime, phase)
-        n, epoch_s = plan_fine_tuning(left, counts["train"], counts["val"], train_rate, eval_rate, cap)
+    train_rate = seen or training_throughput(model, resolution, runtime, phase)
+    n, epoch_s = plan_fine_tuning(left, counts["train"], 0 if seen else counts["val"], train_rate, eval_rate, cap)
     plan = {"budget_s": budget.seconds, "spent_before_training_s": round(budget.spent(), 1),
             "finish_reserved_s": round(finish, 1), "probe_s": round(probe, 1), "fine_tune_epoch_s": round(epoch_s, 1),
             "train_img_per_s": round(train_rate, 1), "eval_img_per_s": round(eval_rate, 1)}
@@ -161,11 +158,6 @@ def plan_strategy(budget: Budget, model: str, resolution: int, counts: dict[str,
     why = (f"{max(left, 0):.0f} s of the budget are left after the probe and the finish ({finish:.0f} s reserved), "
            f"less than one epoch of fine-tuning (about {epoch_s:.0f} s): the linear probe alone")
     return {**plan, "strategy": "linear-probe", "epochs": 1, "reason": why}
-
-
-def _eval_rate(model: str, resolution: int, runtime: Runtime) -> float:
-    """Extraction speed to plan with: the last real pass's here, else the backbone's measured (once) speed."""
-    return planning_rate(model, resolution, runtime) or throughput(model, resolution, runtime)
 
 
 def observe_epochs(records: list[dict], model: str, resolution: int, runtime: Runtime, train_images: int,
@@ -189,7 +181,7 @@ def _pool(cfg: TrainConfig) -> list[tuple[str, int]]:
 def check_fits(budget: Budget, cfg: TrainConfig, counts: dict[str, int], runtime: Runtime) -> None:
     """Refuses a budget too short for the cheapest plan (one candidate's train + validation features, then the
     finish), before any image is read again."""
-    rates = {m: _eval_rate(*m, runtime) for m in _pool(cfg)}
+    rates = {m: rate_to_plan(*m, runtime) for m in _pool(cfg)}
     cheapest = max(rates, key=rates.get)  # the fastest
     need = (counts["train"] + counts["val"]) / rates[cheapest] + finish_seconds(counts["val"], counts["test"],
                                                                                  rates[cheapest])

@@ -31,7 +31,7 @@ from headstart.core.errors import UsageError
 from headstart.core.runtime import Runtime
 from headstart.data.sources import DataSplits
 from headstart.features.extract import extract_features
-from headstart.features.speed import planning_rate, throughput
+from headstart.features.speed import rate_to_plan
 from headstart.training.heads import cross_fitted_logits, fit_head
 from headstart.zoo.model import build_model
 from headstart.zoo.registry import get_spec, list_specs
@@ -86,7 +86,7 @@ def choose_backbone(splits: DataSplits, preset: str, runtime: Runtime, head: str
         raise UsageError(f"no candidate of --choose {preset} has its weights on this machine; see `headstart models`.")
     paths = [p for p, _ in splits.train] + [p for p, _ in splits.val]
     started, rows, losses = time.perf_counter(), [], {}
-    rates = {c: planning_rate(c.backbone, c.size, runtime) or throughput(c.backbone, c.size, runtime) for c in pool}
+    rates = {c: rate_to_plan(c.backbone, c.size, runtime) for c in pool}
     costs = {c: len(paths) / rates[c] for c in pool}
     reserve = {c: finish(rates[c]) if finish else 0.0 for c in pool}
     if budget is not None and min(costs[c] + reserve[c] for c in pool) > budget:

@@ -86,7 +86,7 @@ def test_an_epoch_slower_than_planned_scales_the_finish_too():
 def speeds(monkeypatch):
     """Speeds set by the test (img/s): the plan is then arithmetic, whatever this machine does."""
     rates = {"eval": 1000.0, "train": 100.0}
-    monkeypatch.setattr(budget_mod, "throughput", lambda *a, **k: rates["eval"])
+    monkeypatch.setattr(budget_mod, "rate_to_plan", lambda *a, **k: rates["eval"])
     monkeypatch.setattr(budget_mod, "training_throughput", lambda *a, **k: rates["train"])
     monkeypatch.setattr(budget_mod, "planning_rate", lambda *a, **k: None)  # no real pass seen before
     monkeypatch.setattr("headstart.cli.train.process_started", time.monotonic)
@@ -118,7 +118,7 @@ def test_the_rest_of_the_budget_fine_tunes_and_validation_picks_what_ships(tmp_p
 
 
 def test_a_budget_too_short_for_the_cheapest_plan_is_refused_before_training(tmp_path, speeds, capsys, monkeypatch):
-    monkeypatch.setattr(budget_mod, "throughput", lambda model, size, runtime: 1.0 if size == 224 else 2.0)
+    monkeypatch.setattr(budget_mod, "rate_to_plan", lambda model, size, runtime: 1.0 if size == 224 else 2.0)
     data = make_class_folder(tmp_path / "data", per_class=8, size=40)
     assert main(["train", str(data), "--out", str(tmp_path / "run"), "--budget", "10s"]) == 2
     err = capsys.readouterr().err
