@@ -273,11 +273,10 @@ def namespaces(root: str | Path | None = None) -> list[dict]:
     out = []
     for key_file in root.glob("*/key.json") if root.is_dir() else []:
         folder = key_file.parent
-        files = [p for p in folder.iterdir() if p.is_file()]
         try:
-            key = json.loads(key_file.read_text())
-        except (OSError, ValueError):
-            key = {}
+            key, last_used = json.loads(key_file.read_text()), key_file.stat().st_mtime
+        except (OSError, ValueError):  # removed meanwhile by another process's eviction, or damaged
+            key, last_used = {}, 0.0
         images = 0
         for keys_file in folder.glob("*.keys.npy"):
             try:
@@ -286,8 +285,18 @@ def namespaces(root: str | Path | None = None) -> list[dict]:
                 pass
         out.append({"dir": str(folder), "backbone": key.get("backbone"), "precision": key.get("precision"),
                     "image_size": (key.get("preprocessing") or {}).get("image_size"), "images": images,
-                    "bytes": sum(p.stat().st_size for p in files), "last_used": key_file.stat().st_mtime})
+                    "bytes": _bytes(folder), "last_used": last_used})
     return sorted(out, key=lambda n: n["last_used"])
+
+
+def _bytes(folder: Path) -> int:
+    """The size of the files in ``folder``, counting a file that another process renames or removes while it is
+    counted (a rank committing its shard: ``.tmp`` -> ``.npy``) as nothing rather than failing."""
+    total = 0
+    for path in folder.iterdir() if folder.is_dir() else []:
+        with contextlib.suppress(FileNotFoundError):
+            total += path.stat().st_size if path.is_file() else 0
+    return total
 
 
 def clear(root: str | Path | None = None, which: Sequence[str] | None = None) -> int:

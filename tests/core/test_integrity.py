@@ -66,6 +66,21 @@ def test_eviction_removes_least_recently_used_namespaces_but_never_the_one_in_us
     assert removed == [str(mid)] and old.exists() and new.exists()
 
 
+def test_a_shard_committed_by_another_process_while_the_cache_is_measured_is_not_an_error(tmp_path, monkeypatch):
+    """torchrun's ranks share one cache: one lists a namespace's files while the other renames its finished shard
+    (``.tmp`` -> ``.npy``) and evicts. The listing saw a name that no longer exists when it is measured."""
+    folder = _namespace(tmp_path, "shared", 1000, 1)
+    listed = list(folder.iterdir())
+    path = type(folder)
+    gone = folder / ".gone.npy.tmp"  # there when listed and checked, renamed before its size is read
+    monkeypatch.setattr(path, "iterdir", lambda self: iter([*listed, gone]) if self == folder else iter([]))
+    is_file = path.is_file
+    monkeypatch.setattr(path, "is_file", lambda self: self == gone or is_file(self))
+    [ns] = cache_module.namespaces(tmp_path)
+    assert ns["bytes"] == sum(p.stat().st_size for p in listed)
+    assert cache_module.evict(tmp_path, limit=0) == [str(folder)]
+
+
 def test_cache_info_and_clear_commands(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path))
     _namespace(tmp_path, "one", 500, 2)

@@ -23,12 +23,13 @@ def cached_rows(root) -> dict:
     return out
 
 
-def headstart(args, cache, world: int = 1, port: int = 29531):
+def headstart(args, cache, world: int = 1, port: int = 29531, ok=(0, 1)):
+    """Runs the CLI (under torchrun for ``world`` > 1); ``check`` answers 1 when it finds something."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HEADSTART_CACHE": str(cache)}
     env.pop("WORLD_SIZE", None)
     launch = ["-m", "torch.distributed.run", f"--nproc_per_node={world}", f"--master_port={port}"] if world > 1 else []
     done = subprocess.run([sys.executable, *launch, "-m", "headstart", *args], env=env, capture_output=True, text=True)
-    assert done.returncode in (0, 1), done.stderr
+    assert done.returncode in ok, done.stderr[-4000:]
     return done
 
 
@@ -42,7 +43,7 @@ def test_two_gloo_processes_write_the_cache_rows_of_one(tmp_path):
     train = ["train", str(data), "--model", "resnet20", "--weights", str(tmp_path / "w.pth"), "--strategy",
              "linear-probe", "--workers", "0", "--precision", "fp32", "--device", "cpu"]
     for world in (1, 2):  # the one-process run also scores the test images: evaluate's reference below
-        headstart([*train, "--out", str(tmp_path / f"run{world}")], tmp_path / f"cache{world}", world)
+        headstart([*train, "--out", str(tmp_path / f"run{world}")], tmp_path / f"cache{world}", world, ok=(0,))
     one, two = cached_rows(tmp_path / "cache1"), cached_rows(tmp_path / "cache2")
     assert len(one) == 30 and sorted(one) == sorted(two)
     np.testing.assert_allclose(np.stack([two[k] for k in one]), np.stack(list(one.values())), rtol=1e-4, atol=1e-5)
