@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import mmap
 import os
 import platform
 import re
@@ -249,12 +250,24 @@ class FeatureCache:
             rows = loc[at, 1]
             order = np.argsort(rows, kind="stable")  # ascending rows read the mapping front to back
             out[at[order]] = self.shards[shard][rows[order]]
+            _release(self.shards[shard])
         return out
 
     def iter_read(self, keys: Sequence[str], chunk: int = 4096) -> Iterator[np.ndarray]:
         """Like :meth:`read`, ``chunk`` rows at a time: features of any number of images in bounded memory."""
         for start in range(0, len(keys), chunk):
             yield self.read(keys[start:start + chunk])
+
+
+def _release(shard: np.ndarray) -> None:
+    """Unmaps the pages of ``shard`` this process has read (they stay in the page cache, so reading them again costs
+    a page-table entry, not a disk read). Pages read through a mapping count in the process's resident memory
+    while mapped: without this, reading the features of 100,000 Lite0 images once would add 0.5 GB to it, on top of
+    the copy that was asked for."""
+    mapping = getattr(shard, "_mmap", None)
+    if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
+        with contextlib.suppress(OSError, ValueError):
+            mapping.madvise(mmap.MADV_DONTNEED)
 
 
 def size_limit() -> int:

@@ -28,8 +28,12 @@ from torch import nn
 
 from headstart.core.choices import HEADS  # noqa: F401 (re-exported)
 from headstart.core.errors import UsageError
+from headstart.training import logreg_lbfgs
 
 C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+# Bytes of training features from which logreg is fitted without copies of them (logreg_lbfgs): about 50,000
+# EfficientNet-Lite0 images. Below, scikit-learn fits a standardised copy, as every figure measured so far did.
+COPY_FREE_ABOVE = 256e6
 ABSENT = -1e4  # bias of a class with no training image: it can never win
 
 
@@ -62,18 +66,21 @@ def accuracy(logits: np.ndarray, y: np.ndarray) -> float:
     return float((logits.argmax(1) == y).mean()) if len(y) else 0.0
 
 
-def _standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _standardiser(x: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Mean and scale per feature; the scale is floored at a tenth of the median feature's standard deviation.
 
     With a handful of training images some pooled features are constant (a ReLU6 channel that never fires on them)
     but not on later images: divided by ``std + 1e-6`` those lie up to 10^6 standard deviations out, every useful C
     gets a huge validation loss and the strongest regularisation is picked. Measured on digits (``auto.py``'s
     docstring): about 11% of Lite0's 1,280 features were constant on 400 training images (40 per class)."""
-    std = x.std(0)
+    if rows is not None or x.nbytes >= COPY_FREE_ABOVE:  # a chunk at a time: no (x - mean) the size of x
+        mean, std = logreg_lbfgs.standardiser(x, rows)
+    else:
+        mean, std = x.mean(0), x.std(0)
     # the median of the features that vary: with most features constant (small or plain images) the median of all
     # would be 0 and a feature constant here but not later would again lie ~10^12 standard deviations out
     varying = std[std > 0]
-    return x.mean(0), np.maximum(std, 0.1 * float(np.median(varying)) if varying.size else 1.0)
+    return mean, np.maximum(std, 0.1 * float(np.median(varying)) if varying.size else 1.0)
 
 
 def _unstandardise(coef: np.ndarray, intercept: np.ndarray, mean: np.ndarray, std: np.ndarray):
@@ -82,12 +89,16 @@ def _unstandardise(coef: np.ndarray, intercept: np.ndarray, mean: np.ndarray, st
 
 
 def fit_logreg(x_train, y_train, x_val, y_val, num_classes: int, grid=C_GRID,
-               class_weight: np.ndarray | None = None) -> LinearHead:
+               class_weight: np.ndarray | None = None, rows: np.ndarray | None = None) -> LinearHead:
     """Standardised multinomial logistic regression; C picked by validation log-loss.
 
     The grid runs from strong to weak regularisation, each fit warm-started from the previous solution.
-    ``class_weight`` (one weight per class) weights each training image's loss by its class's weight.
+    ``class_weight`` (one weight per class) weights each training image's loss by its class's weight. With ``rows``
+    (a fold) only those rows of ``x_train`` train it, and from :data:`COPY_FREE_ABOVE` bytes of features it is
+    fitted by :mod:`headstart.training.logreg_lbfgs`: the same objective and optimiser, no copy of the features.
     """
+    if rows is not None or x_train.nbytes >= COPY_FREE_ABOVE:
+        return _fit_logreg_copy_free(x_train, y_train, x_val, y_val, num_classes, grid, class_weight, rows)
     from sklearn.linear_model import LogisticRegression  # sklearn: 1.5 s to import, paid only by the runs that fit it
 
     mean, std = _standardiser(x_train)
@@ -111,6 +122,32 @@ def fit_logreg(x_train, y_train, x_val, y_val, num_classes: int, grid=C_GRID,
     loss, acc, c, coef, intercept = best
     weight, bias = _unstandardise(coef, intercept, mean, std)
     return LinearHead(weight, bias, {"head": "logreg", "C": c, "probe_val_loss": loss, "probe_val_acc": acc})
+
+
+def _fit_logreg_copy_free(x, y, x_val, y_val, num_classes: int, grid, class_weight: np.ndarray | None,
+                          rows: np.ndarray | None) -> LinearHead:
+    """:func:`fit_logreg` on ``x[rows]`` by :mod:`~headstart.training.logreg_lbfgs`: the rows left out weigh 0."""
+    rows = np.arange(len(y)) if rows is None else np.asarray(rows)
+    mean, std = _standardiser(x, rows)
+    classes = np.unique(y[rows])
+    target = np.minimum(np.searchsorted(classes, y), len(classes) - 1)  # rows of other classes weigh 0 below
+    weight = np.zeros(len(y))
+    weight[rows] = 1.0 if class_weight is None else class_weight[y[rows]]
+    best, params = None, None
+    for c in sorted(grid) if len(y_val) or len(grid) == 1 else [1.0]:
+        params = logreg_lbfgs.fit(x, target, len(classes), c, mean, std, weight, start=params)
+        w, b = params[:, :-1], params[:, -1]
+        if len(classes) == 2:  # one weight vector: softmax(0, z) equals sigmoid(z)
+            w, b = np.vstack([np.zeros_like(w), w]), np.concatenate([[0.0], b])
+        coef, intercept = np.zeros((num_classes, x.shape[1])), np.full(num_classes, ABSENT)
+        coef[classes], intercept[classes] = w, b
+        weight_raw, bias_raw = _unstandardise(coef, intercept, mean, std)
+        logits = logreg_lbfgs.logits(x_val, weight_raw, bias_raw)
+        loss = log_loss(logits, y_val)
+        if best is None or loss < best[0]:
+            best = (loss, accuracy(logits, y_val), c, weight_raw, bias_raw)
+    loss, acc, c, weight_raw, bias_raw = best
+    return LinearHead(weight_raw, bias_raw, {"head": "logreg", "C": c, "probe_val_loss": loss, "probe_val_acc": acc})
 
 
 def fit_ncm(x_train, y_train, x_val, y_val, num_classes: int, scale: float | None = None) -> LinearHead:
@@ -269,9 +306,20 @@ def cross_fitted_logits(kind: str, x, y, num_classes: int, chosen: dict, class_w
     if k < 2:
         return None, 0
     out = np.zeros((len(y), num_classes))
-    for train, held in StratifiedKFold(k, shuffle=True, random_state=seed).split(x, y):
-        out[held] = refit_head(kind, x[train], y[train], num_classes, chosen, class_weight).logits(x[held])
+    copy_free = kind == "logreg" and x.nbytes >= COPY_FREE_ABOVE  # a fold by its rows, not a copy of them
+    for train, held in StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
+        if copy_free:
+            empty = np.zeros((0, x.shape[1]), np.float32), np.zeros(0, np.int64)
+            with _threads_for(x.size):
+                head = fit_logreg(x, y, *empty, num_classes, (chosen["C"],), _weights(class_weight), rows=train)
+            out[held] = logreg_lbfgs.logits(x, head.weight, head.bias, rows=held)
+        else:
+            out[held] = refit_head(kind, x[train], y[train], num_classes, chosen, class_weight).logits(x[held])
     return out, k
+
+
+def _weights(class_weight) -> np.ndarray | None:
+    return None if class_weight is None else np.asarray(class_weight, dtype=np.float64)
 
 
 @contextlib.contextmanager

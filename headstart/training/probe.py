@@ -47,13 +47,35 @@ def features_from_loader(model: TransferModel, loader: DataLoader, runtime: Runt
 def _features(model, loader: DataLoader, runtime: Runtime, preprocessing: Preprocessing | None, cache_dir,
               desc: str, known_hashes: KnownHashes | None = None):
     """(features, labels, images computed) from the cache when the loader reads image files, else from the loader."""
+    x, y, computed = _feature_source(model, loader, runtime, preprocessing, cache_dir, desc, known_hashes)
+    return (x if isinstance(x, np.ndarray) else x.array()), y, computed
+
+
+def _feature_source(model, loader: DataLoader, runtime: Runtime, preprocessing: Preprocessing | None, cache_dir,
+                    desc: str, known_hashes: KnownHashes | None = None):
+    """As :func:`_features`, with cached features left in the cache (:class:`Features`, read when needed)."""
     samples = getattr(loader.dataset, "samples", None)
     if preprocessing is None or samples is None:
         x, y = features_from_loader(model, loader, runtime, desc)
         return x, y, len(y)
     feats = extract_features(model, [p for p, _ in samples], preprocessing, runtime, batch_size=loader.batch_size or 64,
                              workers=loader.num_workers, cache_dir=cache_dir, desc=desc, known_hashes=known_hashes)
-    return feats.array(), np.array([samples[i][1] for i in feats.positions], dtype=np.int64), feats.computed
+    return feats, np.array([samples[i][1] for i in feats.positions], dtype=np.int64), feats.computed
+
+
+def _stacked(parts: list) -> np.ndarray:
+    """The features of ``parts`` (arrays or cached :class:`Features`) in one array, each read straight into its
+    place: one copy of the features in memory, not the parts and their concatenation."""
+    out = np.empty((sum(len(p) for p in parts), parts[0].shape[1] if isinstance(parts[0], np.ndarray) else
+                    parts[0].dim), np.float32)
+    at = 0
+    for part in parts:
+        if isinstance(part, np.ndarray):
+            out[at:at + len(part)] = part
+        elif len(part):
+            part.cache.read(part.keys, out=out[at:at + len(part)])
+        at += len(part)
+    return out
 
 
 def fit_linear_probe(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, runtime: Runtime,
@@ -104,15 +126,18 @@ def refit_linear_probe(model: TransferModel, loaders: list[DataLoader], runtime:
     the head refitted with the same settings on the other ``folds`` (:func:`cross_fitted_logits`).
 
     The features come from the cache the first fit filled: this costs ``folds + 1`` head fits, not a pass through
-    the backbone. Memory: the heads here need their features in memory (L-BFGS over all of them); at its peak (a
-    cross-fit fold) this holds about 2.6 x images x feature size x 4 bytes: 0.8 GB for 60,000 images of
-    EfficientNet-Lite0's 1,280 features. Returns what was refitted (for the run's summary) with ``temperature`` and
-    ``temperature_source``, and ``calibration``: the out-of-fold figures at that temperature; without the last
-    three when a class has a single image (no fold can hold it out): the caller keeps validation's temperature.
+    the backbone. Memory: the heads here need their features in memory (L-BFGS over all of them), read from the
+    cache straight into one array: images x feature size x 4 bytes, 0.5 GB for 100,000 images of
+    EfficientNet-Lite0's 1,280 features. From :data:`~headstart.training.heads.COPY_FREE_ABOVE` (0.26 GB) logreg
+    makes no other copy (:mod:`~headstart.training.logreg_lbfgs`); below it, and for ``ncm`` and ``sgd``, a
+    cross-fit fold holds about 2.6 times that. Returns what was refitted (for the run's summary) with
+    ``temperature`` and ``temperature_source``, and ``calibration``: the out-of-fold figures at that temperature;
+    without the last three when a class has a single image (no fold can hold it out): the caller keeps
+    validation's temperature.
     """
-    parts = [_features(model, loader, runtime, preprocessing, cache_dir, "features (refit)", known_hashes)
+    parts = [_feature_source(model, loader, runtime, preprocessing, cache_dir, "features (refit)", known_hashes)
              for loader in loaders]
-    x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    x, y = _stacked([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     del parts  # one copy of the features, not two: at 100,000 Lite0 images each is 0.5 GB
     fitted = refit_head(head, x, y, model.num_classes, chosen, class_weight=class_weights)
     fitted.copy_to(model.head)
