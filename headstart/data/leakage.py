@@ -146,8 +146,13 @@ def near_pair_blocks(hashes: np.ndarray, max_distance: int) -> Iterator[tuple[np
                 continue
             members = order[s:e]
             x = hashes[members]
-            for r0 in range(0, len(members), 256):
-                a, b = np.nonzero(np.bitwise_count(x[r0:r0 + 256, None] ^ x[None, :]) <= max_distance)
+            # 256 x 8,192 hashes compared at a time (16 MB); all members at once took 0.1 GB per 256 rows when
+            # many Fashion-MNIST images share a band value
+            for r0, c0 in itertools.product(range(0, len(members), 256), range(0, len(members), 8192)):
+                if c0 + 8192 <= r0:
+                    continue  # every pair there has j < i: given by the block on the other side of the diagonal
+                a, b = np.nonzero(np.bitwise_count(x[r0:r0 + 256, None] ^ x[None, c0:c0 + 8192]) <= max_distance)
+                b += c0
                 keep = r0 + a < b
                 i, j = members[r0 + a[keep]], members[b[keep]]
                 xor = hashes[i] ^ hashes[j]
@@ -224,6 +229,35 @@ def _coarse(thumbs: np.ndarray) -> np.ndarray:
     return coarse.reshape(len(thumbs), side * side)
 
 
+def _coarse_prints(prints: Prints, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """The normalised 16x16 thumbnail of every image that near copies are looked for (zeros elsewhere) and whether
+    it is flat: the cheap first look at a candidate pair (1 kB an image). Made ``chunk`` images at a time: the float
+    copies of all the 32x32 thumbnails at once were 5 kB an image, the largest memory of a check at 60,000 images.
+    Made per candidate pair instead it took 7x as long there (Fashion-MNIST has millions of candidates)."""
+    z = np.zeros((len(prints), (THUMB_SIDE // 2) ** 2), np.float32)
+    flat = np.zeros(len(prints), bool)
+    for start in range(0, len(prints), chunk):
+        ok = np.flatnonzero(prints.near_ok[start:start + chunk]) + start
+        z[ok], _, std = _normalised(_coarse(prints.thumbs[ok]))
+        flat[ok] = std < FLAT_STD
+    return z, flat
+
+
+def _confirmed(prints: Prints, coarse: tuple[np.ndarray, np.ndarray], ii: np.ndarray,
+               jj: np.ndarray) -> Iterator[tuple[int, int, float]]:
+    """The candidate pairs ``(ii, jj)`` that are copies, with their similarity: the 16x16 look first
+    (:func:`_coarse_prints`), then the full thumbnails of the pairs that pass it, 4,096 pairs at a time (each
+    holds four float copies of a 32x32 thumbnail: 16 kB)."""
+    z, flat = coarse
+    look = (np.einsum("ij,ij->i", z[ii], z[jj]) >= PREFILTER) | flat[ii] | flat[jj]
+    ii, jj = ii[look], jj[look]
+    for k in range(0, len(ii), 4096):
+        a, b = ii[k:k + 4096], jj[k:k + 4096]
+        sim = similarity(prints.thumbs[a], prints.thumbs[b])
+        keep = sim >= MIN_SIMILARITY
+        yield from zip(a[keep].tolist(), b[keep].tolist(), sim[keep].tolist())
+
+
 def confirmed_pairs(prints: Prints, mode: str = "near", near: int = NEAR_BITS,
                     between: int | None = None) -> list[tuple[int, int, float]]:
     """``(i, j, similarity)`` for each pair of copies among ``prints``, ``i < j``; similarity 1.0 for the same bytes.
@@ -250,21 +284,13 @@ def confirmed_pairs(prints: Prints, mode: str = "near", near: int = NEAR_BITS,
                 if i < j:
                     found[i, j] = 1.0
     if mode == "near":
-        coarse = np.zeros((len(prints), (THUMB_SIDE // 2) ** 2), np.float32)
-        coarse[prints.near_ok] = _coarse(prints.thumbs[prints.near_ok])
-        z, _, std = _normalised(coarse)
-        flat = std < FLAT_STD
+        coarse = _coarse_prints(prints)
         for ii, jj in _candidates(prints, near):
             if between is not None:
                 keep = (ii < between) & (jj >= between)
                 ii, jj = ii[keep], jj[keep]
-            look = (np.einsum("ij,ij->i", z[ii], z[jj]) >= PREFILTER) | flat[ii] | flat[jj]
-            ii, jj = ii[look], jj[look]
-            if not len(ii):
-                continue
-            sim = similarity(prints.thumbs[ii], prints.thumbs[jj])
-            for i, j, s in zip(ii[sim >= MIN_SIMILARITY], jj[sim >= MIN_SIMILARITY], sim[sim >= MIN_SIMILARITY]):
-                found.setdefault((int(i), int(j)), round(float(s), 4))
+            for i, j, s in _confirmed(prints, coarse, ii, jj):
+                found.setdefault((i, j), round(s, 4))
     return [(i, j, s) for (i, j), s in sorted(found.items())]
 
 

@@ -31,9 +31,9 @@ from headstart.core.errors import UsageError
 from headstart.training import logreg_lbfgs
 
 C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
-# Bytes of training features from which logreg is fitted without copies of them (logreg_lbfgs): about 50,000
+# Bytes of training features from which logreg is fitted without copies of them (logreg_lbfgs): about 25,000
 # EfficientNet-Lite0 images. Below, scikit-learn fits a standardised copy, as every figure measured so far did.
-COPY_FREE_ABOVE = 256e6
+COPY_FREE_ABOVE = 128e6
 ABSENT = -1e4  # bias of a class with no training image: it can never win
 
 

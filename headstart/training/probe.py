@@ -128,7 +128,7 @@ def refit_linear_probe(model: TransferModel, loaders: list[DataLoader], runtime:
     The features come from the cache the first fit filled: this costs ``folds + 1`` head fits, not a pass through
     the backbone. Memory: the heads here need their features in memory (L-BFGS over all of them), read from the
     cache straight into one array: images x feature size x 4 bytes, 0.5 GB for 100,000 images of
-    EfficientNet-Lite0's 1,280 features. From :data:`~headstart.training.heads.COPY_FREE_ABOVE` (0.26 GB) logreg
+    EfficientNet-Lite0's 1,280 features. From :data:`~headstart.training.heads.COPY_FREE_ABOVE` (0.13 GB) logreg
     makes no other copy (:mod:`~headstart.training.logreg_lbfgs`); below it, and for ``ncm`` and ``sgd``, a
     cross-fit fold holds about 2.6 times that. Returns what was refitted (for the run's summary) with
     ``temperature`` and ``temperature_source``, and ``calibration``: the out-of-fold figures at that temperature;
