@@ -29,6 +29,14 @@ if TYPE_CHECKING:
 # small machine.
 
 
+DEFAULT_CACHE_ROOT = Path.home() / ".cache" / "headstart" / "features"
+
+
+def cache_root() -> Path:
+    """Where headstart keeps what it computed once (features, speeds, the check's facts): ``$HEADSTART_CACHE`` when
+    set, else ``~/.cache/headstart/features``."""
+    return Path(os.environ.get("HEADSTART_CACHE") or DEFAULT_CACHE_ROOT)
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

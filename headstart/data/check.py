@@ -26,6 +26,8 @@ from headstart.core import hashing
 from headstart.core.errors import DataError
 from headstart.core.hardware import launched
 from headstart.core.progress import progress
+from headstart.data import facts_cache
+from headstart.data.facts_cache import FactsStore
 from headstart.data.images import MAX_PIXELS, BadImageError, decode_image
 from headstart.data.leakage import NEAR_BITS, THUMB_SIDE, group_duplicates
 from headstart.data.sources import DataSplits, Sample, discover, validate
@@ -87,6 +89,7 @@ class FileFacts:
     phash: int = 0  # 64-bit perceptual hash of the decoded, upright image
     phash_ok: bool = False  # big enough for near copies to be looked for
     thumb: bytes = b""  # THUMB_SIDE x THUMB_SIDE grey levels of the upright image: confirms near copies
+    stored: bool = False  # came from the facts store (facts_cache): the file was not decoded this time
 
 
 MIN_PHASH_SIDE = 16  # pixels on the longest side below which only exact duplicates are looked for
@@ -97,15 +100,24 @@ CHECK_DRAFT = 256
 INSPECT_CHUNK = 8  # files per thread-pool task (see inspect_files)
 
 
-def inspect_file(path: str, max_pixels: int = MAX_PIXELS, hashes: bool = True) -> FileFacts:
+def inspect_file(path: str, max_pixels: int = MAX_PIXELS, hashes: bool = True,
+                 store: FactsStore | None = None) -> FileFacts:
     """Reads ``path`` once: decodes it (what training will see) and, with ``hashes``, hashes its bytes and a small
-    copy of the picture (for duplicates). Without ``hashes`` it is the light check every pass over images uses."""
+    copy of the picture (for duplicates). Without ``hashes`` it is the light check every pass over images uses.
+    With a ``store`` holding the bytes' content hash, the facts come from it and nothing is decoded."""
     data = stamp = None
     if hashes:
         try:
             data, stamp = hashing.read_stamped(path)
         except OSError:
             data = None  # decode_image reads it again and names the failure
+    if store is not None and data is not None:
+        sha = hashing.file_hash(path, data)
+        if (hit := store.get(sha)) is not None:
+            row, thumb = hit
+            return FileFacts(path, None, row["format"].decode() or None, row["mode"].decode(),
+                             bool(row["transparency"]), int(row["orientation"]), sha, stamp, int(row["phash"]),
+                             bool(row["phash_ok"]), thumb, stored=True)
     try:
         decoded = decode_image(path, max_pixels, data=data, draft=CHECK_DRAFT)
     except BadImageError as exc:
@@ -145,14 +157,23 @@ def inspect_files(paths: list[str], max_pixels: int = MAX_PIXELS, workers: int |
     workers = workers or min(8, (os.cpu_count() or 1) * 2)
     rank, world = launched()  # under torchrun each rank reads every world-th chunk; rank 0 shows the progress
 
+    store = FactsStore(facts_cache.settings(max_pixels, CHECK_DRAFT, THUMB_SIDE)) if hashes else None
+
     def some(chunk: list[str]) -> list[FileFacts]:
-        return [inspect_file(p, max_pixels, hashes) for p in chunk]
+        return [inspect_file(p, max_pixels, hashes, store) for p in chunk]
 
     chunks = [unique[i:i + INSPECT_CHUNK] for i in range(0, len(unique), INSPECT_CHUNK)][rank::world]
+    mine = []
     with ThreadPoolExecutor(workers) as pool:
-        parts = progress(pool.map(some, chunks), desc, enabled=len(unique) > 1000 and rank == 0, unit="img",
-                         total=len(chunks), per_item=INSPECT_CHUNK)
-        mine = [f for part in parts for f in part]
+        for part in progress(pool.map(some, chunks), desc, enabled=len(unique) > 1000 and rank == 0, unit="img",
+                             total=len(chunks), per_item=INSPECT_CHUNK):
+            mine += part
+            for f in part if store is not None else ():
+                if f.error is None and f.sha and not f.stored:  # a shard written every 4,096: a stop keeps them
+                    store.add(f.sha, f.phash, f.format, f.mode, f.orientation, f.transparency, f.phash_ok, f.thumb)
+    if store is not None:
+        store.flush()
+        store.release()
     if world == 1:
         return dict(zip(unique, mine))
     from headstart.core.distributed import gather_objects  # torch: only when torchrun launched this process

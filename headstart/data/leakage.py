@@ -202,9 +202,14 @@ def _candidates(prints: Prints, near: int) -> Iterable[tuple[np.ndarray, np.ndar
 
 def _expanded(a: np.ndarray, b: np.ndarray, order: np.ndarray, counts: np.ndarray, starts: np.ndarray,
               n: int) -> Iterable[tuple[np.ndarray, np.ndarray]]:
-    """The image pairs of the hash pairs ``(a, b)`` (indices into the distinct hashes), in blocks."""
-    for k0 in range(0, len(a), CHUNK // 4):
-        ha, hb = a[k0:k0 + CHUNK // 4], b[k0:k0 + CHUNK // 4]
+    """The image pairs of the hash pairs ``(a, b)`` (indices into the distinct hashes), in blocks of about
+    :data:`CHUNK` image pairs: a block of a fixed number of hash pairs held up to millions of image pairs where
+    many images share a hash (photos cropped from a few pictures)."""
+    per_all = counts[a] * counts[b]
+    block = (np.cumsum(per_all) - per_all) // CHUNK  # the block each hash pair's image pairs start in
+    edges = np.flatnonzero(np.r_[True, block[1:] != block[:-1]]) if len(a) else np.zeros(0, np.int64)
+    for k0, k1 in zip(edges, np.r_[edges[1:], len(a)]):
+        ha, hb = a[k0:k1], b[k0:k1]
         per = counts[ha] * counts[hb]
         which = np.repeat(np.arange(len(ha)), per)
         offset = np.arange(int(per.sum())) - np.repeat(np.cumsum(per) - per, per)

@@ -240,7 +240,8 @@ class RunDir:
         recorded = self.read_json(self.FINGERPRINTS)
         if recorded is None or "images" not in recorded:
             return recorded
-        fitted = set(recorded.get("fitted_on", ["train"]))
+        # leakage.json says it after a refit; runs from before said it in this file
+        fitted = set((self.read_json(self.LEAKAGE) or {}).get("fitted_on") or recorded.get("fitted_on", ["train"]))
         return {p: r for p, r in recorded["images"].items() if r.get("split", "train") in fitted}
 
     def read_json(self, name: str, default: Any = None) -> Any:

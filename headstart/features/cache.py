@@ -37,15 +37,11 @@ import numpy as np
 
 from headstart.core.errors import OutputError, UsageError
 from headstart.core.hashing import key_digest
+from headstart.core.io import DEFAULT_CACHE_ROOT as DEFAULT_ROOT  # noqa: F401 (re-exported)
+from headstart.core.io import cache_root
 
-DEFAULT_ROOT = Path.home() / ".cache" / "headstart" / "features"
 DEFAULT_LIMIT_GB = 20.0  # $HEADSTART_CACHE_MAX_GB; past it the least recently used namespaces are removed
 _MISSING = -1
-
-
-def cache_root() -> Path:
-    """``$HEADSTART_CACHE`` when set, else ``~/.cache/headstart/features``."""
-    return Path(os.environ.get("HEADSTART_CACHE") or DEFAULT_ROOT)
 
 
 def feature_key(backbone: str, weights: str, preprocessing, precision: str, view: str = "eval") -> dict:

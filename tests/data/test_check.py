@@ -223,12 +223,45 @@ def test_near_pairs_matches_brute_force():
         assert near_pairs(hashes, max_distance) == [(i, j, d) for i, j, d in brute if d <= max_distance]
 
 
-def test_decoding_happens_once_per_file(dataset, monkeypatch):
+def test_decoding_happens_once_per_file_and_a_second_check_decodes_only_what_failed(dataset, monkeypatch, tmp_path):
+    monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path / "cache"))
     calls = []
     real = check_module.decode_image
     monkeypatch.setattr(check_module, "decode_image", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
     report = check(dataset)
     assert len(calls) == len(set(calls)) == report.files
+    bad = {i.files[0]["path"] for i in report.issues if i.severity == "error"}
+    assert bad
+    calls.clear()
+    again = check(dataset)  # the facts of every usable file come from the store, by content hash
+    assert set(calls) == bad
+    assert again.to_json() | {"seconds": 0} == report.to_json() | {"seconds": 0}
+    assert [(f.phash, f.thumb, f.mode, f.format, f.orientation) for f in again.facts.values()] == \
+        [(f.phash, f.thumb, f.mode, f.format, f.orientation) for f in report.facts.values()]
+
+
+def test_a_check_stopped_midway_keeps_the_facts_of_every_full_shard(dataset, monkeypatch, tmp_path):
+    from headstart.data import facts_cache
+
+    monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(facts_cache, "SHARD_ROWS", 10)
+    real, seen = check_module.decode_image, []
+
+    def stop_after_25(*a, **k):
+        seen.append(a[0])
+        if len(seen) > 25:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(check_module, "decode_image", stop_after_25)
+    with pytest.raises(KeyboardInterrupt):
+        check(dataset, workers=1)
+    store = facts_cache.FactsStore(facts_cache.settings(check_module.MAX_PIXELS, check_module.CHECK_DRAFT, 32))
+    assert len(store) >= 10  # every shard of 10 written before the stop
+    monkeypatch.setattr(check_module, "decode_image", lambda *a, **k: seen.append(a[0]) or real(*a, **k))
+    seen.clear()
+    report = check(dataset)
+    assert len(seen) <= report.files - len(store)
 
 
 def test_same_picture_in_other_bytes_is_near_not_identical(tmp_path):

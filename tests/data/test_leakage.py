@@ -22,6 +22,7 @@ from headstart.data.leakage import (
     loud_classes,
     similarity,
 )
+from headstart.data.rundir import RunDir
 from headstart.data.sources import DataSplits, discover, stratified_split
 from headstart.evaluation.metrics import evaluate_run
 from headstart.predict.run import load_run
@@ -356,8 +357,10 @@ def test_a_refit_drops_test_copies_of_validation_images_from_the_figure(tmp_path
     assert metrics["num_images"] == 9  # 11 test images, the 2 copies of val images left out
     record = json.loads((tmp_path / "refit" / "leakage.json").read_text())
     assert set(record["excluded_after_refit"]["test"]) == set(map(str, copies))
+    assert record["fitted_on"] == ["train", "val"]  # said there: the fingerprints file is written once
     prints = json.loads((tmp_path / "refit" / "train_fingerprints.json").read_text())
-    assert prints["fitted_on"] == ["train", "val"]
+    assert {r["split"] for r in prints["images"].values()} == {"train", "val"}
+    assert set(RunDir(tmp_path / "refit").fitted_fingerprints()) == set(prints["images"])
     m = evaluate_run(load_run(tmp_path / "refit"), data / "test")
     assert set(m["leaked"]) == set(map(str, copies)) and m["num_images"] == 9
 
