@@ -37,6 +37,8 @@ def add_parser(sub):
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average over each image and its mirror")
     p.add_argument("--no-report", dest="report", action="store_false",
                    help="do not refresh RUN/report.html with this evaluation")
+    p.add_argument("--no-heatmaps", dest="heatmaps", action="store_false",
+                   help="the report without Grad-CAM heat maps beside its top losses (they take a few seconds)")
     p.add_argument("--keep-leaked", action="store_true",
                    help="score images that duplicate one of the run's training images (left out by default)")
     add_duplicates(p)
@@ -67,7 +69,8 @@ def run(args) -> int:
         from headstart.report import write_report  # in the command, not at import: --help stays fast
 
         # Top losses: a frozen backbone's features come from the cache; a trained one predicts up to 500 images.
-        report = write_report(loaded.path, loaded=loaded, max_images=2000 if loaded.frozen_backbone else 500)
+        report = write_report(loaded.path, loaded=loaded, max_images=2000 if loaded.frozen_backbone else 500,
+                              heatmaps=args.heatmaps)
         print(f"report: {report}", file=sys.stderr)
     if args.json:
         print(json.dumps(m))
@@ -104,7 +107,7 @@ def _multilabel(args, loaded) -> int:
     if args.report:
         from headstart.report import write_report  # in the command, not at import: --help stays fast
 
-        print(f"report: {write_report(loaded.path, loaded=loaded)}", file=sys.stderr)
+        print(f"report: {write_report(loaded.path, loaded=loaded, heatmaps=args.heatmaps)}", file=sys.stderr)
     if args.json:
         print(json.dumps(m))
         return 0

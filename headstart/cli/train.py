@@ -80,6 +80,8 @@ def _add_outputs(p) -> None:
     """What the run writes besides its model, and what the command prints."""
     p.add_argument("--no-report", dest="report", action="store_false",
                    help="do not write RUN/report.html at the end (`headstart report RUN` writes it any time)")
+    p.add_argument("--no-heatmaps", dest="heatmaps", action="store_false",
+                   help="the report without Grad-CAM heat maps beside its top losses (they take a few seconds)")
     p.add_argument("--tensorboard", action="store_true",
                    help="log losses, accuracies, learning rates and the test confusion matrix to RUN/tensorboard "
                         "(pip install 'headstart[tensorboard]'; then: tensorboard --logdir RUN/tensorboard)")

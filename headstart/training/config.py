@@ -61,6 +61,7 @@ class TrainConfig:
         tensorboard: log each epoch (losses, accuracies, every layer group's learning rate) and the test confusion
             matrix to ``RUN/tensorboard`` (needs ``pip install 'headstart[tensorboard]'``).
         report: write ``RUN/report.html`` at the end (``compare`` turns it off and reports its whole folder).
+        heatmaps: the report shows a Grad-CAM heat map beside each top loss (a few seconds on a CPU).
         label_delimiter: a multi-label CSV's separator between an image's labels.
         threshold: multi-label: one threshold for every label instead of each label's F1-optimal one on validation.
     """
@@ -97,6 +98,7 @@ class TrainConfig:
     max_pixels: int | None = None
     tensorboard: bool = False
     report: bool = True
+    heatmaps: bool = True
     choose: str | None = None
     budget: float | str | None = None
     label_delimiter: str = ";"

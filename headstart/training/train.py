@@ -581,7 +581,8 @@ def _report(run: RunDir, plan: _Plan, summary: dict, alone: Runtime, known_hashe
     loaded = LoadedRun(plan.model, run.classes(), plan.preprocessing, run.config(), alone, run.path,
                        summary["temperature"], frozen_backbone=frozen, known_hashes=known_hashes)
     try:
-        path = write_report(run.path, max_images=2000 if frozen else 500, loaded=loaded)
+        path = write_report(run.path, max_images=2000 if frozen else 500, loaded=loaded,
+                            heatmaps=run.config().get("heatmaps", True))
         log(f"report: {path} ({time.time() - t0:.0f} s)")
     except (HeadstartError, OSError) as exc:
         log(f"could not write the report ({exc}); the run is complete. Try `headstart report {run.path}`.")

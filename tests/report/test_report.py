@@ -166,6 +166,19 @@ def test_run_without_test_split_still_reports(tmp_path):
     assert 'id="evaluation"' not in html and external_references(html) == []
 
 
+def test_train_and_evaluate_without_heat_maps(tmp_path):
+    """``--no-heatmaps``: the report's top losses without Grad-CAM, and none drawn into the run."""
+    data = make_class_folder(tmp_path / "data", per_class=6, size=32)
+    test = make_class_folder(tmp_path / "test", per_class=2, size=32, seed=4)
+    run = tmp_path / "run"
+    assert main(["train", str(data), "--out", str(run), "--strategy", "linear-probe", "--no-heatmaps", *FAST]) == 0
+    assert RunDir(run).config()["heatmaps"] is False
+    assert "Grad-CAM for " not in (run / "report.html").read_text(encoding="utf-8")
+    assert main(["evaluate", str(run), str(test), "--no-heatmaps"]) == 0
+    assert "Grad-CAM for " not in (run / "report.html").read_text(encoding="utf-8")
+    assert not (run / "heatmaps").exists()
+
+
 @pytest.mark.slow
 def test_old_partial_and_adapted_runs_get_sentences_not_errors(run_with_test, tmp_path, capsys):
     run, _ = run_with_test

@@ -72,7 +72,7 @@ def test_refit_ships_the_cross_fitted_temperature(features, monkeypatch):
     """``ProbeOptions.refit`` (what ``train`` calls) returns the temperature of the out-of-fold logits."""
     (x, y), _ = features
     parts = iter([(x[::2], y[::2], 0), (x[1::2], y[1::2], 0)])  # "train" and "val" features, as the cache gives
-    monkeypatch.setattr(probe_module, "_features", lambda *args: next(parts))
+    monkeypatch.setattr(probe_module, "_feature_source", lambda *args: next(parts))
     model = SimpleNamespace(num_classes=3, head=nn.Linear(32, 3))
     info = probe_module.ProbeOptions("sgd").refit(model, [None, None], None, {"best_head_epoch": 30})
     oof, _ = cross_fitted_logits("sgd", np.concatenate([x[::2], x[1::2]]), np.concatenate([y[::2], y[1::2]]), 3,
@@ -165,7 +165,7 @@ def test_a_probe_with_every_validation_image_right_is_scored_on_its_raw_loss(mon
     centres = np.eye(3, 16) * 8
     (x_tr, y_tr), (x_val, y_val) = _blobs(10, rng, centres), _blobs(4, rng, centres)
     parts = iter([(x_tr, y_tr, 0), (x_val, y_val, 0)])
-    monkeypatch.setattr(probe_module, "_features", lambda *args: next(parts))
+    monkeypatch.setattr(probe_module, "_feature_source", lambda *args: next(parts))
     model = SimpleNamespace(num_classes=3, head=nn.Linear(16, 3))
     info = probe_module.ProbeOptions("logreg")(model, None, None, None)
     assert info["probe_val_acc"] == 1.0 and info["probe_val_all_correct"] is True
