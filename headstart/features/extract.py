@@ -37,7 +37,7 @@ from headstart.core.runtime import Runtime
 from headstart.data.dataset import ImageFiles, default_workers, make_loader
 from headstart.data.transforms import eval_resize_crop
 from headstart.features.cache import FeatureCache, feature_key
-from headstart.features.forward import choose_engine, eval_forward
+from headstart.features.forward import choose_engine, eval_forward, in_chunks
 from headstart.features.speed import observe, throughput
 from headstart.zoo.model import TransferModel
 
@@ -140,7 +140,7 @@ def iter_features(model: TransferModel, paths: Sequence[str], preprocessing: Pre
             x = images  # ONNX Runtime takes the contiguous batch as the collate made it
         forward = forward or eval_forward(model.backbone, runtime, x[:1], engine)
         with runtime.autocast():
-            feats = forward(x)
+            feats = in_chunks(forward, x) if on_cpu and engine == "torch" else forward(x)
         yield start, feats.float().cpu().numpy(), reasons
         start += len(images)
 
@@ -163,7 +163,7 @@ def _in_lanes(model: TransferModel, paths: Sequence[str], preprocessing: Preproc
     def run(start: int) -> tuple[int, np.ndarray, list[str]]:
         images, reasons = collate([dataset[i] for i in range(start, min(start + batch_size, len(paths)))])
         with torch.inference_mode(), runtime.autocast():  # both are per thread
-            feats = forward(runtime.to_input(images))
+            feats = in_chunks(forward, runtime.to_input(images))
         return start, feats.float().numpy(), reasons
 
     def ordered() -> Iterator[tuple[int, np.ndarray, list[str]]]:
