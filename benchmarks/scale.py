@@ -260,6 +260,28 @@ def extraction(root: Path, names: list[str], sizes: list[int], codes: list[Path]
     return out
 
 
+def cold_train(root: Path, name: str, image_size: int, codes: list[Path], rounds: int) -> dict:
+    """What a user waits for: ``headstart train <name>/test --strategy linear-probe`` with an empty feature cache,
+    each checkout in ``codes`` in turn (the order alternating by round): wall seconds, peak RSS, the extraction's
+    own rate from its log line, and the load averages before and after."""
+    data, work = root / name / "test", root / "work" / f"cold-train-{name}"
+    out: dict = {}
+    for r in range(rounds):
+        for code in (codes if r % 2 == 0 else codes[::-1]):
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            env = {**os.environ, "HEADSTART_CACHE": str(work / "cache"), "PYTHONPATH": str(code)}
+            args = ["train", str(data), "--out", str(work / "run"), "--strategy", "linear-probe", "--image-size",
+                    str(image_size)]
+            load = os.getloadavg()
+            got = timed([sys.executable, "-m", "headstart", *args], env, work / "train.log")
+            got.update(extraction_img_per_s=feature_rate(work / "train.log"),
+                       load_before_after=[round(x, 2) for x in (*load, *os.getloadavg())])
+            out.setdefault(str(code), []).append(got)
+            print(r, name, code, got, flush=True)
+    return out
+
+
 def table(results: dict) -> str:
     """The per-stage table of docs/measurements/README.md, from the JSON."""
     names = list(results.get("datasets", {}))
@@ -276,15 +298,18 @@ def table(results: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=("make", "run", "ddp", "extraction", "extraction-round", "table"))
+    ap.add_argument("what", choices=("make", "run", "ddp", "extraction", "extraction-round", "cold-train",
+                                         "table"))
     ap.add_argument("--root", type=Path, default=Path("/tmp/headstart-scale"))
     ap.add_argument("--data", nargs="+", default=["fmnist-10000", "photos-10000"])
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "measurements" / "scale.json")
     ap.add_argument("--sizes", type=int, nargs="+", default=[128, 224], help="extraction: image sizes")
-    ap.add_argument("--code", type=Path, nargs="+", default=[ROOT], help="extraction: headstart checkouts to compare")
+    ap.add_argument("--code", type=Path, nargs="+", default=[ROOT],
+                    help="extraction, cold-train: headstart checkouts to compare")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--key", default="extraction_vs_backbone_after", help="extraction: where in --out the figures go")
+    ap.add_argument("--key", default="extraction_vs_backbone_after",
+                    help="extraction, cold-train: where in --out the figures go")
     args = ap.parse_args()
     if args.what == "make":
         for name in args.data:
@@ -300,6 +325,11 @@ def main() -> None:
         return
     if args.what == "extraction-round":
         print(json.dumps(extraction_round(args.root, args.data[0], args.image_size)))
+        return
+    if args.what == "cold-train":
+        results[args.key] = {f"{n} {args.image_size}px": cold_train(args.root, n, args.image_size, args.code,
+                                                                    args.rounds) for n in args.data}
+        args.out.write_text(json.dumps(results, indent=1))
         return
     if args.what == "extraction":
         results[args.key] = extraction(args.root, args.data, args.sizes, args.code, args.rounds)

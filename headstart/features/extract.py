@@ -102,6 +102,8 @@ def iter_features(model: TransferModel, paths: Sequence[str], preprocessing: Pre
                   desc: str = "features") -> Iterator[tuple[int, np.ndarray, list[str]]]:
     """Computes features batch by batch, without a cache, through the fastest eval forward this machine has for
     a pass of this size (:mod:`headstart.features.forward`: ONNX Runtime or BatchNorm folded into the convolutions).
+    On a CPU, PyTorch takes :data:`~headstart.features.forward.CPU_CHUNK` images a call; with no loader workers and
+    more than one intra-op thread, the batches run in lanes (:func:`_in_lanes`).
 
     Yields:
         (index of the batch's first path, float32 features (n, dim), reason per image: '' when it decoded).
