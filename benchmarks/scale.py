@@ -92,15 +92,17 @@ def make_photos(out: Path, total: int, processes: int = 2) -> None:
 
 
 def timed(cmd: list[str], env: dict, log: Path) -> dict:
-    """Runs ``cmd`` under GNU time: wall seconds and peak RSS (MB). Not ``wait4`` from here: on Linux a child
-    starts with its parent's high-water mark, and this process has loaded torch to measure the backbone."""
+    """Runs ``cmd`` under GNU time: wall seconds, CPU seconds (user + system) and peak RSS (MB). Not ``wait4`` from
+    here: on Linux a child starts with its parent's high-water mark, and this process has loaded torch to measure
+    the backbone."""
     start = time.perf_counter()
     with open(log, "w") as f:
-        code = subprocess.call(["/usr/bin/time", "-f", "%M", "-o", str(log) + ".rss", *cmd], env=env, stdout=f,
+        code = subprocess.call(["/usr/bin/time", "-f", "%U %S %M", "-o", str(log) + ".rss", *cmd], env=env, stdout=f,
                                stderr=subprocess.STDOUT)
     seconds = time.perf_counter() - start
-    rss_kb = int(Path(str(log) + ".rss").read_text().split()[-1])
-    return {"seconds": round(seconds, 1), "peak_rss_mb": round(rss_kb / 1024), "exit": code, "cmd": " ".join(cmd[2:])}
+    user, system, rss_kb = Path(str(log) + ".rss").read_text().split()[-3:]
+    return {"seconds": round(seconds, 1), "cpu_seconds": round(float(user) + float(system), 1),
+            "peak_rss_mb": round(int(rss_kb) / 1024), "exit": code, "cmd": " ".join(cmd[2:])}
 
 
 def feature_rate(log: Path) -> float | None:
