@@ -3,6 +3,8 @@
     python benchmarks/scale.py make --root /tmp/headstart-scale --photos 100000      # the folders (under /tmp)
     python benchmarks/scale.py run --root /tmp/headstart-scale --data fmnist-10000 fmnist-70000 photos-10000 ...
     python benchmarks/scale.py ddp --root /tmp/headstart-scale --data photos-10000   # 1 process vs 2 Gloo
+    python benchmarks/scale.py extraction --code BEFORE AFTER   # each checkout's extraction against its backbone
+    python benchmarks/scale.py cold-train --code BEFORE AFTER   # the linear-probe train of a test folder, cold cache
 
 Datasets (``make``): Fashion-MNIST as PNG folders (``fmnist-10000``: 8,571 train + 1,429 test images;
 ``fmnist-70000``: the full 60,000 + 10,000) and photos (``photos-N``): scikit-image's colour sample pictures (one
