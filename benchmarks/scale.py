@@ -3,6 +3,8 @@
     python benchmarks/scale.py make --root /tmp/headstart-scale --photos 100000      # the folders (under /tmp)
     python benchmarks/scale.py run --root /tmp/headstart-scale --data fmnist-10000 fmnist-70000 photos-10000 ...
     python benchmarks/scale.py ddp --root /tmp/headstart-scale --data photos-10000   # 1 process vs 2 Gloo
+    python benchmarks/scale.py extraction --code BEFORE AFTER   # each checkout's extraction against its backbone
+    python benchmarks/scale.py cold-train --code BEFORE AFTER   # the linear-probe train of a test folder, cold cache
 
 Datasets (``make``): Fashion-MNIST as PNG folders (``fmnist-10000``: 8,571 train + 1,429 test images;
 ``fmnist-70000``: the full 60,000 + 10,000) and photos (``photos-N``): scikit-image's colour sample pictures (one
@@ -25,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -32,7 +35,8 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# HEADSTART_CODE: another checkout's headstart to measure (extraction's before/after rounds run the old code so)
+sys.path.insert(0, os.environ.get("HEADSTART_CODE", str(ROOT)))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the command line sets it, before torch is imported
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "retina", "hubble_deep_field", "cat",
           "colorwheel", "logo")
@@ -90,15 +94,17 @@ def make_photos(out: Path, total: int, processes: int = 2) -> None:
 
 
 def timed(cmd: list[str], env: dict, log: Path) -> dict:
-    """Runs ``cmd`` under GNU time: wall seconds and peak RSS (MB). Not ``wait4`` from here: on Linux a child
-    starts with its parent's high-water mark, and this process has loaded torch to measure the backbone."""
+    """Runs ``cmd`` under GNU time: wall seconds, CPU seconds (user + system) and peak RSS (MB). Not ``wait4`` from
+    here: on Linux a child starts with its parent's high-water mark, and this process has loaded torch to measure
+    the backbone."""
     start = time.perf_counter()
     with open(log, "w") as f:
-        code = subprocess.call(["/usr/bin/time", "-f", "%M", "-o", str(log) + ".rss", *cmd], env=env, stdout=f,
+        code = subprocess.call(["/usr/bin/time", "-f", "%U %S %M", "-o", str(log) + ".rss", *cmd], env=env, stdout=f,
                                stderr=subprocess.STDOUT)
     seconds = time.perf_counter() - start
-    rss_kb = int(Path(str(log) + ".rss").read_text().split()[-1])
-    return {"seconds": round(seconds, 1), "peak_rss_mb": round(rss_kb / 1024), "exit": code, "cmd": " ".join(cmd[2:])}
+    user, system, rss_kb = Path(str(log) + ".rss").read_text().split()[-3:]
+    return {"seconds": round(seconds, 1), "cpu_seconds": round(float(user) + float(system), 1),
+            "peak_rss_mb": round(int(rss_kb) / 1024), "exit": code, "cmd": " ".join(cmd[2:])}
 
 
 def feature_rate(log: Path) -> float | None:
@@ -171,35 +177,112 @@ def ddp(root: Path, name: str, image_size: int) -> dict:
     return out
 
 
-def extraction(root: Path, name: str, image_size: int, rounds: int = 2) -> dict:
-    """In one process, alternately: the backbone's own throughput (features/speed.py, random batches) and a cold
-    extraction of ``name``'s test folder (decode, resize, batch, forward, cache writes). Interleaved, so the
-    machine's load (shared) weighs on both alike; the ratio is set against the mean of the surrounding figures."""
-    from dataclasses import replace
+def _backbone_rate(runtime, size: int, lanes: int, seconds: float = 3.0) -> float:
+    """EfficientNet-Lite0's own img/s on random images: ``lanes`` 1 is the checkout's own :func:`throughput` (one
+    forward on all intra-op threads; batches of 32 before this change, of 16 after); more is batches of 16 in that
+    many threads of one intra-op thread each, the same in every checkout (the fastest arrangement found here)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from headstart.features.speed import throughput
+    from headstart.zoo.model import build_model
+
+    if lanes == 1:
+        return throughput("efficientnet_lite0", size, runtime, root=Path("/tmp/headstart-speed-scratch"),
+                          seconds=seconds, remeasure=True)
+    from headstart.features.forward import fast_forward
+
+    model = runtime.prepare(build_model("efficientnet_lite0", 2, pretrained=False).eval())
+    x = runtime.to_input(torch.randn(16, 3, size, size))
+    forward = fast_forward(model.backbone, runtime, x[:1], images=16, engine="torch")
+
+    def run(_) -> int:
+        with torch.inference_mode(), runtime.autocast():
+            forward(x)
+        return len(x)
+
+    threads = torch.get_num_threads()
+    with ThreadPoolExecutor(lanes, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        list(pool.map(run, range(lanes)))  # warm-up
+        start, done = time.perf_counter(), 0
+        while time.perf_counter() - start < seconds:
+            done += sum(pool.map(run, range(lanes)))
+    torch.set_num_threads(threads)
+    return done / (time.perf_counter() - start)
+
+
+def extraction_round(root: Path, name: str, image_size: int) -> dict:
+    """One round, in this process: the backbone's own throughput (features/speed.py), a cold extraction of
+    ``name``'s test folder (hash, decode, resize, batch, forward, cache writes; an empty cache), the backbone
+    again, the backbone in lanes before and after; wall and CPU time, and the load averages around it."""
+    import tempfile
 
     from headstart.core.runtime import make_runtime
     from headstart.data.sources import read_class_folders
     from headstart.features import extract_features
-    from headstart.features.speed import throughput
     from headstart.zoo.model import build_model
 
     runtime = make_runtime("auto", "auto")
     model = runtime.prepare(build_model("efficientnet_lite0", 10))
     pre = replace(model.spec.preprocessing(), image_size=image_size)
     paths = [p for p, _ in read_class_folders(root / name / "test")[1]]
-    work = root / "work" / f"extraction-{name}"
-    shutil.rmtree(work, ignore_errors=True)  # every round starts from an empty cache
-    backbone = [throughput("efficientnet_lite0", image_size, runtime, root=work, seconds=10, remeasure=True)]
-    pipeline = []
+    load_before = os.getloadavg()
+    backbone, lanes = [_backbone_rate(runtime, image_size, 1)], [_backbone_rate(runtime, image_size, 2)]
+    with tempfile.TemporaryDirectory() as cache:
+        wall, cpu = time.perf_counter(), time.process_time()
+        got = extract_features(model, paths, pre, runtime, batch_size=64, cache_dir=cache, verbose=False)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    backbone.append(_backbone_rate(runtime, image_size, 1))
+    lanes.append(_backbone_rate(runtime, image_size, 2))
+    rate = got.computed / wall
+    return {"images": got.computed, "extraction_img_per_s": round(rate, 1),
+            "extraction_cpu_ms_per_img": round(cpu / got.computed * 1e3, 2),
+            "backbone_img_per_s": [round(b, 1) for b in backbone], "ratio": round(rate / (sum(backbone) / 2), 3),
+            "backbone_lanes_b16_img_per_s": [round(b, 1) for b in lanes],
+            "ratio_to_lanes_b16": round(rate / (sum(lanes) / 2), 3),
+            "load_before_after": [round(x, 2) for x in (*load_before, *os.getloadavg())]}
+
+
+def extraction(root: Path, names: list[str], sizes: list[int], codes: list[Path], rounds: int) -> dict:
+    """Rounds of :func:`extraction_round`, each in a fresh process, for every folder, size and checkout of
+    headstart in ``codes`` (before and after a change), the checkouts' order alternating from round to round, so
+    that the machine's load (shared) weighs on all alike. Ratios are each round's own (extraction over the mean of
+    the backbone figures around it)."""
+    out: dict = {}
     for r in range(rounds):
-        start = time.perf_counter()
-        got = extract_features(model, paths, pre, runtime, batch_size=64, cache_dir=work / f"cache{r}")
-        pipeline.append(got.computed / (time.perf_counter() - start))
-        backbone.append(throughput("efficientnet_lite0", image_size, runtime, root=work, seconds=10, remeasure=True))
-    ratios = [p / ((a + b) / 2) for p, a, b in zip(pipeline, backbone, backbone[1:])]
-    out = {"images": len(paths), "image_size": image_size, "backbone_img_per_s": [round(b, 1) for b in backbone],
-           "extraction_img_per_s": [round(p, 1) for p in pipeline], "ratios": [round(r, 3) for r in ratios]}
-    print(name, out, flush=True)
+        for size in sizes:
+            for name in names:
+                for code in (codes if r % 2 == 0 else codes[::-1]):
+                    env = {**os.environ, "HEADSTART_CODE": str(code)}
+                    cmd = [sys.executable, __file__, "extraction-round", "--root", str(root), "--data", name,
+                           "--image-size", str(size)]
+                    got = json.loads(subprocess.run(cmd, env=env, check=True, capture_output=True,
+                                                    text=True).stdout.strip().splitlines()[-1])
+                    out.setdefault(f"{name} {size}px", {}).setdefault(str(code), []).append(got)
+                    print(r, name, size, code, got, flush=True)
+    return out
+
+
+def cold_train(root: Path, name: str, image_size: int, codes: list[Path], rounds: int) -> dict:
+    """What a user waits for: ``headstart train <name>/test --strategy linear-probe`` with an empty feature cache,
+    each checkout in ``codes`` in turn (the order alternating by round): wall seconds, peak RSS, the extraction's
+    own rate from its log line, and the load averages before and after."""
+    data, work = root / name / "test", root / "work" / f"cold-train-{name}"
+    out: dict = {}
+    for r in range(rounds):
+        for code in (codes if r % 2 == 0 else codes[::-1]):
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            env = {**os.environ, "HEADSTART_CACHE": str(work / "cache"), "PYTHONPATH": str(code)}
+            args = ["train", str(data), "--out", str(work / "run"), "--strategy", "linear-probe", "--image-size",
+                    str(image_size)]
+            load = os.getloadavg()
+            got = timed([sys.executable, "-m", "headstart", *args], env, work / "train.log")
+            got.update(extraction_img_per_s=feature_rate(work / "train.log"),
+                       load_before_after=[round(x, 2) for x in (*load, *os.getloadavg())])
+            out.setdefault(str(code), []).append(got)
+            print(r, name, code, got, flush=True)
     return out
 
 
@@ -219,11 +302,18 @@ def table(results: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=("make", "run", "ddp", "extraction", "table"))
+    ap.add_argument("what", choices=("make", "run", "ddp", "extraction", "extraction-round", "cold-train",
+                                         "table"))
     ap.add_argument("--root", type=Path, default=Path("/tmp/headstart-scale"))
     ap.add_argument("--data", nargs="+", default=["fmnist-10000", "photos-10000"])
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "measurements" / "scale.json")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[128, 224], help="extraction: image sizes")
+    ap.add_argument("--code", type=Path, nargs="+", default=[ROOT],
+                    help="extraction, cold-train: headstart checkouts to compare")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--key", default="extraction_vs_backbone_after",
+                    help="extraction, cold-train: where in --out the figures go")
     args = ap.parse_args()
     if args.what == "make":
         for name in args.data:
@@ -237,8 +327,16 @@ def main() -> None:
     if args.what == "table":
         print(table(results))
         return
+    if args.what == "extraction-round":
+        print(json.dumps(extraction_round(args.root, args.data[0], args.image_size)))
+        return
+    if args.what == "cold-train":
+        results[args.key] = {f"{n} {args.image_size}px": cold_train(args.root, n, args.image_size, args.code,
+                                                                    args.rounds) for n in args.data}
+        args.out.write_text(json.dumps(results, indent=1))
+        return
     if args.what == "extraction":
-        results["extraction"] = {name: extraction(args.root, name, args.image_size) for name in args.data}
+        results[args.key] = extraction(args.root, args.data, args.sizes, args.code, args.rounds)
         args.out.write_text(json.dumps(results, indent=1))
         return
     if args.what == "ddp":

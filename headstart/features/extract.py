@@ -7,12 +7,13 @@ large fp32 CPU passes, else BatchNorm folded into the convolutions, under the ru
 that have it natively, AMP on CUDA, where the uint8 batch is normalised on the GPU). The
 numbers are exactly those of :func:`headstart.data.transforms.eval_transform`: the same kernels and float ops.
 
-Where the data work runs: in loader workers when there are more than two cores; in the main process otherwise
-(:func:`headstart.data.dataset.default_workers`), and then on one thread, so that PyTorch does not split
-sub-millisecond per-image ops across threads (OpenMP start-up and waiting cost more than the work) and the backbone
-gets every thread back for its own calls. Measured costs per image on one core, for a 28 px PNG going to 224 px:
-decode ~0.15 ms, resize and crop ~0.25 ms, float and normalise ~0.3 ms; EfficientNet-Lite0 in bf16 needs ~20
-core-ms (``benchmarks/extraction_throughput.py``).
+Where the data work runs: in loader workers when there are more than two cores. On two cores (no loader workers,
+:func:`headstart.data.dataset.default_workers`) the images are split into *lanes*: as many threads as PyTorch has
+intra-op threads, each decoding a batch and running the backbone on it with one intra-op thread, so one lane's
+decoding overlaps the other's forward and no OpenMP barrier waits on a core another job holds (two Gloo processes
+extracted 2.6x as fast as one process that decoded between two-thread forwards). Measured costs per image on one
+core, for a 256 px JPEG going to 128 px: decode ~0.45 ms, resize and crop ~0.2 ms, float and normalise ~0.1 ms;
+EfficientNet-Lite0 in bf16 needs ~2.3 core-ms at 128 px and ~7 at 224 px (``benchmarks/scale.py extraction``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +37,7 @@ from headstart.core.runtime import Runtime
 from headstart.data.dataset import ImageFiles, default_workers, make_loader
 from headstart.data.transforms import eval_resize_crop
 from headstart.features.cache import FeatureCache, feature_key
-from headstart.features.forward import choose_engine, eval_forward
+from headstart.features.forward import choose_engine, eval_forward, in_chunks
 from headstart.features.speed import observe, throughput
 from headstart.zoo.model import TransferModel
 
@@ -76,7 +79,8 @@ class _Collate:
         if self.channels_last:
             out = out.contiguous(memory_format=torch.channels_last)
         for i, image in enumerate(images):
-            out[i] = _normalize(image, self.mean, self.std)
+            # the crop is a strided view of the resize: made dense first, the float ops take their vector path
+            out[i] = _normalize(image.contiguous(), self.mean, self.std)
         return out, reasons
 
 
@@ -98,6 +102,8 @@ def iter_features(model: TransferModel, paths: Sequence[str], preprocessing: Pre
                   desc: str = "features") -> Iterator[tuple[int, np.ndarray, list[str]]]:
     """Computes features batch by batch, without a cache, through the fastest eval forward this machine has for
     a pass of this size (:mod:`headstart.features.forward`: ONNX Runtime or BatchNorm folded into the convolutions).
+    On a CPU, PyTorch takes :data:`~headstart.features.forward.CPU_CHUNK` images a call; with no loader workers and
+    more than one intra-op thread, the batches run in lanes (:func:`_in_lanes`).
 
     Yields:
         (index of the batch's first path, float32 features (n, dim), reason per image: '' when it decoded).
@@ -107,6 +113,10 @@ def iter_features(model: TransferModel, paths: Sequence[str], preprocessing: Pre
     on_cpu = runtime.device.type == "cpu"
     engine = choose_engine(runtime, len(paths), preprocessing.crop, preprocessing.crop)
     workers = default_workers() if workers is None else workers
+    lanes = torch.get_num_threads() if on_cpu and engine == "torch" and workers == 0 else 1
+    if lanes > 1 and len(paths) > batch_size:
+        yield from _in_lanes(model, paths, preprocessing, runtime, batch_size, lanes, desc)
+        return
     channels_last = runtime.channels_last and engine == "torch"
     loader = make_loader(ImageFiles(paths, eval_resize_crop(preprocessing)), batch_size, shuffle=False, workers=workers,
                          collate_fn=_Collate(preprocessing, to_float=on_cpu, channels_last=channels_last))
@@ -115,9 +125,8 @@ def iter_features(model: TransferModel, paths: Sequence[str], preprocessing: Pre
                      for k in ("mean", "std"))
     batches = iter(progress(loader, f"{desc} ({engine})" if engine != "torch" else desc, runtime.is_main, unit="img",
                             per_item=batch_size))
-    # Decoding is not overlapped with the network: measured on 2 cores, a thread that decoded the next batch during
-    # ONNX Runtime's pass gained nothing (0.98x to 1.05x): the pass keeps both cores busy, and the data work is
-    # 1.5 ms of the ~19 ms each 224 px image costs. With more cores, loader workers decode in parallel.
+    # ONNX Runtime's pass keeps both cores busy on its own threads: a thread that decoded the next batch during it
+    # gained nothing on 2 cores (0.98x to 1.05x). With more cores, loader workers decode in parallel.
     forward, start = None, 0
     while True:
         with _threads(1 if workers == 0 and on_cpu else None):  # data work in this process: one thread
@@ -133,9 +142,52 @@ def iter_features(model: TransferModel, paths: Sequence[str], preprocessing: Pre
             x = images  # ONNX Runtime takes the contiguous batch as the collate made it
         forward = forward or eval_forward(model.backbone, runtime, x[:1], engine)
         with runtime.autocast():
-            feats = forward(x)
+            feats = in_chunks(forward, x) if on_cpu and engine == "torch" else forward(x)
         yield start, feats.float().cpu().numpy(), reasons
         start += len(images)
+
+
+def _in_lanes(model: TransferModel, paths: Sequence[str], preprocessing: Preprocessing, runtime: Runtime,
+              batch_size: int, lanes: int, desc: str) -> Iterator[tuple[int, np.ndarray, list[str]]]:
+    """:func:`iter_features` on the CPU in ``lanes`` threads, each taking the next batch, decoding it and running
+    the backbone on it on one intra-op thread; batches come back in order, at most ``lanes + 1`` in flight.
+
+    Why: a two-thread forward meets an OpenMP barrier at every operator, and while this process decoded the cores
+    had nothing else to run; on a shared machine a barrier also waits for whichever core another job holds. Lanes
+    share nothing but the (read-only, folded) backbone, so decoding overlaps the forward and a core that is taken
+    away slows one lane, not both. The numbers are those of the one-thread forward (a convolution's result does
+    not depend on how many threads computed it, to float rounding).
+    """
+    dataset = ImageFiles(paths, eval_resize_crop(preprocessing))
+    collate = _Collate(preprocessing, to_float=True, channels_last=runtime.channels_last)
+    forward = eval_forward(model.backbone, runtime, runtime.to_input(collate([dataset[0]])[0]), "torch")
+
+    def run(start: int) -> tuple[int, np.ndarray, list[str]]:
+        images, reasons = collate([dataset[i] for i in range(start, min(start + batch_size, len(paths)))])
+        with torch.inference_mode(), runtime.autocast():  # both are per thread
+            feats = in_chunks(forward, runtime.to_input(images))
+        return start, feats.float().numpy(), reasons
+
+    def ordered() -> Iterator[tuple[int, np.ndarray, list[str]]]:
+        threads, pending = torch.get_num_threads(), deque()
+        pool = ThreadPoolExecutor(lanes, thread_name_prefix="features", initializer=torch.set_num_threads,
+                                  initargs=(1,))
+        try:
+            for start in range(0, len(paths), batch_size):
+                pending.append(pool.submit(run, start))
+                if len(pending) > lanes:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:  # a consumer that stops early does not wait for batches it will never read
+                future.cancel()
+            pool.shutdown(wait=True)
+            torch.set_num_threads(threads)  # what the lanes set is also what torch reports process-wide
+
+    with contextlib.closing(ordered()) as results:
+        yield from progress(results, desc, runtime.is_main, unit="img", total=-(-len(paths) // batch_size),
+                            per_item=batch_size)
 
 
 @dataclass

@@ -3,7 +3,8 @@
 Choosing a backbone within a time budget needs each candidate's cost here, not a table from someone else's GPU:
 images x seconds per image of that backbone, at that resolution, in the precision this machine computes in.
 :func:`throughput` measures it (the eval forward the feature extraction uses: BatchNorm folded, channels-last,
-the runtime's autocast, batch 32 of random images) and remembers it in ``speeds.json`` beside the feature cache,
+the runtime's autocast, random images in calls of :data:`~headstart.features.forward.CPU_CHUNK` on a CPU, of 32 on
+a GPU) and remembers it in ``speeds.json`` beside the feature cache,
 keyed by everything that changes it: backbone, resolution, the work (extraction, or a training phase:
 :mod:`headstart.training.budget` measures those), precision, threads, the CPU model (or GPU name) and torch's
 version. ``headstart models --measure`` fills it; the listing shows what is there.
@@ -19,10 +20,10 @@ import torch
 from headstart.core.io import write_json
 from headstart.core.runtime import Runtime
 from headstart.features.cache import SPEEDS, cache_root, cpu_model, remembered_speeds
-from headstart.features.forward import fast_forward
+from headstart.features.forward import CPU_CHUNK, fast_forward
 from headstart.zoo.model import build_model
 
-BATCH = 32
+BATCH = 32  # images per training step measured (training.budget); extraction's are forward.CPU_CHUNK on a CPU
 
 
 def where() -> str:
@@ -65,14 +66,15 @@ def throughput(backbone: str, resolution: int, runtime: Runtime, root: str | Pat
     if not remeasure and (rate := remembered(measured, root)) is not None:
         return rate
     model = runtime.prepare(build_model(backbone, 2, pretrained=False).eval())
-    x = runtime.to_input(torch.randn(BATCH, 3, resolution, resolution))
-    forward = fast_forward(model.backbone, runtime, x[:1], images=BATCH, engine="torch")
+    batch = CPU_CHUNK if runtime.device.type == "cpu" else BATCH  # what one call of the extraction's forward takes
+    x = runtime.to_input(torch.randn(batch, 3, resolution, resolution))
+    forward = fast_forward(model.backbone, runtime, x[:1], images=batch, engine="torch")
     with runtime.autocast():
         forward(x)  # warm-up: kernels chosen, memory allocated
         done, start = 0, time.perf_counter()
-        while done < 2 * BATCH or time.perf_counter() - start < seconds:
+        while done < 4 * batch or time.perf_counter() - start < seconds:
             forward(x)
-            done += BATCH
+            done += batch
     return remember(measured, done / (time.perf_counter() - start), root)
 
 
