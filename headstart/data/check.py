@@ -105,7 +105,7 @@ def inspect_file(path: str, max_pixels: int = MAX_PIXELS, hashes: bool = True,
     """Reads ``path`` once: decodes it (what training will see) and, with ``hashes``, hashes its bytes and a small
     copy of the picture (for duplicates). Without ``hashes`` it is the light check every pass over images uses.
     With a ``store`` holding the bytes' content hash, the facts come from it and nothing is decoded."""
-    data = stamp = None
+    data = stamp = sha = None
     if hashes:
         try:
             data, stamp = hashing.read_stamped(path)
@@ -127,7 +127,7 @@ def inspect_file(path: str, max_pixels: int = MAX_PIXELS, hashes: bool = True,
         # The perceptual hash only needs 32x32; shrinking by whole factors first keeps big photos cheap.
         small = decoded.image.resize((64, 64), Image.Resampling.BOX, reducing_gap=2.0)
         bits = imagehash.phash(small).hash.ravel()
-        facts.sha, facts.stamp = hashing.file_hash(path, data), stamp
+        facts.sha, facts.stamp = sha or hashing.file_hash(path, data), stamp
         facts.phash = int.from_bytes(np.packbits(bits).tobytes(), "big")
         facts.thumb = decoded.image.convert("L").resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BILINEAR,
                                                         reducing_gap=2.0).tobytes()
