@@ -496,7 +496,7 @@ def train(cfg: TrainConfig, resume: bool = False, started: float | None = None) 
     if (RunDir(cfg.out).config().get("task") if resume else "multilabel" * is_multilabel_csv(cfg.data)):
         from headstart.training.train_multilabel import train_multilabel  # it builds on this module
 
-        return train_multilabel(cfg, resume)
+        return train_multilabel(cfg, resume, started)
     t_start = time.time()
     _check_options(cfg)
     budget = Budget(cfg.budget, started or time.monotonic()) if cfg.budget is not None and not resume else None

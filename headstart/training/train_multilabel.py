@@ -31,10 +31,13 @@ from headstart.data.rundir import RunDir, shipped_backbone_is_frozen
 from headstart.evaluation.multilabel import multilabel_metrics
 from headstart.features.extract import cache_key
 from headstart.predict.multilabel import Decision, choose_thresholds, fit_temperatures, sigmoid
+from headstart.training.budget import Budget
 from headstart.training.config import TrainConfig
 from headstart.training.loop import FitState, fit
 from headstart.training.multilabel import MultiLabelObjective, MultiLabelProbe, positive_weights
 from headstart.training.train import (
+    _budget_outcome,
+    _budget_spent,
     _check_options,
     _checkpointer,
     _Data,
@@ -51,6 +54,9 @@ from headstart.training.train import (
     log,
 )
 from headstart.training.train import (
+    _decide as _decide_budget,
+)
+from headstart.training.train import (
     _new_data as _new_run_data,
 )
 
@@ -63,8 +69,6 @@ def _refuse_single_label_options(cfg: TrainConfig) -> None:
                      ("--choose", cfg.choose)):
         if on:
             raise UsageError(f"{name} is for single-label data; leave it out for a multi-label CSV.")
-    if cfg.budget:
-        raise UsageError("--budget does not plan multi-label runs yet; leave it out and set --epochs instead.")
     if cfg.balance == "sampler":
         raise UsageError("--balance sampler draws classes equally often, which an image with several labels cannot "
                          "be; use --balance weights (a positive weight per label) for a multi-label CSV.")
@@ -178,11 +182,13 @@ def _test(model, splits: MultiLabelSplits, plan: _Plan, cfg: TrainConfig, runtim
     return {f"test_{k}": metrics[k] for k in ("map", "map_micro", "exact_match", "hamming_loss", "f1_micro")}
 
 
-def train_multilabel(cfg: TrainConfig, resume: bool = False) -> dict:
-    """Trains one multi-label model as ``cfg`` says (``cfg.data``: a multi-label CSV) and returns its summary."""
+def train_multilabel(cfg: TrainConfig, resume: bool = False, started: float | None = None) -> dict:
+    """Trains one multi-label model as ``cfg`` says (``cfg.data``: a multi-label CSV) and returns its summary.
+    ``--budget`` plans and stops it as it does a single-label run (:func:`headstart.training.train.train`)."""
     t_start = time.time()
     _check_options(cfg)
     _refuse_single_label_options(cfg)
+    budget = Budget(cfg.budget, started or time.monotonic()) if cfg.budget is not None and not resume else None
     seed_everything(cfg.seed)
     run = RunDir(cfg.out)
     runtime = make_runtime(cfg.device, cfg.precision)
@@ -190,6 +196,9 @@ def train_multilabel(cfg: TrainConfig, resume: bool = False) -> dict:
         else _new_data(run, cfg, runtime)
     if not data.splits.val:
         raise DataError(f"no validation images in {cfg.data}: add rows with split 'val', or more rows.")
+    budget_plan = None
+    if budget is not None:  # the strategy and epochs the budget buys, and the clock the loop asks
+        cfg, _, budget_plan = _decide_budget(cfg, data.splits, runtime, budget)
     plan = _plan(cfg, data, runtime)
     loaders = _loaders(data.splits, plan.preprocessing, cfg, runtime,
                        bn_trains=any(p.bn == "train" and p.fit == "sgd" for p in plan.strategy.phases))
@@ -200,14 +209,14 @@ def train_multilabel(cfg: TrainConfig, resume: bool = False) -> dict:
         if resume:
             run.keep_metrics_until(data.resume_state["fit_state"]["global_epoch"])
         else:
-            _record_start(run, cfg, plan, data.splits, runtime)
+            _record_start(run, cfg, plan, data.splits, runtime, budget=budget_plan)
             run.write_config({**run.config(), "task": TASK})
     y_train = np.array([y for _, y in data.splits.train])
     objective = MultiLabelObjective(positive_weights(y_train, cfg.balance == "weights"))
     probe = MultiLabelProbe(plan.preprocessing, data.splits.hashes)
     state = fit(plan.model, plan.strategy, loaders, runtime, patience=cfg.patience, seed=cfg.seed,
                 resume=data.resume_state, on_epoch=_checkpointer(run, plan.model, meta) if runtime.is_main else None,
-                probe=probe, objective=objective,
+                probe=probe, objective=objective, budget=budget_plan["clock"] if budget_plan else None,
                 l2sp_reference=_pretrained_backbone(cfg, len(data.splits.labels)) if resume and cfg.l2sp else None)
     barrier()
     if not runtime.is_main:
@@ -215,9 +224,13 @@ def train_multilabel(cfg: TrainConfig, resume: bool = False) -> dict:
     summary = _finish(cfg, run, plan, data, state, loaders, runtime, meta)
     summary["pos_weight"] = objective.pos_weight.tolist() if objective.pos_weight is not None else None
     summary["seconds"] = time.time() - t_start
+    if budget_plan:
+        summary["budget"] = _budget_outcome(budget_plan, state, summary)
     run.write_json(run.SUMMARY, summary)
     if cfg.report:
         _report(run, plan, summary, replace(runtime, rank=0, world_size=1), data.splits.hashes)
+    if budget_plan:
+        _budget_spent(run, summary, budget)
     return summary
 
 

@@ -128,6 +128,26 @@ def test_a_budget_too_short_for_the_cheapest_plan_is_refused_before_training(tmp
     assert not (tmp_path / "run" / "config.yaml").exists()
 
 
+@pytest.mark.slow
+def test_a_multi_label_run_is_planned_and_kept_within_its_budget(tmp_path, speeds, capsys):
+    from headstart.data.mosaic import make_mosaic_set
+
+    manifest = make_mosaic_set(tmp_path / "data", train=60, test=20, classes=3, seed=0, split_column=True)
+    run = tmp_path / "run"
+    assert main(["train", str(manifest), "--out", str(run), "--image-size", "32", "--epochs", "1", "--budget", "1h",
+                 "--workers", "0", "--no-report"]) == 0
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["task"] == "multilabel" and config["budget_plan"]["strategy"] == "fine-tune"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["budget"]["within"] and summary["best_phase"] in summary["budget"]["shipped"]
+    assert summary["test_map"] > 0.3 and "budget 3600 s" in capsys.readouterr().err
+
+    speeds["eval"] = 0.5  # features alone would take minutes: refused before training, in one sentence
+    assert main(["train", str(manifest), "--out", str(tmp_path / "short"), "--budget", "10s"]) == 2
+    assert "--budget 10 s is too short" in capsys.readouterr().err
+    assert not (tmp_path / "short" / "config.yaml").exists()
+
+
 def test_the_budget_counts_from_when_it_started():
     b = Budget(60, started=time.monotonic() - 45)
     assert 14 < b.left() <= 15 and 45 <= b.spent() < 46 and b.deadline == pytest.approx(b.started + 60)
