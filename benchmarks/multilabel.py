@@ -13,8 +13,12 @@ features):
 - ``headstart linear-probe`` and ``headstart fine-tune``: EfficientNet-Lite0 (ImageNet weights, offline), defaults
   (fine-tune: up to 10 epochs, patience 3), at ``--image-size``;
 - ``headstart scratch``: resnet20 from random weights at the same size, up to ``--scratch-epochs`` (patience 10);
-- ``fastai``: ``vision_learner`` + ``fine_tune(3)`` (``benchmarks/fastai_multilabel.py``, run by
-  ``--fastai-python``, a separate venv: fastai is not a headstart dependency), the same backbone and weights.
+- ``fastai``: ``vision_learner`` + ``fine_tune(3)`` at fastai's defaults (batch 64, ``Resize`` only), and
+  ``fastai-long``, ``fine_tune(9)``: ``benchmarks/fastai_multilabel.py --recipe default``, run by ``--fastai-python``,
+  a separate venv (fastai is not a headstart dependency), the same backbone and weights;
+- ``fastai-user``: what fastai's multi-label lesson teaches (``--recipe user``): ``aug_transforms``, batch 16,
+  ``lr_find``'s valley as ``base_lr``, ``fine_tune(12, freeze_epochs=3)`` (15 epochs; every epoch's validation
+  figures are kept in the row, the evidence that they were enough).
 
 mAP is the macro mean of each label's average precision on the test images (scikit-learn, no threshold); exact match
 uses each side's own thresholds (headstart: F1-optimal per label on validation; fastai: 0.5). It also measures the
@@ -24,7 +28,8 @@ the images).
 
     python benchmarks/multilabel.py --out /tmp/ml --fastai-python /tmp/fastai-venv-speed/bin/python
 
-Wall times are measured on a shared 2-core machine (other engineers' jobs running): compare them within one run.
+Wall times are measured on a shared 2-core machine (other engineers' jobs running): compare them within one run; each
+row records the load average before and after it.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from headstart.data.mosaic import make_mosaic_set  # noqa: E402
 from headstart.data.multilabel import discover_multilabel, iterative_split, missing_labels, random_split  # noqa: E402
 
 STRATEGIES = {"linear-probe": [], "fine-tune": [], "scratch": ["--model", "resnet20"]}
+FASTAI = ("fastai", "fastai-long", "fastai-user")
 
 
 def timed(cmd: list[str], env: dict) -> tuple[float, str]:
@@ -72,10 +78,15 @@ def headstart_row(csv: Path, runs: Path, strategy: str, args, env: dict) -> dict
             "train_images": s["train_images"], "val_images": s["val_images"]}
 
 
-def fastai_row(csv: Path, runs: Path, args, env: dict, epochs: int) -> dict:
+def fastai_row(csv: Path, runs: Path, args, env: dict, side: str) -> dict:
+    """One fastai command: ``fastai``/``fastai-long`` its defaults at 3 and 9 epochs, ``fastai-user`` the lesson's."""
+    recipe = {"fastai": ["--epochs", str(args.fastai_epochs)],
+              "fastai-long": ["--epochs", str(args.fastai_long_epochs)],
+              "fastai-user": ["--recipe", "user", "--epochs", str(args.fastai_user_epochs), "--freeze-epochs",
+                              str(args.fastai_freeze_epochs), "--batch-size", str(args.fastai_batch_size)]}[side]
     cmd = [args.fastai_python, str(HERE / "fastai_multilabel.py"), "--csv", str(csv), "--split",
            str(runs / "fine-tune" / "split.json"), "--image-size", str(args.image_size), "--seed", str(args.seed),
-           "--epochs", str(epochs)]
+           *recipe]
     seconds, out = timed(cmd, env)
     record = json.loads(out.strip().splitlines()[-1])
     return {**record, "seconds": round(seconds, 1)}
@@ -106,13 +117,17 @@ def main() -> None:
     ap.add_argument("--fastai-epochs", type=int, default=3, help="fastai's fine_tune(N) (a user's usual 3)")
     ap.add_argument("--fastai-long-epochs", type=int, default=9,
                     help="the 'fastai-long' side: fine_tune(N), N + 1 = 10 epochs, headstart fine-tune's cap")
+    ap.add_argument("--fastai-user-epochs", type=int, default=12,
+                    help="the 'fastai-user' side (lr_find valley, aug_transforms): fine_tune(N, base_lr)")
+    ap.add_argument("--fastai-freeze-epochs", type=int, default=3, help="the 'fastai-user' side's freeze_epochs")
+    ap.add_argument("--fastai-batch-size", type=int, default=16, help="the 'fastai-user' side's batch size")
     ap.add_argument("--first-seed-only", default="scratch,fastai-long",
                     help="sides run on the first seed only, for time (default: scratch and fastai-long)")
     ap.add_argument("--merge", type=Path, nargs="*", default=[],
                     help="other --out folders whose rows join this one's table (budgets run in parallel)")
     ap.add_argument("--fastai-python", help="python of a venv with fastai; without it the fastai rows are skipped")
     ap.add_argument("--only", default="", help="comma-separated sides to run (linear-probe, fine-tune, scratch, "
-                                               "fastai, split)")
+                                               "fastai, fastai-long, fastai-user, split)")
     ap.add_argument("--docs", type=Path, default=HERE.parent / "docs" / "measurements" / "multilabel_mosaic.json")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -130,7 +145,7 @@ def main() -> None:
             if not csv.exists():
                 make_mosaic_set(data, train=budget, test=args.test, seed=seed, split_column=True)
             runs = args.out / f"runs-{budget}-{seed}"
-            sides = [*STRATEGIES, "fastai", "fastai-long", "split"]
+            sides = [*STRATEGIES, *FASTAI, "split"]
             first_only = set(args.first_seed_only.split(","))
             for side in sides:
                 key = f"{budget}/{seed}/{side}"
@@ -140,18 +155,21 @@ def main() -> None:
                         side in first_only and seed != int(args.seeds.split(",")[0])):
                     continue
                 print(f"{key} ...", file=sys.stderr, flush=True)
+                load = [round(x, 2) for x in os.getloadavg()]  # the machine is shared: each row says how busy
                 row = (split_figures(csv, seed) if side == "split"
-                       else fastai_row(csv, runs, args, env, args.fastai_epochs) if side == "fastai"
-                       else fastai_row(csv, runs, args, env, args.fastai_long_epochs) if side == "fastai-long"
+                       else fastai_row(csv, runs, args, env, side) if side in FASTAI
                        else headstart_row(csv, runs, side, args, env))
-                results["rows"][key] = row
+                results["rows"][key] = {**row, "load_average_before": load,
+                                        "load_average_after": [round(x, 2) for x in os.getloadavg()]}
                 store.write_text(json.dumps(results, indent=1))
                 print(f"{key}: {json.dumps(row)}", file=sys.stderr, flush=True)
     for other in args.merge:
         results["rows"].update(json.loads((other / "multilabel.json").read_text())["rows"])
     results["table"] = table(results)
     store.write_text(json.dumps(results, indent=1))
-    args.docs.write_text(json.dumps(results, indent=1))
+    earlier = json.loads(args.docs.read_text()) if args.docs.exists() else {}
+    kept = {k: v for k, v in earlier.items() if k.startswith("earlier run")}  # older runs stay, under their label
+    args.docs.write_text(json.dumps({**results, **kept}, indent=1))
     print(results["table"])
 
 
@@ -162,7 +180,7 @@ def table(results: dict) -> str:
     lines = ["| budget | side | test mAP % | exact match % | seconds (whole command) | seeds |",
              "|---|---|---:|---:|---:|---:|"]
     for b in budgets:
-        for side in [*STRATEGIES, "fastai", "fastai-long"]:
+        for side in [*STRATEGIES, *FASTAI]:
             got = [v for k, v in rows.items() if k.startswith(f"{b}/") and k.endswith(f"/{side}")]
             if not got:
                 continue

@@ -7,7 +7,8 @@ cached features.
   scores of that label useless as probabilities. (fastai and Keras use the plain loss by default.)
 - Selection: every epoch is judged by its validation loss after one temperature per label is fitted to it, as the
   single-label loop judges its epochs after one temperature, so a calibrated probe and an over-confident network
-  are compared on the same footing. Under DDP each rank fits the temperatures on its own shard (an approximation).
+  are compared on the same footing. Under DDP the ranks' validation logits are gathered first, so the temperatures
+  and the figure are those of one process.
 - Accuracy in the epoch lines is the share of right yes/no decisions at a score of 0.5 (1 - Hamming loss).
 - Probe: one logistic regression per label on the standardised frozen features, each label's C chosen by its own
   validation loss (a rare label wants stronger regularisation than a common one); the heads stack into the model's
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from headstart.core.distributed import all_reduce_sum
+from headstart.core.distributed import gather_objects
 from headstart.core.hashing import KnownHashes
 from headstart.core.preprocessing import Preprocessing
 from headstart.core.runtime import Runtime
@@ -73,14 +74,16 @@ class MultiLabelObjective:
 
     def evaluate(self, model, loader, runtime: Runtime, desc: str = "val") -> dict:
         logits, labels = predict_logits(model, loader, runtime, desc)
-        z, y = logits.numpy().astype(np.float64), labels.numpy().astype(np.float64)
-        n = len(y)
-        raw = bce(z, y) * n if n else 0.0
-        calibrated, temperatures = calibrated_bce(z, y) if n else (0.0, [])
-        right = float(((z > 0) == (y > 0.5)).mean(1).sum()) if n else 0.0
-        raw, calibrated, right, n = all_reduce_sum([raw, calibrated * n, right, n], runtime.device)
-        return {"loss": raw / max(1, n), "acc": right / max(1, n), "loss_calibrated": calibrated / max(1, n),
-                "temperature": float(np.mean(temperatures)) if temperatures else 1.0, "all_correct": False}
+        # Every rank's validation logits together (n x labels floats: small), so that the temperatures, and with
+        # them the figure that picks the best epoch, are the ones a single process would fit.
+        shards = [s for s in gather_objects((logits.numpy(), labels.numpy())) if len(s[1])]
+        if not shards:
+            return {"loss": 0.0, "acc": 0.0, "loss_calibrated": 0.0, "temperature": 1.0, "all_correct": False}
+        z = np.concatenate([s[0] for s in shards]).astype(np.float64)
+        y = np.concatenate([s[1] for s in shards]).astype(np.float64)
+        calibrated, temperatures = calibrated_bce(z, y)
+        return {"loss": bce(z, y), "acc": float(((z > 0) == (y > 0.5)).mean()), "loss_calibrated": calibrated,
+                "temperature": float(np.mean(temperatures)), "all_correct": False}
 
 
 def fit_label_heads(x_train, y_train, x_val, y_val, grid=C_GRID) -> tuple[np.ndarray, np.ndarray, list[float]]:

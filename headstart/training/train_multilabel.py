@@ -236,7 +236,8 @@ def train_multilabel(cfg: TrainConfig, resume: bool = False, started: float | No
 
 def _announce(cfg: TrainConfig, plan: _Plan, data: _Data, runtime: Runtime) -> None:
     splits = data.splits
-    log(f"{cfg.model} ({plan.model.weights_source}) on {runtime.describe()}; multi-label: {len(splits.labels)} "
+    log(f"{cfg.model} ({plan.model.weights_source}) on {runtime.describe()}"
+        f"{f' x {runtime.world_size} processes' if runtime.world_size > 1 else ''}; multi-label: {len(splits.labels)} "
         f"labels, {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test images; strategy "
         f"{plan.strategy.name}")
     if plan.choice:
