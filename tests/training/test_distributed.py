@@ -55,9 +55,15 @@ def test_two_gloo_processes_match_one(tmp_path):
     assert two.returncode == 0, two.stderr
     assert "x 2 processes" in two.stderr
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["world_size"] == 2
-    m1 = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
-    m2 = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
-    assert len(m1) == len(m2) == 3  # the head fit, then two fine-tune epochs, each written once (rank 0)
+    assert_same_epochs(tmp_path / "one", tmp_path / "two")
+
+
+def assert_same_epochs(one, two) -> None:
+    """Two runs' metrics.jsonl: the head fit, then two fine-tune epochs, each written once (rank 0), with the same
+    validation figures and training loss."""
+    m1 = [json.loads(x) for x in (one / "metrics.jsonl").read_text().splitlines()]
+    m2 = [json.loads(x) for x in (two / "metrics.jsonl").read_text().splitlines()]
+    assert len(m1) == len(m2) == 3
     for a, b in zip(m1, m2):
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-3, abs=1e-4)
         assert a["val_acc"] == pytest.approx(b["val_acc"])

@@ -11,6 +11,7 @@ import torch
 
 from headstart.data.mosaic import make_mosaic_set
 from headstart.zoo import create_backbone
+from tests.training.test_distributed import assert_same_epochs
 
 
 def _train(manifest, weights, out, world: int, port: int = 29537):
@@ -49,13 +50,6 @@ def test_two_gloo_processes_fine_tune_a_multilabel_csv_like_one(tmp_path):
     assert math.isfinite(summary["test_map"]) and 0 <= summary["test_map"] <= 1
     assert json.loads((run / "test_metrics.json").read_text())["map"] == pytest.approx(summary["test_map"])
 
-    m1 = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
-    m2 = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert len(m1) == len(m2) == 3  # the head fit, then two fine-tune epochs, each written once (rank 0)
-    for a, b in zip(m1, m2):
-        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-3, abs=1e-4)
-        assert a["val_acc"] == pytest.approx(b["val_acc"])
-        if "train_loss" in a:
-            assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3, abs=1e-4)
+    assert_same_epochs(tmp_path / "one", run)
     one = json.loads((tmp_path / "one" / "summary.json").read_text())
     assert one["test_map"] == pytest.approx(summary["test_map"], abs=1e-3)
