@@ -110,11 +110,7 @@ def fit_logreg(x_train, y_train, x_val, y_val, num_classes: int, grid=C_GRID,
     # Without validation images there is nothing to choose by: a single given C (a refit) or the default 1.0.
     for c in sorted(grid) if len(y_val) or len(grid) == 1 else [1.0]:
         clf.set_params(C=c).fit(xt, y_train, sample_weight=sample_weight)
-        coef, intercept = np.zeros((num_classes, xt.shape[1])), np.full(num_classes, ABSENT)
-        w, b = clf.coef_, clf.intercept_
-        if len(classes) == 2:  # sklearn keeps one row for two classes: softmax(0, z) equals sigmoid(z)
-            w, b = np.vstack([np.zeros_like(w), w]), np.concatenate([[0.0], b])
-        coef[classes], intercept[classes] = w, b
+        coef, intercept = _placed(clf.coef_, clf.intercept_, classes, num_classes)
         logits = xv @ coef.T + intercept
         loss = log_loss(logits, y_val)
         if best is None or loss < best[0]:
@@ -122,6 +118,16 @@ def fit_logreg(x_train, y_train, x_val, y_val, num_classes: int, grid=C_GRID,
     loss, acc, c, coef, intercept = best
     weight, bias = _unstandardise(coef, intercept, mean, std)
     return LinearHead(weight, bias, {"head": "logreg", "C": c, "probe_val_loss": loss, "probe_val_acc": acc})
+
+
+def _placed(w: np.ndarray, b: np.ndarray, classes: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """A fit's rows for the ``classes`` it saw, as the whole head: one weight vector for two classes becomes two
+    rows (softmax(0, z) equals sigmoid(z)), and a class with no training image gets a bias that never wins."""
+    if len(classes) == 2:
+        w, b = np.vstack([np.zeros_like(w), w]), np.concatenate([[0.0], b])
+    coef, intercept = np.zeros((num_classes, w.shape[1])), np.full(num_classes, ABSENT)
+    coef[classes], intercept[classes] = w, b
+    return coef, intercept
 
 
 def _fit_logreg_copy_free(x, y, x_val, y_val, num_classes: int, grid, class_weight: np.ndarray | None,
@@ -136,11 +142,7 @@ def _fit_logreg_copy_free(x, y, x_val, y_val, num_classes: int, grid, class_weig
     best, params = None, None
     for c in sorted(grid) if len(y_val) or len(grid) == 1 else [1.0]:
         params = logreg_lbfgs.fit(x, target, len(classes), c, mean, std, weight, start=params)
-        w, b = params[:, :-1], params[:, -1]
-        if len(classes) == 2:  # one weight vector: softmax(0, z) equals sigmoid(z)
-            w, b = np.vstack([np.zeros_like(w), w]), np.concatenate([[0.0], b])
-        coef, intercept = np.zeros((num_classes, x.shape[1])), np.full(num_classes, ABSENT)
-        coef[classes], intercept[classes] = w, b
+        coef, intercept = _placed(params[:, :-1], params[:, -1], classes, num_classes)
         weight_raw, bias_raw = _unstandardise(coef, intercept, mean, std)
         logits = logreg_lbfgs.logits(x_val, weight_raw, bias_raw)
         loss = log_loss(logits, y_val)
@@ -264,7 +266,8 @@ def fit_head(kind: str, x_train, y_train, x_val, y_val, num_classes: int, class_
         return fitters[kind](x_train, y_train, x_val, y_val, num_classes, **options)
 
 
-def refit_head(kind: str, x, y, num_classes: int, chosen: dict, class_weight: np.ndarray | None = None) -> LinearHead:
+def refit_head(kind: str, x, y, num_classes: int, chosen: dict, class_weight: np.ndarray | None = None,
+               rows: np.ndarray | None = None) -> LinearHead:
     """Fits head ``kind`` again on all labelled features (train + validation) with the settings validation chose.
 
     Args:
@@ -273,15 +276,19 @@ def refit_head(kind: str, x, y, num_classes: int, chosen: dict, class_weight: np
         num_classes: size of the head.
         chosen: the ``info`` of the first fit: its ``C`` (logreg), ``temperature`` (ncm) or ``best_head_epoch`` (sgd).
         class_weight: as in :func:`fit_head`.
+        rows: ``logreg`` only: fit on these rows of ``x`` alone, without a copy of them (a cross-fit fold).
     """
     empty = np.zeros((0, np.asarray(x).shape[1]), np.float32), np.zeros(0, np.int64)
     options = {"logreg": lambda: {"grid": (chosen["C"],)},
                "ncm": lambda: {"scale": 1.0 / chosen["temperature"]},
                "sgd": lambda: {"epochs": chosen["best_head_epoch"]}}
     # An unknown kind gets no options here and fit_head's own error.
-    head = fit_head(kind, x, y, *empty, num_classes, class_weight=class_weight, **options.get(kind, dict)())
+    rows_option = {} if rows is None else {"rows": rows}
+    head = fit_head(kind, x, y, *empty, num_classes, class_weight=class_weight, **options.get(kind, dict)(),
+                    **rows_option)
     keep = {k: chosen[k] for k in ("C", "temperature", "best_head_epoch") if k in chosen}
-    return LinearHead(head.weight, head.bias, {"head": kind, **keep, "refit_images": int(len(y))})
+    return LinearHead(head.weight, head.bias, {"head": kind, **keep,
+                                               "refit_images": int(len(y) if rows is None else len(rows))})
 
 
 def cross_fitted_logits(kind: str, x, y, num_classes: int, chosen: dict, class_weight: np.ndarray | None = None,
@@ -309,17 +316,12 @@ def cross_fitted_logits(kind: str, x, y, num_classes: int, chosen: dict, class_w
     copy_free = kind == "logreg" and x.nbytes >= COPY_FREE_ABOVE  # a fold by its rows, not a copy of them
     for train, held in StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
         if copy_free:
-            empty = np.zeros((0, x.shape[1]), np.float32), np.zeros(0, np.int64)
-            with _threads_for(x.size):
-                head = fit_logreg(x, y, *empty, num_classes, (chosen["C"],), _weights(class_weight), rows=train)
+            head = refit_head(kind, x, y, num_classes, chosen, class_weight, rows=train)
             out[held] = logreg_lbfgs.logits(x, head.weight, head.bias, rows=held)
         else:
             out[held] = refit_head(kind, x[train], y[train], num_classes, chosen, class_weight).logits(x[held])
     return out, k
 
-
-def _weights(class_weight) -> np.ndarray | None:
-    return None if class_weight is None else np.asarray(class_weight, dtype=np.float64)
 
 
 @contextlib.contextmanager
