@@ -65,15 +65,8 @@ def run(args) -> int:
         leave()
         if rank != 0:
             return 0
-    if args.report:
-        from headstart.report import write_report  # in the command, not at import: --help stays fast
-
-        # Top losses: a frozen backbone's features come from the cache; a trained one predicts up to 500 images.
-        report = write_report(loaded.path, loaded=loaded, max_images=2000 if loaded.frozen_backbone else 500,
-                              heatmaps=args.heatmaps)
-        print(f"report: {report}", file=sys.stderr)
-    if args.json:
-        print(json.dumps(m))
+    # Top losses: a frozen backbone's features come from the cache; a trained one predicts up to 500 images.
+    if _report_then_json(args, loaded, m, max_images=2000 if loaded.frozen_backbone else 500):
         return 0
     from rich.table import Table  # in the command, not at import: --help stays fast
 
@@ -97,6 +90,19 @@ def run(args) -> int:
     return 0
 
 
+def _report_then_json(args, loaded, m: dict, **report) -> bool:
+    """The run's report refreshed (unless ``--no-report``), then with ``--json`` the figures as one JSON object on
+    stdout: True when they were printed so (the table is not wanted)."""
+    if args.report:
+        from headstart.report import write_report  # in the command, not at import: --help stays fast
+
+        print(f"report: {write_report(loaded.path, loaded=loaded, heatmaps=args.heatmaps, **report)}",
+              file=sys.stderr)
+    if args.json:
+        print(json.dumps(m))
+    return args.json
+
+
 def _multilabel(args, loaded) -> int:
     """``evaluate`` of a multi-label run: mAP, exact match, Hamming loss and each label's figures at its threshold."""
     from headstart.evaluation.multilabel import evaluate_multilabel_run  # in the command: --help stays fast
@@ -104,12 +110,7 @@ def _multilabel(args, loaded) -> int:
     m = evaluate_multilabel_run(loaded, args.data, batch_size=args.batch_size, tta=args.tta,
                                 keep_leaked=args.keep_leaked, duplicates=args.duplicates,
                                 delimiter=args.label_delimiter)
-    if args.report:
-        from headstart.report import write_report  # in the command, not at import: --help stays fast
-
-        print(f"report: {write_report(loaded.path, loaded=loaded, heatmaps=args.heatmaps)}", file=sys.stderr)
-    if args.json:
-        print(json.dumps(m))
+    if _report_then_json(args, loaded, m):
         return 0
     from rich.table import Table  # in the command, not at import: --help stays fast
 
