@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 
 from headstart.cli import options
@@ -27,14 +26,18 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from headstart.features.cache import cache_root, clear, namespaces, size_limit  # numpy: not for --help
+    from headstart.features.cache import (  # numpy: not for --help
+        FACTS_FOLDER,
+        cache_root,
+        clear,
+        folder_bytes,
+        namespaces,
+        size_limit,
+    )
 
     root = cache_root()
     if args.action == "clear":
         freed = clear(root, args.names or None)
-        if not args.names:  # everything: the check's facts too (facts_cache)
-            freed += _folder_bytes(root / "facts")
-            shutil.rmtree(root / "facts", ignore_errors=True)
         print(f"removed {freed / 1e6:.1f} MB from {root}")
         return 0
     spaces = namespaces(root)
@@ -43,7 +46,7 @@ def run(args) -> int:
         return 0
     total = sum(n["bytes"] for n in spaces)
     print(f"{root}: {len(spaces)} namespace(s), {total / 1e6:.1f} MB of {size_limit() / 1e9:.0f} GB allowed")
-    if (facts := _folder_bytes(root / "facts")):
+    if (facts := folder_bytes(root / FACTS_FOLDER)):
         print(f"  facts/  what `check` found in each image, by content: {facts / 1e6:.1f} MB (cleared with "
               "`headstart cache clear`)")
     for n in reversed(spaces):
@@ -51,7 +54,3 @@ def run(args) -> int:
         print(f"  {n['dir'].rsplit('/', 1)[-1]}  {n['backbone']} {n['image_size']} px {n['precision']}: "
               f"{n['images']} images, {n['bytes'] / 1e6:.1f} MB, used {age:.1f} days ago")
     return 0
-
-
-def _folder_bytes(folder) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0

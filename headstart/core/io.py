@@ -8,13 +8,16 @@ no pickle) and the training state (``torch.save`` of tensors and plain types onl
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import mmap
 import os
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import safetensors.numpy
 import yaml
 from safetensors import safe_open
@@ -36,6 +39,18 @@ def cache_root() -> Path:
     """Where headstart keeps what it computed once (features, speeds, the check's facts): ``$HEADSTART_CACHE`` when
     set, else ``~/.cache/headstart/features``."""
     return Path(os.environ.get("HEADSTART_CACHE") or DEFAULT_CACHE_ROOT)
+
+
+def release_pages(array) -> None:
+    """Unmaps the pages of a memory-mapped ``array`` (``np.load(..., mmap_mode="r")``) that this process has read;
+    they stay in the page cache, so reading them again costs a page-table entry, not a disk read. Pages read
+    through a mapping count in the process's resident memory while mapped: without this, reading the cached
+    features of 100,000 Lite0 images once would add 0.5 GB to it, on top of the copy that was asked for."""
+    mapping = getattr(array, "_mmap", None)
+    if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
+        with contextlib.suppress(OSError, ValueError):
+            mapping.madvise(mmap.MADV_DONTNEED)
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -78,6 +93,15 @@ def write_yaml(path: str | Path, obj) -> None:
 
 def write_bytes(path: str | Path, data: bytes) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def write_npy(path: str | Path, array) -> None:
+    """A numpy array as ``.npy``, no pickle."""
+    def write(tmp):
+        with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to the temporary name
+            np.save(f, array, allow_pickle=False)
+
+    atomic_write(path, write)
 
 
 def write_csv_rows(path: str | Path, columns: list[str], rows: list[dict], what: str = "a folder") -> Path:

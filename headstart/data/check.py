@@ -170,7 +170,7 @@ def inspect_files(paths: list[str], max_pixels: int = MAX_PIXELS, workers: int |
             mine += part
             for f in part if store is not None else ():
                 if f.error is None and f.sha and not f.stored:  # a shard written every 4,096: a stop keeps them
-                    store.add(f.sha, f.phash, f.format, f.mode, f.orientation, f.transparency, f.phash_ok, f.thumb)
+                    store.add(f)
     if store is not None:
         store.flush()
         store.release()

@@ -20,10 +20,7 @@ torchrun's ranks each write their own shards. Reading is by memory map; the page
 
 from __future__ import annotations
 
-import contextlib
 import json
-import mmap
-import os
 import uuid
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -31,9 +28,10 @@ from pathlib import Path
 import numpy as np
 
 from headstart.core.hashing import key_digest
-from headstart.core.io import cache_root
+from headstart.core.io import cache_root, release_pages, write_bytes, write_npy
 
 SHARD_ROWS = 4096
+FOLDER = "facts"  # under the feature cache's root
 FORMAT = 1  # of this store's files
 ROW = np.dtype([("sha", "S64"), ("phash", "<u8"), ("format", "S12"), ("mode", "S12"), ("orientation", "u1"),
                 ("transparency", "?"), ("phash_ok", "?")])
@@ -59,12 +57,12 @@ class FactsStore:
     """
 
     def __init__(self, key: dict, root: str | Path | None = None):
-        self.dir = Path(root or cache_root()) / "facts" / key_digest(key, digest_size=10)
+        self.dir = Path(root or cache_root()) / FOLDER / key_digest(key, digest_size=10)
         self.writable = True
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             if not (self.dir / "settings.json").exists():
-                _atomic(self.dir / "settings.json", json.dumps(key, indent=1, sort_keys=True).encode())
+                write_bytes(self.dir / "settings.json", json.dumps(key, indent=1, sort_keys=True).encode())
         except OSError:  # a read-only cache: the check runs as before, decoding every image
             self.writable = False
         self.thumb_bytes = key["thumb_side"] ** 2
@@ -106,14 +104,14 @@ class FactsStore:
         shard, row = self._where[at]
         return self._rows[shard][row], bytes(self._thumbs[shard][row])
 
-    def add(self, sha: str, phash: int, format: str | None, mode: str, orientation: int, transparency: bool,
-            phash_ok: bool, thumb: bytes) -> None:
-        """Keeps one image's facts; written with the next full shard, or by :meth:`flush`. Main thread only."""
-        if not self.writable or len(thumb) != self.thumb_bytes:
+    def add(self, facts) -> None:
+        """Keeps one image's facts (:class:`headstart.data.check.FileFacts`, read by the names of :data:`ROW` and
+        ``thumb``); written with the next full shard, or by :meth:`flush`. Main thread only."""
+        if not self.writable or len(facts.thumb) != self.thumb_bytes:
             return
-        row = np.array((sha.encode(), phash, (format or "").encode(), mode.encode(), orientation, transparency,
-                        phash_ok), dtype=ROW)
-        self._pending.append((row, thumb))
+        row = np.array((facts.sha.encode(), facts.phash, (facts.format or "").encode(), facts.mode.encode(),
+                        facts.orientation, facts.transparency, facts.phash_ok), dtype=ROW)
+        self._pending.append((row, facts.thumb))
         if len(self._pending) >= SHARD_ROWS:
             self.flush()
 
@@ -126,28 +124,13 @@ class FactsStore:
         rows = np.array([r for r, _ in pending], dtype=ROW)
         thumbs = np.frombuffer(b"".join(t for _, t in pending), np.uint8).reshape(len(pending), self.thumb_bytes)
         try:
-            _save(self.dir / f"{name}.thumbs.npy", thumbs)
-            _save(self.dir / f"{name}.facts.npy", rows)
+            write_npy(self.dir / f"{name}.thumbs.npy", thumbs)
+            write_npy(self.dir / f"{name}.facts.npy", rows)
         except OSError:  # a full or read-only disk: the facts are simply found again next time
             self.writable = False
 
     def release(self) -> None:
         """Unmaps the thumbnail pages read so far (they count in the process's resident memory while mapped)."""
         for thumbs in self._thumbs:
-            mapping = getattr(thumbs, "_mmap", None)
-            if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
-                with contextlib.suppress(OSError, ValueError):
-                    mapping.madvise(mmap.MADV_DONTNEED)
+            release_pages(thumbs)
 
-
-def _save(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to the name
-        np.save(f, array, allow_pickle=False)
-    os.replace(tmp, path)
-
-
-def _atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

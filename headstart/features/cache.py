@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
-import mmap
 import os
 import platform
 import re
@@ -37,8 +36,8 @@ import numpy as np
 
 from headstart.core.errors import OutputError, UsageError
 from headstart.core.hashing import key_digest
-from headstart.core.io import DEFAULT_CACHE_ROOT as DEFAULT_ROOT  # noqa: F401 (re-exported)
-from headstart.core.io import cache_root
+from headstart.core.io import cache_root, release_pages, write_bytes, write_npy
+from headstart.data.facts_cache import FOLDER as FACTS_FOLDER
 
 DEFAULT_LIMIT_GB = 20.0  # $HEADSTART_CACHE_MAX_GB; past it the least recently used namespaces are removed
 _MISSING = -1
@@ -123,23 +122,14 @@ class ShardWriter:
         final = self.cache.dir / f"{self.name}.npy"
         os.replace(self._tmp, final)
         if self.bad:
-            _atomic_bytes(self.cache.dir / f"{self.name}.bad.json", json.dumps(self.bad).encode())
-        keys_tmp = self.cache.dir / f".{self.name}.keys.npy.tmp"
-        with open(keys_tmp, "wb") as f:  # a file object: np.save would append ".npy" to the name
-            np.save(f, self.keys, allow_pickle=False)
-        os.replace(keys_tmp, self.cache.dir / f"{self.name}.keys.npy")
+            write_bytes(self.cache.dir / f"{self.name}.bad.json", json.dumps(self.bad).encode())
+        write_npy(self.cache.dir / f"{self.name}.keys.npy", self.keys)
         self.cache.refresh()
         evict(self.cache.dir.parent, keep=self.cache.dir)
 
     def abort(self) -> None:
         self._file.close()
         self._tmp.unlink(missing_ok=True)
-
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 class FeatureCache:
@@ -159,7 +149,7 @@ class FeatureCache:
             raise OutputError(f"cannot create the feature cache {self.dir} ({exc.strerror}); set HEADSTART_CACHE "
                                   "to a folder you can write to.") from None
         if not (self.dir / "key.json").exists():
-            _atomic_bytes(self.dir / "key.json", json.dumps(key, indent=1, sort_keys=True).encode())
+            write_bytes(self.dir / "key.json", json.dumps(key, indent=1, sort_keys=True).encode())
         with contextlib.suppress(OSError):  # a read-only (shared) cache is still read
             os.utime(self.dir / "key.json")  # "last used", for eviction
         self.refresh()
@@ -246,24 +236,13 @@ class FeatureCache:
             rows = loc[at, 1]
             order = np.argsort(rows, kind="stable")  # ascending rows read the mapping front to back
             out[at[order]] = self.shards[shard][rows[order]]
-            _release(self.shards[shard])
+            release_pages(self.shards[shard])
         return out
 
     def iter_read(self, keys: Sequence[str], chunk: int = 4096) -> Iterator[np.ndarray]:
         """Like :meth:`read`, ``chunk`` rows at a time: features of any number of images in bounded memory."""
         for start in range(0, len(keys), chunk):
             yield self.read(keys[start:start + chunk])
-
-
-def _release(shard: np.ndarray) -> None:
-    """Unmaps the pages of ``shard`` this process has read (they stay in the page cache, so reading them again costs
-    a page-table entry, not a disk read). Pages read through a mapping count in the process's resident memory
-    while mapped: without this, reading the features of 100,000 Lite0 images once would add 0.5 GB to it, on top of
-    the copy that was asked for."""
-    mapping = getattr(shard, "_mmap", None)
-    if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
-        with contextlib.suppress(OSError, ValueError):
-            mapping.madvise(mmap.MADV_DONTNEED)
 
 
 def size_limit() -> int:
@@ -294,28 +273,33 @@ def namespaces(root: str | Path | None = None) -> list[dict]:
                 pass
         out.append({"dir": str(folder), "backbone": key.get("backbone"), "precision": key.get("precision"),
                     "image_size": (key.get("preprocessing") or {}).get("image_size"), "images": images,
-                    "bytes": _bytes(folder), "last_used": last_used})
+                    "bytes": folder_bytes(folder), "last_used": last_used})
     return sorted(out, key=lambda n: n["last_used"])
 
 
-def _bytes(folder: Path) -> int:
-    """The size of the files in ``folder``, counting a file that another process renames or removes while it is
+def folder_bytes(folder: Path) -> int:
+    """The size of the files under ``folder``, counting a file that another process renames or removes while it is
     counted (a rank committing its shard: ``.tmp`` -> ``.npy``) as nothing rather than failing."""
     total = 0
-    for path in folder.iterdir() if folder.is_dir() else []:
+    for path in folder.rglob("*") if folder.is_dir() else []:
         with contextlib.suppress(FileNotFoundError):
             total += path.stat().st_size if path.is_file() else 0
     return total
 
 
 def clear(root: str | Path | None = None, which: Sequence[str] | None = None) -> int:
-    """Removes the namespaces named in ``which`` (folder names or paths), or all; returns the bytes freed."""
+    """Removes the namespaces named in ``which`` (folder names or paths), or all of them and the check's facts
+    (:mod:`headstart.data.facts_cache`); returns the bytes freed."""
     freed = 0
     wanted = {Path(w).name for w in which} if which else None
     for ns in namespaces(root):
         if wanted is None or Path(ns["dir"]).name in wanted:
             shutil.rmtree(ns["dir"], ignore_errors=True)
             freed += ns["bytes"]
+    if wanted is None:
+        facts = Path(root or cache_root()) / FACTS_FOLDER
+        freed += folder_bytes(facts)
+        shutil.rmtree(facts, ignore_errors=True)
     return freed
 
 
