@@ -577,12 +577,12 @@ def _report(run: RunDir, plan: _Plan, summary: dict, alone: Runtime, known_hashe
     images again for them (``headstart report RUN`` looks at up to 2,000). The model in memory is used, on rank 0
     alone (under torchrun the other ranks have returned)."""
     t0 = time.time()
-    frozen = summary["frozen_backbone"]
-    loaded = LoadedRun(plan.model, run.classes(), plan.preprocessing, run.config(), alone, run.path,
+    frozen, config = summary["frozen_backbone"], run.config()
+    loaded = LoadedRun(plan.model, run.classes(), plan.preprocessing, config, alone, run.path,
                        summary["temperature"], frozen_backbone=frozen, known_hashes=known_hashes)
     try:
         path = write_report(run.path, max_images=2000 if frozen else 500, loaded=loaded,
-                            heatmaps=run.config().get("heatmaps", True))
+                            heatmaps=config.get("heatmaps", True))
         log(f"report: {path} ({time.time() - t0:.0f} s)")
     except (HeadstartError, OSError) as exc:
         log(f"could not write the report ({exc}); the run is complete. Try `headstart report {run.path}`.")
