@@ -44,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; the last checkpoint is kept.", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `headstart ... | head`: the reader has what it wanted; no traceback
+        # Python flushes stdout again at exit, into the closed pipe: point it at nothing first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except HeadstartError as exc:
         if args.debug:
             raise

@@ -168,3 +168,20 @@ def test_a_linear_probe_run_evaluates_and_predicts_from_cached_features(trained_
     monkeypatch.setattr(loaded.model.backbone, "forward", lambda *a, **k: calls.append(1))
     again = evaluate_run(loaded, data, workers=0, keep_leaked=True)
     assert calls == [] and again["accuracy"] == evaluate_run(full, data, workers=0, keep_leaked=True)["accuracy"]
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
+    """``headstart cache info | head -1``: the reader closes the pipe; no traceback, exit 0."""
+    import os
+    import subprocess
+    import sys
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "key.json").write_text(json.dumps({"backbone": name}))
+    env = {**os.environ, "HEADSTART_CACHE": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "headstart", "cache", "info"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # closed before the command writes a line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and "Traceback" not in err, err
