@@ -254,7 +254,10 @@ def _confirmed(prints: Prints, coarse: tuple[np.ndarray, np.ndarray], ii: np.nda
     (:func:`_coarse_prints`), then the full thumbnails of the pairs that pass it, 4,096 pairs at a time (each
     holds four float copies of a 32x32 thumbnail: 16 kB)."""
     z, flat = coarse
-    look = (np.einsum("ij,ij->i", z[ii], z[jj]) >= PREFILTER) | flat[ii] | flat[jj]
+    look = flat[ii] | flat[jj]
+    for k in range(0, len(ii), 4096):  # z[ii] and z[jj] of a whole block of 65,536 pairs were 134 MB
+        a, b = ii[k:k + 4096], jj[k:k + 4096]
+        look[k:k + 4096] |= np.einsum("ij,ij->i", z[a], z[b]) >= PREFILTER
     ii, jj = ii[look], jj[look]
     for k in range(0, len(ii), 4096):
         a, b = ii[k:k + 4096], jj[k:k + 4096]
