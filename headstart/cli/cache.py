@@ -44,11 +44,12 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(spaces, indent=1))
         return 0
-    total = sum(n["bytes"] for n in spaces)
+    facts = folder_bytes(root / FACTS_FOLDER)
+    total = sum(n["bytes"] for n in spaces) + facts
     print(f"{root}: {len(spaces)} namespace(s), {total / 1e6:.1f} MB of {size_limit() / 1e9:.0f} GB allowed")
-    if (facts := folder_bytes(root / FACTS_FOLDER)):
+    if facts:
         print(f"  facts/  what `check` found in each image, by content: {facts / 1e6:.1f} MB (cleared with "
-              "`headstart cache clear`)")
+              "`headstart cache clear`; evicted with the namespaces, least recently used first)")
     for n in reversed(spaces):
         age = (time.time() - n["last_used"]) / 86400
         print(f"  {n['dir'].rsplit('/', 1)[-1]}  {n['backbone']} {n['image_size']} px {n['precision']}: "

@@ -16,11 +16,14 @@ Layout, under ``<feature cache root>/facts/<digest of the settings>/`` (``$HEADS
 
 A shard is written every :data:`SHARD_ROWS` new images, as the check goes, so a check stopped midway keeps them.
 torchrun's ranks each write their own shards. Reading is by memory map; the pages read are released at once.
+A store counts in the cache's size (``$HEADSTART_CACHE_MAX_GB``) and is evicted with the feature namespaces, least
+recently used first (:func:`headstart.features.cache.evict`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -63,6 +66,7 @@ class FactsStore:
             self.dir.mkdir(parents=True, exist_ok=True)
             if not (self.dir / "settings.json").exists():
                 write_bytes(self.dir / "settings.json", json.dumps(key, indent=1, sort_keys=True).encode())
+            os.utime(self.dir / "settings.json")  # last used now: the cache's eviction removes the least recent
         except OSError:  # a read-only cache: the check runs as before, decoding every image
             self.writable = False
         self.thumb_bytes = key["thumb_side"] ** 2

@@ -303,11 +303,23 @@ def clear(root: str | Path | None = None, which: Sequence[str] | None = None) ->
     return freed
 
 
+def facts_stores(root: str | Path | None = None) -> list[dict]:
+    """The check's facts stores (:mod:`headstart.data.facts_cache`, one per set of check settings): folder, bytes
+    and when last used (a store marks its ``settings.json`` each time it is opened)."""
+    out = []
+    for settings in (Path(root or cache_root()) / FACTS_FOLDER).glob("*/settings.json"):
+        with contextlib.suppress(FileNotFoundError):  # removed meanwhile by another process
+            out.append({"dir": str(settings.parent), "bytes": folder_bytes(settings.parent),
+                        "last_used": settings.stat().st_mtime})
+    return out
+
+
 def evict(root: str | Path | None = None, keep: Path | None = None, limit: int | None = None) -> list[str]:
-    """Removes whole namespaces, least recently used first, until the cache fits ``limit`` (default
-    :func:`size_limit`); never ``keep`` (the one in use). Returns the folders removed."""
+    """Removes whole namespaces and facts stores (together they make the cache's size), least recently used first,
+    until the cache fits ``limit`` (default :func:`size_limit`); never ``keep`` (the one in use). Returns the
+    folders removed."""
     limit = size_limit() if limit is None else limit
-    spaces = namespaces(root)
+    spaces = sorted(namespaces(root) + facts_stores(root), key=lambda n: n["last_used"])
     total = sum(n["bytes"] for n in spaces)
     removed = []
     for ns in spaces:

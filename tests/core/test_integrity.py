@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -64,6 +65,21 @@ def test_eviction_removes_least_recently_used_namespaces_but_never_the_one_in_us
     assert cache_module.namespaces(tmp_path)[0]["images"] == 1
     removed = cache_module.evict(tmp_path, keep=old, limit=2500)
     assert removed == [str(mid)] and old.exists() and new.exists()
+
+
+def test_eviction_counts_the_check_facts_stores_and_removes_them_by_last_use(tmp_path):
+    from headstart.data.facts_cache import FOLDER, FactsStore
+
+    old_facts = FactsStore({"thumb_side": 32, "n": 1}, root=tmp_path).dir  # opened (used) now
+    (old_facts / "x.thumbs.npy").write_bytes(b"x" * 1000)
+    then = time.time() - 20 * 86400
+    os.utime(old_facts / "settings.json", (then, then))  # last used 20 days ago
+    old, new = _namespace(tmp_path, "old", 1000, 30), _namespace(tmp_path, "new", 1000, 1)
+    assert [Path(s["dir"]) for s in cache_module.facts_stores(tmp_path)] == [old_facts]
+    assert cache_module.evict(tmp_path, keep=new, limit=1200) == [str(old), str(old_facts)]
+    assert new.exists() and not (tmp_path / FOLDER / old_facts.name).exists()
+    reopened = FactsStore({"thumb_side": 32, "n": 2}, root=tmp_path).dir
+    assert time.time() - cache_module.facts_stores(tmp_path)[0]["last_used"] < 60 and reopened.exists()
 
 
 def test_a_shard_committed_by_another_process_while_the_cache_is_measured_is_not_an_error(tmp_path, monkeypatch):
