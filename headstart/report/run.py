@@ -155,21 +155,7 @@ class RunReport:
     def adaptation(self):
         if not self.adapted:
             return None
-        a = self.adapted
-        pairs = [("adapted from", f"<code>{esc(a.get('from_run', '?'))}</code>"),
-                 ("target images", (f"<code>{esc(a.get('target', '?'))}</code> ({a.get('images', '?')} images, "
-                                    f"{a.get('unreadable', 0)} unreadable)")),
-                 ("method", esc(f"{a.get('method', '?')}: {a.get('reference', '')}")),
-                 ("BatchNorm layers", esc(a.get("batchnorm_layers", "?")))]
-        if a.get("source"):
-            pairs.append(("source statistics", esc(a["source"])))
-        body = kv(pairs)
-        if a.get("warning"):
-            body += callout(esc(a["warning"]))
-        body += para("An adapted run keeps the source run's record of its training images, but was not trained "
-                     "itself: it has no training curves, and its test figures are those of a <code>headstart "
-                     "evaluate</code> on labelled target images, when one has been run.", "note")
-        return "adaptation", "Adaptation", body
+        return "adaptation", "Adaptation", adaptation_body(self.adapted)
 
     def data(self):
         if not self.splits:
@@ -527,6 +513,23 @@ def _tile(p, cam) -> str:
                if p.wrong else f"<div>predicted {esc(p.predicted)} {p.score:.2f}</div>")
     return (f'<div class="thumb">{picture}<div>true <span class="true">{esc(p.true)}</span> {p.p_true:.2f}</div>'
             f'{verdict}<div class="path">{esc(p.split)} · {esc(Path(p.path).name)}</div></div>')
+
+
+def adaptation_body(a: dict) -> str:
+    """What ``headstart adapt`` did to a run (its ``adapted`` record), and what that means for the page."""
+    pairs = [("adapted from", f"<code>{esc(a.get('from_run', '?'))}</code>"),
+             ("target images", (f"<code>{esc(a.get('target', '?'))}</code> ({a.get('images', '?')} images, "
+                                f"{a.get('unreadable', 0)} unreadable)")),
+             ("method", esc(f"{a.get('method', '?')}: {a.get('reference', '')}")),
+             ("BatchNorm layers", esc(a.get("batchnorm_layers", "?")))]
+    if a.get("source"):
+        pairs.append(("source statistics", esc(a["source"])))
+    body = kv(pairs)
+    if a.get("warning"):
+        body += callout(esc(a["warning"]))
+    return body + para("An adapted run keeps the source run's record of its training images, but was not trained "
+                       "itself: it has no training curves, and its test figures are those of a <code>headstart "
+                       "evaluate</code> on labelled target images, when one has been run.", "note")
 
 
 def backbone_candidates(choice: dict | None) -> str:
