@@ -13,7 +13,8 @@ looked at.
 
 Multi-label data (``train`` on a multi-label CSV) gets the same evidence with its own head and figures: one
 logistic regression per label (:func:`~headstart.training.multilabel.fit_label_heads`, each label's C chosen on
-validation), cross-fitted over train + validation with those Cs; the criterion is each image's binary
+validation), cross-fitted over train + validation with those Cs in folds stratified per label
+(:func:`~headstart.training.multilabel.label_folds`); the criterion is each image's binary
 cross-entropy, mean over its labels (lowest wins), with the macro mAP of the out-of-fold scores beside it.
 
 A budget (seconds) is spent in order of estimated cost: each candidate's cost is its images over the extraction

@@ -29,6 +29,7 @@ from headstart.core.distributed import gather_objects
 from headstart.core.hashing import KnownHashes
 from headstart.core.preprocessing import Preprocessing
 from headstart.core.runtime import Runtime
+from headstart.data.multilabel import iterative_split
 from headstart.predict.multilabel import bce, fit_temperatures
 from headstart.training.heads import _standardiser, _threads_for, _unstandardise
 from headstart.training.loop import predict_logits
@@ -115,22 +116,35 @@ def fit_label_heads(x_train, y_train, x_val, y_val, grid=C_GRID,
     return weight, bias, chosen
 
 
+def label_folds(y: np.ndarray, folds: int, seed: int = 0) -> list[np.ndarray]:
+    """``folds`` groups of row indices of ``y`` (0/1 per label), each label spread over them as evenly as its
+    images allow: iterative stratification (:func:`headstart.data.multilabel.iterative_split`) takes a
+    ``1 / (folds left)`` share of the rows left, fold after fold. Empty folds are dropped."""
+    left = [(i, tuple(int(v) for v in row)) for i, row in enumerate(np.asarray(y))]
+    out = []
+    for f in range(folds - 1):
+        left, held = iterative_split(left, 1 / (folds - f), seed + f)
+        out.append(np.array([i for i, _ in held], dtype=np.int64))
+    out.append(np.array([i for i, _ in left], dtype=np.int64))
+    return [fold for fold in out if len(fold)]
+
+
 def cross_fitted_label_logits(x, y, cs: list[float | None], folds: int = 5,
                               seed: int = 0) -> tuple[np.ndarray | None, int]:
     """Out-of-fold logits of the per-label heads: each image scored by heads fitted on the other folds, each label
-    at the C validation chose for it (``cs``, from :func:`fit_label_heads`). Plain shuffled folds: a label absent
-    from a fold's training part gets its constant logit there. ``(None, 0)`` with fewer than two images."""
-    from sklearn.model_selection import KFold
-
+    at the C validation chose for it (``cs``, from :func:`fit_label_heads`). The folds are stratified per label
+    (:func:`label_folds`, as single-label folds are per class); a label absent from a fold's training part gets its
+    constant logit there. ``(None, 0)`` with fewer than two images."""
     x, y = np.asarray(x, np.float32), np.asarray(y, np.float64)
-    k = min(folds, len(y))
-    if k < 2:
+    parts = label_folds(y, min(folds, len(y)), seed) if len(y) >= 2 else []
+    if len(parts) < 2:
         return None, 0
     out = np.zeros(y.shape)
-    for train, held in KFold(k, shuffle=True, random_state=seed).split(x):
+    for held in parts:
+        train = np.setdiff1d(np.arange(len(y)), held)
         weight, bias, _ = fit_label_heads(x[train], y[train], x[:0], y[:0], fixed=cs)
         out[held] = x[held] @ weight.T + bias
-    return out, k
+    return out, len(parts)
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,7 @@ from headstart.training.train import (
     log,
 )
 from headstart.training.train import (
-    _decide as _decide_budget,
+    _decide as _decide_backbone_and_budget,
 )
 from headstart.training.train import (
     _new_data as _new_run_data,
@@ -198,8 +198,8 @@ def train_multilabel(cfg: TrainConfig, resume: bool = False, started: float | No
     if not data.splits.val:
         raise DataError(f"no validation images in {cfg.data}: add rows with split 'val', or more rows.")
     choice = budget_plan = None
-    if (budget is not None or cfg.choose) and not resume:  # the backbone, the strategy and epochs the budget buys,
-        cfg, choice, budget_plan = _decide_budget(cfg, data.splits, runtime, budget)  # and the clock the loop asks
+    if (budget is not None or cfg.choose) and not resume:  # the backbone; the strategy and epochs the budget buys
+        cfg, choice, budget_plan = _decide_backbone_and_budget(cfg, data.splits, runtime, budget)
     plan = _plan(cfg, data, runtime)
     loaders = _loaders(data.splits, plan.preprocessing, cfg, runtime,
                        bn_trains=any(p.bn == "train" and p.fit == "sgd" for p in plan.strategy.phases))

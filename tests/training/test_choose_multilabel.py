@@ -12,7 +12,7 @@ import yaml
 from headstart.cli import main
 from headstart.data.mosaic import make_mosaic_set
 from headstart.training import choose
-from headstart.training.multilabel import cross_fitted_label_logits, fit_label_heads
+from headstart.training.multilabel import cross_fitted_label_logits, fit_label_heads, label_folds
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +126,13 @@ def test_cross_fitted_label_logits_score_each_image_without_it():
     # noise: out of fold no better than chance (log 2), and worse than the same head scoring its own images
     assert loss(logits[:, 1], y[:, 1]) > max(0.65, loss(fitted[:, 1], y[:, 1]))
     assert cross_fitted_label_logits(x[:1], y[:1], cs) == (None, 0)
+
+
+def test_label_folds_spread_a_rare_label_over_every_fold():
+    rng = np.random.default_rng(1)
+    y = np.stack([rng.integers(0, 2, 40), np.zeros(40, np.int64)], axis=1)
+    y[rng.choice(40, 5, replace=False), 1] = 1  # a label on 5 of 40 images: one in each of 5 folds
+    folds = label_folds(y, 5, seed=0)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(40))  # a partition of the rows
+    assert [len(f) for f in folds] == [8] * 5 and [int(y[f, 1].sum()) for f in folds] == [1] * 5
+    assert len(label_folds(y[:3], 3)) == 3  # one row each
