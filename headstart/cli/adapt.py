@@ -17,7 +17,8 @@ def add_parser(sub):
                        description="Recomputes every BatchNorm layer's mean and variance for the images in "
                                    "TARGET_DIR (unlabelled; searched recursively) and writes a new run directory "
                                    "that predict and evaluate use like any other. No weight changes, no labels, no "
-                                   "gradients (AdaBN, Li et al. 2016). Prints what was done as JSON.",
+                                   "gradients (AdaBN, Li et al. 2016). A multi-label run keeps its thresholds. "
+                                   "Prints what was done as JSON.",
                        epilog="example:\n  headstart adapt runs/scanner_a scans_from_scanner_b/ --out runs/scanner_b",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="run directory made by `headstart train`")

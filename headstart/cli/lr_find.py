@@ -15,11 +15,16 @@ def add_parser(sub):
                                    "--lr at which the swept phase's head learns at a tenth of the rate at the loss "
                                    "minimum (for fine-tune, whose phase runs at half of --lr, twice that tenth). "
                                    "The weights are not changed. "
-                                   "RUN_OR_DATA is a run directory (its weights and training images) or a folder "
-                                   "of labelled images (a fresh pretrained model).",
-                       epilog="examples:\n  headstart lr-find photos/ --strategy full\n  headstart lr-find runs/photos",
+                                   "RUN_OR_DATA is a run directory (its weights and training images) or labelled "
+                                   "images: a folder or a CSV (a fresh pretrained model). Multi-label data (a "
+                                   "multi-label CSV, or a run trained on one) is swept on its training loss, binary "
+                                   "cross-entropy per label with the positive weights train gives rare labels.",
+                       epilog="examples:\n  headstart lr-find photos/ --strategy full\n"
+                              "  headstart lr-find runs/photos\n"
+                              "  headstart lr-find tags.csv   # multi-label: path,labels with labels like a;b",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("source", metavar="RUN_OR_DATA", help="a run directory, or a folder of labelled images")
+    p.add_argument("source", metavar="RUN_OR_DATA", help="a run directory, or labelled images (a folder or a CSV, "
+                                                         "single- or multi-label)")
     p.add_argument("--strategy", default=None, choices=[s for s in STRATEGIES if s != "linear-probe"],
                    help="the strategy whose training phase is swept (default: the run's, or fine-tune); a head "
                         "fitted on frozen features first is fitted first here too")
@@ -51,5 +56,7 @@ def run(args) -> int:
           f"of phase '{record['phase']}' at {result.suggested_lr:.2g} (--lr x {found.lr_scale:g}): a tenth of the "
           f"rate at the loss minimum, {result.min_loss_lr:.2g} (centred moving average); steepest descent at "
           f"{result.steepest_lr:.2g}{'; the loss diverged, the sweep stopped early' if result.stopped_early else ''}")
+    if record.get("task"):
+        print(f"multi-label: swept on the training loss, {record['loss']}")
     print(f"curve: {found.curve}, numbers: {found.numbers}")
     return 0

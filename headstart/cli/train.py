@@ -53,7 +53,8 @@ def _add_model_and_schedule(p) -> None:
                    help="choose the backbone and image size on the train + validation images (cross-validated "
                         "linear probes on cached features): fast (Lite0 at 128 and 224 px), balanced (+ Lite1 240, "
                         "Lite2 260) or best (+ larger sizes and any backbone whose weights are already here); the "
-                        "evidence goes to RUN/backbone_choice.json")
+                        "evidence goes to RUN/backbone_choice.json. A multi-label CSV is scored by binary "
+                        "cross-entropy per label, mAP beside it")
     p.add_argument("--budget", default=d("budget"),
                    help="a time limit for the whole command, e.g. 90s, 10m, 1h, planned from speeds measured on "
                         "this machine: --choose's candidates are scored cheapest first (those that would not fit "

@@ -24,10 +24,12 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))
 
 
-def bce(logits: np.ndarray, y: np.ndarray) -> float:
-    """Mean binary cross-entropy over every image and label (numerically stable)."""
+def bce(logits: np.ndarray, y: np.ndarray, axis: int | None = None):
+    """Mean binary cross-entropy over every image and label (numerically stable); ``axis=1``: each image's, mean
+    over its labels."""
     z = np.asarray(logits, np.float64)
-    return float(np.mean(np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))))
+    loss = np.mean(np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z))), axis=axis)
+    return float(loss) if axis is None else loss
 
 
 def fit_temperatures(logits: np.ndarray, y: np.ndarray) -> list[float]:

@@ -16,6 +16,7 @@ from headstart.predict import open_predictor, run_decision
 from headstart.report.figures import css_width, figure, png, thumbnail, training_curves
 from headstart.report.html import card, cards, esc, img, num, page, para, pct, table
 from headstart.report.html import figure as html_figure
+from headstart.report.run import adaptation_body, backbone_candidates
 
 WORST = 16
 
@@ -115,4 +116,13 @@ def multilabel_report(run_dir: str | Path, max_images: int = 2000, device: str =
                    f"{summary.get('train_images')} train / {summary.get('val_images')} val images")
     sections = _sections(m, y, scores, decision.given(scores), paths, labels, decision.thresholds, where,
                          run.metrics() if run.has(run.METRICS) else [], summary)
+    if adapted := config.get("adapted"):  # headstart adapt: BatchNorm statistics of another domain
+        sections.insert(0, ("adaptation", "Adaptation", adaptation_body(adapted) + para(
+            "Its thresholds and temperatures are the source run's, chosen on its validation images before the "
+            "adaptation.", "note")))
+    if choice := run.read_json(run.BACKBONE_CHOICE):  # train --choose: every candidate's evidence
+        sections.insert(1 if sections[0][0] == "curves" else 0, (
+            "backbone", "Backbone chosen", para(esc(f"--choose {choice.get('preset')}: {choice.get('reason')}. "
+                                                   "The test images were not looked at."))
+            + backbone_candidates(choice)))
     return page(f"headstart: {run.path.name}", subtitle, sections, lead=lead)

@@ -155,21 +155,7 @@ class RunReport:
     def adaptation(self):
         if not self.adapted:
             return None
-        a = self.adapted
-        pairs = [("adapted from", f"<code>{esc(a.get('from_run', '?'))}</code>"),
-                 ("target images", (f"<code>{esc(a.get('target', '?'))}</code> ({a.get('images', '?')} images, "
-                                    f"{a.get('unreadable', 0)} unreadable)")),
-                 ("method", esc(f"{a.get('method', '?')}: {a.get('reference', '')}")),
-                 ("BatchNorm layers", esc(a.get("batchnorm_layers", "?")))]
-        if a.get("source"):
-            pairs.append(("source statistics", esc(a["source"])))
-        body = kv(pairs)
-        if a.get("warning"):
-            body += callout(esc(a["warning"]))
-        body += para("An adapted run keeps the source run's record of its training images, but was not trained "
-                     "itself: it has no training curves, and its test figures are those of a <code>headstart "
-                     "evaluate</code> on labelled target images, when one has been run.", "note")
-        return "adaptation", "Adaptation", body
+        return "adaptation", "Adaptation", adaptation_body(self.adapted)
 
     def data(self):
         if not self.splits:
@@ -243,18 +229,7 @@ class RunReport:
         return "<h3>Files left out</h3>" + "".join(parts)
 
     def _backbone_candidates(self) -> str:
-        """The table of every candidate ``--choose`` looked at (``backbone_choice.json``), or nothing."""
-        choice = self.run.read_json(RunDir.BACKBONE_CHOICE)
-        if not choice:
-            return ""
-        winner = choice.get("winner", {})
-        rows = [[esc(f"{r['backbone']} @ {r['size']} px") + (" ★" if (r["backbone"], r["size"]) ==
-                                                             (winner.get("backbone"), winner.get("size")) else ""),
-                 num(r.get("cv_acc")), num(r.get("cv_loss")), num(r.get("val_acc")),
-                 esc(duration(r.get("seconds")) if "seconds" in r else r.get("skipped", ""))]
-                for r in choice.get("candidates", [])]
-        return table(["candidate", "cross-validated accuracy", "cross-validated loss", "validation accuracy",
-                      "time"], rows)
+        return backbone_candidates(self.run.read_json(RunDir.BACKBONE_CHOICE))
 
     def training_setup(self):
         c, s = self.config, self.summary
@@ -538,6 +513,40 @@ def _tile(p, cam) -> str:
                if p.wrong else f"<div>predicted {esc(p.predicted)} {p.score:.2f}</div>")
     return (f'<div class="thumb">{picture}<div>true <span class="true">{esc(p.true)}</span> {p.p_true:.2f}</div>'
             f'{verdict}<div class="path">{esc(p.split)} · {esc(Path(p.path).name)}</div></div>')
+
+
+def adaptation_body(a: dict) -> str:
+    """What ``headstart adapt`` did to a run (its ``adapted`` record), and what that means for the page."""
+    pairs = [("adapted from", f"<code>{esc(a.get('from_run', '?'))}</code>"),
+             ("target images", (f"<code>{esc(a.get('target', '?'))}</code> ({a.get('images', '?')} images, "
+                                f"{a.get('unreadable', 0)} unreadable)")),
+             ("method", esc(f"{a.get('method', '?')}: {a.get('reference', '')}")),
+             ("BatchNorm layers", esc(a.get("batchnorm_layers", "?")))]
+    if a.get("source"):
+        pairs.append(("source statistics", esc(a["source"])))
+    body = kv(pairs)
+    if a.get("warning"):
+        body += callout(esc(a["warning"]))
+    return body + para("An adapted run keeps the source run's record of its training images, but was not trained "
+                       "itself: it has no training curves, and its test figures are those of a <code>headstart "
+                       "evaluate</code> on labelled target images, when one has been run.", "note")
+
+
+def backbone_candidates(choice: dict | None) -> str:
+    """The table of every candidate ``--choose`` looked at (a run's ``backbone_choice.json``), or nothing; a
+    multi-label choice shows mAP where a single-label one shows accuracy, and each candidate's validation loss."""
+    if not choice:
+        return ""
+    winner, multilabel = choice.get("winner", {}), choice.get("task") == "multilabel"
+    keys = ("cv_map", "cv_loss", "val_map", "val_loss") if multilabel else ("cv_acc", "cv_loss", "val_acc")
+    rows = [[esc(f"{r['backbone']} @ {r['size']} px") + (" ★" if (r["backbone"], r["size"]) ==
+                                                         (winner.get("backbone"), winner.get("size")) else ""),
+             *(num(r.get(k)) for k in keys),
+             esc(duration(r.get("seconds")) if "seconds" in r else r.get("skipped", ""))]
+            for r in choice.get("candidates", [])]
+    names = (["cross-validated mAP", "cross-validated loss (BCE per label)", "validation mAP", "validation loss"]
+             if multilabel else ["cross-validated accuracy", "cross-validated loss", "validation accuracy"])
+    return table(["candidate", *names, "time"], rows)
 
 
 def metrics_block(m: dict) -> str:

@@ -33,6 +33,10 @@ Both measure each layer's input after the layers before it have been adapted, in
 normalised with the statistics adapted to that batch (as train-mode BatchNorm does), and the statistics pooled over
 all batches are kept. Every image counts: a last batch smaller than the others (one image, say, whose variance over
 a 1x1 feature map is zero) is normalised with the statistics pooled so far, itself included, not its own.
+
+Labels play no part, so a multi-label run adapts as a single-label one does; the adapted run keeps its decision (a
+temperature and a threshold per label, chosen on the source run's validation images before the adaptation), which
+``predict``, ``evaluate``, ``report`` and ``export`` read. Check it with ``evaluate`` on labelled target images.
 """
 
 from __future__ import annotations
@@ -183,6 +187,10 @@ def _write_adapted(run: LoadedRun, source: RunDir, out: RunDir, info: dict) -> N
         if source.has(name):
             shutil.copy2(source / name, out / name)
     out.write_config({**run.config, "adapted": info})
+    shipped = source.weights_metadata(source.BEST)
+    # A multi-label run's decision (a temperature and a threshold per label, chosen on its validation images before
+    # the adaptation) is how its scores become labels: without it no command could read the adapted run.
+    task = {k: shipped[k] for k in ("task", "decision") if k in shipped}
     out.save_weights(out.BEST, run.model, {"model": run.config["model"], "classes": run.classes,
-                                           "preprocessing": run.preprocessing.to_dict(), "adapted": info})
+                                           "preprocessing": run.preprocessing.to_dict(), **task, "adapted": info})
     out.write_json(out.ADAPT, info)

@@ -11,6 +11,12 @@ above the lowest and the standard error of that paired difference (every candida
 same folds), so a reader sees which differences are within the noise of so few labels. The test images are never
 looked at.
 
+Multi-label data (``train`` on a multi-label CSV) gets the same evidence with its own head and figures: one
+logistic regression per label (:func:`~headstart.training.multilabel.fit_label_heads`, each label's C chosen on
+validation), cross-fitted over train + validation with those Cs in folds stratified per label
+(:func:`~headstart.training.multilabel.label_folds`); the criterion is each image's binary
+cross-entropy, mean over its labels (lowest wins), with the macro mAP of the out-of-fold scores beside it.
+
 A budget (seconds) is spent in order of estimated cost: each candidate's cost is its images over the extraction
 speed measured on this machine (:func:`headstart.features.speed.throughput`, measured once and remembered). A
 candidate whose estimate, with the run's finish after it (``finish``: calibration, test, report at that
@@ -29,10 +35,15 @@ import numpy as np
 
 from headstart.core.errors import UsageError
 from headstart.core.runtime import Runtime
+from headstart.data.multilabel import TASK as MULTILABEL
+from headstart.data.multilabel import MultiLabelSplits
 from headstart.data.sources import DataSplits
+from headstart.evaluation.multilabel import multilabel_metrics
 from headstart.features.extract import extract_features
 from headstart.features.speed import rate_to_plan
-from headstart.training.heads import cross_fitted_logits, fit_head
+from headstart.predict.multilabel import bce, sigmoid
+from headstart.training.heads import _threads_for, cross_fitted_logits, fit_head
+from headstart.training.multilabel import cross_fitted_label_logits, fit_label_heads
 from headstart.zoo.model import build_model
 from headstart.zoo.registry import get_spec, list_specs
 from headstart.zoo.weights import weights_available
@@ -68,12 +79,13 @@ def candidates(preset: str) -> list[Candidate]:
     return chosen
 
 
-def choose_backbone(splits: DataSplits, preset: str, runtime: Runtime, head: str = "logreg",
+def choose_backbone(splits: DataSplits | MultiLabelSplits, preset: str, runtime: Runtime, head: str = "logreg",
                     budget: float | None = None, seed: int = 0, log=print,
                     finish: Callable[[float], float] | None = None) -> dict:
     """Scores the preset's candidates on ``splits``' train + validation images and returns the choice: ``winner``
     (backbone, size), ``reason`` and ``candidates`` (one row each: cross-validated accuracy and loss, validation
-    accuracy, seconds spent, or why it was skipped).
+    accuracy, seconds spent, or why it was skipped). Multi-label splits: the per-label probe, its loss the binary
+    cross-entropy (mean over labels) and mAP in place of accuracy (``cv_map``, ``val_map``, ``val_loss``).
 
     ``finish(img_per_s)``: the seconds the run needs after training with a backbone of that speed (``--budget``
     reserves them): a candidate is scored only while, after it, the slowest finish among those scored still fits.
@@ -81,6 +93,7 @@ def choose_backbone(splits: DataSplits, preset: str, runtime: Runtime, head: str
     Raises:
         UsageError: no candidate has its weights here, or none fits the budget.
     """
+    multilabel = isinstance(splits, MultiLabelSplits)
     pool = candidates(preset)
     if not pool:
         raise UsageError(f"no candidate of --choose {preset} has its weights on this machine; see `headstart models`.")
@@ -107,8 +120,8 @@ def choose_backbone(splits: DataSplits, preset: str, runtime: Runtime, head: str
         row = {"backbone": c.backbone, "size": c.size, "estimated_s": round(costs[c], 1), **scores,
                "seconds": round(time.perf_counter() - t0, 1)}
         rows.append(row)
-        log(f"  {c}: cross-validated accuracy {row['cv_acc']:.3f}, loss {row['cv_loss']:.3f} "
-            f"({row['seconds']:.0f} s)")
+        figure = f"mAP {_num(row['cv_map'])}" if "cv_map" in row else f"accuracy {row['cv_acc']:.3f}"
+        log(f"  {c}: cross-validated {figure}, loss {row['cv_loss']:.3f} ({row['seconds']:.0f} s)")
     scored = [r for r in rows if "cv_loss" in r]
     lowest = min(scored, key=lambda r: r["cv_loss"])
     for r in scored:  # the paired difference to the lowest, and its standard error
@@ -119,16 +132,23 @@ def choose_backbone(splits: DataSplits, preset: str, runtime: Runtime, head: str
     best = lowest
     tied = [f"{r['backbone']} @ {r['size']} px" for r in scored
             if r is not best and r["difference_se"] is not None and r["cv_loss_above_lowest"] <= r["difference_se"]]
-    reason = (f"the lowest cross-validated log loss, {best['cv_loss']:.3f} ({best['folds']} folds over "
+    loss = "log loss" if not multilabel else "log loss (binary cross-entropy, mean over labels)"
+    reason = (f"the lowest cross-validated {loss}, {best['cv_loss']:.3f} ({best['folds']} folds over "
               f"{best['images']} train + validation images), of {len(scored)} candidate(s) scored"
               + (f"; within one standard error of it: {', '.join(tied)}" if tied else ""))
     return {"preset": preset, "budget_s": budget, "winner": {"backbone": best["backbone"], "size": best["size"]},
-            "reason": reason, "candidates": rows, "seconds": round(time.perf_counter() - started, 1)}
+            "reason": reason, "candidates": rows, "seconds": round(time.perf_counter() - started, 1),
+            **({"task": MULTILABEL} if multilabel else {})}
 
 
-def _score(c: Candidate, splits: DataSplits, runtime: Runtime, head: str, seed: int) -> tuple[dict, np.ndarray]:
-    """The candidate's cross-validated accuracy and log loss and its validation accuracy, from frozen features; and
-    each image's out-of-fold log loss (train then validation images, in order)."""
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _frozen_features(c: Candidate, splits: DataSplits | MultiLabelSplits,
+                     runtime: Runtime) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The candidate's frozen features of the train and validation images (through the feature cache) and their
+    labels (class indices, or 0/1 rows for multi-label splits)."""
     model = build_model(c.backbone, len(splits.classes), pretrained=True)
     pre = model.spec.preprocessing(image_size=c.size)
     parts = {}
@@ -137,7 +157,17 @@ def _score(c: Candidate, splits: DataSplits, runtime: Runtime, head: str, seed: 
         feats = extract_features(model, [p for p, _ in samples], pre, runtime, desc=f"{c} {name}", verbose=False,
                                  known_hashes=splits.hashes)
         parts[name] = feats.array(), np.array([samples[i][1] for i in feats.positions], dtype=np.int64)
-    (xt, yt), (xv, yv) = parts["train"], parts["val"]
+    return parts
+
+
+def _score(c: Candidate, splits: DataSplits | MultiLabelSplits, runtime: Runtime, head: str,
+           seed: int) -> tuple[dict, np.ndarray]:
+    """The candidate's cross-validated accuracy and log loss and its validation accuracy, from frozen features; and
+    each image's out-of-fold log loss (train then validation images, in order). Multi-label splits:
+    :func:`_score_multilabel`."""
+    if isinstance(splits, MultiLabelSplits):
+        return _score_multilabel(c, splits, runtime, seed)
+    (xt, yt), (xv, yv) = _frozen_features(c, splits, runtime).values()
     fitted = fit_head(head, xt, yt, xv, yv, len(splits.classes))
     x, y = np.concatenate([xt, xv]), np.concatenate([yt, yv])
     logits, folds = cross_fitted_logits(head, x, y, len(splits.classes), fitted.info, seed=seed)
@@ -148,3 +178,26 @@ def _score(c: Candidate, splits: DataSplits, runtime: Runtime, head: str, seed: 
     return {"cv_acc": round(float((logits.argmax(1) == y).mean()), 4), "cv_loss": round(float(nll.mean()), 4),
             "val_acc": round(float((fitted.logits(xv).argmax(1) == yv).mean()), 4), "folds": folds,
             "images": int(len(y))}, nll
+
+
+def _score_multilabel(c: Candidate, splits: MultiLabelSplits, runtime: Runtime, seed: int) -> tuple[dict, np.ndarray]:
+    """A multi-label candidate: the run's probe (one logistic regression per label, each C chosen on validation)
+    cross-validated over train + validation. Its log loss is each image's binary cross-entropy, mean over the
+    labels; mAP (macro) beside it, and both on validation for the head fitted on train."""
+    (xt, yt), (xv, yv) = _frozen_features(c, splits, runtime).values()
+    with _threads_for(xt.size):
+        weight, bias, cs = fit_label_heads(xt, yt, xv, yv)
+        x, y = np.concatenate([xt, xv]), np.concatenate([yt, yv])
+        logits, folds = cross_fitted_label_logits(x, y, cs, seed=seed)
+    if logits is None:  # fewer than two images: validation alone decides
+        logits, y, folds = xv @ weight.T + bias, yv, 0
+    per_image = bce(logits, y, axis=1)
+    val_logits = xv @ weight.T + bias
+
+    def mean_ap(truth, z) -> float | None:
+        found = multilabel_metrics(truth, sigmoid(z), [0.5] * len(splits.labels), splits.labels)["map"]
+        return round(found, 4) if found is not None else None
+
+    return {"cv_map": mean_ap(y, logits), "cv_loss": round(float(per_image.mean()), 4),
+            "val_map": mean_ap(yv, val_logits), "val_loss": round(bce(val_logits, yv), 4), "folds": folds,
+            "images": int(len(y))}, per_image

@@ -12,7 +12,9 @@ needs ``--lr`` = suggestion / that fraction, which ``headstart lr-find`` prints.
 statistics and trainable flags are restored afterwards.
 
 :func:`lr_find` sweeps a model in memory; :func:`range_test` is ``headstart lr-find``: a run or a folder of images
-in, ``lr_find.json`` and ``lr_find.png`` out.
+in, ``lr_find.json`` and ``lr_find.png`` out. A multi-label CSV, or a run trained on one, is swept on the loss its
+training uses (binary cross-entropy per label, with the positive weights ``train`` gives rare labels) from a head
+fitted on its frozen features one logistic regression per label (:mod:`headstart.training.multilabel`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import sys
 from dataclasses import asdict, dataclass, replace
 from itertools import chain, repeat
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -38,12 +41,15 @@ from headstart.core.progress import progress
 from headstart.core.runtime import Runtime, make_runtime, seed_everything
 from headstart.data.check import scan
 from headstart.data.dataset import ImageFiles, make_loader
+from headstart.data.multilabel import TASK as MULTILABEL
+from headstart.data.multilabel import MultiLabelSplits, discover_multilabel, is_multilabel_csv
 from headstart.data.rundir import RunDir, refuse_run_files
 from headstart.data.sources import DataSplits, Sample, discover
 from headstart.data.transforms import eval_transform, train_transform
 from headstart.predict.run import load_run
 from headstart.training.loop import param_groups
 from headstart.training.losses import make_criterion
+from headstart.training.multilabel import MultiLabelObjective, MultiLabelProbe, positive_weights
 from headstart.training.probe import fit_linear_probe
 from headstart.training.strategy import STRATEGIES, Phase, enter_phase, make_strategy
 from headstart.zoo.model import TransferModel, build_model
@@ -92,7 +98,8 @@ def _suggestions(lrs: list[float], losses: list[float], smoothed: list[float]) -
 
 def lr_find(model: TransferModel, loader: DataLoader, runtime: Runtime, phase: Phase | None = None,
             start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 100, beta: float = 0.98,
-            diverge: float = 4.0, weight_decay: float = 0.05, desc: str = "lr-find") -> LRFinderResult:
+            diverge: float = 4.0, weight_decay: float = 0.05, desc: str = "lr-find",
+            criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> LRFinderResult:
     """Runs the range test on ``model`` with batches from ``loader`` (cycled if it is shorter than ``steps``).
 
     Args:
@@ -104,6 +111,8 @@ def lr_find(model: TransferModel, loader: DataLoader, runtime: Runtime, phase: P
         steps: optimizer steps of the sweep (fastai uses 100).
         beta: smoothing of the loss (exponential moving average, bias-corrected).
         diverge: stop once the smoothed loss exceeds ``diverge`` times its minimum.
+        criterion: ``(logits, targets) -> loss``, the training loss; default the single-label cross-entropy
+            (a multi-label run's is :meth:`headstart.training.multilabel.MultiLabelObjective.criterion`).
     """
     if not 0 < start_lr < end_lr:
         raise UsageError(f"lr-find needs 0 < start lr < end lr, got {start_lr} and {end_lr}.")
@@ -118,7 +127,7 @@ def lr_find(model: TransferModel, loader: DataLoader, runtime: Runtime, phase: P
         gamma = (end_lr / start_lr) ** (1 / (steps - 1))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: gamma ** step)
         lrs, losses, smoothed, stopped = _sweep(model, loader, runtime, optimizer, scheduler, steps, beta, diverge,
-                                                desc)
+                                                desc, criterion or make_criterion())
     if len(lrs) < 2:
         raise UsageError(f"the loss diverged at the very first steps of lr-find (from lr {start_lr:g}); pass a "
                          "smaller --start-lr.")
@@ -143,11 +152,10 @@ def _restored(model: TransferModel):
 
 
 def _sweep(model: TransferModel, loader: DataLoader, runtime: Runtime, optimizer, scheduler, steps: int, beta: float,
-           diverge: float, desc: str) -> tuple[list[float], list[float], list[float], bool]:
+           diverge: float, desc: str, criterion) -> tuple[list[float], list[float], list[float], bool]:
     """Up to ``steps`` optimizer steps, cycling through ``loader``: each step's head rate, raw loss and smoothed loss
     (bias-corrected exponential average), and whether the loss diverged (not finite, or the smoothed loss past
     ``diverge`` times its minimum) before the last step."""
-    criterion = make_criterion()
     lrs, losses, smoothed = [], [], []
     avg, best = 0.0, math.inf
     batches = chain.from_iterable(repeat(loader))
@@ -215,12 +223,12 @@ def range_test(source: str | Path, out: str | Path | None = None, *, strategy: s
                model: str = DEFAULT_MODEL, weights: str | None = None, image_size: int | None = None,
                batch_size: int = 32, steps: int = 100, start_lr: float = 1e-7, end_lr: float = 10.0,
                augment: str = "light", workers: int | None = None, seed: int = 0, device: str = "auto") -> RangeTest:
-    """:func:`lr_find` on a run (its weights and training images) or a folder of labelled images (a fresh
-    pretrained model), sweeping the first gradient-descent phase of ``strategy``; writes ``lr_find.json`` and
-    ``lr_find.png`` into ``out``.
+    """:func:`lr_find` on a run (its weights and training images) or labelled images (a fresh pretrained model),
+    sweeping the first gradient-descent phase of ``strategy``; writes ``lr_find.json`` and ``lr_find.png`` into
+    ``out``. Multi-label data (a run of it, or its CSV) is swept on its own loss (the module's docstring).
 
     Args:
-        source: a run directory, or a folder of labelled images.
+        source: a run directory, or labelled images: a folder, a CSV, or a multi-label CSV.
         out: folder for the two files; default the run itself, or ``runs/lr-find-<folder name>``.
         strategy: whose phase is swept; default the run's (fine-tune for a linear probe, which has none), or
             fine-tune. On a fresh model the head a strategy fits on frozen features first is fitted here first too.
@@ -238,9 +246,10 @@ def range_test(source: str | Path, out: str | Path | None = None, *, strategy: s
     refuse_run_files([numbers, curve], own=source if is_run else None,
                      allowed=(RunDir.LR_FIND, RunDir.LR_FIND_PLOT))  # another run's curve is that run's record
     if is_run:
-        net, runtime, pre, splits, name = _of_run(source, strategy, device)
+        net, runtime, pre, splits, name, balance = _of_run(source, strategy, device)
     else:
-        net, runtime, pre, splits, name = _fresh(source, strategy, model, weights, image_size, device, seed)
+        net, runtime, pre, splits, name, balance = _fresh(source, strategy, model, weights, image_size, device, seed)
+    multilabel = isinstance(splits, MultiLabelSplits)
     train, bad = scan(splits.train)
     for path, reason in bad:
         print(f"skipping {path}: {reason}", file=sys.stderr)
@@ -251,43 +260,55 @@ def range_test(source: str | Path, out: str | Path | None = None, *, strategy: s
             return make_loader(ImageFiles(samples, eval_transform(pre)), batch_size * 2, shuffle=False,
                                workers=workers)
 
-        fit_linear_probe(net, eval_loader(train), eval_loader(scan(splits.val)[0]), runtime, preprocessing=pre)
+        val = scan(splits.val)[0]
+        if multilabel:
+            MultiLabelProbe(pre)(net, eval_loader(train), eval_loader(val), runtime)
+        else:
+            fit_linear_probe(net, eval_loader(train), eval_loader(val), runtime, preprocessing=pre)
     loader = make_loader(ImageFiles(train, train_transform(pre, augment)), batch_size, shuffle=True, seed=seed,
                          workers=workers, drop_last=len(train) > batch_size)
     phase = phases[swept]
-    result = lr_find(net, loader, runtime, phase, start_lr=start_lr, end_lr=end_lr, steps=steps)
+    # A multi-label model trains on the loss train_multilabel gives it: BCE with its labels' positive weights.
+    objective = MultiLabelObjective(positive_weights(np.array([y for _, y in train]), balance == "weights")) \
+        if multilabel else None
+    result = lr_find(net, loader, runtime, phase, start_lr=start_lr, end_lr=end_lr, steps=steps,
+                     criterion=objective.criterion if objective else None)
     # The swept rate is the phase's head rate; the strategy's lr sets it through its ratio (fine-tune: lr / 2).
     lr_scale = make_strategy(name, lr=1.0).phases[swept].lr
-    record = {"source": str(source), "strategy": name, "phase": phase.name,
+    task = {"task": MULTILABEL, "loss": "binary cross-entropy per label"
+            + (", with positive weights" if objective.pos_weight is not None else "")} if objective else {}
+    record = {"source": str(source), "strategy": name, "phase": phase.name, **task,
               "suggested_cli_lr": result.suggested_lr / lr_scale, **result.to_dict()}
     out.mkdir(parents=True, exist_ok=True)
     write_json(numbers, record)
-    plot_lr_find(result, curve, title=f"lr-find: {name}, phase '{phase.name}'")
+    plot_lr_find(result, curve, title=f"lr-find: {name}, phase '{phase.name}'"
+                 + (" (multi-label, binary cross-entropy)" if multilabel else ""))
     return RangeTest(record, result, lr_scale, numbers, curve)
 
 
 def _of_run(source: Path, strategy: str | None,
-            device: str) -> tuple[TransferModel, Runtime, Preprocessing, DataSplits, str]:
-    """A run's model, runtime, preprocessing and splits, and the strategy to sweep: ``strategy``, else the run's
-    (fine-tune when it has no gradient-descent phase)."""
+            device: str) -> tuple[TransferModel, Runtime, Preprocessing, DataSplits | MultiLabelSplits, str, str]:
+    """A run's model, runtime, preprocessing and splits, the strategy to sweep (``strategy``, else the run's;
+    fine-tune when it has no gradient-descent phase) and its ``--balance``."""
     loaded = load_run(source, device=device)
     splits = RunDir(source).split()  # old relative paths found from any folder
     name = strategy or loaded.config.get("strategy_resolved") or loaded.config.get("strategy")
     if name not in STRATEGIES or name == "linear-probe":
         name = "fine-tune"
-    return loaded.model, loaded.runtime, loaded.preprocessing, splits, name
+    return loaded.model, loaded.runtime, loaded.preprocessing, splits, name, loaded.config.get("balance", "none")
 
 
 def _fresh(source: Path, strategy: str | None, model: str, weights: str | None, image_size: int | None, device: str,
-           seed: int) -> tuple[TransferModel, Runtime, Preprocessing, DataSplits, str]:
-    """A new model for the images in ``source`` (pretrained unless the strategy is scratch), with the same as
-    :func:`_of_run`."""
+           seed: int) -> tuple[TransferModel, Runtime, Preprocessing, DataSplits | MultiLabelSplits, str, str]:
+    """A new model for the images in ``source`` (a folder, a CSV, or a multi-label CSV; pretrained unless the
+    strategy is scratch), with the same as :func:`_of_run` (``train``'s default balance)."""
     if not source.exists():
         raise PathNotFoundError(f"{source} does not exist; pass a run directory or a folder of labelled images.")
     runtime = make_runtime(device)
-    splits = discover(str(source), val_fraction=0.2, seed=seed)
+    splits = discover_multilabel(source, val_fraction=0.2, seed=seed) if is_multilabel_csv(source) \
+        else discover(str(source), val_fraction=0.2, seed=seed)
     name = strategy or "fine-tune"
     net = build_model(model, len(splits.classes), pretrained=name != "scratch", weights_file=weights)
     pre = net.spec.preprocessing(image_size)
     runtime.prepare(net)
-    return net, runtime, pre, splits, name
+    return net, runtime, pre, splits, name, "none"

@@ -29,6 +29,7 @@ from headstart.core.distributed import gather_objects
 from headstart.core.hashing import KnownHashes
 from headstart.core.preprocessing import Preprocessing
 from headstart.core.runtime import Runtime
+from headstart.data.multilabel import iterative_split
 from headstart.predict.multilabel import bce, fit_temperatures
 from headstart.training.heads import _standardiser, _threads_for, _unstandardise
 from headstart.training.loop import predict_logits
@@ -86,10 +87,12 @@ class MultiLabelObjective:
                 "temperature": float(np.mean(temperatures)), "all_correct": False}
 
 
-def fit_label_heads(x_train, y_train, x_val, y_val, grid=C_GRID) -> tuple[np.ndarray, np.ndarray, list[float]]:
-    """One standardised logistic regression per label, its C chosen by that label's validation loss; a label with
-    a single value in training gets a constant logit (its training log-odds, clipped). Returns the stacked weight,
-    bias (on raw features) and the chosen Cs."""
+def fit_label_heads(x_train, y_train, x_val, y_val, grid=C_GRID,
+                    fixed: list[float | None] | None = None) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """One standardised logistic regression per label, its C chosen by that label's validation loss (or ``fixed``,
+    one C per label as this function chose them, None read as 1); a label with a single value in training gets a
+    constant logit (its training log-odds, clipped). Returns the stacked weight, bias (on raw features) and the
+    chosen Cs."""
     from sklearn.linear_model import LogisticRegression  # sklearn: 1.5 s to import, paid only by the runs that fit it
 
     mean, std = _standardiser(x_train)
@@ -102,7 +105,7 @@ def fit_label_heads(x_train, y_train, x_val, y_val, grid=C_GRID) -> tuple[np.nda
             intercept[j], chosen = np.log(p / (1 - p)), chosen + [None]
             continue
         clf, best = LogisticRegression(max_iter=1000, tol=1e-3, warm_start=True), None
-        for c in grid if len(y_val) else [1.0]:
+        for c in [fixed[j] or 1.0] if fixed is not None else grid if len(y_val) else [1.0]:
             clf.set_params(C=c).fit(xt, yt)
             loss = bce(xv @ clf.coef_[0] + clf.intercept_[0], y_val[:, j]) if len(y_val) else 0.0
             if best is None or loss < best[0]:
@@ -111,6 +114,37 @@ def fit_label_heads(x_train, y_train, x_val, y_val, grid=C_GRID) -> tuple[np.nda
         chosen.append(c)
     weight, bias = _unstandardise(coef, intercept, mean, std)
     return weight, bias, chosen
+
+
+def label_folds(y: np.ndarray, folds: int, seed: int = 0) -> list[np.ndarray]:
+    """``folds`` groups of row indices of ``y`` (0/1 per label), each label spread over them as evenly as its
+    images allow: iterative stratification (:func:`headstart.data.multilabel.iterative_split`) takes a
+    ``1 / (folds left)`` share of the rows left, fold after fold. Empty folds are dropped."""
+    left = [(i, tuple(int(v) for v in row)) for i, row in enumerate(np.asarray(y))]
+    out = []
+    for f in range(folds - 1):
+        left, held = iterative_split(left, 1 / (folds - f), seed + f)
+        out.append(np.array([i for i, _ in held], dtype=np.int64))
+    out.append(np.array([i for i, _ in left], dtype=np.int64))
+    return [fold for fold in out if len(fold)]
+
+
+def cross_fitted_label_logits(x, y, cs: list[float | None], folds: int = 5,
+                              seed: int = 0) -> tuple[np.ndarray | None, int]:
+    """Out-of-fold logits of the per-label heads: each image scored by heads fitted on the other folds, each label
+    at the C validation chose for it (``cs``, from :func:`fit_label_heads`). The folds are stratified per label
+    (:func:`label_folds`, as single-label folds are per class); a label absent from a fold's training part gets its
+    constant logit there. ``(None, 0)`` with fewer than two images."""
+    x, y = np.asarray(x, np.float32), np.asarray(y, np.float64)
+    parts = label_folds(y, min(folds, len(y)), seed) if len(y) >= 2 else []
+    if len(parts) < 2:
+        return None, 0
+    out = np.zeros(y.shape)
+    for held in parts:
+        train = np.setdiff1d(np.arange(len(y)), held)
+        weight, bias, _ = fit_label_heads(x[train], y[train], x[:0], y[:0], fixed=cs)
+        out[held] = x[held] @ weight.T + bias
+    return out, len(parts)
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,7 @@ from headstart.training.train import (
     log,
 )
 from headstart.training.train import (
-    _decide as _decide_budget,
+    _decide as _decide_backbone_and_budget,
 )
 from headstart.training.train import (
     _new_data as _new_run_data,
@@ -65,8 +65,7 @@ TASK = "multilabel"
 
 def _refuse_single_label_options(cfg: TrainConfig) -> None:
     """Options that mean something for one label per image only, refused in one sentence each."""
-    for name, on in (("--mixup", cfg.mixup), ("--cutmix", cfg.cutmix), ("--label-smoothing", cfg.label_smoothing),
-                     ("--choose", cfg.choose)):
+    for name, on in (("--mixup", cfg.mixup), ("--cutmix", cfg.cutmix), ("--label-smoothing", cfg.label_smoothing)):
         if on:
             raise UsageError(f"{name} is for single-label data; leave it out for a multi-label CSV.")
     if cfg.balance == "sampler":
@@ -184,7 +183,9 @@ def _test(model, splits: MultiLabelSplits, plan: _Plan, cfg: TrainConfig, runtim
 
 def train_multilabel(cfg: TrainConfig, resume: bool = False, started: float | None = None) -> dict:
     """Trains one multi-label model as ``cfg`` says (``cfg.data``: a multi-label CSV) and returns its summary.
-    ``--budget`` plans and stops it as it does a single-label run (:func:`headstart.training.train.train`)."""
+    ``--choose`` picks the backbone (:func:`headstart.training.choose.choose_backbone`, scored with the per-label
+    probe) and ``--budget`` plans and stops the run, as for a single-label run
+    (:func:`headstart.training.train.train`)."""
     t_start = time.time()
     _check_options(cfg)
     _refuse_single_label_options(cfg)
@@ -196,9 +197,9 @@ def train_multilabel(cfg: TrainConfig, resume: bool = False, started: float | No
         else _new_data(run, cfg, runtime)
     if not data.splits.val:
         raise DataError(f"no validation images in {cfg.data}: add rows with split 'val', or more rows.")
-    budget_plan = None
-    if budget is not None:  # the strategy and epochs the budget buys, and the clock the loop asks
-        cfg, _, budget_plan = _decide_budget(cfg, data.splits, runtime, budget)
+    choice = budget_plan = None
+    if (budget is not None or cfg.choose) and not resume:  # the backbone; the strategy and epochs the budget buys
+        cfg, choice, budget_plan = _decide_backbone_and_budget(cfg, data.splits, runtime, budget)
     plan = _plan(cfg, data, runtime)
     loaders = _loaders(data.splits, plan.preprocessing, cfg, runtime,
                        bn_trains=any(p.bn == "train" and p.fit == "sgd" for p in plan.strategy.phases))
@@ -209,7 +210,7 @@ def train_multilabel(cfg: TrainConfig, resume: bool = False, started: float | No
         if resume:
             run.keep_metrics_until(data.resume_state["fit_state"]["global_epoch"])
         else:
-            _record_start(run, cfg, plan, data.splits, runtime, budget=budget_plan)
+            _record_start(run, cfg, plan, data.splits, runtime, choice=choice, budget=budget_plan)
             run.write_config({**run.config(), "task": TASK})
     y_train = np.array([y for _, y in data.splits.train])
     objective = MultiLabelObjective(positive_weights(y_train, cfg.balance == "weights"))
