@@ -29,7 +29,7 @@ def add_parser(sub):
                    help="the strategy whose training phase is swept (default: the run's, or fine-tune); a head "
                         "fitted on frozen features first is fitted first here too")
     p.add_argument("--out", default=None, help="folder for lr_find.json and lr_find.png (default: the run, or "
-                                               "runs/lr-find-<data folder name>)")
+                                               "runs/lr-find-<data folder or CSV name>)")
     options.add_model(p, "backbone, for DATA")
     options.add_weights(p, "pretrained weights file, for DATA")
     options.add_image_size(p, "input size, for DATA (default: the backbone's)")

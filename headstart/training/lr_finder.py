@@ -229,7 +229,8 @@ def range_test(source: str | Path, out: str | Path | None = None, *, strategy: s
 
     Args:
         source: a run directory, or labelled images: a folder, a CSV, or a multi-label CSV.
-        out: folder for the two files; default the run itself, or ``runs/lr-find-<folder name>``.
+        out: folder for the two files; default the run itself, or ``runs/lr-find-<folder name>`` (a CSV: its name
+            without ``.csv``).
         strategy: whose phase is swept; default the run's (fine-tune for a linear probe, which has none), or
             fine-tune. On a fresh model the head a strategy fits on frozen features first is fitted here first too.
         model, weights, image_size: the backbone, its weights file and input size for a folder of images.
@@ -241,7 +242,8 @@ def range_test(source: str | Path, out: str | Path | None = None, *, strategy: s
     seed_everything(seed)
     source = Path(source)
     is_run = RunDir(source).is_run()
-    out = Path(out) if out else (source if is_run else Path("runs") / f"lr-find-{source.resolve().name}")
+    named = source.resolve().stem if source.is_file() else source.resolve().name  # a CSV: without its .csv
+    out = Path(out) if out else (source if is_run else Path("runs") / f"lr-find-{named}")
     numbers, curve = out / RunDir.LR_FIND, out / RunDir.LR_FIND_PLOT
     refuse_run_files([numbers, curve], own=source if is_run else None,
                      allowed=(RunDir.LR_FIND, RunDir.LR_FIND_PLOT))  # another run's curve is that run's record

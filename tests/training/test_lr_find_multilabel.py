@@ -108,3 +108,11 @@ def test_lr_find_takes_the_multilabel_criterion():
     assert all(np.isfinite(result.losses)) and np.isfinite(result.suggested_lr)
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+
+
+def test_lr_find_on_a_csv_names_its_default_folder_without_the_extension(mosaics, tmp_path, monkeypatch, capsys):
+    manifest, weights, _ = mosaics
+    monkeypatch.chdir(tmp_path)
+    assert main(["lr-find", str(manifest), *FAST, "--weights", str(weights), "--image-size", "32", "--steps", "6"]) == 0
+    assert (tmp_path / "runs" / f"lr-find-{manifest.stem}" / "lr_find.json").exists()
+    assert f"runs/lr-find-{manifest.stem}/lr_find.png" in capsys.readouterr().out
