@@ -1,22 +1,24 @@
 """Does ``check --labels`` find planted wrong labels, and does removing what it flags win back the accuracy?
 
-Two real sets, EfficientNet-Lite0 features at 128 px (the issue allows a small size; the features are cached after
-the first pass): Fashion-MNIST (2,500 training images, 250 per class, and 2,000 test images) and scikit-learn's
-digits (1,200 training and 597 test images, 8 px upscaled). 2%, 5% and 10% of the training labels are flipped,
-either at random (to any other class) or to the class the clean probe confuses it with most (Fashion-MNIST: shirt
-and T-shirt, pullover and coat...). Each condition runs exactly what ``check --labels`` runs on the features
-(:func:`out_of_fold_probabilities`, :func:`confident_learning`), and reports:
+Two real sets, frozen features of ``check --labels``'s default backbones (the three offline EfficientNet-Lites,
+each at its own size, side by side; ``--backbones efficientnet_lite0 --image-size 128`` gives the earlier,
+single-backbone figures): Fashion-MNIST (2,500 training images, 250 per class, and 2,000 test images) and
+scikit-learn's digits (1,200 training and 597 test images, 8 px upscaled). 2%, 5% and 10% of the training labels
+are flipped, either at random (to any other class) or to the class the clean probe confuses it with most
+(Fashion-MNIST: shirt and T-shirt, pullover and coat...). Each condition runs exactly what ``check --labels`` runs
+on the features (:func:`out_of_fold_probabilities`, :func:`confident_learning`), and reports:
 
-- precision and recall of the flagged images against the planted flips, at the default ``MAX_GIVEN``;
+- precision and recall of the flagged images against the planted flips, at the default cut-off (``MAX_GIVEN`` for
+  several backbones, ``MAX_GIVEN_ONE_BACKBONE`` for one);
 - test accuracy of the shipped probe (C chosen on a stratified 20% validation share, then refitted on all, as
   ``train --strategy linear-probe`` does) fitted on the clean labels, on the noisy labels, and on the noisy labels
   without the flagged images.
 
-``MAX_GIVEN`` was chosen on a tuning set disjoint from the reported one (1,500 other Fashion-MNIST training images,
-5% random and 5% confusable flips, seed 100; the value of the best mean F1) at 128 px. The tuning runs again at the
-size given; where it picks another value, each condition also reports what that value gives (``at_tuned``).
+The cut-offs were chosen on a tuning set disjoint from the reported one (1,500 other Fashion-MNIST training images,
+5% random and 5% confusable flips, seed 100; the value of the best mean F1). The tuning runs again each time;
+where it picks another value than the default, each condition also reports what that value gives (``at_tuned``).
 
-    python benchmarks/label_issues.py --out /tmp/label-issues   # ~10 minutes on a shared 2-core machine, cold cache
+    python benchmarks/label_issues.py --out /tmp/label-issues   # ~25 minutes on a shared 2-core machine, cold cache
 """
 
 from __future__ import annotations
@@ -35,7 +37,13 @@ except ImportError:  # running from a checkout without headstart installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from headstart.core.runtime import make_runtime
-from headstart.curation.label_issues import MAX_GIVEN, confident_learning, out_of_fold_probabilities
+from headstart.curation.label_issues import (
+    MAX_GIVEN,
+    MAX_GIVEN_ONE_BACKBONE,
+    confident_learning,
+    label_backbones,
+    out_of_fold_probabilities,
+)
 from headstart.data.fashion_mnist import make_image_folder
 from headstart.data.sources import discover, stratified_split
 from headstart.features import extract_features
@@ -46,12 +54,17 @@ RATES = (0.02, 0.05, 0.10)
 THRESHOLDS = (0.01, 0.02, 0.05, 0.1, 0.2, None)
 
 
-def features(samples, size: int) -> tuple[np.ndarray, np.ndarray]:
+def features(samples, backbones: list[str], size: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The backbones' frozen features side by side (each at ``size``, or its own), and the labels."""
     runtime = make_runtime("auto", "auto")
-    model = build_model("efficientnet_lite0", 10, pretrained=True)
-    runtime.prepare(model).eval()
-    f = extract_features(model, [p for p, _ in samples], model.spec.preprocessing(size), runtime, verbose=False)
-    return f.array(), np.array([samples[i][1] for i in f.positions], dtype=np.int64)
+    parts = []
+    for name in backbones:
+        model = build_model(name, 10, pretrained=True)
+        runtime.prepare(model).eval()
+        f = extract_features(model, [p for p, _ in samples], model.spec.preprocessing(size), runtime, verbose=False)
+        assert list(f.positions) == list(range(len(samples))), "every image must decode"
+        parts.append(f.array())
+    return np.concatenate(parts, 1), np.array([c for _, c in samples], dtype=np.int64)
 
 
 def fashion(out: Path) -> tuple[list, list]:
@@ -125,12 +138,13 @@ def tune(x, y, target, seed: int = 100) -> dict:
     return {"images": int(len(y)), "by_threshold": table, "best": best}
 
 
-def condition(x, y, x_test, y_test, rate, kind, target, seed, clean_acc, tuned: float | None = None) -> dict:
+def condition(x, y, x_test, y_test, rate, kind, target, seed, clean_acc, max_given: float,
+              tuned: float | None = None) -> dict:
     rng = np.random.default_rng(seed)
     noisy, planted = flip(y, rate, kind, target, rng)
     t0 = time.perf_counter()
     probs, folds, settings = out_of_fold_probabilities(x, noisy, [str(c) for c in range(10)], seed=seed)
-    flagged, _ = confident_learning(probs, noisy)
+    flagged, _ = confident_learning(probs, noisy, max_given)
     seconds = time.perf_counter() - t0
     p, r = precision_recall(flagged, planted)
     keep = np.setdiff1d(np.arange(len(y)), flagged)
@@ -138,7 +152,7 @@ def condition(x, y, x_test, y_test, rate, kind, target, seed, clean_acc, tuned: 
     cleaned_acc = shipped_probe_accuracy(x[keep], noisy[keep], x_test, y_test, seed)
     cost = clean_acc - noisy_acc
     at_tuned = {}
-    if tuned is not None and tuned != MAX_GIVEN:  # what the cut-off tuned at this image size would have given
+    if tuned is not None and tuned != max_given:  # what the cut-off tuned on these features would have given
         other, _ = confident_learning(probs, noisy, tuned)
         pt, rt = precision_recall(other, planted)
         kept = np.setdiff1d(np.arange(len(y)), other)
@@ -155,18 +169,21 @@ def condition(x, y, x_test, y_test, rate, kind, target, seed, clean_acc, tuned: 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="/tmp/label-issues")
-    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--backbones", nargs="+", default=None, help="default: check --labels's (label_backbones())")
+    p.add_argument("--image-size", type=int, default=None, help="every backbone's input size (default: its own)")
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--json", default=None, help="default: docs/measurements/label_issues.json")
     args = p.parse_args(argv)
     out = Path(args.out)
-    result = {"image_size": args.image_size, "backbone": "efficientnet_lite0", "max_given": MAX_GIVEN,
+    backbones = label_backbones(args.backbones)
+    max_given = MAX_GIVEN if len(backbones) > 1 else MAX_GIVEN_ONE_BACKBONE
+    result = {"image_size": args.image_size, "backbone": "+".join(backbones), "max_given": max_given,
               "measured_on": "a 2-core machine shared with other jobs (times only; the figures do not depend on it)",
               "datasets": {}}
     for name, load in (("fashion-mnist", fashion), ("digits", digits)):
         train, test = load(out)
-        x_all, y_all = features(train, args.image_size)
-        x_test, y_test = features(test, args.image_size)
+        x_all, y_all = features(train, backbones, args.image_size)
+        x_test, y_test = features(test, backbones, args.image_size)
         rng = np.random.default_rng(0)
         if name == "fashion-mnist":  # 250 per class reported; the other 150 per class tune MAX_GIVEN
             pick = np.concatenate([rng.choice(np.flatnonzero(y_all == c), 250, replace=False) for c in range(10)])
@@ -183,7 +200,7 @@ def main(argv=None) -> int:
             for kind in ("random", "confusable"):
                 for rate in RATES:
                     tuned = result["tuning"]["best"]
-                    rows.append(condition(x, y, x_test, y_test, rate, kind, target, seed, clean,
+                    rows.append(condition(x, y, x_test, y_test, rate, kind, target, seed, clean, max_given,
                                           None if tuned == "None" else float(tuned)))
                     print(name, json.dumps(rows[-1]), flush=True)
         result["datasets"][name] = {"train_images": int(len(y)), "test_images": int(len(y_test)),

@@ -16,6 +16,7 @@ judge. Measured on Fashion-MNIST and digits with planted flips: ``benchmarks/lab
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,13 +33,22 @@ from headstart.report import label_issues as pages
 from headstart.report.html import esc, page, para
 from headstart.training.heads import cross_fitted_logits, fit_head
 from headstart.zoo.model import build_model
+from headstart.zoo.registry import get_spec
+from headstart.zoo.weights import weights_available
 
 DEFAULT_FOLDS = 5
+# The probe reads, by default, the frozen features of the three offline EfficientNet-Lites, each at its native size,
+# side by side: sharper out-of-fold probabilities than any one of them. On the tuning set (1,500 Fashion-MNIST images,
+# 5% random flips) they flagged planted flips at precision 0.89 / recall 0.72 where Lite0 at 128 px had 0.83 / 0.64
+# at the same cut-off (benchmarks/label_issues.py, docs/measurements "Label issues"); about three times Lite0's
+# extraction time (each member's features are cached as that backbone's own, for training to reuse).
+DEFAULT_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 # A flagged label also needs the probe to give it less than this probability. Confident learning's count of wrong
 # labels includes the probe's own confusions (shirt / T-shirt on Fashion-MNIST: 7.8% of a clean set flagged);
-# this keeps the ones it is sure of. Chosen on tuning sets disjoint from the reported ones
-# (benchmarks/label_issues.py, "tuning").
-MAX_GIVEN = 0.02
+# this keeps the ones it is sure of. Chosen by F1 on tuning sets disjoint from the reported ones
+# (benchmarks/label_issues.py, "tuning"): with the default backbones, and with one backbone (Lite0 at 128 px).
+MAX_GIVEN = 0.05
+MAX_GIVEN_ONE_BACKBONE = 0.02
 FEW_PER_CLASS = 5  # below this many images in a class, its estimate rests on very little: said in a note
 COLUMNS = ["rank", "path", "split", "given_label", "suggested_label", "label_quality", "kind", "detail"]
 
@@ -60,6 +70,14 @@ class LabelIssues:
     @property
     def flagged(self) -> int:
         return sum(r["kind"] == "confident-learning" for r in self.rows)
+
+    def features(self) -> str:
+        """What the probe read, e.g. ``efficientnet_lite0 features at 224 px``, several backbones side by side."""
+        names, sizes = self.settings["backbone"].split("+"), self.settings["image_size"]
+        if len(names) == 1:
+            return f"{names[0]} features at {sizes} px"
+        each = [f"{n} at {s} px" for n, s in zip(names, sizes)]
+        return f"the features of {', '.join(each[:-1])} and {each[-1]}, side by side"
 
     def summary(self) -> str:
         conflicts = sum(r["kind"] == "label-conflict" for r in self.rows)
@@ -114,9 +132,9 @@ def confident_learning(probs: np.ndarray, y: np.ndarray, max_given: float | None
     return ranked, quality
 
 
-def find_label_issues(splits: DataSplits, runtime: Runtime, model: str = "efficientnet_lite0",
+def find_label_issues(splits: DataSplits, runtime: Runtime, model: str | Sequence[str] | None = None,
                       image_size: int | None = None, folds: int = DEFAULT_FOLDS, seed: int = 0,
-                      max_given: float | None = MAX_GIVEN, conflicts: list[tuple[dict, dict]] = (),
+                      max_given: float | None | str = "auto", conflicts: list[tuple[dict, dict]] = (),
                       cache_dir: str | Path | None = None, known_hashes: KnownHashes | None = None,
                       batch_size: int = 64, workers: int | None = None) -> LabelIssues:
     """Ranks the labelled images of ``splits`` (every split) by how likely their label is wrong.
@@ -124,24 +142,37 @@ def find_label_issues(splits: DataSplits, runtime: Runtime, model: str = "effici
     Args:
         splits: the usable labelled images (what the check kept).
         runtime: device and precision of the backbone pass.
-        model: the pretrained backbone whose frozen features the probe reads.
-        image_size: its input size (default: the backbone's own).
+        model: the pretrained backbone whose frozen features the probe reads, or several (their features side by
+            side); default :data:`DEFAULT_BACKBONES` whose weights are on this machine.
+        image_size: the input size of every backbone (default: each backbone's own).
         folds: K of the stratified K-fold scoring (fewer when a class has fewer images).
         seed: the folds' shuffle.
-        max_given: flag only labels the probe gives less than this probability (None: every one cleanlab flags).
+        max_given: flag only labels the probe gives less than this probability (None: every one cleanlab flags;
+            ``auto``: :data:`MAX_GIVEN` for several backbones, :data:`MAX_GIVEN_ONE_BACKBONE` for one).
         conflicts: pairs of copies labelled differently (``{"path", "split", "class"}`` each), listed after the
             confident-learning findings.
         cache_dir, known_hashes, batch_size, workers: as in :func:`headstart.features.extract.extract_features`.
     """
     samples = [(p, y, s) for s in ("train", "val", "test") for p, y in getattr(splits, s)]
-    net = build_model(model, len(splits.classes), pretrained=True)
-    runtime.prepare(net).eval()
-    pre = net.spec.preprocessing(image_size=image_size)
-    feats = extract_features(net, [p for p, _, _ in samples], pre, runtime, batch_size=batch_size, workers=workers,
-                             cache_dir=cache_dir, desc="features (labels)", verbose=False, known_hashes=known_hashes)
-    kept = [samples[i] for i in feats.positions]
+    models = label_backbones(model)
+    if max_given == "auto":
+        max_given = MAX_GIVEN if len(models) > 1 else MAX_GIVEN_ONE_BACKBONE
+    parts, sizes, positions = [], [], None
+    for name in models:
+        net = build_model(name, len(splits.classes), pretrained=True)
+        runtime.prepare(net).eval()
+        pre = net.spec.preprocessing(image_size=image_size)
+        found = extract_features(net, [p for p, _, _ in samples], pre, runtime, batch_size=batch_size,
+                                 workers=workers, cache_dir=cache_dir, desc=f"features (labels, {name})",
+                                 verbose=False, known_hashes=known_hashes)
+        parts.append(dict(zip(found.positions, found.array())))
+        sizes.append(pre.crop)
+        positions = found.positions if positions is None else [i for i in positions if i in parts[-1]]
+        bad = found.bad  # the same files for every backbone: decoding does not depend on it
+    x = np.stack([np.concatenate([part[i] for part in parts]) for i in positions]).astype(np.float32)
+    kept = [samples[i] for i in positions]
     y = np.array([label for _, label, _ in kept], dtype=np.int64)
-    probs, used, settings = out_of_fold_probabilities(feats.array(), y, splits.classes, folds, seed)
+    probs, used, settings = out_of_fold_probabilities(x, y, splits.classes, folds, seed)
     ranked, quality = confident_learning(probs, y, max_given)
     names = splits.classes
     rows = [{"path": kept[i][0], "split": kept[i][2], "given_label": names[y[i]],
@@ -155,9 +186,18 @@ def find_label_issues(splits: DataSplits, runtime: Runtime, model: str = "effici
     few = [f"{names[c]} ({counts[c]})" for c in np.flatnonzero((counts > 0) & (counts < FEW_PER_CLASS))]
     notes = [f"few images in {', '.join(few)}: with under {FEW_PER_CLASS} per class the estimate of how many "
              "labels are wrong rests on very little; treat these findings as hints."] if few else []
-    settings = {"backbone": model, "image_size": pre.crop, "max_given": max_given, **settings}
+    settings = {"backbone": "+".join(models), "image_size": sizes[0] if len(sizes) == 1 else sizes,
+                "max_given": max_given, **settings}
     return LabelIssues(rows, names, len(y), used, round(float((probs.argmax(1) == y).mean()), 4), settings, notes,
-                       feats.bad)
+                       bad)
+
+
+def label_backbones(model: str | Sequence[str] | None = None) -> list[str]:
+    """The backbones whose features the probe reads: ``model`` (one name or several), or the
+    :data:`DEFAULT_BACKBONES` whose weights are on this machine (Lite0's always are: it ships in a pip package)."""
+    if model is not None:
+        return [model] if isinstance(model, str) else list(model)
+    return [name for name in DEFAULT_BACKBONES if weights_available(get_spec(name))] or [DEFAULT_BACKBONES[0]]
 
 
 def _conflict_rows(conflicts, index: dict[str, int], probs: np.ndarray, quality: np.ndarray,
@@ -183,9 +223,8 @@ def write_csv(rows: list[dict], path: str | Path) -> Path:
 def write_page(found: LabelIssues, path: str | Path, data: str, csv_name: str) -> Path:
     """One self-contained HTML page of the findings' thumbnails beside the CSV."""
     how = (f"{found.images} labelled images of {esc(data)}, each scored by a logistic-regression head fitted on "
-           f"the other {found.folds - 1} of {found.folds} folds ({esc(found.settings['backbone'])} features at "
-           f"{found.settings['image_size']} px); flagged: cleanlab's confident learning, keeping labels the probe "
-           f"gives under {found.settings['max_given']} probability.")
+           f"the other {found.folds - 1} of {found.folds} folds ({esc(found.features())}); flagged: cleanlab's "
+           f"confident learning, keeping labels the probe gives under {found.settings['max_given']} probability.")
     body = pages.section_body(found.rows, csv_name) + para(how, "note")
     body += "".join(para(esc(n), "note") for n in found.notes)
     html = page("Labels that look wrong", esc(found.summary()), [("label-issues", "Labels that look wrong", body)])

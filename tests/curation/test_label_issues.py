@@ -9,7 +9,13 @@ from PIL import Image
 
 from headstart.cli import main
 from headstart.core.errors import DataError
-from headstart.curation.label_issues import COLUMNS, confident_learning, out_of_fold_probabilities
+from headstart.curation.label_issues import (
+    COLUMNS,
+    DEFAULT_BACKBONES,
+    confident_learning,
+    label_backbones,
+    out_of_fold_probabilities,
+)
 from headstart.report.label_issues import read_rows, section_body
 
 
@@ -30,6 +36,15 @@ def test_planted_flips_in_separable_features_are_found_and_clean_labels_kept():
     flagged, quality = confident_learning(probs, noisy)
     assert set(flagged.tolist()) == set(planted.tolist())
     assert quality[planted].max() < np.delete(quality, planted).min()  # the planted ones rank lowest
+
+
+def test_the_probe_reads_the_offline_lites_by_default_or_the_backbones_named(monkeypatch):
+    from headstart.curation import label_issues
+
+    assert label_backbones() == list(DEFAULT_BACKBONES)  # all three ship in pip packages, installed by setup
+    assert label_backbones("resnet50") == ["resnet50"] and label_backbones(["a", "b"]) == ["a", "b"]
+    monkeypatch.setattr(label_issues, "weights_available", lambda spec: None)  # none on this machine
+    assert label_backbones() == ["efficientnet_lite0"]
 
 
 def test_a_class_with_one_image_is_refused_in_one_sentence():
@@ -97,6 +112,9 @@ def test_check_labels_finds_planted_flips_in_digits_and_writes_csv_and_page(tmp_
     assert [int(r["rank"]) for r in rows] == list(range(1, len(rows) + 1))
     page = (out / "label_issues.html").read_text()
     assert page.count("<img") == min(len(rows), 48) and "Labels that look wrong" in page
+    # by default the probe reads the three offline Lites side by side, each at the size asked
+    assert "efficientnet_lite0 at 64 px, efficientnet_lite1 at 64 px and efficientnet_lite2 at 64 px, side by " \
+           "side" in page and "under 0.05 probability" in page
 
 
 @pytest.mark.slow
