@@ -397,6 +397,9 @@ def multilabel_pool_and_test(cfg: CompareConfig) -> MultiLabelSplits:
 def multilabel_budgets(cfg: CompareConfig, data: MultiLabelSplits) -> tuple[int, list[int], list[int]]:
     """The validation images per seed, the training-image budgets that fit beside them in the pool, and those that do
     not (left out, and said)."""
+    if any(n < 1 for n in cfg.train_images) or (cfg.val_images is not None and cfg.val_images < 1):
+        raise UsageError(f"training and validation images must be 1 or more, e.g. 50,100,250 and 100; got "
+                         f"{cfg.train_images} and {cfg.val_images}.")
     n_val = cfg.val_images or cfg.val_per_class * len(data.labels)
     room = len(data.train) - n_val
     if room < 1:

@@ -146,10 +146,12 @@ def test_the_budget_options_belong_to_their_kind_of_data(mosaics, tmp_path, caps
     assert "training images" in capsys.readouterr().err
 
 
-def test_a_pool_too_small_for_any_budget_is_refused_in_one_sentence(mosaics, tmp_path):
+def test_a_pool_too_small_for_any_budget_or_an_empty_budget_is_refused_in_one_sentence(mosaics, tmp_path):
     cfg = CompareConfig(data=str(mosaics), out=str(tmp_path / "c"), train_images=[100, 200], val_images=10)
     with pytest.raises(compare_module.UsageError, match="70 images .* beside 10 validation images"):
         compare_module.compare(cfg)
+    with pytest.raises(compare_module.UsageError, match="1 or more"):
+        compare_module.compare(CompareConfig(data=str(mosaics), out=str(tmp_path / "d"), train_images=[0, 10]))
 
 
 @pytest.mark.slow
