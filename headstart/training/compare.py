@@ -449,11 +449,12 @@ def _multilabel_intro(cfg: CompareConfig, n_test: int, n_val: int, skipped: list
                       missing: dict[str, list[str]]) -> str:
     text = (f"{n_test} test images, the same for every run; {cfg.seeds} seed(s). The budget is a number of labelled "
             f"training images (an image has several labels, so labels per class mean nothing): per seed, {n_val} "
-            "validation images are drawn once, then each budget's training images from the rest, both by iterative "
-            "stratification so that every label keeps positives where the budget allows; every strategy trains on "
-            "the same subset (subsets/). Test mAP is the macro mean over labels of each label's average precision "
-            "(no threshold); exact match is the share of test images whose whole label set is predicted, at "
-            "thresholds each run chose per label on its validation images. Figures are mean ± std over seeds.")
+            "validation images (not counted in the budget) are drawn once, then each budget's training images from "
+            "the rest, both by iterative stratification so that every label keeps positives where the budget allows; "
+            "every strategy trains on the same subset (subsets/). Test mAP is the macro mean over labels of each "
+            "label's average precision (no threshold); exact match is the share of test images whose whole label set "
+            "is predicted, at thresholds each run chose per label on its validation images. Figures are mean ± std "
+            "over seeds.")
     if skipped:
         text += (f" Budgets left out: {', '.join(map(str, skipped))} training images (more than the pool holds "
                  "beside the validation images).")
