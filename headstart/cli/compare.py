@@ -148,7 +148,12 @@ def config_from_args(args) -> CompareConfig:
 
 def print_table(result: dict) -> None:
     from headstart.cli.console import Table, console  # rich: not at import time, so --help stays fast
-    from headstart.training.compare import accuracy_text, edge_warnings, lr_text  # torch: not at import time either
+    from headstart.training.compare import (  # torch: not at import time either
+        accuracy_text,
+        edge_warnings,
+        figure_text,
+        lr_text,
+    )
 
     m = COMPARE_MEASURES[result.get("task")]
     table = Table(title=f"test {m.name} on {result['test_images']} held-out images"
@@ -159,7 +164,7 @@ def print_table(result: dict) -> None:
     for r in result["rows"]:
         table.add_row(str(r[m.budget]), r["strategy"], r["model"], str(r["image_size"]),
                       accuracy_text(r, "%", m.score),
-                      f"{100 * r[f'{m.second}_mean']:.1f}%", f"{r['seconds_mean']:.0f} s", lr_text(r),
+                      figure_text(r, m.second, m, sign="%"), f"{r['seconds_mean']:.0f} s", lr_text(r),
                       f"{r['trainable_params']:,}")
     console().print(table)
     for warning in edge_warnings(result["runs"], m):

@@ -222,6 +222,13 @@ def accuracy_text(row: dict, sign: str = "", key: str = "test_acc") -> str:
     return f"{mean} ± {100 * row[f'{key}_std']:.1f}" if row.get("seeds", 1) > 1 else f"{mean} (1 seed)"
 
 
+def figure_text(row: dict, key: str, measure: CompareMeasure = SINGLE, scale: float = 100.0, sign: str = "") -> str:
+    """A summary row's mean of ``key`` (times ``scale``), with its spread over seeds where ``measure`` shows it."""
+    mean = f"{scale * row[f'{key}_mean']:.1f}{sign}"
+    shown = key in measure.spread and row.get("seeds", 1) > 1
+    return f"{mean} ± {scale * row[f'{key}_std']:.1f}" if shown else mean
+
+
 def markdown(rows: list[dict], results: list[dict], cfg: CompareConfig, n_test: int, measure: CompareMeasure = SINGLE,
              intro: str | None = None) -> str:
     """compare.md; ``intro`` says which images each run saw (default: the single-label sentence)."""
@@ -241,7 +248,7 @@ def markdown(rows: list[dict], results: list[dict], cfg: CompareConfig, n_test: 
     for r in rows:
         lines.append(f"| {r[m.budget]} | {r['strategy']} | {r['model']} | {r['image_size']} | "
                      f"{accuracy_text(r, key=m.score)} | "
-                     f"{100 * r[f'{m.second}_mean']:.1f} | {r['seconds_mean']:.1f} | "
+                     f"{figure_text(r, m.second, m)} | {figure_text(r, 'seconds', m, 1.0)} | "
                      f"{r['epochs_run_mean']:.1f} | {r['best_epoch_mean']:.1f} | {lr_text(r)} | "
                      f"{r['trainable_params']:,} |")
     sweeps = [(r, c) for r in results for c in r.get("lr_sweep", [])]

@@ -113,7 +113,8 @@ def test_every_strategy_gets_the_same_stratified_draw_and_the_csv_test_split(mos
     assert saved["task"] == "multilabel" and saved["figures"] == ["map_vs_train_images.png", "map_vs_time.png"]
     md = (out / "compare.md").read_text()
     assert "| train images | strategy | model | px | test mAP | exact match |" in md
-    assert "| 8 | fine-tune |" in md and "80.0 ± 0.0" in md and "test acc" not in md
+    assert "| 8 | fine-tune | efficientnet_lite0 | 32 | 80.0 ± 0.0 | 20.0 ± 0.0 | 1.0 ± 0.0 | 2.0 |" in md  # mean ± sd
+    assert "test acc" not in md and "accuracy" not in md
     assert "Budgets left out: 500 training images" in md and "iterative stratification" in md
     assert "20 images: 0.001" in md  # scratch's chosen rate, by budget
     for name in saved["figures"]:
