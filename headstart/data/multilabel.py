@@ -260,6 +260,53 @@ def _stratify(y: np.ndarray, sizes: np.ndarray, fraction: float, rng: np.random.
     return side == 1
 
 
+def draw_subset(samples: list[MultiSample], n: int, seed: int) -> tuple[list[MultiSample], list[MultiSample]]:
+    """Exactly ``n`` of ``samples`` (all of them when there are no more), and the rest: drawn by iterative
+    stratification, then every label that has a positive among ``samples`` given one in the draw where ``n`` allows
+    (a rare label's share of a small draw rounds to none, which the stratification alone accepts).
+
+    Args:
+        samples: ``(path, 0/1 per label)``.
+        n: images to draw.
+        seed: makes the draw repeatable.
+    """
+    if n >= len(samples):
+        return sorted(samples), []
+    rest, drawn = iterative_split(samples, n / len(samples), seed)
+    rng = random.Random(seed)
+    rng.shuffle(rest)  # the order in which images are tried for a move
+    rng.shuffle(drawn)
+    count = np.sum([y for _, y in drawn], axis=0) if drawn else np.zeros(len(samples[0][1]), np.int64)
+
+    def spare(s: MultiSample) -> bool:  # leaving the draw takes no label's last positive with it
+        return bool(np.all(count[np.flatnonzero(s[1])] > 1))
+
+    def move(s: MultiSample, to_draw: bool) -> None:
+        nonlocal count
+        (rest if to_draw else drawn).remove(s)
+        (drawn if to_draw else rest).append(s)
+        count = count + (1 if to_draw else -1) * np.asarray(s[1])
+
+    while len(drawn) > n:  # the stratification's size is only close to the share asked for
+        move(next((s for s in drawn if spare(s)), drawn[0]), False)
+    while len(drawn) < n:
+        move(next((s for s in rest if any(count[j] == 0 for j in np.flatnonzero(s[1]))), rest[0]), True)
+    totals = np.sum([y for _, y in samples], axis=0)
+    for j in sorted(np.flatnonzero((count == 0) & (totals > 0)), key=lambda j: totals[j]):  # rarest first
+        if count[j]:  # an earlier swap brought it in
+            continue
+        carriers = [s for s in rest if s[1][j]]
+        held = np.asarray([y for _, y in carriers], dtype=bool)
+        for outgoing in drawn:  # swap it for a carrier of label j that keeps every label it alone brings
+            lost = np.flatnonzero(np.asarray(outgoing[1], dtype=bool) & (count == 1))
+            fits = np.flatnonzero(held[:, lost].all(1))
+            if len(fits):
+                move(outgoing, False)
+                move(carriers[fits[0]], True)
+                break
+    return sorted(drawn), sorted(rest)
+
+
 def random_split(samples: list[MultiSample], fraction: float, seed: int) -> tuple[list[MultiSample], list]:
     """A plain shuffled split of the same size, the baseline iterative stratification is measured against."""
     order = samples[:]

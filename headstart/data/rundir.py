@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,36 @@ from headstart.data.sources import DataSplits
 COMPARE_RESULTS = "compare.json"
 COMPARE_TABLE = "compare.md"
 COMPARE_PLOTS = ("accuracy_vs_labels.png", "accuracy_vs_time.png")
+
+
+@dataclass(frozen=True)
+class CompareMeasure:
+    """What a ``compare`` folder varies and scores, by task: the keys of its records and the words for them."""
+
+    budget: str  # the budget's key in every record
+    budget_head: str  # its table header
+    budget_unit: str  # after a number: "5 labels", "100 images"
+    axis: str  # the plot's x axis
+    score: str  # the headline test figure's key
+    score_head: str
+    name: str  # the headline figure in a sentence, and on the plots' y axis
+    second: str  # the second test figure's key
+    second_head: str
+    val: str  # the validation figure of each learning-rate candidate
+    val_head: str
+    plots: tuple[str, str]  # file names: score against the budget, and against wall time
+    spread: tuple[str, ...] = ()  # figures besides the headline shown with their spread over seeds in the tables
+
+
+# By the task a run's config records: None (single-label) or "multilabel".
+COMPARE_MEASURES: dict[str | None, CompareMeasure] = {
+    None: CompareMeasure("labels_per_class", "labels/class", "labels", "labelled training images per class",
+                             "test_acc", "test acc", "accuracy", "test_balanced_acc", "balanced acc", "val_acc",
+                             "val acc", COMPARE_PLOTS),
+    MULTILABEL: CompareMeasure("train_images", "train images", "images", "labelled training images",
+                               "test_map", "test mAP", "mAP", "test_exact_match", "exact match", "val_map", "val mAP",
+                               ("map_vs_train_images.png", "map_vs_time.png"), ("test_exact_match", "seconds")),
+}
 
 class RunDir:
     """The files of one run. ``RunDir(path).summary()`` reads, ``.write_summary(...)`` writes."""

@@ -188,7 +188,13 @@ class CompareConfig:
         data, out: the image folder, and where results go.
         model: the pretrained backbone of every strategy but scratch.
         strategies, labels_per_class, seeds: the grid measured.
+        train_images: the budgets of a multi-label CSV instead of ``labels_per_class`` (an image has several labels):
+            labelled training images per run, drawn per seed by iterative stratification so that every label keeps
+            positives where the number allows. Budgets larger than the pool beside the validation images are left
+            out (compare.md says so).
         val_per_class: validation images per class, drawn once per seed (not counted as labels).
+        val_images: a multi-label CSV's validation images, drawn once per seed like the training ones (default
+            ``val_per_class`` x the number of labels).
         test_fraction, max_test: the held-out test images when DATA has no test split, and a cap on their number.
         epochs, patience: maximum epochs and early-stopping patience of the pretrained strategies.
         scratch_epochs, scratch_patience: the same for scratch, which starts from random weights and needs more.
@@ -210,8 +216,10 @@ class CompareConfig:
     model: str = DEFAULT_MODEL
     strategies: list[str] = field(default_factory=lambda: ["scratch", "linear-probe", "fine-tune"])
     labels_per_class: list[int] = field(default_factory=lambda: [5, 10, 25, 50, 100])
+    train_images: list[int] = field(default_factory=lambda: [50, 100, 250, 500, 1000])
     seeds: int = 3
     val_per_class: int = 10
+    val_images: int | None = None
     test_fraction: float = 0.3
     max_test: int | None = None
     epochs: int = 10

@@ -14,6 +14,7 @@ from headstart.data.multilabel import (
     MultiLabelSplits,
     check_multilabel,
     discover_multilabel,
+    draw_subset,
     is_multilabel_csv,
     iterative_split,
     missing_labels,
@@ -82,6 +83,26 @@ def test_iterative_split_keeps_every_label_on_both_sides_where_random_does_not(m
     missed_random = sum(len(missing_labels(splits.labels, *random_split(rare, 0.2, s))) for s in range(10))
     assert missed_iterative == 0
     assert missed_random > 0
+
+
+def test_draw_subset_is_exact_and_gives_a_rare_label_a_positive_where_stratification_alone_does_not(mosaics):
+    splits = discover_multilabel(mosaics)
+    pool = splits.train + splits.val
+    rare = [(p, y[:-1] + (int(i < 3),)) for i, (p, y) in enumerate(pool)]  # the last label on 3 of 120 images
+    present = np.asarray([y for _, y in rare]).sum(0) > 0
+    missed_alone = 0
+    for n in (6, 10, 25):
+        for seed in range(5):
+            drawn, rest = draw_subset(rare, n, seed)
+            assert len(drawn) == n and sorted(drawn + rest) == sorted(rare) and not set(drawn) & set(rest)
+            assert (np.asarray([y for _, y in drawn]).sum(0) > 0).tolist() == present.tolist()
+            assert draw_subset(rare, n, seed) == (drawn, rest)  # repeatable
+            _, held = iterative_split(rare, n / len(rare), seed)
+            missed_alone += not any(y[-1] for _, y in held)
+    assert missed_alone > 0  # the share of a rare label in a small draw rounds to none
+    one, _ = draw_subset(rare, 1, 0)  # too few images for every label: as many as one image can hold
+    assert len(one) == 1 and sum(one[0][1]) >= 1
+    assert draw_subset(rare, 500, 0) == (sorted(rare), [])
 
 
 def test_groups_of_copies_stay_on_one_side(mosaics):
