@@ -28,7 +28,7 @@ import csv
 import random
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -79,14 +79,16 @@ def _draw(samples, per_class: int, rng: random.Random, exclude: set[str]) -> lis
     return sorted(out)
 
 
-def _write_manifest(path: Path, classes: list[str], splits: dict[str, list]) -> None:
+def _write_manifest(path: Path, splits: dict[str, list], label_text: Callable[[object], str],
+                    column: str = "label") -> None:
+    """A CSV of every split's images (absolute paths), each with ``label_text`` of its label in ``column``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["path", "label", "split"])
+        w.writerow(["path", column, "split"])
         for split, samples in splits.items():
             for p, y in samples:
-                w.writerow([str(Path(p).resolve()), classes[y], split])
+                w.writerow([str(Path(p).resolve()), label_text(y), split])
 
 
 def _image_side(samples) -> int:
@@ -378,7 +380,7 @@ def _single_label_subsets(cfg: CompareConfig, data: DataSplits, seed: int, out: 
     for n in cfg.labels_per_class:
         train_subset = _draw(data.train, n, random.Random(2000 + 97 * seed + n), val_paths)
         manifest = out / "subsets" / f"n{n}-seed{seed}.csv"
-        _write_manifest(manifest, data.classes, {"train": train_subset, "val": val, "test": data.test})
+        _write_manifest(manifest, {"train": train_subset, "val": val, "test": data.test}, data.classes.__getitem__)
         yield n, manifest
 
 
@@ -422,16 +424,6 @@ def multilabel_budgets(cfg: CompareConfig, data: MultiLabelSplits) -> tuple[int,
     return n_val, fit, skipped
 
 
-def _write_multilabel_manifest(path: Path, labels: list[str], splits: dict[str, list]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "labels", "split"])
-        for split, samples in splits.items():
-            for p, y in samples:
-                w.writerow([str(Path(p).resolve()), ";".join(names(labels, y)), split])
-
-
 def multilabel_subsets(data: MultiLabelSplits, budgets: list[int], n_val: int, seed: int, out: Path,
                        missing: dict[str, list[str]] | None = None) -> Iterator[tuple[int, Path]]:
     """Per budget, the manifest of ``seed``'s draw from a multi-label pool: ``n_val`` validation images drawn once
@@ -442,7 +434,8 @@ def multilabel_subsets(data: MultiLabelSplits, budgets: list[int], n_val: int, s
     for n in budgets:
         train_subset, _ = draw_subset(rest, n, 2000 + 97 * seed + n)
         manifest = out / "subsets" / f"n{n}-seed{seed}.csv"
-        _write_multilabel_manifest(manifest, data.labels, {"train": train_subset, "val": val, "test": data.test})
+        _write_manifest(manifest, {"train": train_subset, "val": val, "test": data.test},
+                        lambda y: ";".join(names(data.labels, y)), "labels")
         present = {name for _, y in train_subset for name in names(data.labels, y)}
         pool = {name for _, y in rest for name in names(data.labels, y)}
         if lacking := [name for name in data.labels if name in pool and name not in present]:
