@@ -75,17 +75,20 @@ def run(args) -> int:
                          "--run RUN.")
     if args.folds < 2:
         raise UsageError(f"--folds must be at least 2 (got {args.folds}), e.g. --folds 5.")
+    from headstart.data.multilabel import check_multilabel, discover_multilabel, is_multilabel_csv
+
     if args.run:
         from headstart.data.rundir import RunDir  # PIL: not at import time, so --help stays fast
 
-        RunDir(args.run).require_model()  # a wrong --run is said before the images are read
-    from headstart.data.multilabel import check_multilabel, discover_multilabel, is_multilabel_csv
+        config = RunDir(args.run).require_model().config()  # a wrong --run is said before the images are read
+        if (config.get("task") == "multilabel") != is_multilabel_csv(args.data):
+            kind = "multi-label" if is_multilabel_csv(args.data) else "single-label"
+            raise UsageError(f"{args.run} was not trained on {kind} data but {args.data} is {kind}; pass a run "
+                             f"trained on {kind} data, or leave --run out.")
 
     common = dict(max_pixels=args.max_pixels, duplicates=args.duplicates, near=args.near)
+    splits = None
     if is_multilabel_csv(args.data):  # several labels per image
-        if args.labels:
-            raise UsageError("--labels looks for wrong labels among single-label classes; leave it out for a "
-                             "multi-label CSV.")
         splits = discover_multilabel(args.data, args.label_delimiter, args.val_fraction, args.seed)
         report = check_multilabel(splits, args.data, min_positives=args.min_images, **common)
     else:
@@ -102,33 +105,39 @@ def run(args) -> int:
     else:
         print_report(report, moved, args.quarantine)
     if args.labels:
-        check_labels(args, report)
+        check_labels(args, report, splits)
     return 1 if report.verdict == "problems" else 0
 
 
-def check_labels(args, report) -> None:
-    """``--labels``: the labels that look wrong, written as a CSV and a page (into the run with ``--run``)."""
+def check_labels(args, report, multilabel_splits=None) -> None:
+    """``--labels``: the labels that look wrong, written as a CSV and a page (into the run with ``--run``);
+    ``multilabel_splits``: the data is a multi-label CSV, judged label by label."""
     import sys
 
     from headstart.core.preprocessing import Preprocessing
     from headstart.core.runtime import make_runtime  # torch: only for --labels
-    from headstart.curation.label_issues import find_label_issues, write_csv, write_page
     from headstart.data.rundir import RunDir
     from headstart.data.sources import discover
 
     if not any(report.counts["train"].values()) or any(i.kind == "unusable" for i in report.issues):
         raise UsageError(f"{args.data} cannot be used as it is (see the findings above), so its labels were not "
                          "checked; fix the data first.")
+    multilabel = multilabel_splits is not None
     model, size, out = args.model, args.image_size, Path(args.labels_out)
     if args.run:
         run = RunDir(args.run).require_model()
         config = run.config()
         model, size, out = config["model"], Preprocessing.of(config["preprocessing"]).crop, run.path
     bad = {p for p, _ in report.bad_files()}
-    splits = discover(args.data, val_fraction=args.val_fraction, seed=args.seed, check=False)
+    splits = multilabel_splits or discover(args.data, val_fraction=args.val_fraction, seed=args.seed, check=False)
     for name in ("train", "val", "test"):
         setattr(splits, name, [s for s in getattr(splits, name) if s[0] not in bad])
     conflicts = [(i.files[0], i.files[1]) for i in report.issues if i.kind == "label-conflict"]
+    if multilabel:
+        from headstart.curation.label_issues_multilabel import find_multilabel_issues as find_label_issues
+        from headstart.curation.label_issues_multilabel import write_csv, write_page
+    else:
+        from headstart.curation.label_issues import find_label_issues, write_csv, write_page
     found = find_label_issues(splits, make_runtime(args.device, args.precision), model, size, args.folds, args.seed,
                               conflicts=conflicts, known_hashes=report.known_hashes(), workers=args.workers)
     csv_path = write_csv(found.rows, out / RunDir.LABEL_ISSUES)
@@ -137,8 +146,9 @@ def check_labels(args, report) -> None:
     for note in found.notes:
         print(f"labels: {note}", file=sys.stderr if args.json else sys.stdout)
     for row in found.rows[:ROWS_PER_KIND]:
+        why = f"{row['detail']}, " if multilabel and row["kind"] == "confident-learning" else ""
         print(f"  {row['path']}: labelled {row['given_label']}, looks like {row['suggested_label']} "
-              f"(quality {row['label_quality']})", file=sys.stderr if args.json else sys.stdout)
+              f"({why}quality {row['label_quality']})", file=sys.stderr if args.json else sys.stdout)
     written = f"written: {csv_path} and {page}"
     if args.run:
         from headstart.report import write_report
