@@ -50,7 +50,8 @@ def add_parser(sub):
     labels.add_argument("--labels", action="store_true",
                         help="also rank the labelled images by how likely their label is wrong: out-of-fold "
                              "probabilities of a linear probe on frozen features, given to cleanlab's confident "
-                             "learning; writes label_issues.csv and label_issues.html")
+                             "learning (on a multi-label CSV: per label, saying which label looks missing or "
+                             "extra); writes label_issues.csv and label_issues.html")
     labels.add_argument("--labels-out", metavar="DIR", default="label_issues",
                         help="where --labels writes its CSV and page (default ./label_issues)")
     labels.add_argument("--run", metavar="RUN", default=None,
