@@ -60,6 +60,10 @@ def add_parser(sub):
     options.add_model(labels, "pretrained backbone whose features the probe reads (default %(default)s)")
     options.add_image_size(labels, "its input size (default: the backbone's own)")
     labels.add_argument("--folds", type=int, default=5, help="K of the K-fold scoring (default 5)")
+    labels.add_argument("--max-given", type=float, default=None, metavar="P",
+                        help="flag only labels the probe gives under this probability (default 0.02; on a "
+                             "multi-label CSV, where it is the probability of the given yes or no, 0.05); 1 keeps "
+                             "every label confident learning flags: a longer list with more false alarms")
     options.add_hardware(labels, precision=True)
     return p
 
@@ -74,6 +78,9 @@ def run(args) -> int:
     if args.run and not args.labels:
         raise UsageError("--run attaches the --labels findings to a run; add --labels, e.g. check DATA --labels "
                          "--run RUN.")
+    if args.max_given is not None and not 0 < args.max_given <= 1:
+        raise UsageError(f"--max-given must be a probability above 0 and at most 1 (got {args.max_given}), e.g. "
+                         "--max-given 0.05.")
     if args.folds < 2:
         raise UsageError(f"--folds must be at least 2 (got {args.folds}), e.g. --folds 5.")
     from headstart.data.multilabel import check_multilabel, discover_multilabel, is_multilabel_csv
@@ -139,8 +146,9 @@ def check_labels(args, report, multilabel_splits=None) -> None:
         from headstart.curation.label_issues_multilabel import write_csv, write_page
     else:
         from headstart.curation.label_issues import find_label_issues, write_csv, write_page
+    cut = {} if args.max_given is None else {"max_given": None if args.max_given >= 1 else args.max_given}
     found = find_label_issues(splits, make_runtime(args.device, args.precision), model, size, args.folds, args.seed,
-                              conflicts=conflicts, known_hashes=report.known_hashes(), workers=args.workers)
+                              conflicts=conflicts, known_hashes=report.known_hashes(), workers=args.workers, **cut)
     csv_path = write_csv(found.rows, out / RunDir.LABEL_ISSUES)
     page = write_page(found, out / RunDir.LABEL_ISSUES_PAGE, str(args.data), RunDir.LABEL_ISSUES)
     print(f"labels: {found.summary()}", file=sys.stderr if args.json else sys.stdout)
