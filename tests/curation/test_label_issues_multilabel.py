@@ -169,6 +169,7 @@ def test_check_labels_on_planted_mosaics_writes_csv_and_page(tmp_path, capsys):
     assert [int(r["rank"]) for r in rows] == list(range(1, len(rows) + 1))
     page = (out / "label_issues.html").read_text()
     assert page.count("<img") == min(len(rows), 48) and "Labels that look wrong" in page
+    assert "missing trouser" in page or "extra trouser" in page
 
 
 @pytest.mark.slow
