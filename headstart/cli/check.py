@@ -50,7 +50,8 @@ def add_parser(sub):
     labels.add_argument("--labels", action="store_true",
                         help="also rank the labelled images by how likely their label is wrong: out-of-fold "
                              "probabilities of a linear probe on frozen features, given to cleanlab's confident "
-                             "learning; writes label_issues.csv and label_issues.html")
+                             "learning (on a multi-label CSV: per label, saying which label looks missing or "
+                             "extra); writes label_issues.csv and label_issues.html")
     labels.add_argument("--labels-out", metavar="DIR", default="label_issues",
                         help="where --labels writes its CSV and page (default ./label_issues)")
     labels.add_argument("--run", metavar="RUN", default=None,
@@ -62,6 +63,10 @@ def add_parser(sub):
                       default=None)
     options.add_image_size(labels, "its input size (default: the backbone's own)")
     labels.add_argument("--folds", type=int, default=5, help="K of the K-fold scoring (default 5)")
+    labels.add_argument("--max-given", type=float, default=None, metavar="P",
+                        help="flag only labels the probe gives under this probability (default 0.02; on a "
+                             "multi-label CSV, where it is the probability of the given yes or no, 0.05); 1 keeps "
+                             "every label confident learning flags: a longer list with more false alarms")
     options.add_hardware(labels, precision=True)
     return p
 
@@ -76,19 +81,25 @@ def run(args) -> int:
     if args.run and not args.labels:
         raise UsageError("--run attaches the --labels findings to a run; add --labels, e.g. check DATA --labels "
                          "--run RUN.")
+    if args.max_given is not None and not 0 < args.max_given <= 1:
+        raise UsageError(f"--max-given must be a probability above 0 and at most 1 (got {args.max_given}), e.g. "
+                         "--max-given 0.05.")
     if args.folds < 2:
         raise UsageError(f"--folds must be at least 2 (got {args.folds}), e.g. --folds 5.")
+    from headstart.data.multilabel import check_multilabel, discover_multilabel, is_multilabel_csv
+
     if args.run:
         from headstart.data.rundir import RunDir  # PIL: not at import time, so --help stays fast
 
-        RunDir(args.run).require_model()  # a wrong --run is said before the images are read
-    from headstart.data.multilabel import check_multilabel, discover_multilabel, is_multilabel_csv
+        config = RunDir(args.run).require_model().config()  # a wrong --run is said before the images are read
+        if (config.get("task") == "multilabel") != is_multilabel_csv(args.data):
+            kind = "multi-label" if is_multilabel_csv(args.data) else "single-label"
+            raise UsageError(f"{args.run} was not trained on {kind} data but {args.data} is {kind}; pass a run "
+                             f"trained on {kind} data, or leave --run out.")
 
     common = dict(max_pixels=args.max_pixels, duplicates=args.duplicates, near=args.near)
+    splits = None
     if is_multilabel_csv(args.data):  # several labels per image
-        if args.labels:
-            raise UsageError("--labels looks for wrong labels among single-label classes; leave it out for a "
-                             "multi-label CSV.")
         splits = discover_multilabel(args.data, args.label_delimiter, args.val_fraction, args.seed)
         report = check_multilabel(splits, args.data, min_positives=args.min_images, **common)
     else:
@@ -105,43 +116,51 @@ def run(args) -> int:
     else:
         print_report(report, moved, args.quarantine)
     if args.labels:
-        check_labels(args, report)
+        check_labels(args, report, splits)
     return 1 if report.verdict == "problems" else 0
 
 
-def check_labels(args, report) -> None:
-    """``--labels``: the labels that look wrong, written as a CSV and a page (into the run with ``--run``)."""
+def check_labels(args, report, multilabel_splits=None) -> None:
+    """``--labels``: the labels that look wrong, written as a CSV and a page (into the run with ``--run``);
+    ``multilabel_splits``: the data is a multi-label CSV, judged label by label."""
     import sys
 
     from headstart.core.preprocessing import Preprocessing
     from headstart.core.runtime import make_runtime  # torch: only for --labels
-    from headstart.curation.label_issues import find_label_issues, write_csv, write_page
     from headstart.data.rundir import RunDir
     from headstart.data.sources import discover
 
     if not any(report.counts["train"].values()) or any(i.kind == "unusable" for i in report.issues):
         raise UsageError(f"{args.data} cannot be used as it is (see the findings above), so its labels were not "
                          "checked; fix the data first.")
+    multilabel = multilabel_splits is not None
     model, size, out = args.model, args.image_size, Path(args.labels_out)
     if args.run:
         run = RunDir(args.run).require_model()
         config = run.config()
         model, size, out = config["model"], Preprocessing.of(config["preprocessing"]).crop, run.path
     bad = {p for p, _ in report.bad_files()}
-    splits = discover(args.data, val_fraction=args.val_fraction, seed=args.seed, check=False)
+    splits = multilabel_splits or discover(args.data, val_fraction=args.val_fraction, seed=args.seed, check=False)
     for name in ("train", "val", "test"):
         setattr(splits, name, [s for s in getattr(splits, name) if s[0] not in bad])
     conflicts = [(i.files[0], i.files[1]) for i in report.issues if i.kind == "label-conflict"]
+    if multilabel:
+        from headstart.curation.label_issues_multilabel import find_multilabel_issues as find_label_issues
+        from headstart.curation.label_issues_multilabel import write_csv, write_page
+    else:
+        from headstart.curation.label_issues import find_label_issues, write_csv, write_page
+    cut = {} if args.max_given is None else {"max_given": None if args.max_given >= 1 else args.max_given}
     found = find_label_issues(splits, make_runtime(args.device, args.precision), model, size, args.folds, args.seed,
-                              conflicts=conflicts, known_hashes=report.known_hashes(), workers=args.workers)
+                              conflicts=conflicts, known_hashes=report.known_hashes(), workers=args.workers, **cut)
     csv_path = write_csv(found.rows, out / RunDir.LABEL_ISSUES)
     page = write_page(found, out / RunDir.LABEL_ISSUES_PAGE, str(args.data), RunDir.LABEL_ISSUES)
     print(f"labels: {found.summary()}", file=sys.stderr if args.json else sys.stdout)
     for note in found.notes:
         print(f"labels: {note}", file=sys.stderr if args.json else sys.stdout)
     for row in found.rows[:ROWS_PER_KIND]:
+        why = f"{row['detail']}, " if multilabel and row["kind"] == "confident-learning" else ""
         print(f"  {row['path']}: labelled {row['given_label']}, looks like {row['suggested_label']} "
-              f"(quality {row['label_quality']})", file=sys.stderr if args.json else sys.stdout)
+              f"({why}quality {row['label_quality']})", file=sys.stderr if args.json else sys.stdout)
     written = f"written: {csv_path} and {page}"
     if args.run:
         from headstart.report import write_report

@@ -1,7 +1,9 @@
 """The labels that look wrong, as thumbnails: the page ``check --labels`` writes and the run report's section.
 
 The rows are those of ``label_issues.csv`` (:mod:`headstart.curation.label_issues`): path, given and suggested
-label, label quality, kind. This module only reads and draws them, so the report needs nothing above its layer.
+label, label quality, kind (and, for multi-label data, the labels that look ``missing`` and ``extra``:
+:mod:`headstart.curation.label_issues_multilabel`). This module only reads and draws them, so the report needs
+nothing above its layer.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ def tiles(rows: list[dict], limit: int = SHOWN) -> str:
         quality = row.get("label_quality", "")
         suggested = (f'<div>suggested <span class="pred">{esc(row["suggested_label"])}</span></div>'
                      if row.get("suggested_label") and row["suggested_label"] != row["given_label"] else "")
+        changes = "; ".join(f"{what} {esc(row[what].replace(';', ', '))}" for what in ("missing", "extra")
+                            if row.get(what))  # multi-label rows: which labels look wrong
+        suggested += f'<div class="pred">{changes}</div>' if changes else ""
         note = "copy labelled differently" if row.get("kind") == "label-conflict" else f"quality {esc(quality)}"
         out.append(f'<div class="thumb">{picture}<div>given <span class="true">{esc(row["given_label"])}</span>'
                    f'</div>{suggested}<div class="path">{esc(note)} · {esc(Path(row["path"]).name)}</div></div>')

@@ -13,6 +13,7 @@ import numpy as np
 from headstart.data.rundir import RunDir
 from headstart.evaluation.multilabel import multilabel_metrics
 from headstart.predict import open_predictor, run_decision
+from headstart.report import label_issues
 from headstart.report.figures import css_width, figure, png, thumbnail, training_curves
 from headstart.report.html import card, cards, esc, img, num, page, para, pct, table
 from headstart.report.html import figure as html_figure
@@ -125,4 +126,8 @@ def multilabel_report(run_dir: str | Path, max_images: int = 2000, device: str =
             "backbone", "Backbone chosen", para(esc(f"--choose {choice.get('preset')}: {choice.get('reason')}. "
                                                    "The test images were not looked at."))
             + backbone_candidates(choice)))
+    if run.has(RunDir.LABEL_ISSUES):  # check --labels --run: the labels that look wrong
+        rows = label_issues.read_rows(run / RunDir.LABEL_ISSUES)
+        body = label_issues.section_body(rows, RunDir.LABEL_ISSUES)
+        sections.append(("label-issues", "Labels that look wrong", body))
     return page(f"headstart: {run.path.name}", subtitle, sections, lead=lead)
