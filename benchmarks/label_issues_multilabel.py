@@ -35,10 +35,9 @@ except ImportError:  # running from a checkout without headstart installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from headstart.core.runtime import make_runtime
+from headstart.curation.label_issues import label_backbones, probe_features
 from headstart.curation.label_issues_multilabel import MAX_GIVEN, confident_learning, out_of_fold_label_probabilities
 from headstart.data.mosaic import make_mosaic_set
-from headstart.features import extract_features
-from headstart.zoo.model import build_model
 
 THRESHOLDS = (0.02, 0.05, 0.1, 0.2, 0.3, None)
 
@@ -55,14 +54,12 @@ def mosaics(folder: Path, n: int, seed: int) -> tuple[list[str], np.ndarray, lis
     return [str(folder / r["path"]) for r in rows], y, labels
 
 
-def features(paths: list[str], size: int) -> tuple[np.ndarray, float]:
+def features(paths: list[str], size: int | None, backbones: list[str] | None) -> tuple[np.ndarray, float]:
+    """What ``check --labels`` reads (:func:`probe_features`): ``backbones`` (default its own) at ``size``."""
     t0 = time.perf_counter()
-    runtime = make_runtime("auto", "auto")
-    model = build_model("efficientnet_lite0", 10, pretrained=True)
-    runtime.prepare(model).eval()
-    f = extract_features(model, paths, model.spec.preprocessing(size), runtime, verbose=False)
+    f = probe_features(paths, make_runtime("auto", "auto"), backbones, size)
     assert len(f.positions) == len(paths), f.bad
-    return f.array(), time.perf_counter() - t0
+    return f.x, time.perf_counter() - t0
 
 
 def flip(y: np.ndarray, rate: float, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -110,23 +107,25 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="/tmp/ml-label-issues")
     p.add_argument("--images", type=int, default=1000)
-    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--image-size", type=int, default=None, help="every backbone's input size (default: its own)")
+    p.add_argument("--backbones", nargs="+", default=None, help="default: check --labels's (label_backbones())")
     p.add_argument("--rate", type=float, default=0.05)
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--json", default=None, help="default: docs/measurements/label_issues_multilabel.json")
     args = p.parse_args(argv)
     out = Path(args.out)
-    result = {"images": args.images, "image_size": args.image_size, "backbone": "efficientnet_lite0",
+    backbone = "+".join(label_backbones(args.backbones))
+    result = {"images": args.images, "image_size": args.image_size, "backbone": backbone,
               "rate": args.rate, "max_given": MAX_GIVEN,
               "measured_on": "a 2-core machine shared with other jobs (times only; the figures do not depend on it)"}
     tune_paths, tune_y, _ = mosaics(out / "tuning", 500, seed=100)
-    x_tune, _ = features(tune_paths, args.image_size)
+    x_tune, _ = features(tune_paths, args.image_size, args.backbones)
     tuning = condition(x_tune, tune_y, args.rate, seed=100)
     best = max(tuning["by_threshold"], key=lambda t: tuning["by_threshold"][t]["f1"])
     result["tuning"] = {"images": len(tune_y), "by_threshold": tuning["by_threshold"], "best": best}
     print("tuning:", best, json.dumps(tuning["by_threshold"]), flush=True)
     paths, y, labels = mosaics(out / "reported", args.images, seed=0)
-    x, feature_seconds = features(paths, args.image_size)
+    x, feature_seconds = features(paths, args.image_size, args.backbones)
     result.update(labels=labels, labels_per_image=round(float(y.sum(1).mean()), 2),
                   feature_seconds_shared_machine=round(feature_seconds, 1), conditions=[])
     for rate, seed in [(0.0, 0)] + [(args.rate, s) for s in range(args.seeds)]:

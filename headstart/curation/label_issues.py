@@ -71,14 +71,6 @@ class LabelIssues:
     def flagged(self) -> int:
         return sum(r["kind"] == "confident-learning" for r in self.rows)
 
-    def features(self) -> str:
-        """What the probe read, e.g. ``efficientnet_lite0 features at 224 px``, several backbones side by side."""
-        names, sizes = self.settings["backbone"].split("+"), self.settings["image_size"]
-        if len(names) == 1:
-            return f"{names[0]} features at {sizes} px"
-        each = [f"{n} at {s} px" for n, s in zip(names, sizes)]
-        return f"the features of {', '.join(each[:-1])} and {each[-1]}, side by side"
-
     def summary(self) -> str:
         conflicts = sum(r["kind"] == "label-conflict" for r in self.rows)
         return (f"{self.flagged} of {self.images} labels look wrong (confident learning on {self.folds}-fold "
@@ -154,22 +146,11 @@ def find_label_issues(splits: DataSplits, runtime: Runtime, model: str | Sequenc
         cache_dir, known_hashes, batch_size, workers: as in :func:`headstart.features.extract.extract_features`.
     """
     samples = [(p, y, s) for s in ("train", "val", "test") for p, y in getattr(splits, s)]
-    models = label_backbones(model)
+    feats = probe_features([p for p, _, _ in samples], runtime, model, image_size, cache_dir, known_hashes,
+                           batch_size, workers)
     if max_given == "auto":
-        max_given = MAX_GIVEN if len(models) > 1 else MAX_GIVEN_ONE_BACKBONE
-    parts, sizes, positions = [], [], None
-    for name in models:
-        net = build_model(name, len(splits.classes), pretrained=True)
-        runtime.prepare(net).eval()
-        pre = net.spec.preprocessing(image_size=image_size)
-        found = extract_features(net, [p for p, _, _ in samples], pre, runtime, batch_size=batch_size,
-                                 workers=workers, cache_dir=cache_dir, desc=f"features (labels, {name})",
-                                 verbose=False, known_hashes=known_hashes)
-        parts.append(dict(zip(found.positions, found.array())))
-        sizes.append(pre.crop)
-        positions = found.positions if positions is None else [i for i in positions if i in parts[-1]]
-        bad = found.bad  # the same files for every backbone: decoding does not depend on it
-    x = np.stack([np.concatenate([part[i] for part in parts]) for i in positions]).astype(np.float32)
+        max_given = MAX_GIVEN if len(feats.settings["backbone"].split("+")) > 1 else MAX_GIVEN_ONE_BACKBONE
+    positions, x = feats.positions, feats.x
     kept = [samples[i] for i in positions]
     y = np.array([label for _, label, _ in kept], dtype=np.int64)
     probs, used, settings = out_of_fold_probabilities(x, y, splits.classes, folds, seed)
@@ -186,10 +167,54 @@ def find_label_issues(splits: DataSplits, runtime: Runtime, model: str | Sequenc
     few = [f"{names[c]} ({counts[c]})" for c in np.flatnonzero((counts > 0) & (counts < FEW_PER_CLASS))]
     notes = [f"few images in {', '.join(few)}: with under {FEW_PER_CLASS} per class the estimate of how many "
              "labels are wrong rests on very little; treat these findings as hints."] if few else []
-    settings = {"backbone": "+".join(models), "image_size": sizes[0] if len(sizes) == 1 else sizes,
-                "max_given": max_given, **settings}
+    settings = {**feats.settings, "max_given": max_given, **settings}
     return LabelIssues(rows, names, len(y), used, round(float((probs.argmax(1) == y).mean()), 4), settings, notes,
-                       bad)
+                       feats.bad)
+
+
+@dataclass
+class ProbeFeatures:
+    """The frozen features a label-issue probe reads: of the images every backbone could decode (``positions``
+    into the paths asked for), the backbones' side by side."""
+
+    positions: list[int]
+    x: np.ndarray
+    bad: list  # (path, reason) of the images that could not be decoded
+    settings: dict  # "backbone" (names joined by +), "image_size" (one, or one per backbone)
+
+
+def probe_features(paths: list[str], runtime: Runtime, model: str | Sequence[str] | None = None,
+                   image_size: int | None = None, cache_dir: str | Path | None = None,
+                   known_hashes: KnownHashes | None = None, batch_size: int = 64,
+                   workers: int | None = None) -> ProbeFeatures:
+    """The features of ``paths`` from :func:`label_backbones` ``(model)``, each at ``image_size`` or its own size,
+    through the feature cache (each backbone's features cached as its own, for training to reuse)."""
+    parts, sizes, positions, bad = [], [], None, []
+    models = label_backbones(model)
+    for name in models:
+        net = build_model(name, 2, pretrained=True)  # the head is never used: features only
+        runtime.prepare(net).eval()
+        pre = net.spec.preprocessing(image_size=image_size)
+        found = extract_features(net, paths, pre, runtime, batch_size=batch_size, workers=workers,
+                                 cache_dir=cache_dir, desc=f"features (labels, {name})", verbose=False,
+                                 known_hashes=known_hashes)
+        parts.append(dict(zip(found.positions, found.array())))
+        sizes.append(pre.crop)
+        positions = list(found.positions) if positions is None else [i for i in positions if i in parts[-1]]
+        bad = found.bad  # the same files for every backbone: decoding does not depend on it
+    x = np.stack([np.concatenate([part[i] for part in parts]) for i in positions]).astype(np.float32) if positions \
+        else np.zeros((0, 0), np.float32)
+    return ProbeFeatures(positions, x, bad, {"backbone": "+".join(models),
+                                             "image_size": sizes[0] if len(sizes) == 1 else sizes})
+
+
+def features_text(settings: dict) -> str:
+    """What the probe read, e.g. ``efficientnet_lite0 features at 224 px``, several backbones side by side."""
+    names, sizes = settings["backbone"].split("+"), settings["image_size"]
+    if len(names) == 1:
+        return f"{names[0]} features at {sizes} px"
+    each = [f"{n} at {s} px" for n, s in zip(names, sizes)]
+    return f"the features of {', '.join(each[:-1])} and {each[-1]}, side by side"
 
 
 def label_backbones(model: str | Sequence[str] | None = None) -> list[str]:
@@ -223,8 +248,9 @@ def write_csv(rows: list[dict], path: str | Path) -> Path:
 def write_page(found: LabelIssues, path: str | Path, data: str, csv_name: str) -> Path:
     """One self-contained HTML page of the findings' thumbnails beside the CSV."""
     how = (f"{found.images} labelled images of {esc(data)}, each scored by a logistic-regression head fitted on "
-           f"the other {found.folds - 1} of {found.folds} folds ({esc(found.features())}); flagged: cleanlab's "
-           f"confident learning, keeping labels the probe gives under {found.settings['max_given']} probability.")
+           f"the other {found.folds - 1} of {found.folds} folds ({esc(features_text(found.settings))}); flagged: "
+           f"cleanlab's confident learning, keeping labels the probe gives under {found.settings['max_given']} "
+           "probability.")
     body = pages.section_body(found.rows, csv_name) + para(how, "note")
     body += "".join(para(esc(n), "note") for n in found.notes)
     html = page("Labels that look wrong", esc(found.summary()), [("label-issues", "Labels that look wrong", body)])

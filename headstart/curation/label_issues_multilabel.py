@@ -21,6 +21,7 @@ agrees with 87% of the yes/no answers where answering "no" everywhere gets 77%.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,14 +31,12 @@ from headstart.core.errors import DataError, OutputError
 from headstart.core.hashing import KnownHashes
 from headstart.core.io import write_csv_rows
 from headstart.core.runtime import Runtime
-from headstart.curation.label_issues import DEFAULT_FOLDS, FEW_PER_CLASS
+from headstart.curation.label_issues import DEFAULT_FOLDS, FEW_PER_CLASS, features_text, probe_features
 from headstart.data.multilabel import MultiLabelSplits, set_name
-from headstart.features.extract import extract_features
 from headstart.predict.multilabel import fit_temperatures, sigmoid
 from headstart.report import label_issues as pages
 from headstart.report.html import esc, page, para
 from headstart.training.multilabel import cross_fitted_label_logits, fit_label_heads, label_folds
-from headstart.zoo.model import build_model
 
 # A flagged label also needs the probe to give its given value (present or absent) less than this probability, as
 # the single-label check's MAX_GIVEN: confident learning's count includes the probe's own confusions (shirt /
@@ -142,7 +141,7 @@ def confident_learning(probs: np.ndarray, y: np.ndarray, max_given: float | None
     return images[np.argsort(quality[images], kind="stable")], mask, quality
 
 
-def find_multilabel_issues(splits: MultiLabelSplits, runtime: Runtime, model: str = "efficientnet_lite0",
+def find_multilabel_issues(splits: MultiLabelSplits, runtime: Runtime, model: str | Sequence[str] | None = None,
                            image_size: int | None = None, folds: int = DEFAULT_FOLDS, seed: int = 0,
                            max_given: float | None = MAX_GIVEN, conflicts: list[tuple[dict, dict]] = (),
                            cache_dir: str | Path | None = None, known_hashes: KnownHashes | None = None,
@@ -152,8 +151,9 @@ def find_multilabel_issues(splits: MultiLabelSplits, runtime: Runtime, model: st
     Args:
         splits: the usable labelled images (what the check kept).
         runtime: device and precision of the backbone pass.
-        model: the pretrained backbone whose frozen features the probe reads.
-        image_size: its input size (default: the backbone's own).
+        model: the pretrained backbone whose frozen features the probe reads, or several
+            (:func:`headstart.curation.label_issues.label_backbones`; default the offline Lites side by side).
+        image_size: the input size of every backbone (default: each backbone's own).
         folds: K of the K-fold scoring, folds stratified per label.
         seed: the folds' assignment.
         max_given: flag only labels whose given value the probe gives less than this probability (None: every one
@@ -163,20 +163,17 @@ def find_multilabel_issues(splits: MultiLabelSplits, runtime: Runtime, model: st
         cache_dir, known_hashes, batch_size, workers: as in :func:`headstart.features.extract.extract_features`.
     """
     samples = [(p, y, s) for s in ("train", "val", "test") for p, y in getattr(splits, s)]
-    net = build_model(model, len(splits.labels), pretrained=True)
-    runtime.prepare(net).eval()
-    pre = net.spec.preprocessing(image_size=image_size)
-    feats = extract_features(net, [p for p, _, _ in samples], pre, runtime, batch_size=batch_size, workers=workers,
-                             cache_dir=cache_dir, desc="features (labels)", verbose=False, known_hashes=known_hashes)
+    feats = probe_features([p for p, _, _ in samples], runtime, model, image_size, cache_dir, known_hashes,
+                           batch_size, workers)
     kept = [samples[i] for i in feats.positions]
     y = np.array([labels for _, labels, _ in kept], dtype=np.int64).reshape(-1, len(splits.labels))
-    probs, used, settings = out_of_fold_label_probabilities(feats.array(), y, folds, seed)
+    probs, used, settings = out_of_fold_label_probabilities(feats.x, y, folds, seed)
     ranked, mask, quality = confident_learning(probs, y, max_given)
     rows = [_row(kept[i][0], kept[i][2], y[i], probs[i], mask[i], quality[i], splits.labels) for i in ranked]
     rows += _conflict_rows(conflicts, {p: i for i, (p, _, _) in enumerate(kept)}, probs, quality, splits.labels)
     for rank, row in enumerate(rows, 1):
         row["rank"] = rank
-    settings = {"backbone": model, "image_size": pre.crop, "max_given": max_given, **settings}
+    settings = {**feats.settings, "max_given": max_given, **settings}
     agreement = round(float(((probs > 0.5) == (y > 0)).mean()), 4)
     return MultiLabelIssues(rows, splits.labels, len(y), used, agreement, settings, _notes(y, splits.labels),
                             feats.bad)
@@ -236,10 +233,10 @@ def write_csv(rows: list[dict], path: str | Path) -> Path:
 def write_page(found: MultiLabelIssues, path: str | Path, data: str, csv_name: str) -> Path:
     """One self-contained HTML page of the findings' thumbnails beside the CSV."""
     how = (f"{found.images} labelled images of {esc(data)}, each scored by per-label logistic-regression heads "
-           f"fitted on the other {found.folds - 1} of {found.folds} folds ({esc(found.settings['backbone'])} "
-           f"features at {found.settings['image_size']} px); flagged: cleanlab's confident learning for each label, "
-           f"keeping the answers the probe gives under {found.settings['max_given']} probability. A suggested set "
-           "is the given one with the flagged labels added (missing) or removed (extra).")
+           f"fitted on the other {found.folds - 1} of {found.folds} folds ({esc(features_text(found.settings))}); "
+           "flagged: cleanlab's confident learning for each label, keeping the answers the probe gives under "
+           f"{found.settings['max_given']} probability. A suggested set is the given one with the flagged labels "
+           "added (missing) or removed (extra).")
     body = pages.section_body(found.rows, csv_name) + para(how, "note")
     body += "".join(para(esc(n), "note") for n in found.notes)
     html = page("Labels that look wrong", esc(found.summary()), [("label-issues", "Labels that look wrong", body)])

@@ -163,7 +163,7 @@ def test_check_labels_on_planted_mosaics_writes_csv_and_page(tmp_path, capsys):
         if r["kind"] == "confident-learning":
             assert r["missing"] or r["extra"]
             given, suggested = (set(r[k].split(";")) - {"(none)"} for k in ("given_label", "suggested_label"))
-            assert given ^ suggested == {x for x in (r["missing"], r["extra"]) if x}
+            assert given ^ suggested == {x for field in (r["missing"], r["extra"]) for x in field.split(";") if x}
     conflicts = [r for r in rows if r["kind"] == "label-conflict"]
     assert len(conflicts) == 2 and any(r["path"].endswith("copy.png") for r in conflicts)
     assert [int(r["rank"]) for r in rows] == list(range(1, len(rows) + 1))
