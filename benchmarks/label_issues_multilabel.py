@@ -1,7 +1,8 @@
 """Does ``check --labels`` find planted wrong labels in multi-label data?
 
 The mosaic set (:mod:`headstart.data.mosaic`: 2x2 mosaics of Fashion-MNIST items, 10 labels, one to four items an
-image), EfficientNet-Lite0 features at 128 px (cached after the first pass). In 5% of the images one label is
+image), the frozen features ``check --labels`` reads by default (``--backbones`` / ``--image-size`` for others;
+cached after the first pass). In 5% of the images one label is
 flipped: a label the image shows is dropped, or one it does not show is added, at random (half and half). Each
 condition runs exactly what ``check --labels`` runs on the features (:func:`out_of_fold_label_probabilities`,
 :func:`confident_learning`) and reports:

@@ -15,8 +15,8 @@ sets (the check's ``label-conflict``) are listed too.
 A label with fewer than two images holding it (or fewer than two without it) cannot be judged: no fold can hold
 one out and still learn it; it is left out of the judgement and said in a note. Measured on the mosaic set with
 planted flips: ``benchmarks/label_issues_multilabel.py`` (docs/measurements, "Label issues, multi-label"): weak
-there (precision 0.23-0.25, recall 0.38 at 5% of images with one label flipped, 128 px), because the probe is: it
-agrees with 87% of the yes/no answers where answering "no" everywhere gets 77%.
+there (precision 0.30-0.38, recall 0.50-0.62 at 5% of images with one label flipped, the default backbones),
+because the probe is: it agrees with 90-91% of the yes/no answers where answering "no" everywhere gets 77%.
 """
 
 from __future__ import annotations
