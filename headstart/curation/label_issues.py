@@ -240,9 +240,9 @@ def _conflict_rows(conflicts, index: dict[str, int], probs: np.ndarray, quality:
     return rows
 
 
-def write_csv(rows: list[dict], path: str | Path) -> Path:
-    """The ranked rows as a CSV with :data:`COLUMNS`."""
-    return write_csv_rows(path, COLUMNS, rows, "a folder")
+def write_csv(rows: list[dict], path: str | Path, columns: list[str] = COLUMNS) -> Path:
+    """The ranked rows as a CSV with ``columns`` (:data:`COLUMNS`)."""
+    return write_csv_rows(path, columns, rows, "a folder")
 
 
 def write_page(found: LabelIssues, path: str | Path, data: str, csv_name: str) -> Path:
@@ -251,6 +251,12 @@ def write_page(found: LabelIssues, path: str | Path, data: str, csv_name: str) -
            f"the other {found.folds - 1} of {found.folds} folds ({esc(features_text(found.settings))}); flagged: "
            f"cleanlab's confident learning, keeping labels the probe gives under {found.settings['max_given']} "
            "probability.")
+    return write_findings_page(found, path, csv_name, how)
+
+
+def write_findings_page(found, path: str | Path, csv_name: str, how: str) -> Path:
+    """The page of a check's findings (``rows``, ``notes``, ``summary()``): their thumbnails, then ``how`` they were
+    found."""
     body = pages.section_body(found.rows, csv_name) + para(how, "note")
     body += "".join(para(esc(n), "note") for n in found.notes)
     html = page("Labels that look wrong", esc(found.summary()), [("label-issues", "Labels that look wrong", body)])

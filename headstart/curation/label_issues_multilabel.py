@@ -27,15 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-from headstart.core.errors import DataError, OutputError
+from headstart.core.errors import DataError
 from headstart.core.hashing import KnownHashes
-from headstart.core.io import write_csv_rows
 from headstart.core.runtime import Runtime
+from headstart.curation import label_issues
 from headstart.curation.label_issues import DEFAULT_FOLDS, FEW_PER_CLASS, features_text, probe_features
 from headstart.data.multilabel import MultiLabelSplits, set_name
 from headstart.predict.multilabel import fit_temperatures, sigmoid
-from headstart.report import label_issues as pages
-from headstart.report.html import esc, page, para
+from headstart.report.html import esc
 from headstart.training.multilabel import cross_fitted_label_logits, fit_label_heads, label_folds
 
 # A flagged label also needs the probe to give its given value (present or absent) less than this probability, as
@@ -227,7 +226,7 @@ def _notes(y: np.ndarray, labels: list[str]) -> list[str]:
 
 def write_csv(rows: list[dict], path: str | Path) -> Path:
     """The ranked rows as a CSV with :data:`COLUMNS`."""
-    return write_csv_rows(path, COLUMNS, rows, "a folder")
+    return label_issues.write_csv(rows, path, COLUMNS)
 
 
 def write_page(found: MultiLabelIssues, path: str | Path, data: str, csv_name: str) -> Path:
@@ -237,12 +236,4 @@ def write_page(found: MultiLabelIssues, path: str | Path, data: str, csv_name: s
            "flagged: cleanlab's confident learning for each label, keeping the answers the probe gives under "
            f"{found.settings['max_given']} probability. A suggested set is the given one with the flagged labels "
            "added (missing) or removed (extra).")
-    body = pages.section_body(found.rows, csv_name) + para(how, "note")
-    body += "".join(para(esc(n), "note") for n in found.notes)
-    html = page("Labels that look wrong", esc(found.summary()), [("label-issues", "Labels that look wrong", body)])
-    path = Path(path)
-    try:
-        path.write_text(html)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path} ({exc.strerror or exc}); pass a folder you can write to.") from exc
-    return path
+    return label_issues.write_findings_page(found, path, csv_name, how)
