@@ -134,3 +134,30 @@ def test_check_labels_attached_to_a_run_shows_in_its_report(probe_run, capsys):
     report = (run / "report.html").read_text()
     assert "Labels that look wrong" in report and "really_a_zero.png" in report
     assert "report.html shows them" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("given, passed", [(None, "auto"), ("0.3", 0.3), ("1", None)])
+def test_max_given_reaches_the_single_label_check(tmp_path, monkeypatch, given, passed):
+    """``--max-given P``: the cut-off passed on (1 keeps every flag: None); left out, the library's default."""
+    from headstart.curation import label_issues
+    from tests.curation.conftest import digits_folder
+
+    data = digits_folder(tmp_path / "d")
+    seen = {}
+
+    def fake(splits, runtime, model, size, folds, seed, max_given="auto", **kw):
+        seen["max_given"] = max_given
+        return label_issues.LabelIssues([], splits.classes, 0, folds, 1.0,
+                                        {"backbone": "x", "image_size": 8, "max_given": max_given})
+
+    monkeypatch.setattr(label_issues, "find_label_issues", fake)
+    args = ["check", str(data), "--labels", "--labels-out", str(tmp_path / "out")]
+    assert main(args + (["--max-given", given] if given else [])) == 0
+    assert seen == {"max_given": passed}
+
+
+def test_a_max_given_outside_0_to_1_is_refused_in_one_sentence(tmp_path, capsys):
+    (tmp_path / "a").mkdir()
+    assert main(["check", str(tmp_path), "--labels", "--max-given", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "--max-given must be a probability" in err and len(err.strip().splitlines()) == 1
