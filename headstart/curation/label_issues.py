@@ -72,10 +72,14 @@ class LabelIssues:
         return sum(r["kind"] == "confident-learning" for r in self.rows)
 
     def summary(self) -> str:
-        conflicts = sum(r["kind"] == "label-conflict" for r in self.rows)
         return (f"{self.flagged} of {self.images} labels look wrong (confident learning on {self.folds}-fold "
                 f"out-of-fold probabilities; the probe agrees with {self.oof_accuracy:.1%} of the given labels)"
-                + (f"; {conflicts} image(s) are copies of a picture labelled differently" if conflicts else ""))
+                + self._copies())
+
+    def _copies(self) -> str:
+        """``; N image(s) are copies of a picture labelled differently``, or '' when there are none."""
+        conflicts = sum(r["kind"] == "label-conflict" for r in self.rows)
+        return f"; {conflicts} image(s) are copies of a picture labelled differently" if conflicts else ""
 
 
 def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray, classes: list[str], folds: int = DEFAULT_FOLDS,

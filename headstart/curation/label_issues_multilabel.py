@@ -22,7 +22,6 @@ because the probe is: it agrees with 90-91% of the yes/no answers where answerin
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -48,32 +47,18 @@ COLUMNS = ["rank", "path", "split", "given_label", "suggested_label", "label_qua
            "detail"]
 
 
-@dataclass
-class MultiLabelIssues:
-    """What ``check --labels`` found on multi-label data: ``rows`` (:data:`COLUMNS`, ranked: lowest label quality
-    first, then the copies with different label sets) and how they were found."""
-
-    rows: list[dict]
-    labels: list[str]
-    images: int  # labelled images scored out of fold
-    folds: int
-    oof_agreement: float  # share of (image, label) answers at 0.5 that agree with the given ones
-    settings: dict  # backbone, image size, per-label C and temperature
-    notes: list[str] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): could not be decoded
-
-    @property
-    def flagged(self) -> int:
-        return sum(r["kind"] == "confident-learning" for r in self.rows)
+class MultiLabelIssues(label_issues.LabelIssues):
+    """What ``check --labels`` found on multi-label data, in the single-label record: ``rows`` (:data:`COLUMNS`,
+    ranked: lowest label quality first, then the copies with different label sets), ``classes`` the labels,
+    ``oof_accuracy`` the share of (image, label) answers at 0.5 that agree with the given ones, ``settings`` with a
+    C and a temperature per label."""
 
     def summary(self) -> str:
-        conflicts = sum(r["kind"] == "label-conflict" for r in self.rows)
         wrong = sum(len(r["missing"].split(";")) * bool(r["missing"]) + len(r["extra"].split(";")) * bool(r["extra"])
                     for r in self.rows if r["kind"] == "confident-learning")
         return (f"{self.flagged} of {self.images} images have labels that look wrong ({wrong} label(s) missing or "
                 f"extra; confident learning per label on {self.folds}-fold out-of-fold probabilities; the probe "
-                f"agrees with {self.oof_agreement:.1%} of the given yes/no answers)"
-                + (f"; {conflicts} image(s) are copies of a picture labelled differently" if conflicts else ""))
+                f"agrees with {self.oof_accuracy:.1%} of the given yes/no answers)" + self._copies())
 
 
 def out_of_fold_label_probabilities(x: np.ndarray, y: np.ndarray, folds: int = DEFAULT_FOLDS,

@@ -60,3 +60,12 @@ def section_body(rows: list[dict], csv_name: str, limit: int = SHOWN) -> str:
             f"with every path, is <code>{esc(csv_name)}</code>.")
     shown = f" The first {limit} are shown." if len(rows) > limit else ""
     return para(text + shown) + tiles(rows, limit)
+
+
+def run_section(run) -> tuple[str, str, str] | None:
+    """The run report's section (single- and multi-label runs) when ``check --labels --run`` wrote
+    ``label_issues.csv`` into the run (a :class:`headstart.data.rundir.RunDir`); None otherwise."""
+    if not run.has(run.LABEL_ISSUES):
+        return None
+    rows = read_rows(run / run.LABEL_ISSUES)
+    return "label-issues", "Labels that look wrong", section_body(rows, run.LABEL_ISSUES)

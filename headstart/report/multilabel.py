@@ -126,8 +126,6 @@ def multilabel_report(run_dir: str | Path, max_images: int = 2000, device: str =
             "backbone", "Backbone chosen", para(esc(f"--choose {choice.get('preset')}: {choice.get('reason')}. "
                                                    "The test images were not looked at."))
             + backbone_candidates(choice)))
-    if run.has(RunDir.LABEL_ISSUES):  # check --labels --run: the labels that look wrong
-        rows = label_issues.read_rows(run / RunDir.LABEL_ISSUES)
-        body = label_issues.section_body(rows, RunDir.LABEL_ISSUES)
-        sections.append(("label-issues", "Labels that look wrong", body))
+    if found := label_issues.run_section(run):  # check --labels --run: the labels that look wrong
+        sections.append(found)
     return page(f"headstart: {run.path.name}", subtitle, sections, lead=lead)

@@ -493,10 +493,7 @@ class RunReport:
 
     def labels(self):
         """``check --labels --run`` wrote ``label_issues.csv`` here: its thumbnails."""
-        if not self.run.has(RunDir.LABEL_ISSUES):
-            return None
-        rows = label_issues.read_rows(self.run / RunDir.LABEL_ISSUES)
-        return "label-issues", "Labels that look wrong", label_issues.section_body(rows, RunDir.LABEL_ISSUES)
+        return label_issues.run_section(self.run)
 
 
 def _tile(p, cam) -> str:
