@@ -84,7 +84,7 @@ def out_of_fold_label_probabilities(x: np.ndarray, y: np.ndarray, folds: int = D
     held = parts[0]
     fit = np.setdiff1d(np.arange(len(y)), held)
     _, _, cs = fit_label_heads(x[fit], y[fit], x[held], y[held])
-    logits, used = cross_fitted_label_logits(x, y, cs, folds=folds, seed=seed)
+    logits, used = cross_fitted_label_logits(x, y, cs, parts=parts)  # the folds that chose the Cs, not made again
     temperatures = fit_temperatures(logits, y)
     return (sigmoid(logits / np.asarray(temperatures)), used,
             {"C": cs, "temperature": [round(float(t), 4) for t in temperatures]})

@@ -129,14 +129,15 @@ def label_folds(y: np.ndarray, folds: int, seed: int = 0) -> list[np.ndarray]:
     return [fold for fold in out if len(fold)]
 
 
-def cross_fitted_label_logits(x, y, cs: list[float | None], folds: int = 5,
-                              seed: int = 0) -> tuple[np.ndarray | None, int]:
+def cross_fitted_label_logits(x, y, cs: list[float | None], folds: int = 5, seed: int = 0,
+                              parts: list[np.ndarray] | None = None) -> tuple[np.ndarray | None, int]:
     """Out-of-fold logits of the per-label heads: each image scored by heads fitted on the other folds, each label
     at the C validation chose for it (``cs``, from :func:`fit_label_heads`). The folds are stratified per label
-    (:func:`label_folds`, as single-label folds are per class); a label absent from a fold's training part gets its
-    constant logit there. ``(None, 0)`` with fewer than two images."""
+    (:func:`label_folds`, as single-label folds are per class; ``parts``: those folds, made already); a label absent
+    from a fold's training part gets its constant logit there. ``(None, 0)`` with fewer than two images."""
     x, y = np.asarray(x, np.float32), np.asarray(y, np.float64)
-    parts = label_folds(y, min(folds, len(y)), seed) if len(y) >= 2 else []
+    if parts is None:
+        parts = label_folds(y, min(folds, len(y)), seed) if len(y) >= 2 else []
     if len(parts) < 2:
         return None, 0
     out = np.zeros(y.shape)
