@@ -189,10 +189,10 @@ def _score_multilabel(c: Candidate, splits: MultiLabelSplits, runtime: Runtime, 
         weight, bias, cs = fit_label_heads(xt, yt, xv, yv)
         x, y = np.concatenate([xt, xv]), np.concatenate([yt, yv])
         logits, folds = cross_fitted_label_logits(x, y, cs, seed=seed)
-    if logits is None:  # fewer than two images: validation alone decides
-        logits, y, folds = xv @ weight.T + bias, yv, 0
-    per_image = bce(logits, y, axis=1)
     val_logits = xv @ weight.T + bias
+    if logits is None:  # fewer than two images: validation alone decides
+        logits, y, folds = val_logits, yv, 0
+    per_image = bce(logits, y, axis=1)
 
     def mean_ap(truth, z) -> float | None:
         found = multilabel_metrics(truth, sigmoid(z), [0.5] * len(splits.labels), splits.labels)["map"]

@@ -104,11 +104,17 @@ def pool_and_test(cfg: CompareConfig) -> DataSplits:
         pool, test = stratified_split(pool, cfg.test_fraction, seed=12345)
     if cfg.max_test and len(test) > cfg.max_test:
         test = _draw(test, cfg.max_test // len(splits.classes), random.Random(0), set())
+    pool, test = _readable(pool, test)
+    return DataSplits(splits.classes, pool, [], test, layout=splits.layout)
+
+
+def _readable(pool: list, test: list) -> tuple[list, list]:
+    """The pool and the test images without the files that cannot be decoded, each of those named."""
     pool, bad = scan(pool)
     test, bad_test = scan(test)
     for p, r in bad + bad_test:
         log(f"skipping {p}: {r}")
-    return DataSplits(splits.classes, pool, [], test, layout=splits.layout)
+    return pool, test
 
 
 def summarise(results: list[dict], measure: CompareMeasure = SINGLE) -> list[dict]:
@@ -393,13 +399,10 @@ def multilabel_pool_and_test(cfg: CompareConfig) -> MultiLabelSplits:
         pool, test = iterative_split(pool, cfg.test_fraction, seed=12345)
     if cfg.max_test and len(test) > cfg.max_test:
         test, _ = draw_subset(test, cfg.max_test, seed=0)
-    pool, bad = scan(pool)
-    test, bad_test = scan(test)
-    for problem in splits.problems:
+    for problem in splits.problems:  # unusable rows of the CSV, then (below) files that cannot be decoded
         if problem.skip:
             log(f"skipping: {problem.message}")
-    for p, r in bad + bad_test:
-        log(f"skipping {p}: {r}")
+    pool, test = _readable(pool, test)
     return replace(splits, train=pool, val=[], test=test)
 
 
