@@ -47,6 +47,7 @@ from headstart.data.rundir import RunDir, refuse_run_files
 from headstart.data.sources import DataSplits, Sample, discover
 from headstart.data.transforms import eval_transform, train_transform
 from headstart.predict.run import load_run
+from headstart.training.config import TrainConfig
 from headstart.training.loop import param_groups
 from headstart.training.losses import make_criterion
 from headstart.training.multilabel import MultiLabelObjective, MultiLabelProbe, positive_weights
@@ -313,4 +314,4 @@ def _fresh(source: Path, strategy: str | None, model: str, weights: str | None, 
     net = build_model(model, len(splits.classes), pretrained=name != "scratch", weights_file=weights)
     pre = net.spec.preprocessing(image_size)
     runtime.prepare(net)
-    return net, runtime, pre, splits, name, "none"
+    return net, runtime, pre, splits, name, TrainConfig.balance  # train's default, not a copy of it
